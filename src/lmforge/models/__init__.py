@@ -1,0 +1,5 @@
+"""Model families built from lmforge.nn blocks."""
+
+from lmforge.models.gpt import GPT
+
+__all__ = ["GPT"]

@@ -1,0 +1,111 @@
+"""Scaled dot-product attention and multi-head attention (self or cross, with an optional KV cache)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.nn.cache import KVCache
+from lmforge.nn.positions import RotaryEmbedding
+
+
+def attention_mask(
+    t: int, s: int, causal: bool, key_padding: torch.Tensor | None, device: torch.device
+) -> torch.Tensor | None:
+    """One boolean mask (True = may attend), broadcastable to (B, n_head, t, s), or None when nothing is masked.
+
+    Causal masks align bottom-right, so the last query sees every key (the case of decoding after a KV cache).
+    A query always sees its own position, so rows that would be fully masked (padding) stay finite.
+    """
+    if not causal and key_padding is None:
+        return None
+    offset = s - t
+    diagonal = torch.arange(s, device=device)[None, :] == torch.arange(t, device=device)[:, None] + offset
+    mask = torch.ones(t, s, dtype=torch.bool, device=device)
+    if causal:
+        mask = mask.tril(offset)
+    mask = mask[None, None]
+    if key_padding is not None:  # (B, s), True = real token
+        mask = mask & key_padding[:, None, None, :].bool()
+    return mask | diagonal
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(QK^T / sqrt(d_k)) V over (B, n_head, T, d_head) tensors; mask is boolean, True = may attend.
+
+    The fused kernel runs unless the attention weights are asked for (explanations), when the explicit formula runs.
+    """
+    if not need_weights:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, n_head, T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    out = F.dropout(weights, dropout_p) @ v if dropout_p > 0 else weights @ v
+    return out, weights
+
+
+class MultiHeadAttention(nn.Module):
+    """Self- or cross-attention with one fused QKV projection and an optional KV cache.
+
+    Cross-attention takes queries from x and keys/values from context, using the same fused weight split in two.
+    """
+
+    def __init__(self, d_model: int, n_head: int, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        if d_model % n_head:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_head ({n_head})")
+        self.n_head, self.d_head, self.dropout = n_head, d_model // n_head, dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.out = nn.Linear(d_model, d_model, bias=bias)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_head, self.d_head).transpose(1, 2)  # (B, n_head, T, d_head)
+
+    def _project(self, x: torch.Tensor, context: torch.Tensor | None, cache: KVCache | None, layer: int):
+        if context is None:
+            return tuple(self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
+        d = self.out.in_features
+        q = F.linear(x, self.qkv.weight[:d], None if self.qkv.bias is None else self.qkv.bias[:d])
+        if cache is not None and layer in cache.cross:
+            k, v = cache.cross[layer]
+        else:
+            kv = F.linear(context, self.qkv.weight[d:], None if self.qkv.bias is None else self.qkv.bias[d:])
+            k, v = (self._heads(t) for t in kv.chunk(2, dim=-1))
+            if cache is not None:
+                cache.cross[layer] = (k, v)
+        return self._heads(q), k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        rope: RotaryEmbedding | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # x: (B, T, d_model); context: (B, S, d_model) for cross-attention
+        q, k, v = self._project(x, context, cache, layer)
+        if context is None:
+            if rope is not None:
+                start = cache.length if cache is not None else 0
+                q, k = rope(q, start), rope(k, start)
+            if cache is not None:
+                k, v = cache.update(layer, k, v)
+        dropout = self.dropout if self.training else 0.0
+        y, weights = scaled_dot_product_attention(q, k, v, mask, dropout, need_weights)
+        b, _, t, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, t, -1)), weights

@@ -1,0 +1,120 @@
+"""Transformer blocks and stacks: one block serves encoder, causal decoder and encoder-decoder layers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmforge.nn.attention import MultiHeadAttention, attention_mask
+from lmforge.nn.cache import KVCache
+from lmforge.nn.feedforward import FeedForward
+from lmforge.nn.positions import RotaryEmbedding
+
+
+class TransformerBlock(nn.Module):
+    """Self-attention, optional cross-attention and a feed-forward network, each in a residual + LayerNorm.
+
+    norm="pre" normalizes each sublayer's input (GPT-2, stable for deep stacks); norm="post" normalizes after the
+    residual sum (the original Transformer, BERT).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        d_ff: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        activation: str = "gelu",
+        norm: str = "pre",
+        cross_attention: bool = False,
+        layer_norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        if norm not in ("pre", "post"):
+            raise ValueError(f"norm must be 'pre' or 'post', not {norm!r}")
+        self.pre_norm = norm == "pre"
+        self.attn = MultiHeadAttention(d_model, n_head, dropout, bias)
+        self.ln_attn = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.cross = MultiHeadAttention(d_model, n_head, dropout, bias) if cross_attention else None
+        self.ln_cross = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if cross_attention else None
+        self.ffn = FeedForward(d_model, d_ff, activation, bias)
+        self.ln_ffn = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.drop = nn.Dropout(dropout)
+
+    def _residual(self, x: torch.Tensor, norm: nn.LayerNorm, sublayer) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h, weights = sublayer(norm(x) if self.pre_norm else x)
+        x = x + self.drop(h)
+        return (x if self.pre_norm else norm(x)), weights
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        rope: RotaryEmbedding | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, weights = self._residual(
+            x, self.ln_attn, lambda h: self.attn(h, mask, None, cache, layer, rope, need_weights)
+        )
+        if self.cross is not None:
+            if context is None:
+                raise ValueError("this block has cross-attention and needs the encoder output as context")
+            x, _ = self._residual(
+                x, self.ln_cross, lambda h: self.cross(h, context_mask, context, cache, layer, None, False)
+            )
+        x, _ = self._residual(x, self.ln_ffn, lambda h: (self.ffn(h), None))
+        return x, weights
+
+
+class TransformerStack(nn.Module):
+    """n_layer blocks; a pre-norm stack ends with a final LayerNorm, since its blocks leave the residual raw."""
+
+    causal = False
+
+    def __init__(self, n_layer: int, d_model: int, *, norm: str = "pre", layer_norm_eps: float = 1e-5, **block):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            TransformerBlock(d_model, norm=norm, layer_norm_eps=layer_norm_eps, **block) for _ in range(n_layer)
+        )
+        bias = block.get("bias", True)
+        self.ln_final = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if norm == "pre" else nn.Identity()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_padding_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        rope: RotaryEmbedding | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """x: (B, T, d_model). padding_mask: (B, S) with True for real tokens, S counting cached tokens too."""
+        t = x.size(1)
+        s = t + (cache.length if cache is not None else 0)
+        mask = attention_mask(t, s, self.causal and t > 1, padding_mask, x.device)
+        context_mask = None
+        if context_padding_mask is not None:
+            context_mask = attention_mask(t, context.size(1), False, context_padding_mask, x.device)
+        attentions = []
+        for i, block in enumerate(self.blocks):
+            x, weights = block(x, mask, context, context_mask, cache, i, rope, need_weights)
+            attentions.append(weights)
+        if cache is not None:
+            cache.advance(t)
+        return self.ln_final(x), attentions
+
+
+class Encoder(TransformerStack):
+    """Bidirectional stack: every position attends to every non-padding position."""
+
+
+class Decoder(TransformerStack):
+    """Causal stack: position t attends to positions <= t only; with cross_attention=True it also reads an encoder."""
+
+    causal = True

@@ -1,0 +1,56 @@
+"""Positional information: sinusoidal and learned absolute encodings, and rotary embeddings (RoPE)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def sinusoidal_table(max_seq_len: int, d_model: int) -> torch.Tensor:
+    """PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d)) (Vaswani et al., 2017)."""
+    pos = torch.arange(max_seq_len, dtype=torch.float64)[:, None]
+    inv_freq = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+    table = torch.zeros(max_seq_len, d_model, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * inv_freq)
+    table[:, 1::2] = torch.cos(pos * inv_freq)[:, : d_model // 2]
+    return table.float()
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sin/cos encodings: no parameters, and defined for any position up to max_seq_len."""
+
+    def __init__(self, max_seq_len: int, d_model: int):
+        super().__init__()
+        self.register_buffer("table", sinusoidal_table(max_seq_len, d_model), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.table[positions]
+
+
+class LearnedPositions(nn.Module):
+    """One trained vector per position (GPT-2, BERT)."""
+
+    def __init__(self, max_seq_len: int, d_model: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(max_seq_len, d_model))
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.weight[positions]
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotates query/key pairs by position-dependent angles, so attention scores depend on relative position."""
+
+    def __init__(self, d_head: int, max_seq_len: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, d_head, 2, dtype=torch.float64) / d_head)
+        angles = torch.arange(max_seq_len, dtype=torch.float64)[:, None] * inv_freq  # (T, d_head/2)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        # x: (B, n_head, T, d_head); rotates the halves (x1, x2) as in GPT-NeoX / LLaMA
+        t = x.size(-2)
+        cos, sin = self.cos[start : start + t].to(x.dtype), self.sin[start : start + t].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
