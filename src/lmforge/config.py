@@ -31,6 +31,11 @@ def _check_field(owner: str, name: str, kind: Any, value: Any) -> Any:
         kind = next(a for a in args if a is not type(None))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise LmforgeError(f"{owner}.{name} must be {kind.__name__}, not {type(value).__name__} ({value!r})")
     return value

@@ -1,0 +1,94 @@
+"""Training throughput of one GPT configuration in lmforge and in transformers.GPT2LMHeadModel, CPU, fp32.
+
+6 layers, 6 heads, d_model 384, context 256, batch 8, vocabulary 50257; AdamW steps on the same random batches.
+lmforge runs its training step as `lmforge train --compile` does: torch.compile and the fused LM-head loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import best_time, emit, log, matmul_peak_flops  # noqa: E402
+
+from lmforge.config import GPTConfig, TrainConfig  # noqa: E402
+from lmforge.models import GPT  # noqa: E402
+from lmforge.objectives import causal_lm_loss  # noqa: E402
+from lmforge.train import build_optimizer, flops_per_token  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", type=int, default=4, help="timed optimizer steps per round")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best round of each side counts")
+    ap.add_argument("--no-compile", action="store_true")
+    args = ap.parse_args()
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    b, t, vocab = 8, 256, 50257
+    cfg = GPTConfig(vocab_size=vocab, n_layer=6, n_head=6, d_model=384, max_seq_len=t, dropout=0.0)
+    tcfg = TrainConfig(lr=3e-4, weight_decay=0.1)
+    batches = [torch.randint(0, vocab, (b, t + 1)) for _ in range(args.steps)]
+
+    ours = GPT(cfg)
+    ours_opt = build_optimizer(ours, tcfg, torch.device("cpu"))
+    loss_fn = causal_lm_loss if args.no_compile else torch.compile(causal_lm_loss)
+
+    hf = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=vocab,
+            n_positions=t,
+            n_embd=384,
+            n_layer=6,
+            n_head=6,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )  # fmt: skip
+    )
+    hf.train()
+    hf_opt = torch.optim.AdamW(hf.parameters(), lr=3e-4, weight_decay=0.1)
+
+    def ours_steps():
+        for batch in batches:
+            loss = loss_fn(ours, batch[:, :-1], batch[:, 1:])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
+            ours_opt.step()
+            ours_opt.zero_grad(set_to_none=True)
+
+    def hf_steps():
+        for batch in batches:
+            loss = hf(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+            hf_opt.step()
+            hf_opt.zero_grad(set_to_none=True)
+
+    log("warming up (lmforge compiles its step) ...")
+    ours_steps()
+    hf_steps()
+    ours_s, hf_s = float("inf"), float("inf")
+    for r in range(args.rounds):
+        ours_s = min(ours_s, best_time(ours_steps, 1))
+        hf_s = min(hf_s, best_time(hf_steps, 1))
+        tokens = b * t * args.steps
+        log(f"round {r + 1}: lmforge {tokens / ours_s:.0f} tok/s, transformers {tokens / hf_s:.0f} tok/s")
+    tokens = b * t * args.steps
+    peak = matmul_peak_flops()
+    per_token = flops_per_token(ours, t)
+    ours_tps, hf_tps = tokens / ours_s, tokens / hf_s
+    emit({
+        "benchmark": "train_gpt", "lmforge_tokens_per_s": ours_tps, "transformers_tokens_per_s": hf_tps,
+        "ratio": ours_tps / hf_tps, "lmforge_mfu": ours_tps * per_token / peak,
+        "transformers_mfu": hf_tps * per_token / peak, "peak_gflops": peak / 1e9, "compiled": not args.no_compile,
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Checkpoints: a directory with config, safetensors weights, tokenizer and the state to resume training exactly.
+
+A checkpoint is complete or absent: it is written under a temporary name, fsynced, then renamed; the `latest`
+pointer is updated last. No pickles: tensors go to safetensors, everything else to JSON/YAML.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lmforge.config import RunConfig
+from lmforge.errors import LmforgeError
+from lmforge.models import GPT
+from lmforge.tokenizer import Tokenizer
+
+CONFIG, WEIGHTS, TOKENIZER = "config.yaml", "model.safetensors", "tokenizer.json"
+STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
+REQUIRED = (CONFIG, WEIGHTS, TOKENIZER)
+PREFIX, TMP = "step-", ".tmp-"
+
+
+def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors with tied weights stored once (safetensors refuses shared storage)."""
+    seen, out = set(), {}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        out[name] = tensor.detach().contiguous().cpu()
+    return out
+
+
+def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Splits an optimizer state dict into tensors (for safetensors) and plain values (for JSON)."""
+    state = optimizer.state_dict()
+    tensors, plain = {}, {"param_groups": state["param_groups"], "state": {}}
+    for idx, values in state["state"].items():
+        plain["state"][str(idx)] = {}
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value.contiguous().cpu()
+            else:
+                plain["state"][str(idx)][key] = value
+    return tensors, plain
+
+
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
+    state = {int(idx): dict(values) for idx, values in plain["state"].items()}
+    for name, tensor in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = tensor
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{TMP}{path.name}.{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    cfg: RunConfig,
+    tokenizer: Tokenizer,
+    state_tensors: dict[str, torch.Tensor] | None = None,
+    state: dict | None = None,
+    keep_last: int = 3,
+) -> Path:
+    """Writes OUT/step-NNNNNN atomically, points OUT/latest at it and keeps the newest keep_last checkpoints."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{PREFIX}{step:06d}"
+    tmp = out_dir / f"{TMP}{final.name}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    (tmp / CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    save_file(unique_state_dict(model), tmp / WEIGHTS, metadata={"format": "pt", "lmforge_step": str(step)})
+    tokenizer.save(tmp / TOKENIZER)
+    if state is not None:
+        save_file(state_tensors or {}, tmp / STATE_TENSORS)
+        (tmp / STATE_JSON).write_text(json.dumps(state), encoding="utf-8")
+    for f in tmp.iterdir():
+        with open(f, "rb+") as handle:
+            os.fsync(handle.fileno())
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(out_dir)
+    write_text_atomic(out_dir / "latest", final.name + "\n")
+    for old in sorted(out_dir.glob(f"{PREFIX}*"))[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_latest(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint in out_dir, or None; half-written ones are skipped with a warning."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return None
+    for tmp in out_dir.glob(f"{TMP}{PREFIX}*"):
+        warnings.warn(f"ignoring half-written checkpoint {tmp} (a run stopped while saving)", stacklevel=2)
+    pointer = out_dir / "latest"
+    if pointer.is_file():
+        named = out_dir / pointer.read_text(encoding="utf-8").strip()
+        if named.is_dir() and all((named / f).is_file() for f in REQUIRED):
+            return named
+    complete = [d for d in sorted(out_dir.glob(f"{PREFIX}*")) if all((d / f).is_file() for f in REQUIRED)]
+    return complete[-1] if complete else None
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    cfg: RunConfig
+    weights: dict[str, torch.Tensor]
+    tokenizer: Tokenizer
+    state_tensors: dict[str, torch.Tensor]
+    state: dict | None
+
+
+def load_checkpoint(path: str | Path, with_state: bool = False) -> Checkpoint:
+    """Reads a checkpoint directory, with one clear error for each way it can be incomplete or damaged."""
+    path = Path(path)
+    if not path.is_dir():
+        raise LmforgeError(f"checkpoint {path} not found: give a directory written by lmforge train (OUT/step-NNNNNN)")
+    latest = find_latest(path) if not (path / CONFIG).exists() else None
+    path = latest or path
+    for name in REQUIRED:
+        if not (path / name).is_file():
+            raise LmforgeError(f"checkpoint {path} is missing {name}: it is incomplete; use another step directory")
+    try:
+        raw = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise LmforgeError(f"{path / CONFIG} is not valid YAML: {str(e).splitlines()[0]}") from None
+    cfg = RunConfig.from_dict(raw, where=str(path / CONFIG))
+    weights = _read_safetensors(path / WEIGHTS)
+    state_tensors, state = {}, None
+    if with_state and (path / STATE_JSON).is_file():
+        state_tensors = _read_safetensors(path / STATE_TENSORS)
+        state = json.loads((path / STATE_JSON).read_text(encoding="utf-8"))
+    return Checkpoint(path, cfg, weights, Tokenizer.load(path / TOKENIZER), state_tensors, state)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LmforgeError(f"{path} is damaged or not a safetensors file ({e}); use another checkpoint") from None
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Loads weights strictly, naming the first missing, unexpected or wrong-shaped tensor."""
+    expected = unique_state_dict(model)
+    for name, tensor in expected.items():
+        if name not in weights:
+            raise LmforgeError(f"{where}: tensor {name!r} is missing (expected shape {tuple(tensor.shape)})")
+        if weights[name].shape != tensor.shape:
+            raise LmforgeError(
+                f"{where}: tensor {name!r} has shape {tuple(weights[name].shape)}, expected {tuple(tensor.shape)}"
+            )
+    extra = sorted(set(weights) - set(expected))
+    if extra:
+        raise LmforgeError(f"{where}: unexpected tensor {extra[0]!r}; the checkpoint does not match its config")
+    model.load_state_dict(weights, strict=False)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer, RunConfig]:
+    """A trained model ready for inference, its tokenizer and its run config."""
+    ckpt = load_checkpoint(path)
+    model = GPT(ckpt.cfg.model)
+    load_weights(model, ckpt.weights, str(ckpt.path / WEIGHTS))
+    return model.to(device).eval(), ckpt.tokenizer, ckpt.cfg

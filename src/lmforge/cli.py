@@ -1,0 +1,155 @@
+"""Command line: argument parsing only; every verb calls a library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from lmforge.errors import LmforgeError
+
+
+def add_training_flags(p: argparse.ArgumentParser, config_default: str | None = None) -> None:
+    """The flags every training verb shares; each overrides the config."""
+    p.add_argument(
+        "--config",
+        default=config_default,
+        required=config_default is None,
+        help="a shipped config name (see `lmforge configs`) or a YAML path",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=3e-4 (repeatable)",
+    )
+    p.add_argument("--data", help="a text file (prepared on the fly and cached) or a prepared directory")
+    p.add_argument("--out", help="output directory for checkpoints, metrics and plots")
+    p.add_argument("--max-steps", type=int, help="optimizer steps to train for")
+    p.add_argument("--save-every", type=int, help="save a checkpoint every N steps (the end always saves)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")  # fmt: skip
+
+
+def training_config(args: argparse.Namespace):
+    from lmforge.config import load_config
+
+    flags = {
+        "data.path": args.data, "train.out": args.out, "train.max_steps": args.max_steps,
+        "train.save_every": args.save_every, "train.seed": args.seed, "train.device": args.device,
+        "train.compile": True if args.compile else None, "train.progress": False if args.no_progress else None,
+    }  # fmt: skip
+    overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
+    return load_config(args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from lmforge.train import train
+
+    result = train(training_config(args), resume=args.resume)
+    val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    print(f"saved {result.checkpoint} (step {result.step}, train loss {result.train_loss:.4f}{val})")
+
+
+def cmd_configs(args: argparse.Namespace) -> None:
+    from lmforge.config import shipped_configs
+
+    for name, path in sorted(shipped_configs().items()):
+        first = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
+        print(f"{name:14s} {first}")
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from lmforge.data import prepare
+
+    out = prepare(args.input, args.tokenizer, args.out, args.vocab_size, args.val_fraction, not args.no_progress)
+    print(f"prepared {out}")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from lmforge.checkpoint import load_model
+    from lmforge.generate import encode_prompt, generate_text
+    from lmforge.train import resolve_device
+
+    model, tokenizer, _ = load_model(args.checkpoint, resolve_device(args.device))
+    encode_prompt(tokenizer, args.prompt, model.cfg.max_seq_len)  # fails before anything is printed
+    stream = None if args.no_stream else (lambda piece: print(piece, end="", flush=True))
+    if stream:
+        print(args.prompt, end="", flush=True)
+    text = generate_text(
+        model, tokenizer, args.prompt, args.max_new_tokens, args.stop, stream, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, greedy=args.greedy,
+        seed=args.seed,
+    )  # fmt: skip
+    print() if stream else print(args.prompt + text)
+
+
+def cmd_quickstart(args: argparse.Namespace) -> None:
+    from lmforge.quickstart import quickstart
+
+    quickstart(args.data, args.out, args.max_steps, args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmforge", description=__doc__.splitlines()[0].split(":")[0] + ": "
+                                     "build, train and run Transformer language models.")  # fmt: skip
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("quickstart", help="train a small GPT for ~2 minutes on a built-in corpus and sample it")
+    p.add_argument("--data", help="train on this text file instead of the built-in corpus")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--max-steps", type=int, default=2500)
+    p.add_argument("--seed", type=int, default=1337)
+    p.set_defaults(fn=cmd_quickstart)
+
+    p = verbs.add_parser("train", help="train a causal language model (GPT) from a config")
+    add_training_flags(p)
+    p.set_defaults(fn=cmd_train)
+
+    p = verbs.add_parser("configs", help="list the shipped configs")
+    p.set_defaults(fn=cmd_configs)
+
+    data = verbs.add_parser("data", help="data preparation").add_subparsers(dest="data_verb", required=True)
+    p = data.add_parser("prepare", help="clean and tokenize text into memory-mapped train/val token files")
+    p.add_argument("--input", nargs="+", required=True, metavar="FILE")
+    p.add_argument("--tokenizer", default="char", help="char, bpe (trained on the input) or a tokenizer.json path")
+    p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size of a trained BPE tokenizer")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_prepare)
+
+    p = verbs.add_parser("generate", help="generate text from a checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint directory (OUT/step-NNNNNN, or OUT for the newest)")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--stop", action="append", default=[], help="stop before this string (repeatable)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of token by token")
+    p.set_defaults(fn=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*TypedStorage.*")
+    try:
+        args.fn(args)
+    except LmforgeError as e:
+        print(f"lmforge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmforge: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,101 @@
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmforge.checkpoint import find_latest, load_checkpoint, load_model
+from lmforge.config import TrainConfig, load_config
+from lmforge.errors import LmforgeError
+from lmforge.train import lr_at, train
+
+
+def test_lr_schedule_warmup_then_cosine():
+    t = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    assert lr_at(0, t) == pytest.approx(0.1)
+    assert lr_at(9, t) == pytest.approx(1.0)
+    assert lr_at(60, t) == pytest.approx(0.1 + 0.5 * (1 + math.cos(math.pi * 0.5)) * 0.9)
+    assert lr_at(110, t) == pytest.approx(0.1)
+    assert lr_at(500, t) == pytest.approx(0.1)
+
+
+def test_training_learns_and_writes_a_complete_run(tiny_overrides, tmp_path):
+    cfg = load_config("char-small", [*tiny_overrides, "train.max_steps=60", "train.lr=3e-3"])
+    result = train(cfg)
+    out = tmp_path / "run"
+    assert result.checkpoint == out / "step-000060" == find_latest(out)
+    assert {p.name for p in result.checkpoint.iterdir()} == {
+        "config.yaml", "model.safetensors", "tokenizer.json", "train_state.json", "train_state.safetensors"
+    }  # fmt: skip
+    assert (out / "loss.png").stat().st_size > 1000
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 60
+    assert losses[-1] < 0.6 * losses[0]  # the structure is learnable
+    assert any("val_loss" in r for r in records)
+    model, tokenizer, run_cfg = load_model(out)
+    assert run_cfg.model.vocab_size == tokenizer.vocab_size == model.cfg.vocab_size
+
+
+def test_resume_is_exact(tiny_overrides, tmp_path):
+    """A run resumed from its step-5 checkpoint ends bitwise equal to the uninterrupted run (dropout on)."""
+    cfg = [*tiny_overrides, "train.max_steps=12", "train.save_every=5", "train.keep_last=5", "model.dropout=0.1"]
+    straight = train(load_config("char-small", cfg))
+    out = tmp_path / "run"
+    final = load_file(straight.checkpoint / "model.safetensors")
+    for later in ("step-000010", "step-000012"):
+        shutil.rmtree(out / later)
+    (out / "latest").write_text("step-000005\n")
+    resumed = train(load_config("char-small", cfg), resume=True)
+    again = load_file(resumed.checkpoint / "model.safetensors")
+    assert final.keys() == again.keys()
+    for name in final:
+        assert torch.equal(final[name], again[name]), name
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 13))
+
+
+def test_existing_run_needs_resume(tiny_overrides):
+    cfg = load_config("char-small", [*tiny_overrides, "train.max_steps=2"])
+    train(cfg)
+    with pytest.raises(LmforgeError, match="--resume"):
+        train(load_config("char-small", [*tiny_overrides, "train.max_steps=2"]))
+
+
+def test_resume_refuses_a_different_model(tiny_overrides):
+    train(load_config("char-small", [*tiny_overrides, "train.max_steps=2"]))
+    with pytest.raises(LmforgeError, match="model config differs"):
+        train(load_config("char-small", [*tiny_overrides, "train.max_steps=4", "model.d_model=16"]), resume=True)
+
+
+def test_half_written_checkpoint_is_ignored(tiny_overrides, tmp_path):
+    train(load_config("char-small", [*tiny_overrides, "train.max_steps=2"]))
+    out = tmp_path / "run"
+    (out / ".tmp-step-000003.999").mkdir()
+    (out / ".tmp-step-000003.999" / "config.yaml").write_text("partial")
+    with pytest.warns(UserWarning, match="half-written"):
+        assert find_latest(out) == out / "step-000002"
+
+
+def test_damaged_checkpoints_are_rejected(tiny_overrides, tmp_path):
+    ckpt = train(load_config("char-small", [*tiny_overrides, "train.max_steps=2"])).checkpoint
+    weights = ckpt / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LmforgeError, match="damaged"):
+        load_model(ckpt)
+    (ckpt / "tokenizer.json").unlink()
+    with pytest.raises(LmforgeError, match="missing tokenizer.json"):
+        load_checkpoint(ckpt)
+    with pytest.raises(LmforgeError, match="not found"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+def test_wrong_shape_names_the_tensor(tiny_overrides, tmp_path):
+    ckpt = train(load_config("char-small", [*tiny_overrides, "train.max_steps=1"])).checkpoint
+    cfg_path = ckpt / "config.yaml"
+    cfg_path.write_text(cfg_path.read_text().replace("d_ff: 128", "d_ff: 64"))
+    with pytest.raises(LmforgeError, match=r"ffn.up.weight.*shape \(128, 32\), expected \(64, 32\)"):
+        load_model(ckpt)
