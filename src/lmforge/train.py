@@ -92,6 +92,7 @@ def evaluate(model: GPT, tokens: np.ndarray, t: TrainConfig, device: torch.devic
 @dataclass
 class TrainResult:
     checkpoint: Path
+    data: Path
     step: int
     train_loss: float
     val_loss: float | None
@@ -279,7 +280,7 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     path = _save(out, step, model, cfg, data, optimizer, sampler, t)
     plot_losses(out / "metrics.jsonl", out / "loss.png")
     return TrainResult(
-        path, step, train_loss, val_loss, tokens_per_step / max(step_time, 1e-9), time.perf_counter() - start
+        path, data.path, step, train_loss, val_loss, tokens_per_step / max(step_time, 1e-9), time.perf_counter() - start
     )
 
 

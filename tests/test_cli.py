@@ -1,0 +1,93 @@
+"""The command line: each verb runs, and bad input gives one line, exit 2, no traceback, nothing half-written."""
+
+import subprocess
+import sys
+
+import pytest
+
+from lmforge.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *words):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lmforge: error:"), err
+    for word in words:
+        assert word in lines[0]
+
+
+@pytest.fixture
+def trained(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run(
+        capsys, "train", "--config", "char-small", "--data", str(corpus), "--out", str(out), "--max-steps", "3",
+        "--no-progress", "--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.max_seq_len=16",
+    )  # fmt: skip
+    assert code == 0 and "saved" in stdout
+    return out
+
+
+def test_train_resume_and_generate(trained, capsys, corpus):
+    code, out, _ = run(capsys, "generate", str(trained), "--prompt", "the ", "--max-new-tokens", "8", "--seed", "0")
+    assert code == 0 and out.startswith("the ") and len(out.strip()) > 4
+    code, out, _ = run(capsys, "generate", str(trained / "step-000003"), "--prompt", "the ", "--greedy", "--no-stream")
+    assert code == 0 and out.startswith("the ")
+    code, out, _ = run(
+        capsys, "train", "--config", "char-small", "--data", str(corpus), "--out", str(trained), "--max-steps", "5",
+        "--no-progress", "--resume", "--set", "model.n_layer=1", "--set", "model.d_model=32",
+        "--set", "model.max_seq_len=16",
+    )  # fmt: skip
+    assert code == 0 and "step-000005" in out
+
+
+def test_prompt_longer_than_context(trained, capsys):
+    code, out, err = run(capsys, "generate", str(trained), "--prompt", "the mat " * 10)
+    assert_one_line_error(code, err, "context is 16")
+    assert out == ""
+
+
+def test_checkpoint_missing_files(trained, capsys):
+    (trained / "step-000003" / "model.safetensors").unlink()
+    code, _, err = run(capsys, "generate", str(trained / "step-000003"))
+    assert_one_line_error(code, err, "missing model.safetensors")
+
+
+@pytest.mark.parametrize("content, words", [(b"", ["empty"]), (b"\x00\x01\x02binary\xff", ["binary"])])
+def test_bad_data_files(tmp_path, capsys, content, words):
+    data = tmp_path / "data.txt"
+    data.write_bytes(content)
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--config", "char-small", "--data", str(data), "--out", str(out))
+    assert_one_line_error(code, err, *words)
+    assert not any(p.name.startswith(("step-", ".tmp")) for p in out.rglob("*")) if out.exists() else True
+
+
+def test_missing_data_and_bad_config(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--config", "char-small", "--data", str(tmp_path / "none.txt"))
+    assert_one_line_error(code, err, "not found")
+    code, _, err = run(capsys, "train", "--config", "char-small", "--set", "train.lr=fast", "--data", "x")
+    assert_one_line_error(code, err, "train.lr")
+    code, _, err = run(capsys, "train", "--config", "char-small", "--set", "model.colour=blue", "--data", "x")
+    assert_one_line_error(code, err, "model.colour")
+
+
+def test_configs_and_data_prepare(tmp_path, capsys, corpus):
+    code, out, _ = run(capsys, "configs")
+    assert code == 0 and "char-small" in out and "gpt-small" in out
+    code, out, _ = run(capsys, "data", "prepare", "--input", str(corpus), "--tokenizer", "bpe", "--vocab-size", "300",
+                       "--out", str(tmp_path / "prep"), "--no-progress")  # fmt: skip
+    assert code == 0
+    assert {"train.bin", "val.bin", "meta.json", "tokenizer.json"} <= {p.name for p in (tmp_path / "prep").iterdir()}
+
+
+def test_console_script_entry_point_runs_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmforge", "generate", str(tmp_path / "nothing")], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "not found" in proc.stderr
