@@ -18,19 +18,18 @@ def attention_mask(
     """One boolean mask (True = may attend), broadcastable to (B, n_head, t, s), or None when nothing is masked.
 
     Causal masks align bottom-right, so the last query sees every key (the case of decoding after a KV cache).
-    A query always sees its own position, so rows that would be fully masked (padding) stay finite.
+    A row that would be fully masked (a padding query, an all-padding context) sees every key, so it stays finite;
+    no real query reads it, since real queries never see padded keys.
     """
     if not causal and key_padding is None:
         return None
-    offset = s - t
-    diagonal = torch.arange(s, device=device)[None, :] == torch.arange(t, device=device)[:, None] + offset
     mask = torch.ones(t, s, dtype=torch.bool, device=device)
     if causal:
-        mask = mask.tril(offset)
+        mask = mask.tril(s - t)
     mask = mask[None, None]
     if key_padding is not None:  # (B, s), True = real token
         mask = mask & key_padding[:, None, None, :].bool()
-    return mask | diagonal
+    return mask | ~mask.any(dim=-1, keepdim=True)
 
 
 def scaled_dot_product_attention(

@@ -21,23 +21,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
         log_count = math.log(max(count, 1))
         grad_x = torch.empty_like(x)
         grad_w = torch.zeros_like(weight) if weight.requires_grad else None
-        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        acc = torch.promote_types(x.dtype, torch.float32)  # at least fp32; fp64 inputs stay fp64
+        total = torch.zeros((), dtype=acc, device=x.device)
         for start in range(0, x.size(0), chunk_rows):
             xs, ts, vs = (
                 x[start : start + chunk_rows],
                 targets[start : start + chunk_rows],
                 valid[start : start + chunk_rows],
             )
-            logits = (xs @ weight.t()).float()  # (rows, V)
+            logits = (xs @ weight.t()).to(acc)  # (rows, V)
             lse = torch.logsumexp(logits, dim=-1)
-            ts = ts.clamp(min=0)
+            ts = ts.masked_fill(~vs, 0)  # ignore_index may lie outside the vocabulary
             picked = logits.gather(1, ts[:, None]).squeeze(1)
             total += ((lse - picked) * vs).sum()
             # d loss / d logits = (softmax - onehot) / count on valid rows, 0 on ignored rows
             shift = torch.where(vs, lse + log_count, torch.full_like(lse, float("inf")))
             grad = logits.sub_(shift[:, None]).exp_()
             rows = torch.arange(grad.size(0), device=x.device)
-            grad[rows, ts] -= vs.float() / max(count, 1)
+            grad[rows, ts] -= vs.to(acc) / max(count, 1)
             grad = grad.to(x.dtype)
             grad_x[start : start + chunk_rows] = grad @ weight
             if grad_w is not None:
