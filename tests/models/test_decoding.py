@@ -2,25 +2,17 @@
 
 import math
 
+import helpers
 import pytest
 import torch
 
-from lmforge.config import GPTConfig
-from lmforge.models import GPT
 from lmforge.models.decoding import generate, process_logits, stream
 
 POSITIONS = ["learned", "sinusoidal", "rotary"]
 
 
 def tiny_gpt(seed=0, gpt2_init=False, **overrides):
-    """A small GPT; unless gpt2_init, its weights are redrawn large, so attention is peaked and positions matter."""
-    torch.manual_seed(seed)
-    cfg = dict(vocab_size=23, n_layer=2, n_head=2, d_model=16, max_seq_len=32)
-    model = GPT(GPTConfig(**{**cfg, **overrides})).eval()
-    if not gpt2_init:
-        for p in model.parameters():
-            torch.nn.init.normal_(p, std=0.5)
-    return model
+    return helpers.tiny_gpt(seed, gpt2_init, **{"max_seq_len": 32, **overrides})
 
 
 def prompt(b=2, t=5, seed=1):

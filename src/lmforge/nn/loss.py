@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
@@ -11,58 +9,60 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of softmax(x W^T) against targets; gradients are computed chunk by chunk in the forward.
 
     A GPT's vocabulary logits are the largest tensor of a training step (2048 tokens x 50257 words = 400 MB in fp32);
-    here only one chunk of rows is alive at a time, and its softmax gradient is formed in place.
+    here only one chunk of rows is alive at a time, its softmax gradient is formed in place, and the 1/count scale
+    is applied to the small (rows, d) factors rather than to the (rows, V) gradient.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, targets, ignore_index: int, chunk_rows: int):
-        valid = targets != ignore_index
-        count = int(valid.sum())
-        log_count = math.log(max(count, 1))
-        grad_x = torch.empty_like(x)
-        grad_w = torch.zeros_like(weight) if weight.requires_grad else None
+    def forward(ctx, x, weight, targets, ignore_index: int, chunk_rows: int, grad_enabled: bool):
         acc = torch.promote_types(x.dtype, torch.float32)  # at least fp32; fp64 inputs stay fp64
+        valid = targets != ignore_index
+        scale = valid.to(acc) / valid.sum().clamp(min=1).to(acc)  # (N,): 1/count on counted rows, 0 elsewhere
+        safe_targets = targets.masked_fill(~valid, 0)  # ignore_index may lie outside the vocabulary
+        want_x, want_w = (grad_enabled and need for need in ctx.needs_input_grad[:2])  # no work under no_grad
+        grad_x = torch.empty_like(x) if want_x else None
+        grad_w = torch.zeros_like(weight) if want_w else None
         total = torch.zeros((), dtype=acc, device=x.device)
         for start in range(0, x.size(0), chunk_rows):
-            xs, ts, vs = (
-                x[start : start + chunk_rows],
-                targets[start : start + chunk_rows],
-                valid[start : start + chunk_rows],
-            )
-            logits = (xs @ weight.t()).to(acc)  # (rows, V)
-            lse = torch.logsumexp(logits, dim=-1)
-            ts = ts.masked_fill(~vs, 0)  # ignore_index may lie outside the vocabulary
-            picked = logits.gather(1, ts[:, None]).squeeze(1)
-            total += ((lse - picked) * vs).sum()
-            # d loss / d logits = (softmax - onehot) / count on valid rows, 0 on ignored rows
-            shift = torch.where(vs, lse + log_count, torch.full_like(lse, float("inf")))
-            grad = logits.sub_(shift[:, None]).exp_()
-            rows = torch.arange(grad.size(0), device=x.device)
-            grad[rows, ts] -= vs.to(acc) / max(count, 1)
+            rows = slice(start, start + chunk_rows)
+            xs, ts, ss = x[rows], safe_targets[rows], scale[rows]
+            logp = torch.log_softmax((xs @ weight.t()).to(acc), dim=-1)  # (rows, V)
+            total -= (logp.gather(1, ts[:, None]).squeeze(1) * ss).sum()
+            if not (want_x or want_w):
+                continue
+            grad = logp.exp_()  # softmax; d loss / d logits = (softmax - onehot) * scale
+            grad[torch.arange(grad.size(0), device=x.device), ts] -= 1
             grad = grad.to(x.dtype)
-            grad_x[start : start + chunk_rows] = grad @ weight
-            if grad_w is not None:
-                grad_w.addmm_(grad.t(), xs)
-        ctx.save_for_backward(grad_x, grad_w if grad_w is not None else torch.empty(0))
-        ctx.has_grad_w = grad_w is not None
-        return total / max(count, 1)
+            if want_x:
+                grad_x[rows] = (grad @ weight) * ss[:, None].to(x.dtype)
+            if want_w:
+                grad_w.addmm_(grad.t(), xs * ss[:, None].to(x.dtype))
+        ctx.save_for_backward(grad_x, grad_w)
+        return total
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_out, (grad_w * grad_out if ctx.has_grad_w else None), None, None, None
+        return (
+            None if grad_x is None else grad_x * grad_out,
+            None if grad_w is None else grad_w * grad_out,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
+@torch.compiler.disable
 def linear_cross_entropy(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    targets: torch.Tensor,
-    ignore_index: int = -100,
-    chunk_rows: int = 1024,
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, chunk_rows: int = 1024
 ) -> torch.Tensor:
     """Mean cross-entropy of the logits x @ weight.T against targets, without materializing all the logits.
 
     x: (..., d), weight: (V, d), targets: (...) with ignore_index marking positions that do not count.
     Equal to F.cross_entropy(x @ weight.T, targets, ignore_index=ignore_index) up to float rounding.
+    Kept out of torch.compile graphs: its chunk loop is already a few large matmuls.
     """
-    return _LinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), weight, targets.reshape(-1), ignore_index, chunk_rows)
+    return _LinearCrossEntropy.apply(
+        x.reshape(-1, x.size(-1)), weight, targets.reshape(-1), ignore_index, chunk_rows, torch.is_grad_enabled()
+    )
