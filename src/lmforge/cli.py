@@ -96,8 +96,7 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lmforge", description=__doc__.splitlines()[0].split(":")[0] + ": "
-                                     "build, train and run Transformer language models.")  # fmt: skip
+    parser = argparse.ArgumentParser(prog="lmforge", description="Build, train and run Transformer language models.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = verbs.add_parser("quickstart", help="train a small GPT for ~2 minutes on a built-in corpus and sample it")

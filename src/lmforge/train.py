@@ -60,8 +60,9 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}  # fused AdamW is slow on CPU
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=True)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), **fast)
 
 
 def flops_per_token(model: GPT, seq_len: int) -> float:

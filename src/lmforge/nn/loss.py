@@ -55,14 +55,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 @torch.compiler.disable
 def linear_cross_entropy(
-    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, chunk_rows: int = 1024
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int = -100,
+    chunk_rows: int | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of the logits x @ weight.T against targets, without materializing all the logits.
 
     x: (..., d), weight: (V, d), targets: (...) with ignore_index marking positions that do not count.
     Equal to F.cross_entropy(x @ weight.T, targets, ignore_index=ignore_index) up to float rounding.
+    chunk_rows defaults to as many rows as keep one chunk's logits under 512 MB in fp32.
     Kept out of torch.compile graphs: its chunk loop is already a few large matmuls.
     """
+    chunk_rows = chunk_rows or max(256, 2**27 // weight.size(0))
     return _LinearCrossEntropy.apply(
         x.reshape(-1, x.size(-1)), weight, targets.reshape(-1), ignore_index, chunk_rows, torch.is_grad_enabled()
     )
