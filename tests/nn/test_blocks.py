@@ -155,6 +155,20 @@ def test_stack_ends_with_a_layer_norm_only_when_pre_norm(norm):
     torch.testing.assert_close(stack(x)[0], expected)
 
 
+def test_shared_layers_apply_one_block_n_times():
+    torch.manual_seed(0)
+    stack = Encoder(3, 8, norm="post", share_layers=True, n_head=2, d_ff=16).double()
+    assert len(stack.blocks) == 1 and stack.n_layer == 3
+    assert sum(p.numel() for p in stack.parameters()) == sum(p.numel() for p in stack.blocks[0].parameters())
+    x = torch.randn(2, 4, 8, dtype=torch.float64)
+    h = x
+    for _ in range(3):
+        h = stack.blocks[0](h)[0]
+    torch.testing.assert_close(stack(x)[0], h, rtol=0, atol=0)
+    attentions = stack(x, need_weights=True)[1]
+    assert len(attentions) == 3 and not torch.allclose(attentions[0], attentions[2])
+
+
 @pytest.mark.parametrize("norm", ["pre", "post"])
 @pytest.mark.parametrize("cross_attention", [False, True])
 def test_block_gradcheck(norm, cross_attention):

@@ -83,3 +83,29 @@ def test_float32_matches_within_rounding():
 def test_gradcheck():
     x, weight, targets = inputs(ignored=(3,))
     assert torch.autograd.gradcheck(lambda x, w: linear_cross_entropy(x, w, targets, chunk_rows=3), (x, weight))
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 1024])
+def test_bias_equals_cross_entropy_on_biased_logits(chunk_rows):
+    x, weight, targets = inputs(ignored=(2, 7))
+    bias = torch.randn(V, dtype=torch.float64, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    x2, w2, b2 = (t.detach().requires_grad_() for t in (x, weight, bias))
+    expected = F.cross_entropy(F.linear(x2, w2, b2), targets)
+    expected.backward()
+    loss = linear_cross_entropy(x, weight, targets, chunk_rows=chunk_rows, bias=bias)
+    loss.backward()
+    torch.testing.assert_close(loss, expected, atol=1e-12, rtol=1e-12)
+    for got, want in ((x.grad, x2.grad), (weight.grad, w2.grad), (bias.grad, b2.grad)):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 1024])
+def test_correct_counts_counted_rows_whose_target_is_the_top_logit(chunk_rows):
+    x, weight, targets = inputs(ignored=(0, 4))
+    top = (x @ weight.T).argmax(dim=-1)
+    targets[1::2] = top[1::2]  # every odd row right, so at least 5 rights; row 0 ignored whatever it is
+    expected = int(((top == targets) & (targets != -100)).sum())
+    loss, correct = linear_cross_entropy(x, weight, targets, chunk_rows=chunk_rows, return_correct=True)
+    assert correct.dtype == torch.int64 and int(correct) == expected >= 4
+    loss.backward()  # the count does not get in the way of the gradient
+    assert x.grad is not None

@@ -72,14 +72,28 @@ class TransformerBlock(nn.Module):
 
 
 class TransformerStack(nn.Module):
-    """n_layer blocks; a pre-norm stack ends with a final LayerNorm, since its blocks leave the residual raw."""
+    """n_layer blocks; a pre-norm stack ends with a final LayerNorm, since its blocks leave the residual raw.
+
+    share_layers=True holds one block and applies it n_layer times (ALBERT's cross-layer parameter sharing).
+    """
 
     causal = False
 
-    def __init__(self, n_layer: int, d_model: int, *, norm: str = "pre", layer_norm_eps: float = 1e-5, **block):
+    def __init__(
+        self,
+        n_layer: int,
+        d_model: int,
+        *,
+        norm: str = "pre",
+        layer_norm_eps: float = 1e-5,
+        share_layers: bool = False,
+        **block,
+    ):
         super().__init__()
+        self.n_layer = n_layer
         self.blocks = nn.ModuleList(
-            TransformerBlock(d_model, norm=norm, layer_norm_eps=layer_norm_eps, **block) for _ in range(n_layer)
+            TransformerBlock(d_model, norm=norm, layer_norm_eps=layer_norm_eps, **block)
+            for _ in range(1 if share_layers else n_layer)
         )
         bias = block.get("bias", True)
         self.ln_final = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if norm == "pre" else nn.Identity()
@@ -102,7 +116,8 @@ class TransformerStack(nn.Module):
         if context_padding_mask is not None:
             context_mask = attention_mask(t, context.size(1), False, context_padding_mask, x.device)
         attentions = []
-        for i, block in enumerate(self.blocks):
+        for i in range(self.n_layer):
+            block = self.blocks[i % len(self.blocks)]
             x, weights = block(x, mask, context, context_mask, cache, i, rope, need_weights)
             attentions.append(weights)
         if cache is not None:

@@ -6,7 +6,7 @@ import torch
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of softmax(x W^T) against targets; gradients are computed chunk by chunk in the forward.
+    """Mean cross-entropy of softmax(x W^T + b) against targets; gradients are computed chunk by chunk in the forward.
 
     A GPT's vocabulary logits are the largest tensor of a training step (2048 tokens x 50257 words = 400 MB in fp32);
     here only one chunk of rows is alive at a time, its softmax gradient is formed in place, and the 1/count scale
@@ -14,43 +14,44 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, targets, ignore_index: int, chunk_rows: int, grad_enabled: bool):
+    def forward(ctx, x, weight, bias, targets, ignore_index: int, chunk_rows: int, grad_enabled: bool, count: bool):
         acc = torch.promote_types(x.dtype, torch.float32)  # at least fp32; fp64 inputs stay fp64
         valid = targets != ignore_index
         scale = valid.to(acc) / valid.sum().clamp(min=1).to(acc)  # (N,): 1/count on counted rows, 0 elsewhere
         safe_targets = targets.masked_fill(~valid, 0)  # ignore_index may lie outside the vocabulary
-        want_x, want_w = (grad_enabled and need for need in ctx.needs_input_grad[:2])  # no work under no_grad
+        want_x, want_w, want_b = (grad_enabled and need for need in ctx.needs_input_grad[:3])  # no work under no_grad
         grad_x = torch.empty_like(x) if want_x else None
         grad_w = torch.zeros_like(weight) if want_w else None
+        grad_b = torch.zeros_like(bias) if want_b else None
         total = torch.zeros((), dtype=acc, device=x.device)
+        correct = torch.zeros((), dtype=torch.int64, device=x.device)
         for start in range(0, x.size(0), chunk_rows):
             rows = slice(start, start + chunk_rows)
             xs, ts, ss = x[rows], safe_targets[rows], scale[rows]
-            logp = torch.log_softmax((xs @ weight.t()).to(acc), dim=-1)  # (rows, V)
+            logits = xs @ weight.t() if bias is None else torch.addmm(bias, xs, weight.t())
+            logp = torch.log_softmax(logits.to(acc), dim=-1)  # (rows, V)
             total -= (logp.gather(1, ts[:, None]).squeeze(1) * ss).sum()
-            if not (want_x or want_w):
+            if count:
+                correct += ((logp.argmax(dim=-1) == ts) & valid[rows]).sum()
+            if not (want_x or want_w or want_b):
                 continue
             grad = logp.exp_()  # softmax; d loss / d logits = (softmax - onehot) * scale
             grad[torch.arange(grad.size(0), device=x.device), ts] -= 1
+            if want_b:
+                grad_b += (ss @ grad).to(bias.dtype)
             grad = grad.to(x.dtype)
             if want_x:
                 grad_x[rows] = (grad @ weight) * ss[:, None].to(x.dtype)
             if want_w:
                 grad_w.addmm_(grad.t(), xs * ss[:, None].to(x.dtype))
-        ctx.save_for_backward(grad_x, grad_w)
-        return total
+        ctx.save_for_backward(grad_x, grad_w, grad_b)
+        ctx.mark_non_differentiable(correct)
+        return total, correct
 
     @staticmethod
-    def backward(ctx, grad_out):
-        grad_x, grad_w = ctx.saved_tensors
-        return (
-            None if grad_x is None else grad_x * grad_out,
-            None if grad_w is None else grad_w * grad_out,
-            None,
-            None,
-            None,
-            None,
-        )
+    def backward(ctx, grad_out, _grad_correct):
+        grads = tuple(None if g is None else g * grad_out for g in ctx.saved_tensors)
+        return (*grads, None, None, None, None, None)
 
 
 @torch.compiler.disable
@@ -60,15 +61,20 @@ def linear_cross_entropy(
     targets: torch.Tensor,
     ignore_index: int = -100,
     chunk_rows: int | None = None,
-) -> torch.Tensor:
-    """Mean cross-entropy of the logits x @ weight.T against targets, without materializing all the logits.
+    bias: torch.Tensor | None = None,
+    return_correct: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy of the logits x @ weight.T (+ bias) against targets, without materializing all the logits.
 
-    x: (..., d), weight: (V, d), targets: (...) with ignore_index marking positions that do not count.
-    Equal to F.cross_entropy(x @ weight.T, targets, ignore_index=ignore_index) up to float rounding.
-    chunk_rows defaults to as many rows as keep one chunk's logits under 512 MB in fp32.
-    Kept out of torch.compile graphs: its chunk loop is already a few large matmuls.
+    x: (..., d), weight: (V, d), bias: (V,) or None, targets: (...) with ignore_index marking positions that do not
+    count. Equal to F.cross_entropy(F.linear(x, weight, bias), targets, ignore_index=ignore_index) up to float
+    rounding. return_correct=True also returns how many counted rows have their target as the top logit (accuracy
+    for free: the logits pass by anyway). chunk_rows defaults to as many rows as keep one chunk's logits under 512 MB
+    in fp32. Kept out of torch.compile graphs: its chunk loop is already a few large matmuls.
     """
     chunk_rows = chunk_rows or max(256, 2**27 // weight.size(0))
-    return _LinearCrossEntropy.apply(
-        x.reshape(-1, x.size(-1)), weight, targets.reshape(-1), ignore_index, chunk_rows, torch.is_grad_enabled()
-    )
+    loss, correct = _LinearCrossEntropy.apply(
+        x.reshape(-1, x.size(-1)), weight, bias, targets.reshape(-1), ignore_index, chunk_rows,
+        torch.is_grad_enabled(), return_correct,
+    )  # fmt: skip
+    return (loss, correct) if return_correct else loss
