@@ -7,7 +7,7 @@ import torch
 from tokenizers import models
 
 from lmforge.errors import LmforgeError
-from lmforge.tokenizer import EOS, Tokenizer
+from lmforge.tokenizer import ENCODER_BPE_SPECIALS, EOS, WORDPIECE_SPECIALS, Tokenizer
 
 TEXTS = [
     "Hello, world! The quick brown fox jumps over the lazy dog.\n",
@@ -125,7 +125,78 @@ def test_load_errors(tmp_path):
 
 
 def test_unsupported_model_is_refused(tmp_path):
-    path = tmp_path / "wordpiece.json"
-    tokenizers.Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]")).save(str(path))
-    with pytest.raises(LmforgeError, match="WordPiece"):
+    path = tmp_path / "unigram.json"
+    tokenizers.Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0)], unk_id=0)).save(str(path))
+    with pytest.raises(LmforgeError, match="Unigram"):
         Tokenizer.load(path)
+
+
+ENGLISH = "The quick brown fox jumps over the lazy dog. Running, jumped, jumping! Café naïve résumé.\n"
+CHINESE = "中文分词测试：你好，世界。机器学习和自然语言处理。\n"
+MIXED = "Mixed 中英文 text: BERT模型 learns 语言.\n"
+
+
+@pytest.fixture(scope="module")
+def wordpiece() -> Tokenizer:
+    return Tokenizer.train_wordpiece([ENGLISH, CHINESE, MIXED] * 20, vocab_size=300)
+
+
+def pieces(tok, text):
+    return [tok.backend.id_to_token(i) for i in tok.encode(text)]
+
+
+def test_wordpiece_specials_take_the_first_ids_and_have_roles(wordpiece):
+    assert wordpiece.kind == "wordpiece"
+    assert [wordpiece.backend.id_to_token(i) for i in range(5)] == list(WORDPIECE_SPECIALS)
+    roles = (wordpiece.pad_id, wordpiece.unk_id, wordpiece.cls_id, wordpiece.sep_id, wordpiece.mask_id)
+    assert roles == (0, 1, 2, 3, 4) and wordpiece.special_ids == [0, 1, 2, 3, 4]
+    assert wordpiece.eos_id is None
+    assert pieces(wordpiece, "the [MASK] fox") == ["the", "[MASK]", "fox"]  # typed as text, read as the token
+
+
+def test_wordpiece_english_lowercases_strips_accents_and_splits_punctuation(wordpiece):
+    assert pieces(wordpiece, "The Quick, brown FOX!") == ["the", "quick", ",", "brown", "fox", "!"]
+    assert pieces(wordpiece, "Café") == pieces(wordpiece, "cafe")
+    assert wordpiece.decode(wordpiece.encode("Running, jumped.")) == "running, jumped."
+    ids = wordpiece.encode("lazydog")  # not a word of the corpus: subwords, each later one ##-continued
+    assert len(ids) > 1 and all(wordpiece.backend.id_to_token(i).startswith("##") for i in ids[1:])
+    assert wordpiece.encode("ж") == [wordpiece.unk_id]  # a character never seen
+
+
+def test_wordpiece_chinese_is_one_token_per_character(wordpiece):
+    text = "机器学习和自然语言处理"
+    assert pieces(wordpiece, text) == list(text)
+    assert pieces(wordpiece, "你好，世界。") == ["你", "好", "，", "世", "界", "。"]
+
+
+def test_wordpiece_mixed_text_splits_cjk_out_of_latin_words(wordpiece):
+    assert pieces(wordpiece, "BERT模型 learns 语言") == ["bert", "模", "型", "learns", "语", "言"]
+
+
+def test_wordpiece_casing_and_accents_are_options():
+    cased = Tokenizer.train_wordpiece([ENGLISH] * 20, vocab_size=200, lowercase=False, strip_accents=False)
+    assert pieces(cased, "The") == ["The"] and "the" in pieces(cased, "the")
+    assert cased.decode(cased.encode("Café")) == "Café"
+
+
+def test_wordpiece_save_load(tmp_path, wordpiece):
+    wordpiece.save(tmp_path / "tokenizer.json")
+    loaded = Tokenizer.load(tmp_path / "tokenizer.json")
+    assert loaded.kind == "wordpiece" and loaded.mask_id == wordpiece.mask_id
+    assert loaded.encode(MIXED + CHINESE) == wordpiece.encode(MIXED + CHINESE)
+
+
+def test_encoder_bpe_has_roberta_specials_and_a_mask_that_takes_the_space():
+    tok = Tokenizer.train_bpe(TEXTS * 20, vocab_size=400, special_tokens=ENCODER_BPE_SPECIALS)
+    assert [tok.backend.id_to_token(i) for i in range(5)] == ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    assert (tok.cls_id, tok.pad_id, tok.sep_id, tok.unk_id, tok.mask_id) == (0, 1, 2, 3, 4)
+    assert tok.eos_id is None
+    assert tok.encode("the <mask>") == tok.encode("the") + [tok.mask_id]
+    text = "Hello, world! 中文 👨‍👩‍👧"
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_decoder_tokenizers_have_no_encoder_roles(bpe, char):
+    assert bpe.mask_id is bpe.cls_id is bpe.sep_id is bpe.pad_id is None
+    assert bpe.special_ids == [bpe.eos_id]
+    assert char.mask_id is None and char.unk_id == char.vocab_size - 1

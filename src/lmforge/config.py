@@ -69,6 +69,29 @@ def _fraction(x):
     return 0.0 <= x < 1.0
 
 
+_STACK_RANGES = {
+    "vocab_size": (_positive, "needs at least one token"),
+    "n_layer": (_positive, "needs at least one layer"),
+    "n_head": (_positive, "needs at least one head"),
+    "d_model": (_positive, "must be positive"),
+    "max_seq_len": (_positive, "must be positive"),
+    "dropout": (_fraction, "a probability in [0, 1)"),
+    "layer_norm_eps": (_positive, "must be positive"),
+}
+
+
+def _check_widths(cfg) -> None:
+    """The rules every Transformer stack shares: d_ff defaults to 4 * d_model, heads divide d_model."""
+    if cfg.d_ff is None:
+        cfg.d_ff = 4 * cfg.d_model
+    if cfg.d_ff <= 0:
+        raise LmforgeError(f"model.d_ff = {cfg.d_ff} is out of range: must be positive")
+    if cfg.d_model % cfg.n_head:
+        raise LmforgeError(
+            f"model.d_model ({cfg.d_model}) must be divisible by model.n_head ({cfg.n_head}); change one of them"
+        )
+
+
 @dataclass
 class GPTConfig(Checked):
     """A decoder-only causal language model (GPT-2 shaped by default)."""
@@ -88,27 +111,52 @@ class GPTConfig(Checked):
     bias: bool = True
     layer_norm_eps: float = 1e-5
 
-    _ranges = {
-        "vocab_size": (_positive, "needs at least one token"),
-        "n_layer": (_positive, "needs at least one layer"),
-        "n_head": (_positive, "needs at least one head"),
-        "d_model": (_positive, "must be positive"),
-        "max_seq_len": (_positive, "must be positive"),
-        "dropout": (_fraction, "a probability in [0, 1)"),
-        "layer_norm_eps": (_positive, "must be positive"),
-    }
+    _ranges = _STACK_RANGES
 
     def check(self) -> None:
-        if self.d_ff is None:
-            self.d_ff = 4 * self.d_model
-        if self.d_ff <= 0:
-            raise LmforgeError(f"model.d_ff = {self.d_ff} is out of range: must be positive")
-        if self.d_model % self.n_head:
-            raise LmforgeError(
-                f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head}); change one of them"
-            )
+        _check_widths(self)
         if self.position == "rotary" and (self.d_model // self.n_head) % 2:
             raise LmforgeError("model.position = rotary needs an even head size (d_model / n_head)")
+
+
+@dataclass
+class BertConfig(Checked):
+    """A bidirectional encoder pretrained by masked language modelling; BERT-base shaped by default.
+
+    RoBERTa and ALBERT are settings of it: RoBERTa drops the sentence objective (sentence_objective none,
+    type_vocab_size 1); ALBERT factorizes the embedding (embedding_size < d_model), shares one layer's weights across
+    the stack (share_layers) and predicts sentence order (sentence_objective sop).
+    """
+
+    section = "model"
+    vocab_size: int = 30522
+    n_layer: int = 12
+    n_head: int = 12
+    d_model: int = 768
+    d_ff: int | None = None  # 4 * d_model when left out
+    embedding_size: int | None = None  # ALBERT's E; d_model when left out
+    max_seq_len: int = 512
+    type_vocab_size: int = 2  # segment ids: 0 for sentence A, 1 for sentence B
+    dropout: float = 0.1
+    norm: typing.Literal["pre", "post"] = "post"
+    activation: typing.Literal["gelu", "gelu_exact", "relu"] = "gelu_exact"
+    layer_norm_eps: float = 1e-12
+    share_layers: bool = False
+    sentence_objective: typing.Literal["nsp", "sop", "none"] = "nsp"
+
+    _ranges = {**_STACK_RANGES, "type_vocab_size": (_positive, "needs at least one segment type")}
+
+    def check(self) -> None:
+        _check_widths(self)
+        if self.embedding_size is None:
+            self.embedding_size = self.d_model
+        if self.embedding_size <= 0:
+            raise LmforgeError(f"model.embedding_size = {self.embedding_size} is out of range: must be positive")
+        if self.sentence_objective != "none" and self.type_vocab_size < 2:
+            raise LmforgeError(
+                f"model.sentence_objective = {self.sentence_objective} needs two segment types: "
+                "set model.type_vocab_size to 2 or the objective to none"
+            )
 
 
 @dataclass
@@ -117,9 +165,13 @@ class DataConfig(Checked):
 
     section = "data"
     path: str | None = None  # a text file (prepared on the fly) or a prepared directory
-    tokenizer: str = "char"  # char, bpe, or a path to a tokenizer.json
-    vocab_size: int = 8192  # for a BPE tokenizer trained on the data
+    tokenizer: str = "char"  # char, bpe, wordpiece, or a path to a tokenizer.json
+    vocab_size: int = 8192  # for a BPE or WordPiece tokenizer trained on the data
     val_fraction: float = 0.1
+    lowercase: bool = True  # WordPiece: lower-case the text (an uncased model)
+    strip_accents: bool = True  # WordPiece: drop accents (café -> cafe)
+    mlm_probability: float = 0.15  # masked language modelling: the share of tokens to predict
+    whole_word_masking: bool = False  # MLM: select whole words, never a piece of one
 
     _ranges = {
         "vocab_size": (
@@ -127,6 +179,7 @@ class DataConfig(Checked):
             "a byte-level BPE needs at least 260 entries (256 bytes + specials)",
         ),
         "val_fraction": (_fraction, "a fraction in [0, 1)"),
+        "mlm_probability": (lambda p: 0 < p < 1, "a probability in (0, 1), usually 0.15"),
     }
 
 
@@ -181,7 +234,7 @@ class TrainConfig(Checked):
             raise LmforgeError(f"train.seq_len = {self.seq_len} is out of range: must be positive")
 
 
-FAMILIES = {"gpt": GPTConfig}
+FAMILIES = {"gpt": GPTConfig, "bert": BertConfig}
 
 
 @dataclass
@@ -189,7 +242,7 @@ class RunConfig:
     """Everything a training run needs; a YAML file has the sections family, model, data and train."""
 
     family: str = "gpt"
-    model: GPTConfig = field(default_factory=GPTConfig)
+    model: GPTConfig | BertConfig = field(default_factory=GPTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -201,6 +254,15 @@ class RunConfig:
                 f"train.seq_len ({self.train.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len}); "
                 "lower the first or raise the second"
             )
+        if self.family == "bert" and self.data.tokenizer == "char":
+            raise LmforgeError(
+                "data.tokenizer = char has no [CLS], [SEP] or [MASK] for an encoder: use wordpiece or bpe"
+            )
+
+    def require_family(self, family: str, verb: str, fix: str) -> None:
+        """For verbs that serve one family: a config of another is a user mistake, named with the way out."""
+        if self.family != family:
+            raise LmforgeError(f"{verb} needs a {family} config, not a {self.family} one: {fix}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -256,8 +318,9 @@ def apply_override(raw: dict, assignment: str) -> None:
     if "." in key:
         section, name = key.split(".", 1)
     else:
+        model = FAMILIES.get(raw.get("family", "gpt"), GPTConfig)
         owners = [
-            s for s, kind in (("model", GPTConfig), ("data", DataConfig), ("train", TrainConfig)) if name_in(kind, key)
+            s for s, kind in (("model", model), ("data", DataConfig), ("train", TrainConfig)) if name_in(kind, key)
         ]
         if len(owners) != 1:
             hint = "no section has it" if not owners else f"it is in {' and '.join(owners)}"

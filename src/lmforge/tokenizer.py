@@ -1,22 +1,35 @@
-"""Character-level and byte-level BPE tokenizers over Hugging Face `tokenizers`, stored as one tokenizer.json.
+"""Character-level, byte-level BPE and WordPiece tokenizers over Hugging Face `tokenizers`, one tokenizer.json each.
 
-Both kinds are lossless: decode(encode(text)) == text (for a char tokenizer, when every character was seen in training).
+char and bpe are lossless: decode(encode(text)) == text (for a char tokenizer, when every character was seen in
+training). WordPiece is BERT's: it normalizes (lower-casing, accents) and decodes words joined by spaces.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import tokenizers
-from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
 from lmforge.errors import LmforgeError
 
 EOS = "<|endoftext|>"
 UNK = "<unk>"
-KINDS = {"WordLevel": "char", "BPE": "bpe"}  # the tokenizers model type -> our kind
+KINDS = {"WordLevel": "char", "BPE": "bpe", "WordPiece": "wordpiece"}  # the tokenizers model type -> our kind
+WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # BERT's
+# RoBERTa's, in its id order; <mask> swallows the space before it, so "a <mask>" predicts the word with its space
+ENCODER_BPE_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", AddedToken("<mask>", lstrip=True, special=True))
+# An encoder's special tokens by role: BERT's name first, then RoBERTa's (a byte-level BPE has <s> where BERT has
+# [CLS]). A role the tokenizer lacks has id None.
+ROLES = {
+    "pad": ("[PAD]", "<pad>"),
+    "unk": ("[UNK]", UNK),
+    "cls": ("[CLS]", "<s>"),
+    "sep": ("[SEP]", "</s>"),
+    "mask": ("[MASK]", "<mask>"),
+}
 
 
 class Tokenizer:
@@ -25,7 +38,9 @@ class Tokenizer:
     def __init__(self, backend: tokenizers.Tokenizer):
         model = type(backend.model).__name__
         if model not in KINDS:
-            raise LmforgeError(f"a {model} tokenizer is not supported; lmforge reads WordLevel (char) and BPE ones")
+            raise LmforgeError(
+                f"a {model} tokenizer is not supported; lmforge reads WordLevel (char), BPE and WordPiece ones"
+            )
         self.backend = backend
         self.kind: str = KINDS[model]
 
@@ -43,20 +58,53 @@ class Tokenizer:
         return cls(backend)
 
     @classmethod
-    def train_bpe(cls, texts: Iterable[str], vocab_size: int, progress: bool = False) -> Tokenizer:
-        """GPT-2 style byte-level BPE: all 256 bytes are in the alphabet, so any Unicode text round-trips."""
-        if vocab_size < 257:
+    def train_bpe(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        progress: bool = False,
+        special_tokens: Sequence[str | AddedToken] = (EOS,),
+    ) -> Tokenizer:
+        """GPT-2 style byte-level BPE: all 256 bytes are in the alphabet, so any Unicode text round-trips.
+
+        The special tokens take the first ids; an encoder passes ENCODER_BPE_SPECIALS (RoBERTa's).
+        """
+        if vocab_size < 256 + len(special_tokens):
             raise LmforgeError(
-                f"vocab_size {vocab_size} is too small for byte-level BPE: it needs at least 257 (256 bytes + {EOS})"
+                f"vocab_size {vocab_size} is too small for byte-level BPE: it needs at least "
+                f"{256 + len(special_tokens)} (256 bytes + {len(special_tokens)} special tokens)"
             )
         backend = tokenizers.Tokenizer(models.BPE())
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
-            special_tokens=[EOS],
+            special_tokens=list(special_tokens),
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=progress,
+        )
+        backend.train_from_iterator(texts, trainer)
+        return cls(backend)
+
+    @classmethod
+    def train_wordpiece(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        lowercase: bool = True,
+        strip_accents: bool = True,
+        progress: bool = False,
+    ) -> Tokenizer:
+        """BERT's WordPiece: normalize (optionally lower-case and strip accents), split on whitespace and punctuation
+        with every CJK character a word of its own (Chinese has no spaces), then ##-continued subwords."""
+        backend = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        backend.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents, lowercase=lowercase
+        )
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, special_tokens=list(WORDPIECE_SPECIALS), show_progress=progress
         )
         backend.train_from_iterator(texts, trainer)
         return cls(backend)
@@ -105,6 +153,48 @@ class Tokenizer:
     def eos_id(self) -> int | None:
         """The id of <|endoftext|>, which separates documents; None for a char tokenizer."""
         return self.backend.token_to_id(EOS)
+
+    def special_id(self, role: str) -> int | None:
+        """The id of an encoder's special token by role (pad, unk, cls, sep, mask; see ROLES), or None."""
+        return next((i for name in ROLES[role] if (i := self.backend.token_to_id(name)) is not None), None)
+
+    @property
+    def pad_id(self) -> int | None:
+        return self.special_id("pad")
+
+    @property
+    def unk_id(self) -> int | None:
+        return self.special_id("unk")
+
+    @property
+    def cls_id(self) -> int | None:
+        return self.special_id("cls")
+
+    @property
+    def sep_id(self) -> int | None:
+        return self.special_id("sep")
+
+    @property
+    def mask_id(self) -> int | None:
+        return self.special_id("mask")
+
+    @property
+    def special_ids(self) -> list[int]:
+        """The ids of every special token (the encoder roles and <|endoftext|>) this tokenizer has."""
+        ids = {self.special_id(role) for role in ROLES} | {self.eos_id}
+        return sorted(i for i in ids if i is not None)
+
+    def continues_word(self) -> list[bool]:
+        """For each id, whether its token continues the word before it: a WordPiece ##piece, or a byte-level BPE
+        piece without the leading space (Ġ) that starts a word. Whole-word masking keeps such pieces with their word.
+        """
+        specials, out = set(self.special_ids), [False] * self.vocab_size
+        for token, i in self.backend.get_vocab(with_added_tokens=True).items():
+            if self.kind == "wordpiece":
+                out[i] = token.startswith("##")
+            elif self.kind == "bpe":
+                out[i] = not token.startswith("Ġ") and i not in specials
+        return out
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from lmforge.data.clean import clean_text
 from lmforge.errors import LmforgeError
-from lmforge.tokenizer import Tokenizer
+from lmforge.tokenizer import ENCODER_BPE_SPECIALS, EOS, Tokenizer
 
 FORMAT = 1
 CHUNK_CHARS = 1 << 20  # pieces of ~1 MB are encoded in parallel
@@ -87,16 +87,48 @@ def _encode(tokenizer: Tokenizer, text: str, dtype: np.dtype, bar: tqdm) -> list
     return parts
 
 
-def _resolve_tokenizer(tokenizer: str | Path | Tokenizer) -> Tokenizer | str:
-    """A Tokenizer ready to use, or "char" / "bpe" for one still to be trained on the data."""
-    if isinstance(tokenizer, Tokenizer) or tokenizer in ("char", "bpe"):
+TRAINED = ("char", "bpe", "wordpiece")  # the tokenizers trained on the data itself
+
+
+def resolve_tokenizer(tokenizer: str | Path | Tokenizer) -> Tokenizer | str:
+    """A Tokenizer ready to use, or "char" / "bpe" / "wordpiece" for one still to be trained on the data."""
+    if isinstance(tokenizer, Tokenizer) or tokenizer in TRAINED:
         return tokenizer
     if not Path(tokenizer).is_file():
-        raise LmforgeError(f"tokenizer {str(tokenizer)!r} is neither char, bpe nor an existing tokenizer.json file")
+        raise LmforgeError(
+            f"tokenizer {str(tokenizer)!r} is neither char, bpe nor wordpiece, nor an existing tokenizer.json file"
+        )
     return Tokenizer.load(tokenizer)
 
 
-def _check_out_dir(out_dir: Path) -> None:
+def train_tokenizer(
+    kind: str,
+    texts: list[str],
+    vocab_size: int,
+    progress: bool,
+    lowercase: bool = True,
+    strip_accents: bool = True,
+    encoder: bool = False,
+) -> Tokenizer:
+    """A tokenizer of the named kind trained on the cleaned texts; an encoder's byte-level BPE gets RoBERTa's
+    special tokens instead of <|endoftext|>."""
+    if kind == "char":
+        return Tokenizer.train_char(texts)
+    chunks = (c for t in texts for c in _chunks(t))
+    if kind == "bpe":
+        return Tokenizer.train_bpe(chunks, vocab_size, progress, ENCODER_BPE_SPECIALS if encoder else (EOS,))
+    return Tokenizer.train_wordpiece(chunks, vocab_size, lowercase, strip_accents, progress)
+
+
+def input_list(inputs: Sequence[str | Path] | str | Path) -> list[str | Path]:
+    """One path or several, as a list; none at all is a mistake."""
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    if not inputs:
+        raise LmforgeError("no data files given: pass at least one UTF-8 text file")
+    return inputs
+
+
+def check_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise LmforgeError(f"{out_dir} is a file: give a folder for the prepared data")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "meta.json").is_file():
@@ -110,26 +142,24 @@ def prepare(
     vocab_size: int = 8192,
     val_fraction: float = 0.1,
     progress: bool = True,
+    lowercase: bool = True,
+    strip_accents: bool = True,
 ) -> Path:
     """Cleans and tokenizes the files (joined by <|endoftext|> when the tokenizer has it) into a prepared folder.
 
-    `tokenizer` is "char" or "bpe" (trained here on the cleaned text; vocab_size is for bpe), a tokenizer.json path
-    or a Tokenizer. The last val_fraction of the token stream is the validation split, as in nanoGPT.
+    `tokenizer` is "char", "bpe" or "wordpiece" (trained here on the cleaned text; vocab_size is for bpe and wordpiece,
+    lowercase and strip_accents for wordpiece), a tokenizer.json path or a Tokenizer. The last val_fraction of the
+    token stream is the validation split, as in nanoGPT.
     """
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    if not inputs:
-        raise LmforgeError("no data files given: pass at least one UTF-8 text file")
+    inputs = input_list(inputs)
     if not 0 <= val_fraction < 1:
         raise LmforgeError(f"val_fraction = {val_fraction} is out of range: a fraction in [0, 1)")
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
-    tok = _resolve_tokenizer(tokenizer)
+    check_out_dir(out_dir)
+    tok = resolve_tokenizer(tokenizer)
     texts = [clean_text(read_text(p)) for p in inputs]
-    if tok == "char":
-        tok = Tokenizer.train_char(texts)
-    elif tok == "bpe":
-        tok = Tokenizer.train_bpe((c for t in texts for c in _chunks(t)), vocab_size, progress=progress)
+    if isinstance(tok, str):
+        tok = train_tokenizer(tok, texts, vocab_size, progress, lowercase, strip_accents)
 
     tokens = _tokenize(tok, texts, progress)
     n_train = int(len(tokens) * (1 - val_fraction))
@@ -141,10 +171,19 @@ def prepare(
         )
 
     meta = {
-        "vocab_size": tok.vocab_size,
-        "dtype": tokens.dtype.name,
         "n_train_tokens": len(train),
         "n_val_tokens": len(val),
+        **base_meta(tok, tokens.dtype, inputs, val_fraction),
+    }
+    write_folder(out_dir, {"train.bin": train, "val.bin": val}, tok, meta)
+    return out_dir
+
+
+def base_meta(tok: Tokenizer, dtype: np.dtype, inputs: Sequence[str | Path], val_fraction: float) -> dict:
+    """The meta.json entries every prepared layout has: the tokenizer, the token dtype and the sources."""
+    return {
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype.name,
         "tokenizer": "tokenizer.json",
         "tokenizer_kind": tok.kind,
         "sources": [
@@ -154,8 +193,6 @@ def prepare(
         "val_fraction": val_fraction,
         "format": FORMAT,
     }
-    _write(out_dir, {"train.bin": train, "val.bin": val}, tok, meta)
-    return out_dir
 
 
 def _tokenize(tok: Tokenizer, texts: list[str], progress: bool) -> np.ndarray:
@@ -169,14 +206,20 @@ def _tokenize(tok: Tokenizer, texts: list[str], progress: bool) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _write(out_dir: Path, arrays: dict[str, np.ndarray], tok: Tokenizer, meta: dict) -> None:
-    """Fills a temporary sibling folder and renames it onto out_dir; on any failure the sibling is removed."""
+def write_folder(out_dir: Path, arrays: dict[str, np.ndarray], tok: Tokenizer, meta: dict) -> None:
+    """Fills a temporary sibling folder and renames it onto out_dir; on any failure the sibling is removed.
+
+    A name ending in .npy is written with its dtype and shape (np.save); others as raw bytes, described in meta.
+    """
     out_dir = out_dir.resolve()  # so that "." has a name to put the sibling next to
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
         for name, array in arrays.items():
-            array.tofile(tmp / name)
+            if name.endswith(".npy"):
+                np.save(tmp / name, array)
+            else:
+                array.tofile(tmp / name)
         tok.save(tmp / "tokenizer.json")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         _publish(tmp, out_dir)
@@ -244,11 +287,15 @@ def ensure_prepared(
     val_fraction: float,
     cache_dir: str | Path,
     progress: bool = True,
+    lowercase: bool = True,
+    strip_accents: bool = True,
+    builder: Callable[..., Path] = prepare,
 ) -> Path:
     """A prepared folder as it is, or a text file prepared once into cache_dir and reused while file and settings hold.
 
     The cache key hashes the file's contents (not its name or mtime), the tokenizer (a tokenizer.json by its contents)
-    and the settings that change the tokens.
+    and the settings that change the tokens. builder is the preparation (`prepare`, or `prepare_documents` for an
+    encoder's documents), called as builder([data], tokenizer, out_dir, vocab_size, val_fraction, progress, ...).
     """
     data = Path(data)
     if (data / "meta.json").is_file():
@@ -259,10 +306,20 @@ def ensure_prepared(
         )
     if not data.exists():
         raise LmforgeError(f"data file {data} not found: check the path (relative paths start at {Path.cwd()})")
-    spec = _resolve_tokenizer(tokenizer)
+    spec = resolve_tokenizer(tokenizer)
     tokenizer_key = spec if isinstance(spec, str) else "file:" + _sha256(Path(tokenizer))
-    settings = [FORMAT, _sha256(data), tokenizer_key, vocab_size if spec == "bpe" else None, val_fraction]
+    settings = [
+        FORMAT,
+        _sha256(data),
+        tokenizer_key,
+        vocab_size if spec in ("bpe", "wordpiece") else None,
+        val_fraction,
+    ]
+    if spec == "wordpiece":
+        settings += [lowercase, strip_accents]
+    if builder is not prepare:
+        settings.append(builder.__name__)
     out_dir = Path(cache_dir) / f"{data.stem}-{hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]}"
     if (out_dir / "meta.json").is_file():
         return out_dir
-    return prepare([data], spec, out_dir, vocab_size, val_fraction, progress)
+    return builder([data], spec, out_dir, vocab_size, val_fraction, progress, lowercase, strip_accents)
