@@ -18,7 +18,8 @@ from common import best_time, emit, log, matmul_peak_flops  # noqa: E402
 from lmforge.config import GPTConfig, TrainConfig  # noqa: E402
 from lmforge.models import GPT  # noqa: E402
 from lmforge.objectives import causal_lm_loss  # noqa: E402
-from lmforge.train import build_optimizer, flops_per_token  # noqa: E402
+from lmforge.tasks import flops_per_token  # noqa: E402
+from lmforge.train import build_optimizer  # noqa: E402
 
 
 def main() -> None:

@@ -30,3 +30,46 @@ def corpus(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_overrides(corpus: Path, tmp_path: Path) -> list[str]:
     return [*TINY, f"data.path={corpus}", f"train.out={tmp_path / 'run'}"]
+
+
+def topic_documents(n_docs: int = 200, seed: int = 0) -> str:
+    """Documents separated by blank lines; each keeps to one of 8 topics, whose words no other topic uses, so the
+    words of a sentence follow from its document (MLM) and a sentence from another document stands out (NSP); the
+    sentences of a document count up (one, two, ...), so swapped halves stand out too (SOP)."""
+    rng = random.Random(seed)
+    syllables = ["ba", "ko", "mi", "tu", "re", "sa", "lo", "ne", "pi", "du", "ga", "fe"]
+    topics = []
+    for k in range(8):
+        words = [syllables[k] + syllables[(k + j + 1) % 12] + syllables[(3 * k + j) % 12] for j in range(9)]
+        topics.append((words[:3], words[3:6], words[6:]))  # adjectives, nouns, verbs
+    docs = []
+    for _ in range(n_docs):
+        adjectives, nouns, verbs = rng.choice(topics)
+        sentences = [
+            f"{number} the {rng.choice(adjectives)} {rng.choice(nouns)} {rng.choice(verbs)} the {rng.choice(nouns)}."
+            for number in ["one", "two", "three", "four", "five", "six"][: rng.randint(3, 6)]
+        ]
+        docs.append(" ".join(sentences))
+    return "\n\n".join(docs) + "\n"
+
+
+@pytest.fixture
+def documents(tmp_path: Path) -> Path:
+    path = tmp_path / "documents.txt"
+    path.write_text(topic_documents(), encoding="utf-8")
+    return path
+
+
+CHINESE_DOCUMENTS = [
+    "今天天气很好。我们去公园散步吧！公园里有很多人。",
+    "机器学习很有趣。自然语言处理是机器学习的一部分。我们学习语言模型。",
+    "我喜欢喝茶。早上喝一杯茶很好。中国的茶很有名。",
+]
+
+
+@pytest.fixture(scope="module")
+def mixed_documents(tmp_path_factory) -> Path:
+    """English topic documents with Chinese ones among them, for tokenizers and fill-mask in both scripts."""
+    path = tmp_path_factory.mktemp("mixed") / "mixed.txt"
+    path.write_text(topic_documents(60) + "\n" + "\n\n".join(CHINESE_DOCUMENTS * 4) + "\n", encoding="utf-8")
+    return path

@@ -91,3 +91,35 @@ def test_console_script_entry_point_runs_without_traceback(tmp_path):
         [sys.executable, "-m", "lmforge", "generate", str(tmp_path / "nothing")], capture_output=True, text=True
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "not found" in proc.stderr
+
+
+ENCODER = ["--no-progress", "--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.max_seq_len=32",
+           "--set", "data.vocab_size=400", "--set", "train.eval_every=0"]  # fmt: skip
+
+
+def test_pretrain_resume_and_fill_mask(tmp_path, mixed_documents, capsys):
+    out = tmp_path / "bert"
+    code, stdout, _ = run(capsys, "pretrain", "--config", "bert-small", "--data", str(mixed_documents), "--out",
+                          str(out), "--max-steps", "3", *ENCODER)  # fmt: skip
+    assert code == 0 and "saved" in stdout and "validation: loss" in stdout and "nsp_acc" in stdout
+    code, stdout, _ = run(capsys, "pretrain", "--config", "bert-small", "--data", str(mixed_documents), "--out",
+                          str(out), "--max-steps", "5", "--resume", *ENCODER)  # fmt: skip
+    assert code == 0 and "step-000005" in stdout
+    code, stdout, _ = run(capsys, "fill-mask", str(out), "我喜欢喝[MASK]。", "--top-k", "3", "--device", "cpu")
+    lines = stdout.strip().splitlines()
+    assert code == 0 and len(lines) == 3 and all(0 < float(line.split()[-1]) <= 1 for line in lines)
+    code, stdout, _ = run(capsys, "fill-mask", str(out), "one the [MASK] lofega [MASK] the lofega.")
+    assert code == 0 and "[MASK] 1 of 2:" in stdout and "[MASK] 2 of 2:" in stdout
+    code, _, err = run(capsys, "fill-mask", str(out), "no mask here")
+    assert_one_line_error(code, err, "no [MASK]")
+    code, _, err = run(capsys, "generate", str(out), "--prompt", "the")
+    assert_one_line_error(code, err, "holds a bert model")
+
+
+def test_pretrain_and_train_refuse_the_other_family(tmp_path, corpus, capsys):
+    code, _, err = run(capsys, "pretrain", "--config", "char-small", "--data", str(corpus), "--out", str(tmp_path))
+    assert_one_line_error(code, err, "needs a bert config", "bert-small")
+    code, _, err = run(capsys, "train", "--config", "bert-small", "--data", str(corpus), "--out", str(tmp_path))
+    assert_one_line_error(code, err, "needs a gpt config", "lmforge pretrain")
+    code, out, _ = run(capsys, "configs")
+    assert all(name in out for name in ("bert-small", "roberta-small", "albert-small"))

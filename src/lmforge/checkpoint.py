@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from lmforge.config import RunConfig
 from lmforge.errors import LmforgeError
-from lmforge.models import GPT
+from lmforge.models import GPT, MODELS, Bert
 from lmforge.tokenizer import Tokenizer
 
 CONFIG, WEIGHTS, TOKENIZER = "config.yaml", "model.safetensors", "tokenizer.json"
@@ -189,9 +189,16 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where
     model.load_state_dict(weights, strict=False)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer, RunConfig]:
-    """A trained model ready for inference, its tokenizer and its run config."""
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", family: str | None = None
+) -> tuple[GPT | Bert, Tokenizer, RunConfig]:
+    """A trained model ready for inference (the class its config's family names), its tokenizer and its run config.
+
+    family, when given, is the family the caller can use; a checkpoint of another is a user mistake.
+    """
     ckpt = load_checkpoint(path)
-    model = GPT(ckpt.cfg.model)
+    if family is not None and ckpt.cfg.family != family:
+        raise LmforgeError(f"{ckpt.path} holds a {ckpt.cfg.family} model; this needs a {family} one")
+    model = MODELS[ckpt.cfg.family](ckpt.cfg.model)
     load_weights(model, ckpt.weights, str(ckpt.path / WEIGHTS))
     return model.to(device).eval(), ckpt.tokenizer, ckpt.cfg

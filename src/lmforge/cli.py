@@ -48,12 +48,42 @@ def training_config(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
+def _saved(result) -> str:
+    val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    return f"saved {result.checkpoint} (step {result.step}, train loss {result.train_loss:.4f}{val})"
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from lmforge.train import train
 
-    result = train(training_config(args), resume=args.resume)
-    val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
-    print(f"saved {result.checkpoint} (step {result.step}, train loss {result.train_loss:.4f}{val})")
+    cfg = training_config(args)
+    cfg.require_family("gpt", "lmforge train", "pretrain an encoder config with lmforge pretrain")
+    print(_saved(train(cfg, resume=args.resume)))
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from lmforge.train import train
+
+    cfg = training_config(args)
+    cfg.require_family("bert", "lmforge pretrain", "use bert-small, roberta-small or albert-small")
+    result = train(cfg, resume=args.resume)
+    print(_saved(result))
+    if result.val_metrics:
+        print("validation: " + ", ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in result.val_metrics.items()))
+
+
+def cmd_fill_mask(args: argparse.Namespace) -> None:
+    from lmforge.checkpoint import load_model
+    from lmforge.fill_mask import fill_mask
+    from lmforge.train import resolve_device
+
+    model, tokenizer, _ = load_model(args.checkpoint, resolve_device(args.device), family="bert")
+    masks = fill_mask(model, tokenizer, args.text, args.top_k)
+    for n, fillers in enumerate(masks, start=1):
+        if len(masks) > 1:
+            print(f"[MASK] {n} of {len(masks)}:")
+        for filler, probability in fillers:
+            print(f"  {filler:<16} {probability:.4f}")
 
 
 def cmd_configs(args: argparse.Namespace) -> None:
@@ -65,9 +95,11 @@ def cmd_configs(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from lmforge.data import prepare
+    from lmforge.data import prepare, prepare_documents
 
-    out = prepare(args.input, args.tokenizer, args.out, args.vocab_size, args.val_fraction, not args.no_progress)
+    build = prepare_documents if args.documents else prepare
+    out = build(args.input, args.tokenizer, args.out, args.vocab_size, args.val_fraction, not args.no_progress,
+                not args.cased, not args.cased)  # fmt: skip
     print(f"prepared {out}")
 
 
@@ -76,7 +108,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from lmforge.generate import encode_prompt, generate_text
     from lmforge.train import resolve_device
 
-    model, tokenizer, _ = load_model(args.checkpoint, resolve_device(args.device))
+    model, tokenizer, _ = load_model(args.checkpoint, resolve_device(args.device), family="gpt")
     encode_prompt(tokenizer, args.prompt, model.cfg.max_seq_len)  # fails before anything is printed
     stream = None if args.no_stream else (lambda piece: print(piece, end="", flush=True))
     if stream:
@@ -110,14 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_flags(p)
     p.set_defaults(fn=cmd_train)
 
+    p = verbs.add_parser("pretrain", help="pretrain an encoder (BERT, RoBERTa, ALBERT) with MLM and NSP/SOP")
+    add_training_flags(p)
+    p.set_defaults(fn=cmd_pretrain)
+
     p = verbs.add_parser("configs", help="list the shipped configs")
     p.set_defaults(fn=cmd_configs)
 
     data = verbs.add_parser("data", help="data preparation").add_subparsers(dest="data_verb", required=True)
     p = data.add_parser("prepare", help="clean and tokenize text into memory-mapped train/val token files")
     p.add_argument("--input", nargs="+", required=True, metavar="FILE")
-    p.add_argument("--tokenizer", default="char", help="char, bpe (trained on the input) or a tokenizer.json path")
-    p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size of a trained BPE tokenizer")
+    p.add_argument(
+        "--tokenizer", default="char", help="char, bpe, wordpiece (trained on the input) or a tokenizer.json path"
+    )
+    p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size of a trained BPE or WordPiece")
+    p.add_argument("--documents", action="store_true", help="keep documents and sentences (for an encoder)")
+    p.add_argument("--cased", action="store_true", help="WordPiece: keep case and accents")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--out", required=True)
     p.add_argument("--no-progress", action="store_true")
@@ -137,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of token by token")
     p.set_defaults(fn=cmd_generate)
+
+    p = verbs.add_parser("fill-mask", help="the likeliest words for each [MASK] in a text, from an encoder")
+    p.add_argument("checkpoint", help="a checkpoint directory of lmforge pretrain (OUT/step-NNNNNN, or OUT)")
+    p.add_argument("text", help='text with one or more [MASK], e.g. "the cat [MASK] on the mat"')
+    p.add_argument("--top-k", type=int, default=5, help="fillers to show per [MASK]")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.set_defaults(fn=cmd_fill_mask)
     return parser
 
 

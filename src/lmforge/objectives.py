@@ -1,9 +1,11 @@
-"""Training objectives: a batch in, a scalar loss out."""
+"""Training objectives: a batch in, a scalar loss out (and, for pretraining, the metrics that tell it is learning)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from lmforge.data import IGNORE
 from lmforge.nn import linear_cross_entropy
 
 
@@ -11,3 +13,36 @@ def causal_lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy; the LM head and the loss are fused so the vocabulary logits are never stored."""
     hidden, _ = model.hidden(x)
     return linear_cross_entropy(hidden, model.lm_head.weight, y)
+
+
+def mlm_loss(model, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked-LM cross-entropy and accuracy over the selected positions (labels != IGNORE) only.
+
+    The head runs on those ~15% of the hidden states alone, and its vocabulary projection is fused with the loss:
+    the logits at the other 85% are never computed (transformers' BertForPreTraining computes them all).
+    """
+    selected = labels != IGNORE
+    targets = labels[selected]
+    loss, correct = linear_cross_entropy(
+        model.mlm_head.transform(hidden[selected]), model.embeddings.word.weight, targets,
+        bias=model.mlm_head.bias, return_correct=True,
+    )  # fmt: skip
+    return loss, correct / max(targets.numel(), 1)
+
+
+def pretraining_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """MLM loss plus, when the batch has sentence labels, the NSP or SOP cross-entropy on the pooled [CLS] state.
+
+    Metrics: mlm_loss, mlm_acc and {nsp,sop}_loss, {nsp,sop}_acc (accuracy over the selected tokens / the pairs).
+    """
+    hidden, _ = model.hidden(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    loss, accuracy = mlm_loss(model, hidden, batch["labels"])
+    metrics = {"mlm_loss": loss.detach(), "mlm_acc": accuracy}
+    if "sentence_label" in batch:
+        logits, labels = model.sentence_logits(hidden), batch["sentence_label"]
+        sentence = F.cross_entropy(logits, labels)
+        name = model.cfg.sentence_objective
+        metrics[f"{name}_loss"] = sentence.detach()
+        metrics[f"{name}_acc"] = (logits.argmax(dim=-1) == labels).float().mean()
+        loss = loss + sentence
+    return loss, metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -26,11 +27,11 @@ from lmforge.checkpoint import (
     save_checkpoint,
 )
 from lmforge.config import RunConfig, TrainConfig
-from lmforge.data import BatchSampler, ensure_prepared, iter_eval_blocks, load_prepared
+from lmforge.data import iter_eval_blocks
 from lmforge.errors import LmforgeError
-from lmforge.models import GPT
-from lmforge.objectives import causal_lm_loss
+from lmforge.models import GPT, MODELS
 from lmforge.plots import plot_losses
+from lmforge.tasks import TASKS, CausalLM
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,29 +66,35 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device
     return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), **fast)
 
 
-def flops_per_token(model: GPT, seq_len: int) -> float:
-    """6N for the matrices plus 12 * n_layer * d_model * T for attention (PaLM appendix B, nanoGPT)."""
-    c = model.cfg
-    n = model.num_parameters(exclude_embeddings=True)
-    if c.tie_embeddings:  # the LM head's matmul runs whether or not its weight is shared
-        n += c.d_model * c.vocab_size
-    return 6 * n + 12 * c.n_layer * c.d_model * seq_len
+def to_device(batch, device: torch.device):
+    """A batch (a tuple or a dict of tensors) on the device."""
+    if isinstance(batch, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return tuple(v.to(device, non_blocking=True) for v in batch)
 
 
 @torch.no_grad()
-def evaluate(model: GPT, tokens: np.ndarray, t: TrainConfig, device: torch.device, max_batches: int | None) -> float:
-    """Mean next-token loss over consecutive blocks of a split (all of it when max_batches is None)."""
+def mean_metrics(model, batches, loss_fn, device: torch.device, dtype: str) -> dict[str, float]:
+    """The loss and the task's metrics averaged over the batches, each batch weighted by its rows."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    for i, (x, y) in enumerate(iter_eval_blocks(tokens, t.batch_size, t.seq_len)):
-        if max_batches is not None and i >= max_batches:
-            break
-        with autocast_for(device, t.dtype):
-            total += causal_lm_loss(model, x.to(device), y.to(device)).item() * y.numel()
-        count += y.numel()
+    sums, rows = {}, 0
+    for batch in batches:
+        batch = to_device(batch, device)
+        with autocast_for(device, dtype):
+            loss, metrics = loss_fn(model, batch)
+        n = len(next(iter(batch.values())) if isinstance(batch, dict) else batch[0])
+        for name, value in {"loss": loss, **metrics}.items():
+            sums[name] = sums.get(name, 0.0) + value.item() * n
+        rows += n
     model.train(was_training)
-    return total / max(count, 1)
+    return {name: total / max(rows, 1) for name, total in sums.items()}
+
+
+def evaluate(model: GPT, tokens: np.ndarray, t: TrainConfig, device: torch.device, max_batches: int | None) -> float:
+    """Mean next-token loss over consecutive blocks of a split (all of it when max_batches is None)."""
+    batches = itertools.islice(iter_eval_blocks(tokens, t.batch_size, t.seq_len), max_batches)
+    return mean_metrics(model, batches, CausalLM.loss, device, t.dtype)["loss"]
 
 
 @dataclass
@@ -99,6 +106,7 @@ class TrainResult:
     val_loss: float | None
     tokens_per_s: float
     wall_s: float
+    val_metrics: dict | None = None  # the last evaluation, e.g. val_mlm_acc for an encoder
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
@@ -205,33 +213,31 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     existing = find_latest(out)
     if existing is not None and not resume:
         raise LmforgeError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
-    data_dir = ensure_prepared(
-        cfg.data.path, cfg.data.tokenizer, cfg.data.vocab_size, cfg.data.val_fraction, out / "data", t.progress
-    )
-    data = load_prepared(data_dir)
+    task = TASKS[cfg.family]
+    data = task.data(cfg, out / "data")
     cfg.model.vocab_size = data.tokenizer.vocab_size
     torch.manual_seed(t.seed)
     random.seed(t.seed)
     np.random.seed(t.seed)
-    model = GPT(cfg.model).to(device)
+    model = MODELS[cfg.family](cfg.model).to(device)
     optimizer = build_optimizer(model, t, device)
-    sampler = BatchSampler(data.train, t.batch_size, t.seq_len, t.seed)
+    sampler = task.sampler(cfg, data, t.seed)
     step = 0
     if resume and existing is not None:
         step = _restore(load_checkpoint(existing, with_state=True), cfg, model, optimizer, sampler)
         print(f"resuming from {existing} at step {step}", file=sys.stderr)
     elif resume:
         print(f"no checkpoint in {out}: starting from scratch", file=sys.stderr)
-    loss_fn = torch.compile(causal_lm_loss) if t.compile else causal_lm_loss
+    loss_fn = torch.compile(task.loss) if t.compile else task.loss
     metrics = MetricsLog(out / "metrics.jsonl", keep_until=step)
     tokens_per_step = t.batch_size * t.seq_len * t.grad_accum_steps
-    flops_per_step = flops_per_token(model, t.seq_len) * tokens_per_step
+    flops_per_step = task.flops_per_token(model, cfg) * tokens_per_step
     print(
         f"model: {model.num_parameters() / 1e6:.2f}M parameters, vocab {cfg.model.vocab_size}, "
         f"{data.meta['n_train_tokens']:,} training tokens, device {device}",
         file=sys.stderr,
     )
-    start, step_time, train_loss, val_loss = time.perf_counter(), 0.0, float("nan"), None
+    start, step_time, train_loss, val = time.perf_counter(), 0.0, float("nan"), None
     model.train()
     with (
         StopRequest() as stop,
@@ -242,13 +248,15 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
             lr = lr_at(step, t)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum = 0.0
+            loss_sum, task_sums = 0.0, {}
             for _ in range(t.grad_accum_steps):
-                x, y = (v.to(device, non_blocking=True) for v in sampler.next())
+                batch = to_device(sampler.next(), device)
                 with autocast_for(device, t.dtype):
-                    loss = loss_fn(model, x, y)
+                    loss, task_metrics = loss_fn(model, batch)
                 (loss / t.grad_accum_steps).backward()
                 loss_sum += loss.item()
+                for name, value in task_metrics.items():
+                    task_sums[name] = task_sums.get(name, 0.0) + value.item() / t.grad_accum_steps
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or float("inf")).item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -265,30 +273,36 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
             bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
             if step % t.log_every == 0 or step == t.max_steps:
                 metrics.write({
-                    "step": step, "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
+                    "step": step, "loss": train_loss, **task_sums, "lr": lr, "grad_norm": grad_norm,
                     "tokens_per_s": tokens_per_s, "tflops": flops_per_step / step_time / 1e12,
                     "elapsed_s": time.perf_counter() - start,
                 })  # fmt: skip
             if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
-                val_loss = _eval_record(model, data, t, device, step, metrics, bar)
+                val = _eval_record(model, task, cfg, data, device, step, metrics, bar)
             if (t.save_every and step % t.save_every == 0 and step < t.max_steps) or stop.requested:
                 _save(out, step, model, cfg, data, optimizer, sampler, t)
             if stop.requested:
                 print(f"stopped at step {step}; continue with --resume", file=sys.stderr)
                 break
     if not stop.requested:
-        val_loss = _eval_record(model, data, t, device, step, metrics, bar)
+        val = _eval_record(model, task, cfg, data, device, step, metrics, bar)
     path = _save(out, step, model, cfg, data, optimizer, sampler, t)
     plot_losses(out / "metrics.jsonl", out / "loss.png")
     return TrainResult(
-        path, data.path, step, train_loss, val_loss, tokens_per_step / max(step_time, 1e-9), time.perf_counter() - start
-    )
+        path, data.path, step, train_loss, val and val["val_loss"], tokens_per_step / max(step_time, 1e-9),
+        time.perf_counter() - start, val,
+    )  # fmt: skip
 
 
-def _eval_record(model, data, t: TrainConfig, device, step: int, metrics: MetricsLog, bar) -> float | None:
-    if len(data.val) < t.seq_len + 1:
+def _eval_record(model, task, cfg: RunConfig, data, device, step: int, metrics: MetricsLog, bar) -> dict | None:
+    """Evaluates on the validation split (None when it is too small), logs a record and prints one line."""
+    batches = task.eval_batches(cfg, data)
+    if batches is None:
         return None
-    val_loss = evaluate(model, data.val, t, device, t.eval_steps)
-    metrics.write({"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))})
-    bar.write(f"step {step}: val loss {val_loss:.4f}, perplexity {math.exp(min(val_loss, 50)):.2f}")
-    return val_loss
+    values = mean_metrics(model, batches, task.loss, device, cfg.train.dtype)
+    ppl = math.exp(min(values[task.perplexity_of], 50))
+    record = {**{f"val_{name}": value for name, value in values.items()}, "val_ppl": ppl}
+    metrics.write({"step": step, **record})
+    extra = "".join(f", {name} {value:.4f}" for name, value in values.items() if name != "loss")
+    bar.write(f"step {step}: val loss {values['loss']:.4f}, perplexity {ppl:.2f}{extra}")
+    return record

@@ -1,0 +1,97 @@
+"""Encoder pretraining through the one training loop: it learns, logs its metrics, resumes exactly, and the
+checkpoints load back as the right model."""
+
+import collections
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmforge.checkpoint import load_model
+from lmforge.config import load_config
+from lmforge.errors import LmforgeError
+from lmforge.models import Bert
+from lmforge.tasks import TASKS
+from lmforge.train import train
+
+TINY_ENCODER = [
+    "model.n_layer=2", "model.n_head=2", "model.d_model=64", "model.max_seq_len=32", "model.dropout=0.0",
+    "data.vocab_size=300", "data.val_fraction=0.1", "train.batch_size=16", "train.warmup_steps=10",
+    "train.log_every=1", "train.eval_steps=8", "train.progress=false",
+]  # fmt: skip
+
+
+@pytest.fixture
+def encoder_overrides(documents, tmp_path):
+    return [*TINY_ENCODER, f"data.path={documents}", f"train.out={tmp_path / 'run'}"]
+
+
+def records(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_bert_learns_mlm_and_nsp_well_above_chance(encoder_overrides, tmp_path):
+    overrides = [*encoder_overrides, "train.max_steps=150", "train.eval_every=50", "train.lr=5e-3", "train.min_lr=5e-4"]
+    cfg = load_config("bert-small", overrides)
+    result = train(cfg)
+    evals = [r for r in records(tmp_path / "run") if "val_loss" in r]
+    assert [r["step"] for r in evals] == [50, 100, 150] and evals[-1]["val_ppl"] < evals[0]["val_ppl"]
+    # chance: NSP 0.5; MLM the share of the most common masked token ("the") in the same validation batches
+    task = TASKS["bert"]
+    counts = collections.Counter()
+    for batch in task.eval_batches(cfg, task.data(cfg, tmp_path / "run" / "data")):
+        counts.update(batch["labels"][batch["labels"] != -100].tolist())
+    majority = counts.most_common(1)[0][1] / sum(counts.values())
+    final = result.val_metrics
+    assert final["val_nsp_acc"] > 0.75, final
+    assert final["val_mlm_acc"] > majority + 0.1, (final, majority)
+    train_records = [r for r in records(tmp_path / "run") if "loss" in r]
+    assert {"mlm_loss", "mlm_acc", "nsp_loss", "nsp_acc"} <= set(train_records[-1])
+    model, tokenizer, run_cfg = load_model(result.checkpoint)
+    assert isinstance(model, Bert) and run_cfg.family == "bert" and tokenizer.kind == "wordpiece"
+
+
+def test_resume_is_exact(encoder_overrides, tmp_path):
+    """A run resumed from its step-5 checkpoint ends bitwise equal to the uninterrupted run (dropout on)."""
+    cfg = [*encoder_overrides, "train.max_steps=12", "train.save_every=5", "train.keep_last=5", "model.dropout=0.1",
+           "train.eval_every=0"]  # fmt: skip
+    straight = train(load_config("bert-small", cfg))
+    out = tmp_path / "run"
+    final = load_file(straight.checkpoint / "model.safetensors")
+    for later in ("step-000010", "step-000012"):
+        shutil.rmtree(out / later)
+    (out / "latest").write_text("step-000005\n")
+    resumed = train(load_config("bert-small", cfg), resume=True)
+    again = load_file(resumed.checkpoint / "model.safetensors")
+    assert final.keys() == again.keys()
+    for name in final:
+        assert torch.equal(final[name], again[name]), name
+    assert [r["step"] for r in records(out) if "loss" in r] == list(range(1, 13))
+
+
+def test_albert_and_roberta_run_and_load_back(encoder_overrides, tmp_path):
+    albert = train(load_config("albert-small", [*encoder_overrides, "model.embedding_size=16", "train.max_steps=3"]))
+    last = [r for r in records(tmp_path / "run") if "loss" in r][-1]
+    assert "sop_acc" in last and "nsp_acc" not in last and "val_sop_acc" in albert.val_metrics
+    weights = load_file(albert.checkpoint / "model.safetensors")
+    assert not any(k.startswith("encoder.blocks.1.") for k in weights)  # one shared layer is stored once
+    model, _, cfg = load_model(albert.checkpoint)
+    assert cfg.model.share_layers and len(model.encoder.blocks) == 1 and model.embeddings.project is not None
+
+    roberta_out = tmp_path / "roberta"
+    roberta = train(load_config("roberta-small", [*encoder_overrides, f"train.out={roberta_out}", "train.max_steps=3"]))
+    assert set(roberta.val_metrics) == {"val_loss", "val_mlm_loss", "val_mlm_acc", "val_ppl"}
+    model, tokenizer, _ = load_model(roberta.checkpoint)
+    assert model.sentence_head is None and tokenizer.kind == "bpe" and tokenizer.mask_id == 4
+
+
+def test_encoder_configs_need_an_encoder_tokenizer_and_documents(encoder_overrides, tmp_path, corpus):
+    with pytest.raises(LmforgeError, match="char has no \\[CLS\\]"):
+        load_config("bert-small", ["data.tokenizer=char"])
+    one_document = [*encoder_overrides, f"data.path={corpus}", "train.max_steps=2"]  # no blank lines: one document
+    with pytest.raises(LmforgeError, match="1 document"):
+        train(load_config("bert-small", one_document))
+    roberta = train(load_config("roberta-small", [*one_document, "data.val_fraction=0"]))  # MLM alone needs none
+    assert roberta.val_loss is None and roberta.step == 2
