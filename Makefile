@@ -34,6 +34,7 @@ format: install-dev
 
 bench: install-dev
 	$(BIN)/python bench/train_gpt.py
+	$(BIN)/python bench/pretrain_bert.py
 	$(BIN)/python bench/shakespeare_char.py
 	$(BIN)/python bench/generate.py
 
