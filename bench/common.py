@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -17,6 +18,33 @@ def best_time(fn, reps: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def training_steps(model, optimizer, batches: Sequence, loss_of: Callable) -> Callable[[], None]:
+    """A function that runs one optimizer step per batch: loss_of(batch), backward, clip to norm 1, AdamW step."""
+
+    def run() -> None:
+        for batch in batches:
+            loss_of(batch).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return run
+
+
+def alternating_rounds(ours: Callable, peer: Callable, rounds: int, tokens: int) -> tuple[float, float]:
+    """Tokens/s of lmforge's and the peer's steps, each its best of `rounds` rounds run in turn after one warm-up call
+    each (compilation happens there), so both sides see the same load on a shared machine."""
+    log("warming up ...")
+    ours()
+    peer()
+    ours_s = peer_s = float("inf")
+    for r in range(rounds):
+        ours_s = min(ours_s, best_time(ours, 1))
+        peer_s = min(peer_s, best_time(peer, 1))
+        log(f"round {r + 1}: lmforge {tokens / ours_s:.0f} tok/s, peer {tokens / peer_s:.0f} tok/s")
+    return tokens / ours_s, tokens / peer_s
 
 
 def matmul_peak_flops(n: int = 2048, reps: int = 5) -> float:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import best_time, emit, log  # noqa: E402
+from common import alternating_rounds, emit, training_steps  # noqa: E402
 
 from lmforge.config import BertConfig, TrainConfig  # noqa: E402
 from lmforge.data import mask_tokens  # noqa: E402
@@ -68,35 +68,15 @@ def main() -> None:
     )).train()  # fmt: skip
     hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, weight_decay=0.01)
 
-    def ours_steps():
-        for b in batches:
-            loss, _ = loss_fn(ours, b)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
-            ours_opt.step()
-            ours_opt.zero_grad(set_to_none=True)
+    def hf_loss(b):
+        return hf(
+            input_ids=b["input_ids"], token_type_ids=b["token_type_ids"], attention_mask=b["attention_mask"].long(),
+            labels=b["labels"], next_sentence_label=b["sentence_label"],
+        ).loss  # fmt: skip
 
-    def hf_steps():
-        for b in batches:
-            loss = hf(
-                input_ids=b["input_ids"], token_type_ids=b["token_type_ids"], attention_mask=b["attention_mask"].long(),
-                labels=b["labels"], next_sentence_label=b["sentence_label"],
-            ).loss  # fmt: skip
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
-            hf_opt.step()
-            hf_opt.zero_grad(set_to_none=True)
-
-    log("warming up ...")
-    ours_steps()
-    hf_steps()
-    ours_s, hf_s = float("inf"), float("inf")
-    tokens = B * T * args.steps
-    for r in range(args.rounds):
-        ours_s = min(ours_s, best_time(ours_steps, 1))
-        hf_s = min(hf_s, best_time(hf_steps, 1))
-        log(f"round {r + 1}: lmforge {tokens / ours_s:.0f} tok/s, transformers {tokens / hf_s:.0f} tok/s")
-    ours_tps, hf_tps = tokens / ours_s, tokens / hf_s
+    ours_steps = training_steps(ours, ours_opt, batches, lambda b: loss_fn(ours, b)[0])
+    hf_steps = training_steps(hf, hf_opt, batches, hf_loss)
+    ours_tps, hf_tps = alternating_rounds(ours_steps, hf_steps, args.rounds, B * T * args.steps)
     emit({
         "benchmark": "pretrain_bert", "lmforge_tokens_per_s": ours_tps, "transformers_tokens_per_s": hf_tps,
         "ratio": ours_tps / hf_tps, "compiled": args.compile, "threads": torch.get_num_threads(),

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import best_time, emit, log, matmul_peak_flops  # noqa: E402
+from common import alternating_rounds, emit, matmul_peak_flops, training_steps  # noqa: E402
 
 from lmforge.config import GPTConfig, TrainConfig  # noqa: E402
 from lmforge.models import GPT  # noqa: E402
@@ -55,35 +55,11 @@ def main() -> None:
     hf.train()
     hf_opt = torch.optim.AdamW(hf.parameters(), lr=3e-4, weight_decay=0.1)
 
-    def ours_steps():
-        for batch in batches:
-            loss = loss_fn(ours, batch[:, :-1], batch[:, 1:])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
-            ours_opt.step()
-            ours_opt.zero_grad(set_to_none=True)
-
-    def hf_steps():
-        for batch in batches:
-            loss = hf(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
-            hf_opt.step()
-            hf_opt.zero_grad(set_to_none=True)
-
-    log("warming up (lmforge compiles its step) ...")
-    ours_steps()
-    hf_steps()
-    ours_s, hf_s = float("inf"), float("inf")
-    for r in range(args.rounds):
-        ours_s = min(ours_s, best_time(ours_steps, 1))
-        hf_s = min(hf_s, best_time(hf_steps, 1))
-        tokens = b * t * args.steps
-        log(f"round {r + 1}: lmforge {tokens / ours_s:.0f} tok/s, transformers {tokens / hf_s:.0f} tok/s")
-    tokens = b * t * args.steps
+    ours_steps = training_steps(ours, ours_opt, batches, lambda batch: loss_fn(ours, batch[:, :-1], batch[:, 1:]))
+    hf_steps = training_steps(hf, hf_opt, batches, lambda batch: hf(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss)
+    ours_tps, hf_tps = alternating_rounds(ours_steps, hf_steps, args.rounds, b * t * args.steps)
     peak = matmul_peak_flops()
     per_token = flops_per_token(ours, t)
-    ours_tps, hf_tps = tokens / ours_s, tokens / hf_s
     emit({
         "benchmark": "train_gpt", "lmforge_tokens_per_s": ours_tps, "transformers_tokens_per_s": hf_tps,
         "ratio": ours_tps / hf_tps, "lmforge_mfu": ours_tps * per_token / peak,

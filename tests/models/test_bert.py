@@ -53,6 +53,16 @@ def load_into(hf, weights):
     return hf.double().eval()
 
 
+def assert_same_outputs(ours, hf, sentence_logits: str):
+    ids, types, mask = inputs()
+    with torch.no_grad():
+        mlm, sentence = ours(ids, types, mask)
+        ref = hf(input_ids=ids, token_type_ids=types, attention_mask=mask)
+    real = mask.bool()  # padded positions' outputs are nobody's business
+    torch.testing.assert_close(mlm[real], ref.prediction_logits[real], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(sentence, getattr(ref, sentence_logits), atol=1e-10, rtol=1e-10)
+
+
 def test_bert_matches_transformers_bert_for_pretraining():
     from transformers import BertConfig as HFConfig
     from transformers import BertForPreTraining
@@ -75,14 +85,7 @@ def test_bert_matches_transformers_bert_for_pretraining():
         "cls.predictions.transform.LayerNorm.bias": m.ln.bias, "cls.predictions.bias": m.bias,
         "cls.seq_relationship.weight": ours.sentence_head.weight, "cls.seq_relationship.bias": ours.sentence_head.bias,
     })  # fmt: skip
-    hf = load_into(hf, weights)
-    ids, types, mask = inputs()
-    with torch.no_grad():
-        mlm, nsp = ours(ids, types, mask)
-        ref = hf(input_ids=ids, token_type_ids=types, attention_mask=mask)
-    real = mask.bool()  # padded positions' outputs are nobody's business
-    torch.testing.assert_close(mlm[real], ref.prediction_logits[real], atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(nsp, ref.seq_relationship_logits, atol=1e-10, rtol=1e-10)
+    assert_same_outputs(ours, load_into(hf, weights), "seq_relationship_logits")
 
 
 def test_albert_matches_transformers_albert_for_pretraining():
@@ -109,14 +112,7 @@ def test_albert_matches_transformers_albert_for_pretraining():
         "sop_classifier.classifier.weight": ours.sentence_head.weight,
         "sop_classifier.classifier.bias": ours.sentence_head.bias,
     })  # fmt: skip
-    hf = load_into(hf, weights)
-    ids, types, mask = inputs()
-    with torch.no_grad():
-        mlm, sop = ours(ids, types, mask)
-        ref = hf(input_ids=ids, token_type_ids=types, attention_mask=mask)
-    real = mask.bool()
-    torch.testing.assert_close(mlm[real], ref.prediction_logits[real], atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(sop, ref.sop_logits, atol=1e-10, rtol=1e-10)
+    assert_same_outputs(ours, load_into(hf, weights), "sop_logits")
 
 
 def closed_form_count(e, layers, share):
