@@ -66,8 +66,9 @@ class PretrainingSampler:
             )
         self.cls, self.sep, self.pad, self.mask = roles.values()
         self.objective, self.pairs = sentence_objective, sentence_objective != "none"
-        if seq_len < (5 if self.pairs else 3):
-            raise LmforgeError(f"train.seq_len = {seq_len} leaves no room for [CLS] A [SEP] B [SEP]: use 8 or more")
+        shortest = 5 if self.pairs else 3  # [CLS] A [SEP] B [SEP], or [CLS] A [SEP]
+        if seq_len < shortest:
+            raise LmforgeError(f"train.seq_len = {seq_len} leaves no room for [CLS] A [SEP] B [SEP]: use {shortest}+")
         if sentence_objective == "nsp" and split.n_documents < 2:
             raise LmforgeError(
                 f"next-sentence prediction draws its negatives from other documents, and this split has "
