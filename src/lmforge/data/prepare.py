@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lmforge.data.clean import clean_text
+from lmforge.data.records import is_records, read_records
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import Tokenizer
 
@@ -44,8 +46,9 @@ def read_text(path: str | Path) -> str:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1  # mixed encodings: say where the first foreign byte is
         raise LmforgeError(
-            f"data file {path} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}): "
+            f"data file {path} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}, line {line}): "
             "convert it to UTF-8 text, e.g. with iconv -f latin1 -t utf-8"
         ) from None
     if not text or text.isspace():
@@ -110,11 +113,14 @@ def prepare(
     vocab_size: int = 8192,
     val_fraction: float = 0.1,
     progress: bool = True,
+    on_bad_line: str = "error",
 ) -> Path:
     """Cleans and tokenizes the files (joined by <|endoftext|> when the tokenizer has it) into a prepared folder.
 
     `tokenizer` is "char" or "bpe" (trained here on the cleaned text; vocab_size is for bpe), a tokenizer.json path
-    or a Tokenizer. The last val_fraction of the token stream is the validation split, as in nanoGPT.
+    or a Tokenizer. The last val_fraction of the token stream is the validation split, as in nanoGPT. A .jsonl or
+    .csv file holds one document per record (its "text"); on_bad_line says what a malformed record does: "error"
+    stops with its line number, "skip" skips and counts it.
     """
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
@@ -125,7 +131,15 @@ def prepare(
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     tok = _resolve_tokenizer(tokenizer)
-    texts = [clean_text(read_text(p)) for p in inputs]
+    texts, sources = [], []
+    for p in inputs:
+        docs, bad = read_records(p, on_bad_line) if is_records(p) else ([read_text(p)], None)
+        texts += [clean_text(d) for d in docs]
+        sources.append({"path": str(Path(p).resolve()), "sha256": _sha256(Path(p)), "bytes": Path(p).stat().st_size})
+        if bad is not None:
+            sources[-1].update(records=len(docs), skipped_lines=bad)
+        if bad:
+            print(f"{p}: skipped {bad} malformed line{'s' * (bad > 1)}", file=sys.stderr)
     if tok == "char":
         tok = Tokenizer.train_char(texts)
     elif tok == "bpe":
@@ -147,10 +161,7 @@ def prepare(
         "n_val_tokens": len(val),
         "tokenizer": "tokenizer.json",
         "tokenizer_kind": tok.kind,
-        "sources": [
-            {"path": str(Path(p).resolve()), "sha256": _sha256(Path(p)), "bytes": Path(p).stat().st_size}
-            for p in inputs
-        ],
+        "sources": sources,
         "val_fraction": val_fraction,
         "format": FORMAT,
     }
@@ -244,6 +255,7 @@ def ensure_prepared(
     val_fraction: float,
     cache_dir: str | Path,
     progress: bool = True,
+    on_bad_line: str = "error",
 ) -> Path:
     """A prepared folder as it is, or a text file prepared once into cache_dir and reused while file and settings hold.
 
@@ -262,7 +274,8 @@ def ensure_prepared(
     spec = _resolve_tokenizer(tokenizer)
     tokenizer_key = spec if isinstance(spec, str) else "file:" + _sha256(Path(tokenizer))
     settings = [FORMAT, _sha256(data), tokenizer_key, vocab_size if spec == "bpe" else None, val_fraction]
+    settings += [on_bad_line] if is_records(data) else []
     out_dir = Path(cache_dir) / f"{data.stem}-{hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]}"
     if (out_dir / "meta.json").is_file():
         return out_dir
-    return prepare([data], spec, out_dir, vocab_size, val_fraction, progress)
+    return prepare([data], spec, out_dir, vocab_size, val_fraction, progress, on_bad_line)
