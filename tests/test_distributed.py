@@ -46,11 +46,14 @@ def resume_from_step_10(src: Path, dst: Path) -> None:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    """The one-process reference run, and the corpus it read."""
+    """The one-process reference run (on one thread, as each torchrun worker), and the corpus it read."""
     root = tmp_path_factory.mktemp("single")
     corpus = root / "corpus.txt"
     corpus.write_text("".join(f"the {w} sat on the mat {i % 7}.\n" for i, w in enumerate(["cat", "dog"] * 200)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     train(load_config("char-small", [*SETTINGS, f"data.path={corpus}", f"train.out={root / 'run'}"]))
+    torch.set_num_threads(threads)
     return root / "run", corpus
 
 
