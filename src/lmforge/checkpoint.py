@@ -18,7 +18,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lmforge.config import RunConfig
+from lmforge.config import YAML_ERRORS, RunConfig
 from lmforge.errors import LmforgeError
 from lmforge.models import GPT
 from lmforge.tokenizer import Tokenizer
@@ -162,9 +162,14 @@ def load_checkpoint(path: str | Path, with_state: bool = False) -> Checkpoint:
             raise LmforgeError(f"checkpoint {path} is missing {name}: it is incomplete; use another step directory")
     try:
         raw = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise LmforgeError(f"{path / CONFIG} is not valid YAML: {str(e).splitlines()[0]}") from None
-    cfg = RunConfig.from_dict(raw, where=str(path / CONFIG))
+    except YAML_ERRORS as e:
+        raise LmforgeError(
+            f"{path / CONFIG} is not valid YAML: {(str(e) or type(e).__name__).splitlines()[0]}"
+        ) from None
+    try:
+        cfg = RunConfig.from_dict(raw, where=str(path / CONFIG))
+    except LmforgeError as e:  # a field's error names the field; say which file holds it
+        raise LmforgeError(str(e) if str(path) in str(e) else f"{path / CONFIG}: {e}") from None
     weights = _read_safetensors(path / WEIGHTS)
     state_tensors, state = {}, None
     if with_state and (path / STATE_JSON).is_file():

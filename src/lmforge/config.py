@@ -249,10 +249,13 @@ def shipped_configs() -> dict[str, Path]:
     return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
 
 
+YAML_ERRORS = (yaml.YAMLError, ValueError, RecursionError)  # ValueError: 2001-13-45 as a date; deep nesting
+
+
 def _parse_value(text: str) -> Any:
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except YAML_ERRORS:
         return text
 
 
@@ -295,8 +298,8 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
         )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise LmforgeError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except YAML_ERRORS as e:  # UnicodeDecodeError is a ValueError
+        raise LmforgeError(f"{path}: not valid YAML ({(str(e) or type(e).__name__).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise LmforgeError(f"{path}: a config is a mapping with sections family, model, data, train")
     for assignment in overrides:

@@ -177,7 +177,7 @@ def _tokenize(tok: Tokenizer, texts: list[str], progress: bool) -> np.ndarray:
             if i and tok.eos_id is not None:
                 parts.append(np.array([tok.eos_id], dtype=dtype))
             parts += _encode(tok, text, dtype, bar)
-    return np.concatenate(parts)
+    return np.concatenate(parts) if parts else np.empty(0, dtype)  # nothing left after cleaning: too small, below
 
 
 def _write(out_dir: Path, arrays: dict[str, np.ndarray], tok: Tokenizer, meta: dict) -> None:

@@ -80,7 +80,7 @@ def read_csv_texts(path: str | Path, on_bad_line: str = "error") -> tuple[list[s
     records = _Records(path, on_bad_line)
     text = _read_bytes(path).decode("utf-8-sig", errors="surrogateescape")  # bad bytes fail their own row only
     csv.field_size_limit(2**31 - 1)  # a document may well exceed csv's default limit of 128 KiB a field
-    rows = csv.reader(io.StringIO(text, newline=""))
+    rows = csv.reader(io.StringIO(text, newline=""), strict=True)  # a stray quote is an error, not data
     header = next(rows, None)
     if not header or FIELD not in header:
         raise LmforgeError(f'{path}: the first row must be a header with a "{FIELD}" column, e.g. id,{FIELD}')
