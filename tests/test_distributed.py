@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from lmforge.checkpoint import load_model
 from lmforge.config import load_config
 from lmforge.data import BatchSampler
-from lmforge.distributed import launch_command
+from lmforge.distributed import torchrun_args
 from lmforge.errors import LmforgeError
 from lmforge.train import train
 
@@ -108,12 +108,9 @@ def test_ranks_slice_one_global_batch():
         assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
 
 
-def test_launch_command_and_batch_check(monkeypatch):
-    cmd = launch_command(4, ["train", "--nproc", "4", "--config", "gpt-small", "--nproc=4", "--resume"])
-    assert cmd[1:] == [
-        "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4", "-m", "lmforge",
-        "train", "--config", "gpt-small", "--resume",
-    ]  # fmt: skip
+def test_torchrun_args_and_batch_check(monkeypatch):
+    args = torchrun_args(4, ["train", "--nproc", "4", "--config", "gpt-small", "--nproc=4", "--resume"])
+    assert args == ["--standalone", "--nproc-per-node=4", "-m", "lmforge", "train", "--config", "gpt-small", "--resume"]
     from lmforge.distributed import launch
 
     with pytest.raises(LmforgeError, match=r"batch_size \(12\) is the global batch .* 5"):

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             from lmforge.distributed import launch
 
             cfg = training_config(args)  # a config mistake is one line here, not one per worker
-            launch(args.nproc, sys.argv[1:] if argv is None else argv, cfg.train.batch_size)
+            return launch(args.nproc, sys.argv[1:] if argv is None else argv, cfg.train.batch_size)
         args.fn(args)
     except LmforgeError as e:
         message = str(e).replace("\n", "\\n")  # one line, whatever a value in the message holds

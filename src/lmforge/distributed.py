@@ -73,12 +73,16 @@ def barrier() -> None:
 
 @contextmanager
 def main_first():
-    """Rank 0 runs the block first (e.g. prepares the data); the others wait, then run it and find the work done."""
-    if not is_main():
-        barrier()
-    yield
+    """Rank 0 runs the block first (e.g. prepares the data); the others wait, then run it and find the work done, or
+    meet the same error as rank 0 and report it themselves."""
     if is_main():
+        try:
+            yield
+        finally:
+            barrier()
+    else:
         barrier()
+        yield
 
 
 def _all_reduce(value: float, op) -> float:
@@ -217,9 +221,9 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, weights:
     set_optimizer_state_dict(model, optimizer, by_name, options=options)
 
 
-def launch_command(nproc: int, argv: list[str]) -> list[str]:
-    """torchrun on this machine (a private rendezvous, so parallel runs do not collide) with nproc workers running
-    `lmforge ARGV` without its --nproc."""
+def torchrun_args(nproc: int, argv: list[str]) -> list[str]:
+    """torchrun's arguments for nproc workers on this machine (a private rendezvous, so parallel runs do not collide)
+    running `lmforge ARGV` without its --nproc."""
     rest, skip = [], False
     for arg in argv:
         if skip or arg.startswith("--nproc="):
@@ -227,18 +231,31 @@ def launch_command(nproc: int, argv: list[str]) -> list[str]:
             continue
         skip = arg == "--nproc"
         rest += [] if skip else [arg]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return [*torchrun, "-m", "lmforge", *rest]
+    return ["--standalone", f"--nproc-per-node={nproc}", "-m", "lmforge", *rest]
 
 
-def launch(nproc: int, argv: list[str], batch_size: int) -> None:
-    """Replaces this process with torchrun, which then owns the workers and forwards signals to them."""
+def launch(nproc: int, argv: list[str], batch_size: int) -> int:
+    """Runs torchrun's agent in this process, which starts the workers and relays signals to them; returns the exit
+    code: 0 when they finish or stop on a signal (after saving), 2 when a worker explained a user mistake."""
     if nproc < 1:
         raise LmforgeError(f"--nproc {nproc}: give the number of processes, at least 1")
     if "LOCAL_RANK" in os.environ:
         raise LmforgeError("--nproc starts torchrun itself; under torchrun leave it out (--nproc-per-node sets it)")
     _check_batch(batch_size, nproc)
-    cmd = launch_command(nproc, argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(cmd[0], cmd)
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun(torchrun_args(nproc, argv))
+    except SignalException:  # relayed to the workers, which saved a checkpoint and stopped
+        return 0
+    except ChildFailedError as e:  # the worker printed its error; a traceback from torchrun would add nothing
+        rank, failure = e.get_first_failure()
+        if failure.exitcode != 2:
+            print(
+                f"lmforge: worker {rank} failed with exit code {failure.exitcode}; see its output above",
+                file=sys.stderr,
+            )
+        return 2 if failure.exitcode == 2 else 1
+    return 0
