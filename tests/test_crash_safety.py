@@ -73,6 +73,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_exact(tiny_overrides, t
         assert torch.equal(final[name], again[name]), name
     records = [json.loads(x) for x in (killed_out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 61))
+    assert not list(killed_out.glob(".tmp-*")), "a checkpoint half-written by the kill is cleared by the next save"
 
 
 def test_sigterm_saves_the_current_step_and_exits_0(corpus, tmp_path, capsys):

@@ -121,6 +121,8 @@ def save_checkpoint(
     write_text_atomic(out_dir / "latest", final.name + "\n")
     for old in sorted(out_dir.glob(f"{PREFIX}*"))[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
+    for stale in out_dir.glob(f"{TMP}{PREFIX}*"):  # left by a run killed while saving; ours is renamed by now
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 

@@ -49,7 +49,7 @@ def setup(device: torch.device, t) -> torch.device:
         atexit.register(cleanup)
     if not is_main():  # one progress bar and one set of messages; stderr stays, so every rank's errors show
         t.progress = False
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
+        sys.stdout = open(os.devnull, "w")
     return device
 
 
