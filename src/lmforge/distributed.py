@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lmforge.checkpoint import check_weights, load_weights, unique_state_dict
+from lmforge.config import TrainConfig
 from lmforge.errors import LmforgeError
 
 
@@ -34,7 +35,7 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def setup(device: torch.device, t) -> torch.device:
+def setup(device: torch.device, t: TrainConfig) -> torch.device:
     """Joins the process group torchrun describes in RANK/WORLD_SIZE/LOCAL_RANK (gloo on CPU, NCCL on CUDA) and
     returns this rank's device; a plain process (no torchrun) is a world of one and nothing changes."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -180,8 +181,8 @@ def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """Weights (tied ones once) and the optimizer state dict in the single-process layout, gathered to rank 0's CPU
     under FSDP (a collective: every rank calls it; only rank 0 gets the tensors)."""
-    if not _is_fsdp(model):
-        return unique_state_dict(model), optimizer.state_dict()
+    if not _is_fsdp(model):  # every rank holds it all; rank 0 alone copies it
+        return (unique_state_dict(model), optimizer.state_dict()) if is_main() else ({}, {})
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
@@ -226,11 +227,12 @@ def torchrun_args(nproc: int, argv: list[str]) -> list[str]:
     running `lmforge ARGV` without its --nproc."""
     rest, skip = [], False
     for arg in argv:
-        if skip or arg.startswith("--nproc="):
+        if skip:
             skip = False
-            continue
-        skip = arg == "--nproc"
-        rest += [] if skip else [arg]
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
     return ["--standalone", f"--nproc-per-node={nproc}", "-m", "lmforge", *rest]
 
 
@@ -251,11 +253,10 @@ def launch(nproc: int, argv: list[str], batch_size: int) -> int:
     except SignalException:  # relayed to the workers, which saved a checkpoint and stopped
         return 0
     except ChildFailedError as e:  # the worker printed its error; a traceback from torchrun would add nothing
-        rank, failure = e.get_first_failure()
+        worker, failure = e.get_first_failure()
         if failure.exitcode != 2:
             print(
-                f"lmforge: worker {rank} failed with exit code {failure.exitcode}; see its output above",
-                file=sys.stderr,
+                f"lmforge: worker {worker} failed (exit code {failure.exitcode}); see its output above", file=sys.stderr
             )
         return 2 if failure.exitcode == 2 else 1
     return 0

@@ -7,6 +7,7 @@ the process's peak resident set, whose baseline at the first step (interpreter, 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 
@@ -21,7 +22,12 @@ def _rss() -> int:
 
 
 def _reset_peak_rss() -> None:
-    """Linux >= 4.0 resets the peak RSS (VmHWM) to the current RSS, so data preparation's peak does not count."""
+    """Returns freed heap pages to the system (glibc), so that new activations show as RSS growth rather than reuse
+    what is already resident; then resets the peak RSS (VmHWM, Linux >= 4.0) to the current RSS."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
