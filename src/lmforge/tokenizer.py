@@ -18,7 +18,7 @@ from lmforge.errors import LmforgeError
 EOS = "<|endoftext|>"
 UNK = "<unk>"
 KINDS = {"WordLevel": "char", "BPE": "bpe"}  # the tokenizers model type -> our kind
-_SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATES = re.compile("[\ud800-\udfff]")  # what undecodable bytes become under errors="surrogateescape"
 
 
 class Tokenizer:
@@ -121,4 +121,4 @@ def _unicode(text: str | bytes) -> str:
     bytes.decode(errors="replace"); the Rust side refuses them otherwise."""
     if isinstance(text, bytes):
         return text.decode("utf-8", errors="replace")
-    return _SURROGATE.sub("\ufffd", text)
+    return SURROGATES.sub("\ufffd", text)

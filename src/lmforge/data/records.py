@@ -10,14 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
+from lmforge.tokenizer import SURROGATES
 
 FIELD = "text"
 SUFFIXES = (".jsonl", ".csv")
-_SURROGATE = re.compile("[\ud800-\udfff]")  # undecodable bytes (surrogateescape) or a lone \\udXXX escape in JSON
 
 
 def is_records(path: str | Path) -> bool:
@@ -67,7 +66,7 @@ def read_jsonl_texts(path: str | Path, on_bad_line: str = "error") -> tuple[list
         if not isinstance(record, dict) or not isinstance(record.get(FIELD), str):
             records.bad_line(number, f'not a JSON object with a string "{FIELD}" field')
             continue
-        if _SURROGATE.search(record[FIELD]):
+        if SURROGATES.search(record[FIELD]):
             records.bad_line(number, "an unpaired surrogate escape (\\ud800-\\udfff) in the text")
             continue
         records.texts.append(record[FIELD])
@@ -100,7 +99,7 @@ def read_csv_texts(path: str | Path, on_bad_line: str = "error") -> tuple[list[s
             records.bad_line(first, f"{len(row)} fields where the header has {len(header)} (a stray quote or comma?)")
         elif "\0" in row[column]:
             records.bad_line(first, "a NUL byte in the text (binary data?)")
-        elif _SURROGATE.search(row[column]):
+        elif SURROGATES.search(row[column]):
             records.bad_line(first, "not UTF-8")
         else:
             records.texts.append(row[column])
