@@ -27,7 +27,7 @@ def test_jsonl_skips_and_counts_or_names_the_line(tmp_path):
     assert read_jsonl_texts(path, "skip") == (["first doc", "second é doc"], 7)
     with pytest.raises(LmforgeError, match=r"docs.jsonl, line 2: not valid JSON .*on_bad_line=skip"):
         read_jsonl_texts(path, "error")
-    path.write_bytes(JSONL.split(b"\n")[0] + b"\n" + JSONL.split(b"\n")[5])
+    path.write_bytes(b"\xef\xbb\xbf" + JSONL.split(b"\n")[0] + b"\r\n" + JSONL.split(b"\n")[5])
     with pytest.raises(LmforgeError, match=r"line 2: not UTF-8 \(byte 0xff\)"):
         read_jsonl_texts(path)
 

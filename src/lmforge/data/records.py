@@ -52,7 +52,8 @@ def _read_bytes(path: Path) -> bytes:
 def read_jsonl_texts(path: str | Path, on_bad_line: str = "error") -> tuple[list[str], int]:
     """The "text" of each JSON object, one per line (blank lines ignored), and the number of bad lines skipped."""
     records = _Records(Path(path), on_bad_line)
-    for number, raw in enumerate(_read_bytes(Path(path)).split(b"\n"), start=1):
+    data = _read_bytes(Path(path)).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM, as Windows tools write
+    for number, raw in enumerate(data.split(b"\n"), start=1):  # CRLF is fine: JSON allows a trailing \r
         if not raw.strip():
             continue
         try:
