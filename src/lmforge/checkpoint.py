@@ -18,7 +18,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lmforge.config import RunConfig
+from lmforge.config import YAML_ERRORS, RunConfig
 from lmforge.errors import LmforgeError
 from lmforge.models import GPT, MODELS, Bert
 from lmforge.tokenizer import Tokenizer
@@ -40,9 +40,9 @@ def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Splits an optimizer state dict into tensors (for safetensors) and plain values (for JSON)."""
-    state = optimizer.state_dict()
+def optimizer_to_flat(optimizer: torch.optim.Optimizer | dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Splits an optimizer state dict (or an optimizer's) into tensors (for safetensors) and plain values (for JSON)."""
+    state = optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else optimizer
     tensors, plain = {}, {"param_groups": state["param_groups"], "state": {}}
     for idx, values in state["state"].items():
         plain["state"][str(idx)] = {}
@@ -80,25 +80,32 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def step_dir(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / f"{PREFIX}{step:06d}"
+
+
 def save_checkpoint(
     out_dir: str | Path,
     step: int,
-    model: torch.nn.Module,
+    model: torch.nn.Module | dict[str, torch.Tensor],
     cfg: RunConfig,
     tokenizer: Tokenizer,
     state_tensors: dict[str, torch.Tensor] | None = None,
     state: dict | None = None,
     keep_last: int = 3,
 ) -> Path:
-    """Writes OUT/step-NNNNNN atomically, points OUT/latest at it and keeps the newest keep_last checkpoints."""
+    """Writes OUT/step-NNNNNN atomically, points OUT/latest at it and keeps the newest keep_last checkpoints.
+
+    `model` is a module, or its full weights when they had to be gathered from shards first."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / f"{PREFIX}{step:06d}"
+    final = step_dir(out_dir, step)
     tmp = out_dir / f"{TMP}{final.name}.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     (tmp / CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-    save_file(unique_state_dict(model), tmp / WEIGHTS, metadata={"format": "pt", "lmforge_step": str(step)})
+    weights = model if isinstance(model, dict) else unique_state_dict(model)
+    save_file(weights, tmp / WEIGHTS, metadata={"format": "pt", "lmforge_step": str(step)})
     tokenizer.save(tmp / TOKENIZER)
     if state is not None:
         save_file(state_tensors or {}, tmp / STATE_TENSORS)
@@ -114,6 +121,8 @@ def save_checkpoint(
     write_text_atomic(out_dir / "latest", final.name + "\n")
     for old in sorted(out_dir.glob(f"{PREFIX}*"))[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
+    for stale in out_dir.glob(f"{TMP}{PREFIX}*"):  # left by a run killed while saving; ours is renamed by now
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
@@ -155,14 +164,19 @@ def load_checkpoint(path: str | Path, with_state: bool = False) -> Checkpoint:
             raise LmforgeError(f"checkpoint {path} is missing {name}: it is incomplete; use another step directory")
     try:
         raw = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise LmforgeError(f"{path / CONFIG} is not valid YAML: {str(e).splitlines()[0]}") from None
-    cfg = RunConfig.from_dict(raw, where=str(path / CONFIG))
+    except YAML_ERRORS as e:
+        raise LmforgeError(
+            f"{path / CONFIG} is not valid YAML: {(str(e) or type(e).__name__).splitlines()[0]}"
+        ) from None
+    try:
+        cfg = RunConfig.from_dict(raw, where=str(path / CONFIG))
+    except LmforgeError as e:  # a field's error names the field; say which file holds it
+        raise LmforgeError(str(e) if str(path) in str(e) else f"{path / CONFIG}: {e}") from None
     weights = _read_safetensors(path / WEIGHTS)
     state_tensors, state = {}, None
     if with_state and (path / STATE_JSON).is_file():
         state_tensors = _read_safetensors(path / STATE_TENSORS)
-        state = json.loads((path / STATE_JSON).read_text(encoding="utf-8"))
+        state = _read_state(path / STATE_JSON)
     return Checkpoint(path, cfg, weights, Tokenizer.load(path / TOKENIZER), state_tensors, state)
 
 
@@ -173,19 +187,35 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise LmforgeError(f"{path} is damaged or not a safetensors file ({e}); use another checkpoint") from None
 
 
-def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
-    """Loads weights strictly, naming the first missing, unexpected or wrong-shaped tensor."""
-    expected = unique_state_dict(model)
-    for name, tensor in expected.items():
+def _read_state(path: Path) -> dict:
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise LmforgeError(f"{path} is damaged ({e}); resume from another checkpoint") from None
+    if not isinstance(state, dict) or not {"step", "optimizer", "rng", "sampler"} <= state.keys():
+        raise LmforgeError(f"{path} is damaged (it lacks an entry step, optimizer, rng or sampler); use another")
+    return state
+
+
+def check_weights(expected: dict[str, torch.Size], weights: dict[str, torch.Tensor], where: str) -> None:
+    """Names the first missing, unexpected, wrong-shaped or non-finite tensor (a damaged or foreign file)."""
+    for name, shape in expected.items():
         if name not in weights:
-            raise LmforgeError(f"{where}: tensor {name!r} is missing (expected shape {tuple(tensor.shape)})")
-        if weights[name].shape != tensor.shape:
+            raise LmforgeError(f"{where}: tensor {name!r} is missing (expected shape {tuple(shape)})")
+        if weights[name].shape != shape:
             raise LmforgeError(
-                f"{where}: tensor {name!r} has shape {tuple(weights[name].shape)}, expected {tuple(tensor.shape)}"
+                f"{where}: tensor {name!r} has shape {tuple(weights[name].shape)}, expected {tuple(shape)}"
             )
+        if weights[name].is_floating_point() and not torch.isfinite(weights[name]).all():
+            raise LmforgeError(f"{where}: tensor {name!r} holds NaN or infinite values; the file is damaged")
     extra = sorted(set(weights) - set(expected))
     if extra:
         raise LmforgeError(f"{where}: unexpected tensor {extra[0]!r}; the checkpoint does not match its config")
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Loads weights strictly, after check_weights."""
+    check_weights({k: v.shape for k, v in unique_state_dict(model).items()}, weights, where)
     model.load_state_dict(weights, strict=False)
 
 

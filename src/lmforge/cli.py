@@ -34,6 +34,7 @@ def add_training_flags(p: argparse.ArgumentParser, config_default: str | None = 
     p.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")  # fmt: skip
+    p.add_argument("--nproc", type=int, help="train on N processes (DDP; GPUs or CPU) by re-running under torchrun")
 
 
 def training_config(args: argparse.Namespace):
@@ -98,8 +99,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from lmforge.data import prepare, prepare_documents
 
     build = prepare_documents if args.documents else prepare
+    extra = {} if args.documents else {"on_bad_line": args.on_bad_line}
     out = build(args.input, args.tokenizer, args.out, args.vocab_size, args.val_fraction, not args.no_progress,
-                not args.cased, not args.cased)  # fmt: skip
+                not args.cased, not args.cased, **extra)  # fmt: skip
     print(f"prepared {out}")
 
 
@@ -159,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--documents", action="store_true", help="keep documents and sentences (for an encoder)")
     p.add_argument("--cased", action="store_true", help="WordPiece: keep case and accents")
     p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--on-bad-line", choices=["error", "skip"], default="error", help="a malformed .jsonl/.csv record")
     p.add_argument("--out", required=True)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=cmd_prepare)
@@ -191,9 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", message=".*TypedStorage.*")
     try:
+        if getattr(args, "nproc", None) is not None and args.nproc != 1:
+            from lmforge.distributed import launch
+
+            cfg = training_config(args)  # a config mistake is one line here, not one per worker
+            return launch(args.nproc, sys.argv[1:] if argv is None else argv, cfg.train.batch_size)
         args.fn(args)
     except LmforgeError as e:
-        print(f"lmforge: error: {e}", file=sys.stderr)
+        message = str(e).replace("\n", "\\n")  # one line, whatever a value in the message holds
+        print(f"lmforge: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)

@@ -6,6 +6,7 @@ Every field is checked when a config is built, so a wrong type or value names th
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -30,14 +31,16 @@ def _check_field(owner: str, name: str, kind: Any, value: Any) -> Any:
             return None
         kind = next(a for a in args if a is not type(None))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if kind is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise LmforgeError(f"{owner}.{name} must be {kind.__name__}, not {type(value).__name__} ({value!r})")
+    if kind is float and not math.isfinite(value):
+        raise LmforgeError(f"{owner}.{name} must be a finite number, not {value!r}")
     return value
 
 
@@ -164,10 +167,11 @@ class DataConfig(Checked):
     """Where the text comes from and how it becomes tokens."""
 
     section = "data"
-    path: str | None = None  # a text file (prepared on the fly) or a prepared directory
+    path: str | None = None  # a text, .jsonl or .csv file (prepared on the fly) or a prepared directory
     tokenizer: str = "char"  # char, bpe, wordpiece, or a path to a tokenizer.json
     vocab_size: int = 8192  # for a BPE or WordPiece tokenizer trained on the data
     val_fraction: float = 0.1
+    on_bad_line: typing.Literal["error", "skip"] = "error"  # a malformed .jsonl/.csv record: stop, or skip and count
     lowercase: bool = True  # WordPiece: lower-case the text (an uncased model)
     strip_accents: bool = True  # WordPiece: drop accents (café -> cafe)
     mlm_probability: float = 0.15  # masked language modelling: the share of tokens to predict
@@ -206,6 +210,8 @@ class TrainConfig(Checked):
     keep_last: int = 3
     log_every: int = 10
     seed: int = 1337
+    max_nonfinite: int = 5  # steps in a row with a non-finite loss or gradient (each skipped) before the run stops
+    parallel: typing.Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate the model, or shard it (FSDP)
     device: typing.Literal["auto", "cpu", "cuda"] = "auto"
     dtype: typing.Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
@@ -227,6 +233,9 @@ class TrainConfig(Checked):
         "save_every": (lambda v: v >= 0, "must be >= 0 (0 = only at the end)"),
         "keep_last": (_positive, "must keep at least 1 checkpoint"),
         "log_every": (_positive, "must be at least 1"),
+        "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+        "max_nonfinite": (_positive, "must be at least 1"),
+        "out": (bool, "must name a directory"),
     }
 
     def check(self) -> None:
@@ -274,10 +283,10 @@ class RunConfig:
         unknown = set(raw) - {"family", "model", "data", "train"}
         if unknown:
             raise LmforgeError(
-                f"{where}: unknown section {sorted(unknown)[0]!r}; the sections are family, model, data, train"
+                f"{where}: unknown section {min(map(str, unknown))!r}; the sections are family, model, data, train"
             )
         family = raw.get("family", "gpt")
-        if family not in FAMILIES:
+        if not isinstance(family, str) or family not in FAMILIES:
             raise LmforgeError(f"{where}: unknown family {family!r}; known: {', '.join(FAMILIES)}")
         sections = {"model": FAMILIES[family], "data": DataConfig, "train": TrainConfig}
         built = {name: _build(kind, raw.get(name) or {}, name, where) for name, kind in sections.items()}
@@ -302,10 +311,13 @@ def shipped_configs() -> dict[str, Path]:
     return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
 
 
+YAML_ERRORS = (yaml.YAMLError, ValueError, RecursionError)  # ValueError: 2001-13-45 as a date; deep nesting
+
+
 def _parse_value(text: str) -> Any:
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except YAML_ERRORS:
         return text
 
 
@@ -349,8 +361,8 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
         )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise LmforgeError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except YAML_ERRORS as e:  # UnicodeDecodeError is a ValueError
+        raise LmforgeError(f"{path}: not valid YAML ({(str(e) or type(e).__name__).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise LmforgeError(f"{path}: a config is a mapping with sections family, model, data, train")
     for assignment in overrides:

@@ -21,6 +21,7 @@ from lmforge.data import (
     load_prepared,
     prepare_documents,
 )
+from lmforge.errors import LmforgeError
 from lmforge.objectives import causal_lm_loss, pretraining_loss
 
 
@@ -28,7 +29,7 @@ def _prepared(cfg: RunConfig, cache_dir: Path, **builder) -> Path:
     d = cfg.data
     return ensure_prepared(
         d.path, d.tokenizer, d.vocab_size, d.val_fraction, cache_dir, cfg.train.progress, d.lowercase,
-        d.strip_accents, **builder,
+        d.strip_accents, on_bad_line=d.on_bad_line, **builder,
     )  # fmt: skip
 
 
@@ -49,8 +50,8 @@ class CausalLM:
     def data(self, cfg: RunConfig, cache_dir: Path):
         return load_prepared(_prepared(cfg, cache_dir))
 
-    def sampler(self, cfg: RunConfig, data, seed: int) -> BatchSampler:
-        return BatchSampler(data.train, cfg.train.batch_size, cfg.train.seq_len, seed)
+    def sampler(self, cfg: RunConfig, data, seed: int, rank: int = 0, world_size: int = 1) -> BatchSampler:
+        return BatchSampler(data.train, cfg.train.batch_size, cfg.train.seq_len, seed, rank, world_size)
 
     @staticmethod
     def loss(model, batch) -> tuple[torch.Tensor, dict]:
@@ -75,7 +76,9 @@ class MaskedLM:
     def data(self, cfg: RunConfig, cache_dir: Path):
         return load_documents(_prepared(cfg, cache_dir, builder=prepare_documents))
 
-    def sampler(self, cfg: RunConfig, data, seed: int) -> PretrainingSampler:
+    def sampler(self, cfg: RunConfig, data, seed: int, rank: int = 0, world_size: int = 1) -> PretrainingSampler:
+        if world_size > 1:
+            raise LmforgeError("encoder pretraining runs in one process for now: drop --nproc / torchrun")
         return self._pairs(cfg, data, data.train, seed)
 
     @staticmethod

@@ -7,6 +7,7 @@ training). WordPiece is BERT's: it normalizes (lower-casing, accents) and decode
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -30,6 +31,7 @@ ROLES = {
     "sep": ("[SEP]", "</s>"),
     "mask": ("[MASK]", "<mask>"),
 }
+SURROGATES = re.compile("[\ud800-\udfff]")  # what undecodable bytes become under errors="surrogateescape"
 
 
 class Tokenizer:
@@ -134,16 +136,20 @@ class Tokenizer:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str | bytes) -> list[int]:
+        return self.backend.encode(_unicode(text), add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Encodes the texts in parallel on all cores (the Rust side releases the GIL)."""
-        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+        return [e.ids for e in self.backend.encode_batch([_unicode(t) for t in texts], add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Keeps special tokens, so an <|endoftext|> in the text comes back as written."""
-        return self.backend.decode([int(i) for i in ids], skip_special_tokens=False)
+        ids = [int(i) for i in ids]
+        if ids and not (min(ids) >= 0 and max(ids) < self.vocab_size):
+            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+            raise LmforgeError(f"token id {bad} is out of range for this tokenizer (ids 0 to {self.vocab_size - 1})")
+        return self.backend.decode(ids, skip_special_tokens=False)
 
     @property
     def vocab_size(self) -> int:
@@ -198,3 +204,11 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+
+def _unicode(text: str | bytes) -> str:
+    """Text UTF-8 can carry: invalid bytes and lone surrogates (from undecodable bytes) become U+FFFD, as in
+    bytes.decode(errors="replace"); the Rust side refuses them otherwise."""
+    if isinstance(text, bytes):
+        return text.decode("utf-8", errors="replace")
+    return SURROGATES.sub("\ufffd", text)

@@ -18,19 +18,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lmforge import distributed
 from lmforge.checkpoint import (
     find_latest,
     load_checkpoint,
-    load_weights,
     optimizer_from_flat,
     optimizer_to_flat,
     save_checkpoint,
+    step_dir,
 )
 from lmforge.config import RunConfig, TrainConfig
 from lmforge.data import iter_eval_blocks
 from lmforge.errors import LmforgeError
+from lmforge.memory import MemoryMeter, summary
 from lmforge.models import GPT, MODELS
 from lmforge.plots import plot_losses
+from lmforge.stability import NonFiniteGuard
 from lmforge.tasks import TASKS, CausalLM
 
 
@@ -129,22 +132,37 @@ def _restore_rng(tensors: dict[str, torch.Tensor], plain: dict) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+def _log(message: str) -> None:
+    """A progress message on stderr (stdout is for results), from rank 0 only."""
+    if distributed.is_main():
+        tqdm.write(message, file=sys.stderr)
+
+
+def _record_step(line: str) -> float:
+    """A record's step; a line torn by a crash mid-write reads as infinitely late, so a resume drops it."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 class MetricsLog:
     """Metrics as JSON lines in OUT/metrics.jsonl; on resume, records after the resumed step are dropped."""
 
-    def __init__(self, path: Path, keep_until: int):
-        self.path = path
+    def __init__(self, path: Path, keep_until: int, enabled: bool = True):
+        self.path, self.enabled = path, enabled  # only one rank writes
+        if not enabled:
+            return
         kept = []
         if keep_until and path.is_file():
-            kept = [
-                line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= keep_until
-            ]
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _record_step(line) <= keep_until]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 class StopRequest:
@@ -161,9 +179,12 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:  # a second signal stops at once
+        """A second signal stops at once, unless within 2 s: under torchrun a Ctrl-C arrives twice, relayed too."""
+        now = time.monotonic()
+        if self.requested and now - self.since > 2.0:
             raise KeyboardInterrupt
-        self.requested = True
+        if not self.requested:
+            self.requested, self.since = True, now
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -171,7 +192,10 @@ class StopRequest:
 
 
 def _save(out: Path, step: int, model, cfg: RunConfig, data, optimizer, sampler, t: TrainConfig) -> Path:
-    tensors, plain_optim = optimizer_to_flat(optimizer)
+    weights, optimizer_state = distributed.full_state(model, optimizer)  # every rank: FSDP gathers the shards
+    if not distributed.is_main():
+        return step_dir(out, step)
+    tensors, plain_optim = optimizer_to_flat(optimizer_state)
     rng_tensors, rng_plain = _rng_state()
     sampler_state = sampler.state_dict()
     tensors.update(rng_tensors)
@@ -183,7 +207,7 @@ def _save(out: Path, step: int, model, cfg: RunConfig, data, optimizer, sampler,
         "sampler": {k: v for k, v in sampler_state.items() if not torch.is_tensor(v)},
         "data": str(data.path),
     }
-    return save_checkpoint(out, step, model, cfg, data.tokenizer, tensors, state, keep_last=t.keep_last)
+    return save_checkpoint(out, step, weights, cfg, data.tokenizer, tensors, state, keep_last=t.keep_last)
 
 
 def _restore(ckpt, cfg: RunConfig, model, optimizer, sampler) -> int:
@@ -194,8 +218,8 @@ def _restore(ckpt, cfg: RunConfig, model, optimizer, sampler) -> int:
         )
     if ckpt.state is None:
         raise LmforgeError(f"cannot resume from {ckpt.path}: it holds no training state (weights only)")
-    load_weights(model, ckpt.weights, str(ckpt.path))
-    optimizer.load_state_dict(optimizer_from_flat(ckpt.state_tensors, ckpt.state["optimizer"]))
+    optimizer_state = optimizer_from_flat(ckpt.state_tensors, ckpt.state["optimizer"])
+    distributed.load_full_state(model, optimizer, ckpt.weights, optimizer_state, str(ckpt.path))
     sampler_state = dict(ckpt.state["sampler"])
     sampler_state.update({k[len("sampler.") :]: v for k, v in ckpt.state_tensors.items() if k.startswith("sampler.")})
     sampler.load_state_dict(sampler_state)
@@ -206,7 +230,7 @@ def _restore(ckpt, cfg: RunConfig, model, optimizer, sampler) -> int:
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     """Trains cfg's model on cfg's data, writing checkpoints, metrics.jsonl and loss.png to cfg.train.out."""
     t = cfg.train
-    device = resolve_device(t.device)
+    device = distributed.setup(resolve_device(t.device), t)  # this rank's device under torchrun
     out = Path(t.out)
     if cfg.data.path is None:
         raise LmforgeError("no training data: pass --data with a text file or a prepared directory")
@@ -214,28 +238,30 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     if existing is not None and not resume:
         raise LmforgeError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
     task = TASKS[cfg.family]
-    data = task.data(cfg, out / "data")
+    with distributed.main_first():  # rank 0 prepares the data; the others then find it prepared
+        data = task.data(cfg, out / "data")
     cfg.model.vocab_size = data.tokenizer.vocab_size
     torch.manual_seed(t.seed)
     random.seed(t.seed)
     np.random.seed(t.seed)
-    model = MODELS[cfg.family](cfg.model).to(device)
+    model = distributed.place(MODELS[cfg.family](cfg.model), device, t.parallel)  # sharded with parallel=fsdp
     optimizer = build_optimizer(model, t, device)
-    sampler = task.sampler(cfg, data, t.seed)
+    sampler = task.sampler(cfg, data, t.seed, distributed.rank(), distributed.world_size())
     step = 0
     if resume and existing is not None:
         step = _restore(load_checkpoint(existing, with_state=True), cfg, model, optimizer, sampler)
-        print(f"resuming from {existing} at step {step}", file=sys.stderr)
+        _log(f"resuming from {existing} at step {step}")
     elif resume:
-        print(f"no checkpoint in {out}: starting from scratch", file=sys.stderr)
+        _log(f"no checkpoint in {out}: starting from scratch")
     loss_fn = torch.compile(task.loss) if t.compile else task.loss
-    metrics = MetricsLog(out / "metrics.jsonl", keep_until=step)
+    loss_fn = distributed.data_parallel(model, loss_fn, device, t.grad_accum_steps)
+    metrics = MetricsLog(out / "metrics.jsonl", keep_until=step, enabled=distributed.is_main())
+    guard, memory = NonFiniteGuard(t.max_nonfinite, out, distributed.is_main()), MemoryMeter(model, optimizer, device)
     tokens_per_step = t.batch_size * t.seq_len * t.grad_accum_steps
     flops_per_step = task.flops_per_token(model, cfg) * tokens_per_step
-    print(
+    _log(
         f"model: {model.num_parameters() / 1e6:.2f}M parameters, vocab {cfg.model.vocab_size}, "
-        f"{data.meta['n_train_tokens']:,} training tokens, device {device}",
-        file=sys.stderr,
+        f"{data.meta['n_train_tokens']:,} training tokens, device {device}"
     )
     start, step_time, train_loss, val = time.perf_counter(), 0.0, float("nan"), None
     model.train()
@@ -258,14 +284,11 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
                 for name, value in task_metrics.items():
                     task_sums[name] = task_sums.get(name, 0.0) + value.item() / t.grad_accum_steps
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or float("inf")).item()
-            optimizer.step()
+            train_loss = distributed.all_reduce_mean(loss_sum / t.grad_accum_steps)
+            if guard.ok(train_loss, grad_norm, step + 1):  # a non-finite loss or gradient skips the update
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            train_loss = loss_sum / t.grad_accum_steps
-            if not math.isfinite(train_loss):
-                raise LmforgeError(
-                    f"the loss became {train_loss} at step {step}: lower train.lr or raise train.warmup_steps"
-                )
             dt = time.perf_counter() - t0
             step_time = dt if step_time == 0.0 else 0.9 * step_time + 0.1 * dt
             tokens_per_s = tokens_per_step / step_time
@@ -275,19 +298,24 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
                 metrics.write({
                     "step": step, "loss": train_loss, **task_sums, "lr": lr, "grad_norm": grad_norm,
                     "tokens_per_s": tokens_per_s, "tflops": flops_per_step / step_time / 1e12,
-                    "elapsed_s": time.perf_counter() - start,
+                    "elapsed_s": time.perf_counter() - start, "skipped_steps": guard.skipped,
+                    **memory.report(final=step == t.max_steps),
                 })  # fmt: skip
             if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
                 val = _eval_record(model, task, cfg, data, device, step, metrics, bar)
+            stop.requested = distributed.any_rank(stop.requested)  # all ranks stop at the same step
             if (t.save_every and step % t.save_every == 0 and step < t.max_steps) or stop.requested:
                 _save(out, step, model, cfg, data, optimizer, sampler, t)
             if stop.requested:
-                print(f"stopped at step {step}; continue with --resume", file=sys.stderr)
+                _log(f"stopped at step {step}; continue with --resume")
                 break
     if not stop.requested:
         val = _eval_record(model, task, cfg, data, device, step, metrics, bar)
     path = _save(out, step, model, cfg, data, optimizer, sampler, t)
-    plot_losses(out / "metrics.jsonl", out / "loss.png")
+    if distributed.is_main():
+        plot_losses(out / "metrics.jsonl", out / "loss.png")
+    _log(summary(memory.split(), device))
+    distributed.barrier()  # every rank returns once the checkpoint is on disk
     return TrainResult(
         path, data.path, step, train_loss, val and val["val_loss"], tokens_per_step / max(step_time, 1e-9),
         time.perf_counter() - start, val,

@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lmforge.data.clean import clean_text
+from lmforge.data.records import is_records, read_records
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import ENCODER_BPE_SPECIALS, EOS, Tokenizer
 
@@ -44,8 +46,9 @@ def read_text(path: str | Path) -> str:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1  # mixed encodings: say where the first foreign byte is
         raise LmforgeError(
-            f"data file {path} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}): "
+            f"data file {path} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}, line {line}): "
             "convert it to UTF-8 text, e.g. with iconv -f latin1 -t utf-8"
         ) from None
     if not text or text.isspace():
@@ -144,12 +147,15 @@ def prepare(
     progress: bool = True,
     lowercase: bool = True,
     strip_accents: bool = True,
+    on_bad_line: str = "error",
 ) -> Path:
     """Cleans and tokenizes the files (joined by <|endoftext|> when the tokenizer has it) into a prepared folder.
 
     `tokenizer` is "char", "bpe" or "wordpiece" (trained here on the cleaned text; vocab_size is for bpe and wordpiece,
     lowercase and strip_accents for wordpiece), a tokenizer.json path or a Tokenizer. The last val_fraction of the
-    token stream is the validation split, as in nanoGPT.
+    token stream is the validation split, as in nanoGPT. A .jsonl or .csv file holds one document per record (its
+    "text"); on_bad_line says what a malformed record does: "error" stops with its line number, "skip" skips and
+    counts it.
     """
     inputs = input_list(inputs)
     if not 0 <= val_fraction < 1:
@@ -157,7 +163,13 @@ def prepare(
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     tok = resolve_tokenizer(tokenizer)
-    texts = [clean_text(read_text(p)) for p in inputs]
+    texts, records = [], []
+    for p in inputs:
+        docs, bad = read_records(p, on_bad_line) if is_records(p) else ([read_text(p)], None)
+        texts += [clean_text(d) for d in docs]
+        records.append(None if bad is None else {"records": len(docs), "skipped_lines": bad})
+        if bad:
+            print(f"{p}: skipped {bad} malformed line{'s' * (bad > 1)}", file=sys.stderr)
     if isinstance(tok, str):
         tok = train_tokenizer(tok, texts, vocab_size, progress, lowercase, strip_accents)
 
@@ -175,21 +187,23 @@ def prepare(
         "n_val_tokens": len(val),
         **base_meta(tok, tokens.dtype, inputs, val_fraction),
     }
+    for source, counts in zip(meta["sources"], records, strict=True):
+        source.update(counts or {})
     write_folder(out_dir, {"train.bin": train, "val.bin": val}, tok, meta)
     return out_dir
 
 
 def base_meta(tok: Tokenizer, dtype: np.dtype, inputs: Sequence[str | Path], val_fraction: float) -> dict:
     """The meta.json entries every prepared layout has: the tokenizer, the token dtype and the sources."""
+    sources = [
+        {"path": str(Path(p).resolve()), "sha256": _sha256(Path(p)), "bytes": Path(p).stat().st_size} for p in inputs
+    ]
     return {
         "vocab_size": tok.vocab_size,
         "dtype": dtype.name,
         "tokenizer": "tokenizer.json",
         "tokenizer_kind": tok.kind,
-        "sources": [
-            {"path": str(Path(p).resolve()), "sha256": _sha256(Path(p)), "bytes": Path(p).stat().st_size}
-            for p in inputs
-        ],
+        "sources": sources,
         "val_fraction": val_fraction,
         "format": FORMAT,
     }
@@ -203,7 +217,7 @@ def _tokenize(tok: Tokenizer, texts: list[str], progress: bool) -> np.ndarray:
             if i and tok.eos_id is not None:
                 parts.append(np.array([tok.eos_id], dtype=dtype))
             parts += _encode(tok, text, dtype, bar)
-    return np.concatenate(parts)
+    return np.concatenate(parts) if parts else np.empty(0, dtype)  # nothing left after cleaning: too small, below
 
 
 def write_folder(out_dir: Path, arrays: dict[str, np.ndarray], tok: Tokenizer, meta: dict) -> None:
@@ -290,6 +304,7 @@ def ensure_prepared(
     lowercase: bool = True,
     strip_accents: bool = True,
     builder: Callable[..., Path] = prepare,
+    on_bad_line: str = "error",
 ) -> Path:
     """A prepared folder as it is, or a text file prepared once into cache_dir and reused while file and settings hold.
 
@@ -319,7 +334,9 @@ def ensure_prepared(
         settings += [lowercase, strip_accents]
     if builder is not prepare:
         settings.append(builder.__name__)
+    extra = {"on_bad_line": on_bad_line} if builder is prepare and is_records(data) else {}
+    settings += list(extra.values())
     out_dir = Path(cache_dir) / f"{data.stem}-{hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]}"
     if (out_dir / "meta.json").is_file():
         return out_dir
-    return builder([data], spec, out_dir, vocab_size, val_fraction, progress, lowercase, strip_accents)
+    return builder([data], spec, out_dir, vocab_size, val_fraction, progress, lowercase, strip_accents, **extra)

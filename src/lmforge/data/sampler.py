@@ -17,22 +17,29 @@ def _blocks(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch
 
 
 class BatchSampler:
-    """Blocks at uniformly random offsets, as in nanoGPT, from a private generator so a resume is exact."""
+    """Blocks at uniformly random offsets, as in nanoGPT, from a private generator so a resume is exact.
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int):
+    Data parallel: every rank draws the same global batch of batch_size offsets and keeps its own slice of rows, so
+    the ranks together see what one process would, and the state resumes under any number of ranks."""
+
+    def __init__(
+        self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
         if len(tokens) < seq_len + 1:
             raise LmforgeError(
                 f"the data split has {len(tokens)} tokens, fewer than seq_len+1 = {seq_len + 1}; "
                 "use more text or a smaller train.seq_len"
             )
         self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
+        rows = batch_size // world_size
+        self.rows = slice(rank * rows, (rank + 1) * rows)
         self.generator = torch.Generator().manual_seed(seed)
         self.batches = 0  # drawn so far
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         starts = torch.randint(len(self.tokens) - self.seq_len, (self.batch_size,), generator=self.generator)
         self.batches += 1
-        return _blocks(self.tokens, starts.numpy(), self.seq_len)
+        return _blocks(self.tokens, starts[self.rows].numpy(), self.seq_len)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "batches": self.batches}

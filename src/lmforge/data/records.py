@@ -1,0 +1,116 @@
+"""Corpora stored as records: JSON lines or CSV with a "text" field, one document per record.
+
+A malformed record (bad JSON or CSV, bytes that are not UTF-8, a NUL, no "text") either stops preparation with the
+file and line number (on_bad_line="error") or is skipped and counted (on_bad_line="skip"), so one broken line in a
+scraped corpus costs that line, not the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from lmforge.errors import LmforgeError
+from lmforge.tokenizer import SURROGATES
+
+FIELD = "text"
+SUFFIXES = (".jsonl", ".csv")
+
+
+def is_records(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in SUFFIXES
+
+
+class _Records:
+    """Collects the texts; bad_line() applies the on_bad_line policy."""
+
+    def __init__(self, path: Path, on_bad_line: str):
+        if on_bad_line not in ("error", "skip"):
+            raise LmforgeError(f"on_bad_line must be error or skip, not {on_bad_line!r}")
+        self.path, self.on_bad_line, self.texts, self.bad = path, on_bad_line, [], 0
+
+    def bad_line(self, line: int, why: str) -> None:
+        if self.on_bad_line == "error":
+            raise LmforgeError(
+                f"{self.path}, line {line}: {why}; fix the line or skip bad lines (data.on_bad_line=skip, "
+                "--on-bad-line skip)"
+            )
+        self.bad += 1
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise LmforgeError(f"data file {path} not found: check the path (relative paths start at {Path.cwd()})")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise LmforgeError(f"cannot read data file {path}: {e.strerror}") from None
+
+
+def read_jsonl_texts(path: str | Path, on_bad_line: str = "error") -> tuple[list[str], int]:
+    """The "text" of each JSON object, one per line (blank lines ignored), and the number of bad lines skipped."""
+    records = _Records(Path(path), on_bad_line)
+    data = _read_bytes(Path(path)).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM, as Windows tools write
+    for number, raw in enumerate(data.split(b"\n"), start=1):  # CRLF is fine: JSON allows a trailing \r
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))  # a raw NUL or control character is invalid JSON
+        except UnicodeDecodeError as e:
+            records.bad_line(number, f"not UTF-8 (byte 0x{raw[e.start]:02x})")
+            continue
+        except ValueError as e:
+            records.bad_line(number, f"not valid JSON ({e})")
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get(FIELD), str):
+            records.bad_line(number, f'not a JSON object with a string "{FIELD}" field')
+            continue
+        if SURROGATES.search(record[FIELD]):
+            records.bad_line(number, "an unpaired surrogate escape (\\ud800-\\udfff) in the text")
+            continue
+        records.texts.append(record[FIELD])
+    return records.texts, records.bad
+
+
+def read_csv_texts(path: str | Path, on_bad_line: str = "error") -> tuple[list[str], int]:
+    """The "text" column of each row of a CSV file with a header, and the number of bad rows skipped."""
+    path = Path(path)
+    records = _Records(path, on_bad_line)
+    text = _read_bytes(path).decode("utf-8-sig", errors="surrogateescape")  # bad bytes fail their own row only
+    csv.field_size_limit(2**31 - 1)  # a document may well exceed csv's default limit of 128 KiB a field
+    rows = csv.reader(io.StringIO(text, newline=""), strict=True)  # a stray quote is an error, not data
+    header = next(rows, None)
+    if not header or FIELD not in header:
+        raise LmforgeError(f'{path}: the first row must be a header with a "{FIELD}" column, e.g. id,{FIELD}')
+    column = header.index(FIELD)
+    while True:
+        first = rows.line_num + 1  # a quoted field can span lines; report where the row starts
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            records.bad_line(first, f"not valid CSV ({e})")
+            continue
+        if not row:
+            continue
+        if len(row) != len(header):
+            records.bad_line(first, f"{len(row)} fields where the header has {len(header)} (a stray quote or comma?)")
+        elif "\0" in row[column]:
+            records.bad_line(first, "a NUL byte in the text (binary data?)")
+        elif SURROGATES.search(row[column]):
+            records.bad_line(first, "not UTF-8")
+        else:
+            records.texts.append(row[column])
+    return records.texts, records.bad
+
+
+def read_records(path: str | Path, on_bad_line: str = "error") -> tuple[list[str], int]:
+    """The documents of a .jsonl or .csv file and the number of bad lines skipped; an error if none is left."""
+    read = read_csv_texts if Path(path).suffix.lower() == ".csv" else read_jsonl_texts
+    texts, bad = read(path, on_bad_line)
+    if not texts:
+        raise LmforgeError(f'{path} holds no record with a "{FIELD}" ({bad} bad lines skipped): give a file with text')
+    return texts, bad

@@ -1,0 +1,105 @@
+"""Where a training run's memory goes: the peak, split into weights, gradients, optimizer state and activations.
+
+Weights, gradients and optimizer state are counted from their tensors; activations are what the peak holds beyond
+them (with temporaries and, under DDP, the gradient buckets). On CUDA the peak is torch's max allocated; on CPU it is
+the process's peak resident set, whose baseline at the first step (interpreter, libraries, data) is reported apart.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+
+import torch
+
+MB = 2**20
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_rss() -> None:
+    """Returns freed heap pages to the system (glibc), so that new activations show as RSS growth rather than reuse
+    what is already resident; then resets the peak RSS (VmHWM, Linux >= 4.0) to the current RSS."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux; since the process began
+
+
+def _nbytes(tensors) -> int:
+    """Bytes held on this rank (the local shard of a DTensor)."""
+    return sum(t.to_local().nbytes if hasattr(t, "to_local") else t.nbytes for t in tensors)
+
+
+class MemoryMeter:
+    """Created just before the first step; split() gives the MB of each part so far."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device):
+        self.model, self.optimizer, self.device = model, optimizer, device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            self.baseline = 0
+        else:
+            _reset_peak_rss()
+            self.baseline = _rss()
+        self.reported = False
+
+    def report(self, final: bool) -> dict[str, float]:
+        """The split for the log's first record and its last ({} in between)."""
+        if self.reported and not final:
+            return {}
+        self.reported = True
+        return self.split()
+
+    def split(self) -> dict[str, float]:
+        params = list(self.model.parameters())  # tied weights once
+        weights = _nbytes(params)
+        grads = _nbytes(p for p in params if p.requires_grad)  # they live from backward to zero_grad, as large
+        optim = _nbytes(v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+        if self.device.type == "cuda":
+            peak, other = torch.cuda.max_memory_allocated(self.device), 0
+        else:
+            peak, other = _peak_rss(), self.baseline - weights
+        return {
+            "peak_mem_mb": peak / MB,
+            "mem_weights_mb": weights / MB,
+            "mem_grads_mb": grads / MB,
+            "mem_optimizer_mb": optim / MB,
+            "mem_activations_mb": max(0, peak - other - weights - grads - optim) / MB,
+            "mem_other_mb": other / MB,
+        }
+
+
+def summary(split: dict[str, float], device: torch.device) -> str:
+    """One line: the peak, its parts, and what to shrink first."""
+    parts = {
+        "activations": ("mem_activations_mb", "lower train.batch_size or seq_len (raise grad_accum_steps to keep it)"),
+        "optimizer state": ("mem_optimizer_mb", "shard it with train.parallel=fsdp over several devices"),
+        "weights": ("mem_weights_mb", "use a smaller model or train.parallel=fsdp"),
+        "gradients": ("mem_grads_mb", "use a smaller model or train.parallel=fsdp"),
+    }
+    largest = max(parts, key=lambda k: split[parts[k][0]])
+    kind = "allocated on " + str(device) if device.type == "cuda" else "resident (CPU)"
+    other = f" + other {split['mem_other_mb']:.1f} (Python, libraries, data)" if split["mem_other_mb"] else ""
+    return (
+        f"memory: peak {split['peak_mem_mb']:.1f} MB {kind} = weights {split['mem_weights_mb']:.1f} + gradients "
+        f"{split['mem_grads_mb']:.1f} + optimizer {split['mem_optimizer_mb']:.1f} + activations "
+        f"{split['mem_activations_mb']:.1f}{other}; largest part: {largest} ({parts[largest][1]})"
+    )
