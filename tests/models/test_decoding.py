@@ -94,6 +94,19 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_seen_logits
     assert torch.equal(out, expected)
 
 
+def test_greedy_with_repetition_penalty_penalizes_prompt_and_generated_tokens():
+    model = tiny_gpt()
+    idx = prompt()
+    seq = idx
+    with torch.no_grad():
+        for _ in range(12):  # no cache; every id so far counts as seen
+            logits = process_logits(model(seq)[:, -1], seq, repetition_penalty=1.8)
+            seq = torch.cat((seq, logits.argmax(-1, keepdim=True)), dim=1)
+    out = generate(model, idx, 12, greedy=True, repetition_penalty=1.8, top_k=3, temperature=0.7)
+    assert torch.equal(out, seq)
+    assert not torch.equal(out, generate(model, idx, 12, greedy=True))
+
+
 def test_eos_stops_generation():
     model = tiny_gpt()
     idx = prompt(b=1)

@@ -57,33 +57,41 @@ def stream(
     When the context window fills, the cache is rebuilt from the newest half of the window (a sliding window).
     temperature 0 or greedy=True picks the most likely token.
     """
-    if idx.size(1) > model.cfg.max_seq_len:
-        raise ValueError(f"prompt of {idx.size(1)} tokens exceeds the context of {model.cfg.max_seq_len}")
+    b, t = idx.shape
+    window = model.cfg.max_seq_len
+    if t > window:
+        raise ValueError(f"prompt of {t} tokens exceeds the context of {window}")
     greedy = greedy or temperature == 0
+    if greedy:  # only the repetition penalty can change which logit is largest
+        temperature, top_k, top_p = 1.0, None, None
     generator = None
     if seed is not None:
         generator = torch.Generator(device=idx.device).manual_seed(seed)
-    window = model.cfg.max_seq_len
-    cache = model.new_cache(idx.size(0), window)
-    seq = idx
+    seq = idx.new_empty(b, t + min(max_new_tokens, window))  # every id so far, written in place; doubled when full
+    seq[:, :t] = idx
+    n = t
+    cache = model.new_cache(b, min(window, t + max_new_tokens))
     pending = idx
-    finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+    finished = torch.zeros(b, dtype=torch.bool, device=idx.device) if eos_id is not None else None
     for _ in range(max_new_tokens):
-        if cache.length + pending.size(1) > window:
-            cache = model.new_cache(idx.size(0), window)
-            pending = seq[:, -(window // 2) :]
+        if cache.length + pending.size(1) > cache.max_len:
+            cache = model.new_cache(b, window)
+            pending = seq[:, n - window // 2 : n]
         hidden, _ = model.hidden(pending, cache=cache)
         logits = model.lm_head(hidden[:, -1]).float()
-        logits = process_logits(logits, seq, temperature, top_k, top_p, repetition_penalty)
+        logits = process_logits(logits, seq[:, :n], temperature, top_k, top_p, repetition_penalty)
         token = next_token(logits, greedy, generator)
-        if eos_id is not None:
+        if finished is not None:
             token = token.masked_fill(finished, eos_id)
             finished |= token == eos_id
         yield token
-        if eos_id is not None and bool(finished.all()):
+        if finished is not None and bool(finished.all()):
             return
-        pending = token[:, None]
-        seq = torch.cat((seq, pending), dim=1)
+        if n == seq.size(1):
+            seq = torch.cat((seq, torch.empty_like(seq)), dim=1)
+        seq[:, n] = token
+        pending = seq[:, n : n + 1]
+        n += 1
 
 
 def generate(

@@ -9,7 +9,7 @@ from torch import nn
 
 from lmforge.config import GPTConfig
 from lmforge.models.decoding import generate
-from lmforge.nn import Decoder, KVCache, LearnedPositions, RotaryEmbedding, SinusoidalPositions
+from lmforge.nn import Decoder, KVCache, LearnedPositions, Linear, RotaryEmbedding, SinusoidalPositions
 
 
 class GPT(nn.Module):
@@ -28,7 +28,7 @@ class GPT(nn.Module):
             cfg.n_layer, cfg.d_model, norm=cfg.norm, layer_norm_eps=cfg.layer_norm_eps, n_head=cfg.n_head,
             d_ff=cfg.d_ff, dropout=cfg.dropout, bias=cfg.bias, activation=cfg.activation,
         )  # fmt: skip
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)

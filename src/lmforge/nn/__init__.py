@@ -4,6 +4,7 @@ from lmforge.nn.attention import MultiHeadAttention, attention_mask, scaled_dot_
 from lmforge.nn.blocks import Decoder, Encoder, TransformerBlock, TransformerStack
 from lmforge.nn.cache import KVCache
 from lmforge.nn.feedforward import FeedForward
+from lmforge.nn.linear import Linear
 from lmforge.nn.loss import linear_cross_entropy
 from lmforge.nn.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions, sinusoidal_table
 
@@ -13,6 +14,7 @@ __all__ = [
     "FeedForward",
     "KVCache",
     "LearnedPositions",
+    "Linear",
     "MultiHeadAttention",
     "RotaryEmbedding",
     "SinusoidalPositions",

@@ -18,12 +18,13 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Writes (B, n_head, T, d_head) keys/values after the cached ones and returns all of them."""
-        end = self.length + k.size(2)
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
-        self.k[layer][:, :, self.length : end] = k
-        self.v[layer][:, :, self.length : end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        start, t = self.length, k.size(2)
+        if start + t > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {start + t} were asked for")
+        keys, values = self.k[layer], self.v[layer]
+        keys.narrow(2, start, t).copy_(k)
+        values.narrow(2, start, t).copy_(v)
+        return keys.narrow(2, 0, start + t), values.narrow(2, 0, start + t)
 
     def advance(self, n: int) -> None:
         self.length += n

@@ -1,0 +1,194 @@
+"""Greedy KV-cache decoding speed of lmforge's GPT against transformers' GPT2LMHeadModel, same weights, same process.
+
+GPT-2 small shape (12 layers, 12 heads, d_model 768, vocab 50257, context 1024), random weights, fp32, CPU.
+Prints progress on stderr and one JSON line on stdout. The bound is the time of one matrix-vector product over
+every weight matrix (LM head included): decoding one token cannot read the weights faster than that. It is timed
+with torch's x @ W.T (MKL) and with lmforge's `linear` (oneDNN, what lmforge's model runs), and the faster counts,
+since the first runs a matrix-vector product on one thread and the second on all of torch's threads. Each is timed as
+new_tokens passes in a row, like the generation it bounds; every figure is the best of --reps rounds.
+Usage: python bench/generate.py [--reps 5] [--new-tokens 128] [--quiet-wait 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from lmforge.config import GPTConfig
+from lmforge.models.gpt import GPT
+from lmforge.nn.linear import linear
+
+VOCAB, N_LAYER, N_HEAD, D_MODEL, CONTEXT = 50257, 12, 12, 768, 1024
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def build_models(seed: int) -> tuple[GPT, GPT2LMHeadModel]:
+    """A randomly initialized GPT-2 and an lmforge GPT holding the same weights."""
+    torch.manual_seed(seed)
+    hf = GPT2LMHeadModel(
+        GPT2Config(vocab_size=VOCAB, n_positions=CONTEXT, n_embd=D_MODEL, n_layer=N_LAYER, n_head=N_HEAD)
+    ).eval()
+    cfg = GPTConfig(vocab_size=VOCAB, n_layer=N_LAYER, n_head=N_HEAD, d_model=D_MODEL, max_seq_len=CONTEXT)
+    ours = GPT(cfg).eval()
+    src = hf.transformer
+    with torch.no_grad():
+        ours.tok_emb.weight.copy_(src.wte.weight)
+        ours.pos_emb.weight.copy_(src.wpe.weight)
+        pairs = [(ours.decoder.ln_final, src.ln_f)]
+        for block, h in zip(ours.decoder.blocks, src.h, strict=True):
+            pairs += [(block.ln_attn, h.ln_1), (block.ln_ffn, h.ln_2)]
+            for dense, conv in [
+                (block.attn.qkv, h.attn.c_attn),
+                (block.attn.out, h.attn.c_proj),
+                (block.ffn.up, h.mlp.c_fc),
+                (block.ffn.down, h.mlp.c_proj),
+            ]:
+                dense.weight.copy_(conv.weight.t())  # Conv1D stores (in, out)
+                dense.bias.copy_(conv.bias)
+        for norm, ref in pairs:
+            norm.weight.copy_(ref.weight)
+            norm.bias.copy_(ref.bias)
+    return ours, hf
+
+
+def cpu_busy() -> tuple[int, int]:
+    """(busy, total) CPU ticks since boot, from /proc/stat (Linux)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # idle and iowait are not busy
+
+
+def wait_quiet(seconds: float) -> None:
+    """Waits up to `seconds` for a half second in which other processes keep the CPUs under 10% busy."""
+    if seconds <= 0 or not os.path.exists("/proc/stat"):
+        return
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        busy0, total0 = cpu_busy()
+        time.sleep(0.5)
+        busy1, total1 = cpu_busy()
+        if busy1 - busy0 < 0.1 * max(total1 - total0, 1):
+            return
+
+
+def race(runs: dict, reps: int, quiet_wait: float) -> dict:
+    """Best seconds and last output of each callable: one warm-up each, then `reps` rounds taking turns, each call
+    after waiting for a quiet CPU, so that load from other processes falls on every contender alike."""
+    best = {name: float("inf") for name in runs}
+    outputs = {name: fn() for name, fn in runs.items()}
+    for _ in range(reps):
+        for name, fn in runs.items():
+            wait_quiet(quiet_wait)
+            start = time.perf_counter()
+            outputs[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: (best[name], outputs[name]) for name in runs}
+
+
+def weight_passes(model: GPT, product, n: int):
+    """n passes of x @ W.T, x of shape (1, in), over every weight matrix (LM head included), as many as the tokens
+    generated, so that the bound and the generation are timed over the same stretch of a shared machine."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = [torch.randn(1, w.size(1)) for w in weights]
+
+    def passes():
+        with torch.inference_mode():
+            for _ in range(n):
+                for x, w in zip(xs, weights, strict=True):
+                    product(x, w)
+
+    return passes
+
+
+def generators(ours: GPT, hf: GPT2LMHeadModel, prompt: torch.Tensor, new_tokens: int) -> dict:
+    def run_ours():
+        return ours.generate(prompt, new_tokens, greedy=True)
+
+    def run_hf():
+        with torch.inference_mode():
+            return hf.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                do_sample=False,
+                use_cache=True,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                pad_token_id=hf.config.eos_token_id,
+            )
+
+    return {"lmforge": run_ours, "transformers": run_hf}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per side; the best counts")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--quiet-wait", type=float, default=10.0, help="seconds to wait for an idle CPU before each timed run"
+    )
+    args = parser.parse_args()
+
+    ours, hf = build_models(args.seed)
+    n = args.new_tokens
+    g = torch.Generator().manual_seed(args.seed)
+    # token ids below the end-of-text id: transformers' min_new_tokens forbids that id, lmforge does not
+    prompt = torch.randint(VOCAB - 1, (1, args.prompt_len), generator=g)
+    prompts8 = torch.randint(VOCAB - 1, (8, args.prompt_len), generator=g)
+    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {ours.num_parameters() / 1e6:.1f}M parameters")
+
+    # The bound: the faster of torch's x @ W.T (MKL) and lmforge's linear (oneDNN) on the same weights.
+    runs = generators(ours, hf, prompt, n)
+    runs["x @ W.T"] = weight_passes(ours, lambda x, w: x @ w.T, n)
+    runs["lmforge linear"] = weight_passes(ours, linear, n)
+    times = race(runs, args.reps, args.quiet_wait)
+    (t_ours, out_ours), (t_hf, out_hf) = times["lmforge"], times["transformers"]
+    same = torch.equal(out_ours, out_hf)
+    bound_matmul, bound_linear = n / times["x @ W.T"][0], n / times["lmforge linear"][0]
+    bound = max(bound_matmul, bound_linear)
+    ours_tps, hf_tps = n / t_ours, n / t_hf
+    log(
+        f"bound, one matrix-vector pass over the weights: x @ W.T {bound_matmul:.1f}, lmforge linear {bound_linear:.1f}"
+    )
+    log(f"batch 1: lmforge {ours_tps:.1f} tokens/s, transformers {hf_tps:.1f} tokens/s, same tokens: {same}")
+
+    times = race(generators(ours, hf, prompts8, n), args.reps, args.quiet_wait)
+    (t8_ours, out8_ours), (t8_hf, out8_hf) = times["lmforge"], times["transformers"]
+    same8 = torch.equal(out8_ours, out8_hf)
+    ours8, hf8 = 8 * n / t8_ours, 8 * n / t8_hf
+    log(f"batch 8: lmforge {ours8:.1f} tokens/s, transformers {hf8:.1f} tokens/s, same tokens: {same8}")
+    log(
+        f"load average {os.getloadavg()[0]:.1f} (above ~0.5, other processes share the cores and the figures are noisy)"
+    )
+
+    print(
+        json.dumps(
+            {
+                "lmforge_tokens_per_s": round(ours_tps, 2),
+                "transformers_tokens_per_s": round(hf_tps, 2),
+                "ratio": round(ours_tps / hf_tps, 3),
+                "bound_tokens_per_s": round(bound, 2),
+                "bound_matmul_tokens_per_s": round(bound_matmul, 2),
+                "bound_linear_tokens_per_s": round(bound_linear, 2),
+                "pct_of_bound": round(100 * ours_tps / bound, 1),
+                "batch8_lmforge_tokens_per_s": round(ours8, 2),
+                "batch8_transformers_tokens_per_s": round(hf8, 2),
+                "batch8_ratio": round(ours8 / hf8, 3),
+                "same_tokens": same and same8,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Linear: the same map and gradients as nn.Linear, whichever kernel runs it."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmforge.nn import linear as linear_module
+from lmforge.nn.linear import Linear, linear
+
+
+def by_hand(x, w, b):
+    """y_i = sum_j x_j W_ij + b_i, in float64."""
+    y = (x.double()[..., None, :] * w.double()).sum(-1)
+    return y if b is None else y + b.double()
+
+
+def cases():
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(24, 10, generator=g), torch.randn(24, generator=g)
+    return {
+        "2d": (torch.randn(3, 10, generator=g), w, b),
+        "3d": (torch.randn(2, 5, 10, generator=g), w, b),
+        "one row": (torch.randn(1, 1, 10, generator=g), w, b),
+        "no bias": (torch.randn(4, 10, generator=g), w, None),
+        "strided input": (torch.randn(4, 7, 10, generator=g)[:, -1], w, b),
+        "strided bias": (torch.randn(3, 10, generator=g), w[:12], torch.randn(24, generator=g)[::2]),
+        "transposed weight": (torch.randn(3, 24, generator=g), w.t(), None),
+    }
+
+
+@pytest.mark.parametrize("name", list(cases()))
+def test_linear_is_the_affine_map_with_and_without_grad(name):
+    x, w, b = cases()[name]
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x, w, b).double(), by_hand(x, w, b), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(linear(x, w, b).double(), by_hand(x, w, b), atol=1e-5, rtol=1e-5)
+
+
+def test_inference_takes_onednn_where_available_and_training_keeps_autograd():
+    x, w, b = torch.randn(2, 10), torch.randn(24, 10, requires_grad=True), torch.randn(24)
+    assert not linear_module._onednn_applies(x, w, b)  # w needs its gradient
+    with torch.no_grad():
+        assert linear_module._onednn_applies(x, w, b) == (linear_module._onednn_linear is not None)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        assert not linear_module._onednn_applies(x, w, b)
+        assert linear(x, w, b).dtype == torch.bfloat16
+
+
+def test_linear_module_matches_nn_linear_in_values_gradients_and_state():
+    torch.manual_seed(0)
+    ours = Linear(10, 24)
+    ref = torch.nn.Linear(10, 24)
+    ref.load_state_dict(ours.state_dict())
+    assert isinstance(ours, torch.nn.Linear) and ours.state_dict().keys() == ref.state_dict().keys()
+    x = torch.randn(3, 4, 10, requires_grad=True)
+    y, y_ref = ours(x), ref(x)
+    torch.testing.assert_close(y, y_ref)
+    (g,) = torch.autograd.grad(y.square().sum(), ours.weight)
+    (g_ref,) = torch.autograd.grad(y_ref.square().sum(), ref.weight)
+    torch.testing.assert_close(g, g_ref)
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), F.linear(x, ref.weight, ref.bias), atol=1e-5, rtol=1e-5)
