@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmforge.errors import LmforgeError
-from lmforge.tokenizer import Tokenizer
+from lmforge.tokenizer import Tokenizer, _unicode
 
 ALPHABET = "abcxyz \n\t.,;中文👨\u200d👩\u200d👧é\u0301\x00\r"
 ANY_CHAR = st.characters(exclude_categories=())  # surrogates included
@@ -70,3 +70,20 @@ def test_empty_and_huge_lines(bpe, char):
     assert bpe.decode(bpe.encode(line)) == line
     line = (ALPHABET * 40_000)[:1_000_000]
     assert char.decode(char.encode(line)) == line
+
+
+@FUZZ
+@given(st.text(alphabet=ANY_CHAR) | st.text(alphabet=ALPHABET + "<unk>"))
+def test_char_lookup_equals_the_tokenizers_backend(char, text):
+    assert char._by_code_point is not None  # the fast path is what runs
+    expected = char.backend.encode(_unicode(text), add_special_tokens=False).ids
+    assert char.encode(text) == expected and char.encode_batch([text, text]) == [expected, expected]
+
+
+def test_a_char_tokenizer_changed_by_hand_keeps_the_backend(char, tmp_path):
+    from tokenizers import normalizers
+
+    char.save(tmp_path / "t.json")
+    custom = Tokenizer.load(tmp_path / "t.json")
+    custom.backend.normalizer = normalizers.Lowercase()
+    assert Tokenizer(custom.backend)._by_code_point is None

@@ -25,6 +25,7 @@ def cases():
         "strided input": (torch.randn(4, 7, 10, generator=g)[:, -1], w, b),
         "strided bias": (torch.randn(3, 10, generator=g), w[:12], torch.randn(24, generator=g)[::2]),
         "transposed weight": (torch.randn(3, 24, generator=g), w.t(), None),
+        "column-sliced weight": (torch.randn(3, 8, generator=g), w[:, 1:9], b),
     }
 
 

@@ -19,11 +19,11 @@ except (AttributeError, RuntimeError):  # a build without the op
 
 
 def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """fp32 CPU tensors, contiguous parameters (the op ignores a bias's strides), no gradient to record, no autocast,
-    and not under compile (Inductor lowers the op only for frozen weights)."""
+    """fp32 CPU tensors (any strides, but a contiguous bias: the op ignores a bias's strides), no gradient to record,
+    no autocast, and not under compile (Inductor lowers the op only for frozen weights)."""
     if _onednn_linear is None or x.device.type != "cpu" or x.dim() < 2 or not x.dtype == weight.dtype == torch.float32:
         return False
-    if not weight.is_contiguous() or (bias is not None and not bias.is_contiguous()):
+    if bias is not None and not bias.is_contiguous():
         return False
     tracked = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     if tracked and torch.is_grad_enabled():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from lmforge.nn.linear import linear
+
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of softmax(x W^T + b) against targets; gradients are computed chunk by chunk in the forward.
@@ -28,7 +30,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, x.size(0), chunk_rows):
             rows = slice(start, start + chunk_rows)
             xs, ts, ss = x[rows], safe_targets[rows], scale[rows]
-            logits = xs @ weight.t() if bias is None else torch.addmm(bias, xs, weight.t())
+            logits = linear(xs, weight, bias)
             logp = torch.log_softmax(logits.to(acc), dim=-1)  # (rows, V)
             total -= (logp.gather(1, ts[:, None]).squeeze(1) * ss).sum()
             if count:
@@ -41,9 +43,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_b += (ss @ grad).to(bias.dtype)
             grad = grad.to(x.dtype)
             if want_x:
-                grad_x[rows] = (grad @ weight) * ss[:, None].to(x.dtype)
-            if want_w:
-                grad_w.addmm_(grad.t(), xs * ss[:, None].to(x.dtype))
+                grad_x[rows] = linear(grad, weight.t()) * ss[:, None].to(x.dtype)
+            if want_w:  # (V, d) += grad^T xs, formed as (xs^T grad)^T: the products run on oneDNN on CPU
+                grad_w += linear((xs * ss[:, None].to(x.dtype)).t(), grad.t()).t()
         ctx.save_for_backward(grad_x, grad_w, grad_b)
         ctx.mark_non_differentiable(correct)
         return total, correct
