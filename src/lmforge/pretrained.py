@@ -96,11 +96,11 @@ def convert_from_hf(source: str | Path, out: str | Path, allow_pickle: bool = Fa
     return save_checkpoint(out, 0, model, run, tokenizer)
 
 
-def convert_to_hf(checkpoint: str | Path, out: str | Path) -> Path:
+def convert_to_hf(checkpoint: str | Path, out: str | Path, allow_pickle: bool = False) -> Path:
     """Writes a checkpoint as an HF model directory that transformers' AutoModel* and AutoTokenizer load offline.
 
     The directory is written under a temporary name and renamed, so it is complete or absent."""
-    model, tokenizer = from_pretrained(checkpoint)
+    model, tokenizer = from_pretrained(checkpoint, allow_pickle=allow_pickle)
     family = family_of(model.cfg)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
