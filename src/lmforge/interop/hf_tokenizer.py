@@ -42,6 +42,10 @@ def load_hf_tokenizer(path: Path) -> Tokenizer:
         names = {EOS, *(name for role in ROLES.values() for name in role)}
         specials = [name for name in sorted(names) if bpe.token_to_id(name) is not None]
         bpe.add_special_tokens([AddedToken(s, lstrip=s == "<mask>", special=True) for s in specials])
+        if {"<s>", "</s>"} <= set(specials):  # RoBERTa's <s> ... </s>, as its HF tokenizer adds them
+            bpe.post_processor = processors.RobertaProcessing(
+                ("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")), add_prefix_space=False
+            )
         backend = bpe._tokenizer
     else:
         raise LmforgeError(
