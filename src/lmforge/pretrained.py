@@ -80,6 +80,11 @@ def from_pretrained(
 
     family ("gpt" or "bert"), when given, is the one the caller can use; another is a user mistake."""
     path = resolve(path)
+    if not path.is_dir():
+        raise LmforgeError(
+            f"model {path} not found: give an lmforge checkpoint, a Hugging Face model directory (config.json, "
+            f"model.safetensors, tokenizer files) or one of {', '.join(PACKAGED)}"
+        )
     if not (path / "config.json").is_file():
         model, tokenizer, _ = load_model(path, device, family)
         return model, tokenizer

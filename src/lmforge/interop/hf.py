@@ -139,6 +139,8 @@ def _n_blocks(family: Family, weights: dict) -> int:
 
 def read_config(path: Path) -> tuple[Family, dict]:
     """The family and raw config.json of an HF model directory; an unknown architecture names the supported ones."""
+    if not (path / "config.json").is_file():
+        raise LmforgeError(f"{path} has no config.json: give a Hugging Face model directory")
     try:
         raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
