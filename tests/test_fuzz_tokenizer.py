@@ -87,3 +87,10 @@ def test_a_char_tokenizer_changed_by_hand_keeps_the_backend(char, tmp_path):
     custom = Tokenizer.load(tmp_path / "t.json")
     custom.backend.normalizer = normalizers.Lowercase()
     assert Tokenizer(custom.backend)._by_code_point is None
+
+
+def test_tokens_added_to_a_char_tokenizer_are_honoured(char, tmp_path):
+    char.save(tmp_path / "t.json")
+    marked = Tokenizer.load(tmp_path / "t.json")
+    marked.backend.add_special_tokens(["[E1]"])
+    assert marked.encode("a[E1]b") == [marked.encode("a")[0], marked.vocab_size - 1, marked.encode("b")[0]]

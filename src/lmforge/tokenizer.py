@@ -20,7 +20,8 @@ from lmforge.errors import LmforgeError
 
 EOS = "<|endoftext|>"
 UNK = "<unk>"
-KINDS = {"WordLevel": "char", "BPE": "bpe", "WordPiece": "wordpiece"}  # the tokenizers model type -> our kind
+# the tokenizers model type -> our kind; Unigram (SentencePiece) comes only from imported checkpoints (ALBERT)
+KINDS = {"WordLevel": "char", "BPE": "bpe", "WordPiece": "wordpiece", "Unigram": "unigram"}
 WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # BERT's
 # RoBERTa's, in its id order; <mask> swallows the space before it, so "a <mask>" predicts the word with its space
 ENCODER_BPE_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", AddedToken("<mask>", lstrip=True, special=True))
@@ -37,17 +38,24 @@ SURROGATES = re.compile("[\ud800-\udfff]")  # what undecodable bytes become unde
 
 
 class Tokenizer:
-    """Text <-> token ids; `backend` is the `tokenizers.Tokenizer` doing the work (its model type gives the kind)."""
+    """Text <-> token ids; `backend` is the `tokenizers.Tokenizer` doing the work (its model type gives the kind).
 
-    def __init__(self, backend: tokenizers.Tokenizer):
+    max_length, when set, is the input length (special tokens included) the model's makers cut texts to, such as
+    sentence-transformers' max_seq_length; tokenizer.json keeps it as its truncation length. encode never truncates.
+    """
+
+    def __init__(self, backend: tokenizers.Tokenizer, max_length: int | None = None):
         model = type(backend.model).__name__
         if model not in KINDS:
             raise LmforgeError(
-                f"a {model} tokenizer is not supported; lmforge reads WordLevel (char), BPE and WordPiece ones"
+                f"a {model} tokenizer is not supported; lmforge reads WordLevel (char), BPE, WordPiece and Unigram ones"
             )
+        backend.no_truncation()  # a Hugging Face tokenizer.json may carry both; our callers place every token
+        backend.no_padding()
         self.backend = backend
         self.kind: str = KINDS[model]
-        self._by_code_point = self._char_table()
+        self.max_length = max_length
+        self._by_code_point, self._table_vocab = self._char_table(), self.vocab_size
 
     @classmethod
     def train_char(cls, texts: Iterable[str]) -> Tokenizer:
@@ -124,8 +132,9 @@ class Tokenizer:
         except Exception as e:  # tokenizers raises a bare Exception for bad JSON or an unknown layout
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise LmforgeError(f"{path} is not a valid tokenizer.json ({reason}); save one with lmforge") from None
+        max_length = (backend.truncation or {}).get("max_length")
         try:
-            return cls(backend)
+            return cls(backend, max_length)
         except LmforgeError as e:
             raise LmforgeError(f"{path}: {e}") from None
 
@@ -133,21 +142,24 @@ class Tokenizer:
         """Writes a temporary file next to `path`, then renames it, so a crash never leaves half a tokenizer."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        if self.max_length is not None:
+            self.backend.enable_truncation(self.max_length)
         try:
             self.backend.save(str(tmp))
             os.replace(tmp, path)
         finally:
+            self.backend.no_truncation()
             tmp.unlink(missing_ok=True)
 
     def encode(self, text: str | bytes) -> list[int]:
-        if self._by_code_point is not None:
+        if self._fast():
             return self._lookup(_unicode(text)).tolist()
         return self.backend.encode(_unicode(text), add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Encodes the texts in parallel on all cores (the Rust side releases the GIL); a plain char tokenizer by
         table lookup instead, some 50x faster."""
-        if self._by_code_point is not None:
+        if self._fast():
             return [self._lookup(_unicode(t)).tolist() for t in texts]
         return [e.ids for e in self.backend.encode_batch([_unicode(t) for t in texts], add_special_tokens=False)]
 
@@ -200,14 +212,16 @@ class Tokenizer:
 
     def continues_word(self) -> list[bool]:
         """For each id, whether its token continues the word before it: a WordPiece ##piece, or a byte-level BPE
-        piece without the leading space (Ġ) that starts a word. Whole-word masking keeps such pieces with their word.
+        (SentencePiece) piece without the leading Ġ (▁) that starts a word. Whole-word masking keeps such pieces with
+        their word.
         """
         specials, out = set(self.special_ids), [False] * self.vocab_size
+        starts = {"bpe": "Ġ", "unigram": "▁"}.get(self.kind)
         for token, i in self.backend.get_vocab(with_added_tokens=True).items():
             if self.kind == "wordpiece":
                 out[i] = token.startswith("##")
-            elif self.kind == "bpe":
-                out[i] = not token.startswith("Ġ") and i not in specials
+            elif starts is not None:
+                out[i] = not token.startswith(starts) and i not in specials
         return out
 
     def _char_table(self) -> np.ndarray | None:
@@ -224,6 +238,10 @@ class Tokenizer:
         table = np.full(max(map(ord, chars), default=0) + 2, vocab[UNK], dtype=np.int64)  # last slot: beyond
         table[[ord(c) for c in chars]] = list(chars.values())
         return table
+
+    def _fast(self) -> bool:
+        """Whether the table still applies: tokens added since (entity markers, say) send text back to the backend."""
+        return self._by_code_point is not None and self.vocab_size == self._table_vocab
 
     def _lookup(self, text: str) -> np.ndarray:
         code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
