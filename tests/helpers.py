@@ -80,3 +80,32 @@ def tiny_checkpoint(out, family="bert", seed=0, **overrides):
         family=family, model=model_cfg, data=DataConfig(tokenizer="wordpiece" if family == "bert" else "bpe")
     )
     return save_checkpoint(out, 1, MODELS[family](model_cfg), cfg, tokenizer)
+
+
+ENGLISH_WORDS = "the quick brown fox jumps over lazy dog cat sat on mat a red blue green bird sings loud".split()
+
+
+def write_wordpiece_vocab(path):
+    """A vocab.txt as BERT's: the five special tokens first, then words and ##pieces."""
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *ENGLISH_WORDS, "##s", "##ing", ".", ","]
+    (path / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    return len(words)
+
+
+def write_bpe_vocab(path, special_tokens):
+    """vocab.json + merges.txt of a small byte-level BPE trained on a few sentences; returns its size."""
+    from tokenizers.implementations import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([" ".join(ENGLISH_WORDS)] * 20, vocab_size=300, special_tokens=special_tokens)
+    bpe.save_model(str(path))
+    return bpe.get_vocab_size()
+
+
+def padded_batch(vocab_size, b=3, t=12, low=5, seed=1):
+    """Random ids (no special tokens below `low`) and a mask with one row padded from position 7."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(low, vocab_size, (b, t), generator=g)
+    mask = torch.ones(b, t, dtype=torch.long)
+    mask[1, 7:] = 0
+    return ids, mask

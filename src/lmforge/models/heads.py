@@ -1,8 +1,9 @@
 """Task heads on a pretrained backbone (a GPT or a Bert): sequence classification and token classification.
 
 Like Hugging Face's BertForSequenceClassification / BertForTokenClassification: dropout, then one linear layer; a
-BERT's [CLS] state goes through its pretrained pooler (tanh(W h + b)) when it has one. A GPT sees only the tokens
-before it, so it classifies from its last real token.
+BERT's [CLS] state goes through a pooler (tanh(W h + b)): the backbone's pretrained one, else the head's own (as
+transformers adds a fresh one to an encoder saved without it). A GPT sees only the tokens before it, so it
+classifies from its last real token.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def backbone_hidden(
     return backbone.hidden(input_ids, attention_mask, None, need_weights)
 
 
-def _classifier(d_model: int, n_labels: int) -> nn.Linear:
+def _linear(d_model: int, n_labels: int) -> nn.Linear:
     layer = nn.Linear(d_model, n_labels)
     nn.init.normal_(layer.weight, std=0.02)
     nn.init.zeros_(layer.bias)
@@ -47,14 +48,16 @@ class SequenceClassifier(nn.Module):
         if pooling == "cls" and isinstance(backbone, GPT):
             raise ValueError("a GPT has no [CLS] token: pool its last token ('last') or the mean ('mean')")
         self.backbone, self.pooling = backbone, pooling
+        own = pooling == "cls" and getattr(backbone, "pooler", False) is None  # an encoder without one (RoBERTa)
+        self.pooler = _linear(backbone.cfg.d_model, backbone.cfg.d_model) if own else None
         self.drop = nn.Dropout(backbone.cfg.dropout)
-        self.classifier = _classifier(backbone.cfg.d_model, n_labels)
+        self.classifier = _linear(backbone.cfg.d_model, n_labels)
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T, d_model) -> (B, d_model)."""
         if self.pooling == "cls":
-            pooler = getattr(self.backbone, "pooler", None)
-            return hidden[:, 0] if pooler is None else torch.tanh(pooler(hidden[:, 0]))
+            pooler = self.backbone.pooler or self.pooler
+            return torch.tanh(pooler(hidden[:, 0]))
         mask = attention_mask.to(hidden.dtype)
         if self.pooling == "mean":
             return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
@@ -76,7 +79,7 @@ class TokenClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.drop = nn.Dropout(backbone.cfg.dropout)
-        self.classifier = _classifier(backbone.cfg.d_model, n_labels)
+        self.classifier = _linear(backbone.cfg.d_model, n_labels)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
