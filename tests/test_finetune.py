@@ -29,7 +29,10 @@ def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("ft")
     (d / "train.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in sentiment_rows(240)))
     (d / "dev.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in sentiment_rows(60, 1)))
-    conll = lambda rows: "".join("".join(f"{w} {t}\n" for w, t in zip(*r, strict=True)) + "\n" for r in rows)
+
+    def conll(rows):
+        return "".join("".join(f"{w} {t}\n" for w, t in zip(*r, strict=True)) + "\n" for r in rows)
+
     (d / "train.conll").write_text(conll(ner_sentences(240)))
     (d / "dev.conll").write_text(conll(ner_sentences(60, 1)))
     tiny_checkpoint(d / "bert", "bert")
@@ -39,7 +42,9 @@ def data(tmp_path_factory):
 
 @pytest.mark.parametrize("family", ["bert", "gpt"])
 def test_classifier_learns_keeps_best_and_round_trips(data, tmp_path, family):
-    result = finetune(data / family, data / "train.csv", data / "dev.csv", tmp_path / "run", ft=FinetuneConfig(epochs=6, **FAST))  # fmt: skip
+    result = finetune(
+        data / family, data / "train.csv", data / "dev.csv", tmp_path / "run", ft=FinetuneConfig(epochs=6, **FAST)
+    )
     assert result.report["accuracy"] >= 0.9  # chance is 0.5
     model, tokenizer, task = load_finetuned(tmp_path / "run")
     assert isinstance(model, SequenceClassifier) and task.labels == ["neg", "pos"]
@@ -57,7 +62,14 @@ def test_classifier_learns_keeps_best_and_round_trips(data, tmp_path, family):
 
 
 def test_ner_learns_and_maps_tags_back_to_words(data, tmp_path):
-    result = finetune(data / "bert", data / "train.conll", data / "dev.conll", tmp_path / "ner", "ner", ft=FinetuneConfig(epochs=6, **FAST))  # fmt: skip
+    result = finetune(
+        data / "bert",
+        data / "train.conll",
+        data / "dev.conll",
+        tmp_path / "ner",
+        "ner",
+        ft=FinetuneConfig(epochs=6, **FAST),
+    )
     assert result.report["f1"] >= 0.8
     (pred,) = predict_texts(tmp_path / "ner", ["bob saw paris city"])
     assert pred["words"] == ["bob", "saw", "paris", "city"] and len(pred["tags"]) == 4
@@ -118,7 +130,7 @@ def run_cli(argv, capsys):
             None,
             "text,label\ngood,pos\nmeh,neutral\n",
             "dev.csv, line 3: label 'neutral' is not one of",
-        ),  # fmt: skip
+        ),
         ("classification", None, "", "dev.csv is empty"),
         ("classification", None, "review,label\ngood,pos\n", "dev.csv: no text column 'text'"),
         ("ner", "a B-PER\nb O\n\nc O O\n", None, "train.conll, line 4: 3 columns where line 1 has 2"),
@@ -129,7 +141,20 @@ def test_bad_input_is_one_line_exit_2_nothing_written(data, tmp_path, capsys, ta
     if train is not None:
         train_path = tmp_path / "train.conll"
         train_path.write_text(train)
-    argv = ["finetune", "--task", task, "--model", str(data / "bert"), "--train", str(train_path), "--out", str(tmp_path / "out"), "--no-progress", "--device", "cpu"]  # fmt: skip
+    argv = [
+        "finetune",
+        "--task",
+        task,
+        "--model",
+        str(data / "bert"),
+        "--train",
+        str(train_path),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     if eval_text is not None:
         (tmp_path / "dev.csv").write_text(eval_text)
         argv += ["--eval", str(tmp_path / "dev.csv")]
