@@ -56,7 +56,8 @@ def run_transformers(train: list[tuple[str, int]], work: Path, max_steps: int | 
     def encode(pairs):
         return [dict(tokenizer(text, truncation=True, max_length=T), labels=label) for text, label in pairs]
 
-    trainer = sequential_trainer(model, encode(train[:n]), DataCollatorWithPadding(tokenizer), str(work / "hf"), B, LR, WD)  # fmt: skip
+    collator = DataCollatorWithPadding(tokenizer)
+    trainer = sequential_trainer(model, encode(train[:n]), collator, str(work / "hf"), B, LR, WD)
     _, seconds = timed(trainer.train)
     dev = rows(SST2 / "dev.tsv", None)
     predictions = trainer.predict(encode(dev)).predictions.argmax(-1)
