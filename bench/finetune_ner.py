@@ -5,6 +5,7 @@ The same recipe on both sides: the first --limit sentences of train.txt in file 
 decay 0.01, clipping at 1, seed 0; each word's tag on its first subword, the rest ignored; each batch padded to its
 longest sentence (transformers: DataCollatorForTokenClassification). Samples/s count the training loop only; entity
 F1 on dev.txt (transformers' side scored by seqeval; a word cut off by the length limit is predicted O on both).
+Both sides run on --threads torch threads (1 by default, as in finetune_sst2.py). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--limit", type=int, default=2000, help="the first N training sentences")
     ap.add_argument("--dev-limit", type=int, help="score on the first N dev sentences only (quick checks)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for both sides (1: a shared, busy CPU)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     train = read_examples(NER / "train.txt", "ner")[: args.limit]
     dev = read_examples(NER / "dev.txt", "ner")[: args.dev_limit]
     labels = discover_labels(train, "ner", NER / "train.txt")

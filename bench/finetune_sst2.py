@@ -4,7 +4,8 @@ The same recipe on both sides: the first --limit training examples in file order
 sequence length 64, batch 32, AdamW lr 5e-5 with linear decay to 0 and no warmup, weight decay 0.01, gradient
 clipping at 1, dropout 0.1, seed 0; each batch padded to its longest example (transformers: DataCollatorWithPadding).
 Samples/s count the training loop only (loading and tokenizing excluded on both sides); dev accuracy is on all of
-dev.tsv. Prints one JSON line.
+dev.tsv. Both sides run on --threads torch threads (1 by default: on a shared 2-core machine under load, two
+threads each spin-wait at every barrier and run several times slower). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--limit", type=int, default=20000, help="the first N training examples")
     ap.add_argument("--max-steps", type=int, help="stop both sides after N steps (for a quick check)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for both sides (1: a shared, busy CPU)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     train = rows(SST2 / "train.tsv", args.limit)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
