@@ -37,6 +37,7 @@ bench: install-dev
 	$(BIN)/python bench/pretrain_bert.py
 	$(BIN)/python bench/shakespeare_char.py
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/encode.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

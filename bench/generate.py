@@ -20,7 +20,9 @@ import time
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from lmforge.checkpoint import unique_state_dict
 from lmforge.config import GPTConfig
+from lmforge.interop.hf import FAMILIES, to_ours
 from lmforge.models.gpt import GPT
 from lmforge.nn.linear import linear
 
@@ -39,24 +41,9 @@ def build_models(seed: int) -> tuple[GPT, GPT2LMHeadModel]:
     ).eval()
     cfg = GPTConfig(vocab_size=VOCAB, n_layer=N_LAYER, n_head=N_HEAD, d_model=D_MODEL, max_seq_len=CONTEXT)
     ours = GPT(cfg).eval()
-    src = hf.transformer
-    with torch.no_grad():
-        ours.tok_emb.weight.copy_(src.wte.weight)
-        ours.pos_emb.weight.copy_(src.wpe.weight)
-        pairs = [(ours.decoder.ln_final, src.ln_f)]
-        for block, h in zip(ours.decoder.blocks, src.h, strict=True):
-            pairs += [(block.ln_attn, h.ln_1), (block.ln_ffn, h.ln_2)]
-            for dense, conv in [
-                (block.attn.qkv, h.attn.c_attn),
-                (block.attn.out, h.attn.c_proj),
-                (block.ffn.up, h.mlp.c_fc),
-                (block.ffn.down, h.mlp.c_proj),
-            ]:
-                dense.weight.copy_(conv.weight.t())  # Conv1D stores (in, out)
-                dense.bias.copy_(conv.bias)
-        for norm, ref in pairs:
-            norm.weight.copy_(ref.weight)
-            norm.bias.copy_(ref.bias)
+    ours.load_state_dict(
+        to_ours(FAMILIES["gpt2"], hf.state_dict(), unique_state_dict(ours), head_model=True), strict=False
+    )
     return ours, hf
 
 

@@ -89,3 +89,11 @@ def test_cli_mistakes_are_one_line(tmp_path, capsys):
     assert "cannot read --input" in capsys.readouterr().err
     assert main(["embed", "all-MiniLM-L6-v2", "--text", "x", "--output", str(tmp_path / "no" / "e.npy")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_import_lmforge_stays_light_and_exports_from_pretrained_and_embed():
+    import subprocess
+    import sys
+
+    code = "import sys, lmforge; assert 'torch' not in sys.modules; f = lmforge.from_pretrained; e = lmforge.embed"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -4,7 +4,9 @@ parameter count in closed form and its shared layers; padding, tying and initial
 import pytest
 import torch
 
+from lmforge.checkpoint import unique_state_dict
 from lmforge.config import BertConfig
+from lmforge.interop.hf import FAMILIES, to_hf
 from lmforge.models import Bert
 
 V, P, T, H, F, E, L = 50, 16, 2, 16, 40, 8, 3  # vocab, positions, segment types, hidden, d_ff, ALBERT's E, layers
@@ -25,26 +27,9 @@ def inputs(b=3, t=12, seed=1):
     return ids, types, mask
 
 
-def block_weights(ours, i, names):
-    """Our block i's tensors under the given names for (q, k, v, attn out, attn LN, up, down, ffn LN), with bias."""
-    sd = {k: v for k, v in ours.state_dict().items() if k.startswith(f"encoder.blocks.{i}.")}
-    p = f"encoder.blocks.{i}."
-    out = {}
-    for part in ("weight", "bias"):
-        for name, tensor in zip(names[:3], sd[f"{p}attn.qkv.{part}"].chunk(3), strict=True):
-            out[f"{name}.{part}"] = tensor
-        for name, ours_name in zip(names[3:], ["attn.out", "ln_attn", "ffn.up", "ffn.down", "ln_ffn"], strict=True):
-            out[f"{name}.{part}"] = sd[f"{p}{ours_name}.{part}"]
-    return out
-
-
-def embedding_weights(ours, prefix):
-    e = ours.embeddings
-    return {
-        f"{prefix}.word_embeddings.weight": e.word.weight, f"{prefix}.position_embeddings.weight": e.position.weight,
-        f"{prefix}.token_type_embeddings.weight": e.token_type.weight, f"{prefix}.LayerNorm.weight": e.ln.weight,
-        f"{prefix}.LayerNorm.bias": e.ln.bias,
-    }  # fmt: skip
+def hf_weights(ours, family):
+    """Our weights under transformers' names, from lmforge's one interop table (which these tests check too)."""
+    return to_hf(FAMILIES[family], unique_state_dict(ours), head_model=True)
 
 
 def load_into(hf, weights):
@@ -72,20 +57,7 @@ def test_bert_matches_transformers_bert_for_pretraining():
         vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=2, intermediate_size=F,
         max_position_embeddings=P, type_vocab_size=T, hidden_act="gelu", layer_norm_eps=1e-12,
     ))  # fmt: skip
-    names = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-             "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm"]  # fmt: skip
-    weights = embedding_weights(ours, "bert.embeddings")
-    for i in range(L):
-        weights.update({f"bert.encoder.layer.{i}.{k}": v for k, v in block_weights(ours, i, names).items()})
-    m = ours.mlm_head
-    weights.update({
-        "bert.pooler.dense.weight": ours.pooler.weight, "bert.pooler.dense.bias": ours.pooler.bias,
-        "cls.predictions.transform.dense.weight": m.dense.weight, "cls.predictions.transform.dense.bias": m.dense.bias,
-        "cls.predictions.transform.LayerNorm.weight": m.ln.weight,
-        "cls.predictions.transform.LayerNorm.bias": m.ln.bias, "cls.predictions.bias": m.bias,
-        "cls.seq_relationship.weight": ours.sentence_head.weight, "cls.seq_relationship.bias": ours.sentence_head.bias,
-    })  # fmt: skip
-    assert_same_outputs(ours, load_into(hf, weights), "seq_relationship_logits")
+    assert_same_outputs(ours, load_into(hf, hf_weights(ours, "bert")), "seq_relationship_logits")
 
 
 def test_albert_matches_transformers_albert_for_pretraining():
@@ -96,23 +68,7 @@ def test_albert_matches_transformers_albert_for_pretraining():
         vocab_size=V, embedding_size=E, hidden_size=H, num_hidden_layers=L, num_attention_heads=2,
         intermediate_size=F, max_position_embeddings=P, type_vocab_size=T, hidden_act="gelu", layer_norm_eps=1e-12,
     ))  # fmt: skip
-    names = ["attention.query", "attention.key", "attention.value", "attention.dense", "attention.LayerNorm", "ffn",
-             "ffn_output", "full_layer_layer_norm"]  # fmt: skip
-    weights = embedding_weights(ours, "albert.embeddings")
-    prefix = "albert.encoder.albert_layer_groups.0.albert_layers.0"
-    weights.update({f"{prefix}.{k}": v for k, v in block_weights(ours, 0, names).items()})
-    m, project = ours.mlm_head, ours.embeddings.project
-    weights.update({
-        "albert.encoder.embedding_hidden_mapping_in.weight": project.weight,
-        "albert.encoder.embedding_hidden_mapping_in.bias": project.bias,
-        "albert.pooler.weight": ours.pooler.weight, "albert.pooler.bias": ours.pooler.bias,
-        "predictions.dense.weight": m.dense.weight, "predictions.dense.bias": m.dense.bias,
-        "predictions.LayerNorm.weight": m.ln.weight, "predictions.LayerNorm.bias": m.ln.bias,
-        "predictions.bias": m.bias,
-        "sop_classifier.classifier.weight": ours.sentence_head.weight,
-        "sop_classifier.classifier.bias": ours.sentence_head.bias,
-    })  # fmt: skip
-    assert_same_outputs(ours, load_into(hf, weights), "sop_logits")
+    assert_same_outputs(ours, load_into(hf, hf_weights(ours, "albert")), "sop_logits")
 
 
 def closed_form_count(e, layers, share):

@@ -112,12 +112,13 @@ def to_hf(family: Family, weights: dict[str, torch.Tensor], head_model: bool) ->
         if isinstance(hf, tuple):
             out.update({f"{h}.{param}": t.clone() for h, t in zip(hf, tensor.chunk(3), strict=True)})
             continue
-        transposed = param == "weight" and module.split(".", 3)[-1] in family.transposed
-        out[f"{hf}.{param}"] = tensor.t().contiguous() if transposed else tensor
+        out[f"{hf}.{param}"] = tensor.t().contiguous() if _transposed(family, module, param) else tensor
     return out
 
 
-def to_ours(family: Family, hf: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], head_model: bool):
+def to_ours(
+    family: Family, hf: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], head_model: bool
+) -> dict[str, torch.Tensor]:
     """HF's state dict -> ours, for the tensors named in `expected` (our model's state dict)."""
     names = module_names(family, _n_blocks(family, expected), head_model)
     out = {}
@@ -127,9 +128,14 @@ def to_ours(family: Family, hf: dict[str, torch.Tensor], expected: dict[str, tor
         if isinstance(name, tuple):
             out[key] = torch.cat([hf[f"{h}.{param}"] for h in name])
             continue
-        transposed = param == "weight" and module.split(".", 3)[-1] in family.transposed
-        out[key] = hf[f"{name}.{param}"].t().contiguous() if transposed else hf[f"{name}.{param}"]
+        tensor = hf[f"{name}.{param}"]
+        out[key] = tensor.t().contiguous() if _transposed(family, module, param) else tensor
     return out
+
+
+def _transposed(family: Family, module: str, param: str) -> bool:
+    """GPT-2's Conv1D keeps its weight as (in, out); module is ours, e.g. decoder.blocks.3.attn.qkv."""
+    return param == "weight" and module.split(".", 3)[-1] in family.transposed
 
 
 def _n_blocks(family: Family, weights: dict) -> int:
