@@ -179,6 +179,53 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     quickstart(args.data, args.out, args.max_steps, args.seed)
 
 
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from lmforge.config import FinetuneConfig
+    from lmforge.data.labelled import Columns
+    from lmforge.finetune import finetune
+
+    ft = FinetuneConfig(
+        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+        weight_decay=args.weight_decay, layer_lr_decay=args.layer_lr_decay, eval_every=args.eval_every,
+        patience=args.patience, class_weights=args.class_weights, seed=args.seed, device=args.device,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    columns = Columns(args.text_column, args.text_pair_column, args.label_column)
+    result = finetune(
+        args.model, args.train, args.eval, args.out, args.task, columns, args.max_seq_len, args.pooling, ft
+    )
+    best = f", eval {result.metric} {result.report[result.metric]:.4f}" if result.report else ""
+    print(f"saved {result.checkpoint} (step {result.step} of {result.steps}{best})")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from lmforge.evaluate import evaluate_checkpoint
+    from lmforge.train import resolve_device
+
+    device = resolve_device(args.device)
+    report, written = evaluate_checkpoint(args.checkpoint, args.data, args.out, args.batch_size, device)
+    names = ["accuracy", "macro_f1"] if "accuracy" in report else ["precision", "recall", "f1"]
+    print(", ".join(f"{name} {report[name]:.4f}" for name in names))
+    print("wrote " + ", ".join(map(str, written)))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import json
+
+    from lmforge.predict import predict_file, predict_texts
+    from lmforge.train import resolve_device
+
+    device = resolve_device(args.device)
+    if (args.input is None) == (not args.text) or (args.input is None) != (args.output is None):
+        raise LmforgeError("give --text TEXT (repeatable), or --input FILE with --output FILE")
+    if args.input:
+        n = predict_file(args.checkpoint, args.input, args.output, args.batch_size, device)
+        print(f"wrote {n} predictions to {args.output}")
+        return
+    for record in predict_texts(args.checkpoint, args.text, args.text_pair, args.batch_size, device):
+        print(json.dumps(record, ensure_ascii=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmforge", description="Build, train and run Transformer language models.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -239,6 +286,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     add_pickle_flag(p)
     p.set_defaults(fn=cmd_fill_mask)
+
+    p = verbs.add_parser("finetune", help="fine-tune a pretrained model on labelled data (classification, NER)")
+    p.add_argument("--task", default="classification", choices=["classification", "ner", "relation", "qa"])
+    p.add_argument("--model", required=True, help="an lmforge checkpoint or a Hugging Face model directory")
+    p.add_argument("--train", required=True, help="labelled data: .csv, .tsv, .jsonl, or CoNLL for ner")
+    p.add_argument("--eval", help="labelled data to evaluate on and pick the best checkpoint with")
+    p.add_argument("--out", required=True, help="output directory: the best checkpoint, metrics, eval report")
+    p.add_argument("--text-column", help="the text's column or JSON key (default: text or sentence; ner: tokens)")
+    p.add_argument("--text-pair-column", help="the second text's column, for sentence pairs")
+    p.add_argument("--label-column", help="the label's column or JSON key (default: label; ner: tags)")
+    p.add_argument("--pooling", choices=["cls", "mean", "last"], help="default: cls for BERT, last for GPT")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--max-seq-len", type=int, default=128, help="tokens per example; longer ones are cut")
+    p.add_argument("--warmup", type=float, default=0.06, help="warmup: a fraction of the steps (< 1) or steps")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--layer-lr-decay", type=float, default=1.0, help="lr x this per layer down from the top")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: each epoch)")
+    p.add_argument("--patience", type=int, default=0, help="stop after N evaluations without improvement")
+    p.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_finetune)
+
+    p = verbs.add_parser("evaluate", help="score a fine-tuned checkpoint on labelled data; write a report")
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (OUT of lmforge finetune)")
+    p.add_argument("--data", required=True, help="labelled data in the format fine-tuning read")
+    p.add_argument("--out", help="report directory (default: CHECKPOINT/eval-DATA)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = verbs.add_parser("predict", help="labels with probabilities from a fine-tuned checkpoint")
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (OUT of lmforge finetune)")
+    p.add_argument("--text", action="append", default=[], help="a text to label (repeatable)")
+    p.add_argument("--text-pair", help="the second text of a pair, for every --text")
+    p.add_argument("--input", help="a file of examples (.csv, .tsv, .jsonl, CoNLL)")
+    p.add_argument("--output", help="where to write one JSON line per example")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.set_defaults(fn=cmd_predict)
 
     p = verbs.add_parser("convert", help="convert between lmforge and Hugging Face checkpoints")
     p.add_argument("checkpoint", nargs="?", help="an lmforge checkpoint to export with --to-hf")

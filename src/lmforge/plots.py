@@ -27,6 +27,35 @@ def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, png_path)
+
+
+def plot_confusion(matrix: list[list[int]], labels: list[str], png_path: Path) -> Path:
+    """A confusion matrix as a heat map with the counts written in (rows: true label, columns: predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(labels)
+    size = min(4 + 0.5 * k, 16)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(k), labels, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    peak = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, n in enumerate(row):
+            ax.text(j, i, str(n), ha="center", va="center", color="white" if n > peak / 2 else "black")
+    return _save(fig, png_path)
+
+
+def _save(fig, png_path: Path) -> Path:
+    """Writes the figure under a temporary name, then renames it: a PNG is whole or absent."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = png_path.with_name(f".tmp-{png_path.name}.{os.getpid()}.png")
     fig.savefig(tmp)
