@@ -123,8 +123,6 @@ def run_cli(argv, capsys):
 @pytest.mark.parametrize(
     ("task", "train", "eval_text", "message"),
     [
-        ("relation", None, None, "--task relation is not yet available"),
-        ("qa", None, None, "--task qa is not yet available"),
         (
             "classification",
             None,
