@@ -59,7 +59,7 @@ def _answers(value: object, where: str) -> list[tuple[str, int]]:
 def _example(where: str, qid: str, question: object, context: object, answers: object, labelled: bool) -> QAExample:
     if not isinstance(question, str) or not isinstance(context, str):
         raise LmforgeError(f"{where}: the question and the context must be strings")
-    gold = _answers(answers, where) if answers is not None or labelled else []
+    gold = _answers(answers, where) if labelled else []  # predict ignores any answers given
     if labelled and not gold:
         raise LmforgeError(f"{where}: no answer; give at least one (unanswerable questions are not supported)")
     for text, start in gold:
