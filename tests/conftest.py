@@ -73,3 +73,14 @@ def mixed_documents(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("mixed") / "mixed.txt"
     path.write_text(topic_documents(60) + "\n" + "\n\n".join(CHINESE_DOCUMENTS * 4) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run several times faster on one thread than on two threads of a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

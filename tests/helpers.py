@@ -1,5 +1,7 @@
 """Builders shared by several test modules (importable because pyproject puts tests/ on pytest's pythonpath)."""
 
+import json
+
 import torch
 
 from lmforge.config import GPTConfig
@@ -109,3 +111,20 @@ def padded_batch(vocab_size, b=3, t=12, low=5, seed=1):
     mask = torch.ones(b, t, dtype=torch.long)
     mask[1, 7:] = 0
     return ids, mask
+
+
+FAST = dict(batch_size=16, lr=3e-3, device="cpu", progress=False, seed=0)  # fine-tuning a tiny model in seconds
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def jsonl_splits(d, make, families=("bert",)):
+    """train.jsonl (make(240)) and dev.jsonl (make(60, seed=1)) in d, and a tiny checkpoint per family."""
+    write_jsonl(d / "train.jsonl", make(240))
+    write_jsonl(d / "dev.jsonl", make(60, 1))
+    for family in families:
+        tiny_checkpoint(d / family, family)
+    return d

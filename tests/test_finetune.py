@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from helpers import ner_sentences, sentiment_rows, tiny_checkpoint
+from helpers import FAST, ner_sentences, sentiment_rows, tiny_checkpoint
 
 from lmforge.checkpoint import load_finetuned
 from lmforge.cli import main
@@ -12,16 +12,7 @@ from lmforge.finetune import class_weights, finetune, linear_lr, param_groups
 from lmforge.models.heads import SequenceClassifier
 from lmforge.predict import predict_file, predict_texts
 
-FAST = dict(batch_size=16, lr=3e-3, device="cpu", progress=False, seed=0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run several times faster on one thread than on two threads of a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +114,6 @@ def run_cli(argv, capsys):
 @pytest.mark.parametrize(
     ("task", "train", "eval_text", "message"),
     [
-        ("relation", None, None, "--task relation is not yet available"),
-        ("qa", None, None, "--task qa is not yet available"),
         (
             "classification",
             None,

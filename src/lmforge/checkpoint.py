@@ -22,6 +22,7 @@ from torch import nn
 from lmforge.config import YAML_ERRORS, RunConfig, TaskConfig
 from lmforge.errors import LmforgeError
 from lmforge.models import GPT, MODELS, Bert
+from lmforge.models.extraction import EntityPairClassifier, SpanExtractor
 from lmforge.models.heads import SequenceClassifier, TokenClassifier
 from lmforge.tokenizer import Tokenizer
 
@@ -243,10 +244,14 @@ def load_model(
     return model.to(device).eval(), ckpt.tokenizer, ckpt.cfg
 
 
-def build_head(backbone: GPT | Bert, task: TaskConfig) -> SequenceClassifier | TokenClassifier:
+def build_head(backbone: GPT | Bert, task: TaskConfig) -> nn.Module:
     """The task's model around a backbone: the one place a task name becomes a head."""
     if task.task == "ner":
         return TokenClassifier(backbone, len(task.labels))
+    if task.task == "relation":
+        return EntityPairClassifier(backbone, len(task.labels), task.markers)
+    if task.task == "qa":
+        return SpanExtractor(backbone)
     return SequenceClassifier(backbone, len(task.labels), task.pooling)
 
 

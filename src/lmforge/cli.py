@@ -190,22 +190,22 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         patience=args.patience, class_weights=args.class_weights, seed=args.seed, device=args.device,
         progress=not args.no_progress,
     )  # fmt: skip
-    columns = Columns(args.text_column, args.text_pair_column, args.label_column)
+    columns = Columns(args.text_column, args.text_pair_column, args.label_column, args.head_column, args.tail_column)
     result = finetune(
-        args.model, args.train, args.eval, args.out, args.task, columns, args.max_seq_len, args.pooling, ft
-    )
+        args.model, args.train, args.eval, args.out, args.task, columns, args.max_seq_len, args.pooling, ft,
+        args.doc_stride, args.max_answer_len,
+    )  # fmt: skip
     best = f", eval {result.metric} {result.report[result.metric]:.4f}" if result.report else ""
     print(f"saved {result.checkpoint} (step {result.step} of {result.steps}{best})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from lmforge.evaluate import evaluate_checkpoint
+    from lmforge.evaluate import HEADLINE, evaluate_checkpoint
     from lmforge.train import resolve_device
 
     device = resolve_device(args.device)
     report, written = evaluate_checkpoint(args.checkpoint, args.data, args.out, args.batch_size, device)
-    names = ["accuracy", "macro_f1"] if "accuracy" in report else ["precision", "recall", "f1"]
-    print(", ".join(f"{name} {report[name]:.4f}" for name in names))
+    print(", ".join(f"{name} {report[name]:.4f}" for name in HEADLINE if name in report))
     print("wrote " + ", ".join(map(str, written)))
 
 
@@ -287,21 +287,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_pickle_flag(p)
     p.set_defaults(fn=cmd_fill_mask)
 
-    p = verbs.add_parser("finetune", help="fine-tune a pretrained model on labelled data (classification, NER)")
+    p = verbs.add_parser("finetune", help="fine-tune a pretrained model on labelled data (classification, NER, ...)")
     p.add_argument("--task", default="classification", choices=["classification", "ner", "relation", "qa"])
     p.add_argument("--model", required=True, help="an lmforge checkpoint or a Hugging Face model directory")
     p.add_argument("--train", required=True, help="labelled data: .csv, .tsv, .jsonl, or CoNLL for ner")
     p.add_argument("--eval", help="labelled data to evaluate on and pick the best checkpoint with")
     p.add_argument("--out", required=True, help="output directory: the best checkpoint, metrics, eval report")
-    p.add_argument("--text-column", help="the text's column or JSON key (default: text or sentence; ner: tokens)")
-    p.add_argument("--text-pair-column", help="the second text's column, for sentence pairs")
-    p.add_argument("--label-column", help="the label's column or JSON key (default: label; ner: tags)")
+    p.add_argument(
+        "--text-column", help="the text's column or JSON key (default: text or sentence; ner: tokens; qa: question)"
+    )
+    p.add_argument("--text-pair-column", help="the second text's column, for sentence pairs (qa: context)")
+    p.add_argument("--label-column", help="the label's column or JSON key (default: label; ner: tags; qa: answers)")
+    p.add_argument("--head-column", help="relation: the head entity's span key (default: head, subj or h)")
+    p.add_argument("--tail-column", help="relation: the tail entity's span key (default: tail, obj or t)")
+    p.add_argument("--doc-stride", type=int, default=128, help="qa: tokens shared by a long context's windows")
+    p.add_argument("--max-answer-len", type=int, default=30, help="qa: the longest answer predicted, in tokens")
     p.add_argument("--pooling", choices=["cls", "mean", "last"], help="default: cls for BERT, last for GPT")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--max-seq-len", type=int, default=128, help="tokens per example; longer ones are cut")
+    p.add_argument("--max-seq-len", type=int, help="tokens per example (default 128; qa: 384 per window)")
     p.add_argument("--warmup", type=float, default=0.06, help="warmup: a fraction of the steps (< 1) or steps")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--layer-lr-decay", type=float, default=1.0, help="lr x this per layer down from the top")
@@ -323,8 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("predict", help="labels with probabilities from a fine-tuned checkpoint")
     p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (OUT of lmforge finetune)")
-    p.add_argument("--text", action="append", default=[], help="a text to label (repeatable)")
-    p.add_argument("--text-pair", help="the second text of a pair, for every --text")
+    p.add_argument(
+        "--text", action="append", default=[],
+        help='a text to label (repeatable); relation: "[E1]Jobs[/E1] founded [E2]Apple[/E2]"; qa: the question',
+    )  # fmt: skip
+    p.add_argument("--text-pair", "--context", help="the second text of a pair, for every --text (qa: the context)")
     p.add_argument("--input", help="a file of examples (.csv, .tsv, .jsonl, CoNLL)")
     p.add_argument("--output", help="where to write one JSON line per example")
     p.add_argument("--batch-size", type=int, default=64)

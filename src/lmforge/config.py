@@ -253,17 +253,24 @@ class TaskConfig(Checked):
     read files the way fine-tuning did."""
 
     section = "task"
-    task: typing.Literal["classification", "ner"] = "classification"
+    task: typing.Literal["classification", "ner", "relation", "qa"] = "classification"
     labels: list = field(default_factory=list)
     pooling: typing.Literal["cls", "mean", "last"] = "cls"
     max_seq_len: int = 128
     text_column: str | None = None
     text_pair_column: str | None = None
     label_column: str | None = None
+    head_column: str | None = None  # relation: the entity spans' keys
+    tail_column: str | None = None
+    markers: list = field(default_factory=list)  # relation: the token ids of [E1] [/E1] [E2] [/E2]
+    doc_stride: int = 128  # qa: tokens shared by consecutive windows of a long context
+    max_answer_len: int = 30  # qa: the longest answer predicted, in tokens
 
     _ranges = {
         "labels": (lambda v: len(v) >= 1 and all(isinstance(x, str) for x in v), "a list of label names"),
         "max_seq_len": (_positive, "must be positive"),
+        "doc_stride": (lambda v: v >= 0, "must be >= 0"),
+        "max_answer_len": (_positive, "must be positive"),
     }
 
 

@@ -9,9 +9,13 @@ from pathlib import Path
 import torch
 
 from lmforge.checkpoint import load_finetuned, write_text_atomic
-from lmforge.data.labelled import Columns, check_labels, read_examples
+from lmforge.data.labelled import check_labels, read_examples
 from lmforge.plots import plot_confusion
-from lmforge.predict import encode, pad_id_of, predict_features
+from lmforge.predict import columns_of, encode, pad_id_of, predict_features
+from lmforge.squad import qa_metrics
+
+HEADLINE = ("accuracy", "macro_f1", "micro_f1", "exact_match", "precision", "recall", "f1")  # a report's top lines
+NO_RELATION = ("no_relation", "NA", "Other", "other", "None")  # the "neither" label of TACRED, FewRel/NYT, SemEval
 
 
 def _prf(correct: int, predicted: int, true: int, support: int) -> dict:
@@ -81,11 +85,12 @@ def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict:
 
 def markdown_report(report: dict) -> str:
     """The report as markdown: the headline numbers, a per-class (or per-type) table and the confusion matrix."""
-    rows = report.get("per_class") or report["per_type"]
-    head = ["accuracy", "macro_f1"] if "accuracy" in report else ["precision", "recall", "f1"]
+    rows = report.get("per_class") or report.get("per_type") or {}
+    head = [k for k in HEADLINE if k in report]
     lines = [f"# Evaluation of {report['checkpoint']} on {report['data']}", ""]
     lines += [f"- {name}: {report[name]:.4f}" for name in head]
-    lines += ["", "| label | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+    if rows:
+        lines += ["", "| label | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
     for name, v in rows.items():
         lines.append(f"| {name} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |")
     if "confusion_matrix" in report:
@@ -108,8 +113,14 @@ def write_report(report: dict, out: Path) -> list[Path]:
     return written
 
 
-def score(task: str, labels: list[str], features: list[dict], probs: list[torch.Tensor], examples) -> dict:
+def score(
+    task: str, labels: list[str], features: list[dict], probs: list[torch.Tensor], examples, max_answer_len: int = 30
+) -> dict:
     """The task's metrics of predicted probabilities against the examples' labels."""
+    if task == "qa":
+        return qa_metrics(examples, features, probs, max_answer_len)
+    if task == "relation":
+        return relation_metrics([f["label"] for f in features], [int(p.argmax()) for p in probs], labels)
     if task == "ner":
         pred = [[labels[i] for i in p.argmax(-1).tolist()] for p in probs]
         return entity_metrics([ex.label for ex in examples], pred)
@@ -121,11 +132,23 @@ def evaluate_checkpoint(
 ) -> tuple[dict, list[Path]]:
     """Scores a fine-tuned checkpoint on a labelled file and writes the report (default: CHECKPOINT/eval-STEM)."""
     model, tokenizer, task = load_finetuned(checkpoint, device)
-    examples = read_examples(data, task.task, Columns(task.text_column, task.text_pair_column, task.label_column))
+    examples = read_examples(data, task.task, columns_of(task))
     check_labels(examples, task.labels, data)
     features = encode(examples, tokenizer, model, task, labelled=True)
     probs = predict_features(model, features, pad_id_of(tokenizer), batch_size, device)
     report = {"checkpoint": str(checkpoint), "data": str(data), "task": task.task}
-    report |= score(task.task, task.labels, features, probs, examples)
+    report |= score(task.task, task.labels, features, probs, examples, task.max_answer_len)
     out = Path(out) if out is not None else Path(checkpoint) / f"eval-{Path(data).stem}"
     return report, write_report(report, out)
+
+
+def relation_metrics(gold: list[int], pred: list[int], labels: list[str]) -> dict:
+    """Classification metrics, and with a "no relation" label, TACRED's micro-F1: precision over the relations
+    predicted and recall over the true ones, both leaving that label out."""
+    report = classification_metrics(gold, pred, labels)
+    none = next((labels.index(n) for n in NO_RELATION if n in labels), None)
+    if none is not None:
+        correct = sum(g == p != none for g, p in zip(gold, pred, strict=True))
+        predicted, true = sum(p != none for p in pred), sum(g != none for g in gold)
+        report["micro_f1"] = _prf(correct, predicted, true, true)["f1"]
+    return report

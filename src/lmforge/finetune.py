@@ -23,18 +23,20 @@ from tqdm import tqdm
 from lmforge.checkpoint import build_head, find_latest, save_checkpoint
 from lmforge.config import DataConfig, FinetuneConfig, RunConfig, TaskConfig
 from lmforge.data.labelled import IGNORE, Columns, check_labels, collate, discover_labels, read_examples
+from lmforge.data.relation import add_markers
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import score, write_report
 from lmforge.interop.hf import read_weights
 from lmforge.models import GPT, Bert
+from lmforge.models.extraction import add_token_rows
 from lmforge.plots import plot_losses
 from lmforge.predict import encode, pad_id_of, predict_features
 from lmforge.pretrained import from_pretrained, resolve
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import MetricsLog, adamw, resolve_device
 
-TASKS = {"classification": "accuracy", "ner": "f1"}  # task -> the eval metric that picks the best checkpoint
-LATER = ("relation", "qa")
+# task -> the eval metric that picks the best checkpoint
+TASKS = {"classification": "accuracy", "ner": "f1", "relation": "macro_f1", "qa": "f1"}
 
 
 def load_backbone(
@@ -120,17 +122,20 @@ def finetune(
     out: str | Path,
     task: str = "classification",
     columns: Columns | None = None,
-    max_seq_len: int = 128,
+    max_seq_len: int | None = None,
     pooling: str | None = None,
     ft: FinetuneConfig | None = None,
+    doc_stride: int = 128,
+    max_answer_len: int = 30,
 ) -> FinetuneResult:
     """Fine-tunes a backbone for the task on train_path; keeps the best checkpoint on eval_path (or the last one
-    without eval data) in OUT, with metrics.jsonl, loss.png and OUT/eval/report.{json,md} (and confusion.png)."""
+    without eval data) in OUT, with metrics.jsonl, loss.png and OUT/eval/report.{json,md} (and confusion.png).
+    max_seq_len defaults to 384 tokens for qa (a window of a long context), 128 for the other tasks."""
     ft, columns, out = ft or FinetuneConfig(), columns or Columns(), Path(out)
-    if task in LATER:
-        raise LmforgeError(f"--task {task} is not yet available in this lmforge: use {' or '.join(TASKS)}")
     if task not in TASKS:
         raise LmforgeError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    if task == "qa" and ft.class_weights:
+        raise LmforgeError("--class-weights is for label classes; qa predicts positions: leave it out")
     if find_latest(out) is not None:
         raise LmforgeError(f"{out} already holds a checkpoint: choose another --out")
     device = resolve_device(ft.device)
@@ -140,9 +145,13 @@ def finetune(
     if eval_examples:
         check_labels(eval_examples, labels, eval_path)
     backbone, tokenizer, run_cfg, pooler = load_backbone(model_path, device)
+    markers = add_markers(tokenizer) if task == "relation" else []
+    if markers:
+        add_token_rows(backbone, markers)
     info = TaskConfig(
         task, labels, pooling or ("cls" if run_cfg.family == "bert" else "last"),
-        min(max_seq_len, backbone.cfg.max_seq_len), columns.text, columns.text_pair, columns.label,
+        min(max_seq_len or (384 if task == "qa" else 128), backbone.cfg.max_seq_len), columns.text,
+        columns.text_pair, columns.label, columns.head, columns.tail, markers, doc_stride, max_answer_len,
     )  # fmt: skip
     torch.manual_seed(ft.seed)  # the head's initial weights and every dropout mask
     model = build_head(backbone, info)
@@ -192,7 +201,7 @@ def finetune(
             if eval_features is None or (step % eval_every and step != total):
                 continue
             probs = predict_features(model, eval_features, pad_id, 2 * ft.batch_size, device)
-            report = score(task, labels, eval_features, probs, eval_examples)
+            report = score(task, labels, eval_features, probs, eval_examples, max_answer_len)
             log.write({"step": step, f"eval_{metric}": report[metric]})
             _log(f"step {step}: eval {metric} {report[metric]:.4f}")
             if report[metric] > best:

@@ -10,6 +10,10 @@ import torch
 from lmforge.checkpoint import load_finetuned, write_text_atomic
 from lmforge.config import TaskConfig
 from lmforge.data.labelled import ENCODERS, Columns, Example, collate, read_examples
+from lmforge.data.qa import QAExample
+from lmforge.data.relation import RelationExample, unmark
+from lmforge.errors import LmforgeError
+from lmforge.squad import qa_records
 from lmforge.tokenizer import Tokenizer
 
 
@@ -18,9 +22,11 @@ def family_of(model: torch.nn.Module) -> str:
 
 
 def encode(examples: list[Example], tokenizer: Tokenizer, model, task: TaskConfig, labelled: bool) -> list[dict]:
-    """Features for the model: token ids, segment ids, label indices (when labelled) and word positions (NER)."""
+    """Features for the model: token ids, segment ids, label indices (when labelled), word positions (NER), and
+    windows with their example and character offsets (QA)."""
+    options = {"doc_stride": task.doc_stride} if task.task == "qa" else {}
     return ENCODERS[task.task](
-        examples, tokenizer, family_of(model), task.max_seq_len, task.labels if labelled else None
+        examples, tokenizer, family_of(model), task.max_seq_len, task.labels if labelled else None, **options
     )
 
 
@@ -65,7 +71,10 @@ def to_record(example: Example, probs: torch.Tensor, task: TaskConfig) -> dict:
             "tags": [task.labels[i] for i in best],
             "probabilities": [round(float(p[i]), 6) for p, i in zip(probs, best, strict=True)],
         }
-    record = {"text": example.text} | ({"text_pair": example.pair} if example.pair is not None else {})
+    if task.task == "relation":
+        record = {"text": example.text, "head": list(example.head), "tail": list(example.tail)}
+    else:
+        record = {"text": example.text} | ({"text_pair": example.pair} if example.pair is not None else {})
     return record | {
         "label": task.labels[int(probs.argmax())],
         "probabilities": {label: round(float(p), 6) for label, p in zip(task.labels, probs, strict=True)},
@@ -82,15 +91,18 @@ def predict(
 ) -> list[dict]:
     features = encode(examples, tokenizer, model, task, labelled=False)
     probs = predict_features(model, features, pad_id_of(tokenizer), batch_size, device)
+    if task.task == "qa":
+        return qa_records(examples, features, probs, task.max_answer_len)
     return [to_record(ex, p, task) for ex, p in zip(examples, probs, strict=True)]
 
 
 def predict_texts(
     checkpoint: str | Path, texts: list[str], pair: str | None = None, batch_size: int = 64, device: str = "cpu"
 ) -> list[dict]:
-    """Predictions for texts given on the command line; NER splits each text into words at whitespace."""
+    """Predictions for texts given on the command line; NER splits each text into words at whitespace, relation
+    reads its entities from inline markers, QA takes each text as a question about `pair`, the context."""
     model, tokenizer, task = load_finetuned(checkpoint, device)
-    examples = [Example(0, t.split() if task.task == "ner" else t, pair) for t in texts]
+    examples = [example_from_text(task.task, t, pair, n) for n, t in enumerate(texts, start=1)]
     return predict(model, tokenizer, task, examples, batch_size, device)
 
 
@@ -99,10 +111,24 @@ def predict_file(
 ) -> int:
     """Writes one JSON line per input example to output_path (all or nothing); returns the number written."""
     model, tokenizer, task = load_finetuned(checkpoint, device)
-    columns = Columns(task.text_column, task.text_pair_column, task.label_column)
-    examples = read_examples(input_path, task.task, columns, labelled=False)
+    examples = read_examples(input_path, task.task, columns_of(task), labelled=False)
     records = predict(model, tokenizer, task, examples, batch_size, device)
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return len(records)
+
+
+def columns_of(task: TaskConfig) -> Columns:
+    """The fields a checkpoint's fine-tuning data read its inputs from."""
+    return Columns(task.text_column, task.text_pair_column, task.label_column, task.head_column, task.tail_column)
+
+
+def example_from_text(task: str, text: str, pair: str | None, n: int) -> Example | RelationExample | QAExample:
+    if task == "relation":
+        return unmark(text, f"--text {n}")
+    if task == "qa":
+        if pair is None:
+            raise LmforgeError("a QA model answers --text QUESTION about --context CONTEXT: give the context")
+        return QAExample(f"--text {n}", str(n), text, pair, [])
+    return Example(0, text.split() if task == "ner" else text, pair)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
+from lmforge.data.qa import SPAN_LABELS, encode_qa, read_qa
 from lmforge.data.records import iter_csv, iter_jsonl, read_bytes
+from lmforge.data.relation import encode_relation, read_relation
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import Tokenizer
 
@@ -25,11 +27,14 @@ LABEL_COLUMNS = {"classification": ("label",), "ner": ("tags", "ner_tags", "labe
 
 @dataclass
 class Columns:
-    """Which fields hold the text, the optional second text of a pair, and the label; None = the usual names."""
+    """Which fields hold the text, the optional second text of a pair, and the label; None = the usual names.
+    Relation data also names its two entity spans; QA reads question, context and answers as text, pair, label."""
 
     text: str | None = None
     text_pair: str | None = None
     label: str | None = None
+    head: str | None = None
+    tail: str | None = None
 
 
 @dataclass
@@ -122,7 +127,9 @@ def read_examples(path: str | Path, task: str, columns: Columns | None = None, l
     """The examples of a .csv, .tsv or .jsonl file (and for NER also CoNLL: .conll, .txt, .iob, .bio)."""
     path, columns = Path(path), columns or Columns()
     suffix = path.suffix.lower()
-    if suffix in TABLES and task == "classification":
+    if task in READERS:
+        examples = READERS[task](path, columns, labelled)
+    elif suffix in TABLES and task == "classification":
         examples = _read_table(path, task, columns, labelled)
     elif suffix == ".jsonl":
         examples = _read_jsonl(path, task, columns, labelled)
@@ -142,6 +149,8 @@ def _tag_key(tag: str) -> tuple:
 
 def discover_labels(examples: list[Example], task: str, path: str | Path) -> list[str]:
     """The training labels, sorted (numbers numerically; for NER O first, then each type's B- and I-)."""
+    if task == "qa":
+        return list(SPAN_LABELS)
     if task == "ner":
         for ex in examples:
             for tag in ex.label:
@@ -220,7 +229,8 @@ def encode_tokens(
     return features
 
 
-ENCODERS = {"classification": encode_classification, "ner": encode_tokens}
+ENCODERS = {"classification": encode_classification, "ner": encode_tokens, "relation": encode_relation, "qa": encode_qa}
+READERS = {"relation": read_relation, "qa": read_qa}
 
 
 def collate(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
