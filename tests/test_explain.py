@@ -221,3 +221,38 @@ def test_html_escapes_token_text(tmp_path):
     assert "alert(1)" in page and "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert page.count("<script") == 2  # the page's own: the data block and the code
     assert "<i>pos" not in page and "a&amp;b" in page
+
+
+def test_cli_explains_a_classifier(tmp_path, wordpiece, monkeypatch, capsys):
+    import lmforge.explain
+    from lmforge.cli import main
+
+    torch.manual_seed(1)
+    model = Classifier(tiny_bert(wordpiece.vocab_size), n_labels=2).eval()
+    monkeypatch.setattr(lmforge.explain, "load_classifier", lambda path, device: (model, wordpiece, ["bad", "good"]))
+    code = main(["explain", "ckpt", "--text", "the film was great", "--steps", "8", "--out", str(tmp_path), "--device",
+                 "cpu", "--target", "good"])  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0 and len(out) == 3
+    assert out[0].startswith("predicted ") and "logit of good" in out[1] and "'great'" in out[1]
+    assert str(tmp_path / "explain.html") in out[2] and (tmp_path / "explain.html").is_file()
+
+
+@pytest.mark.parametrize("kind", ["missing", "language model"])
+def test_cli_refuses_what_is_not_a_classifier_in_one_line(tmp_path, capsys, kind):
+    from lmforge.checkpoint import save_checkpoint
+    from lmforge.cli import main
+    from lmforge.config import load_config
+    from lmforge.models import GPT
+
+    path = tmp_path / "missing"
+    if kind == "language model":
+        cfg = load_config("char-small", ["model.n_layer=1", "model.d_model=16", "model.n_head=2"])
+        tokenizer = Tokenizer.train_char(["the film was great"])
+        cfg.model.vocab_size = tokenizer.vocab_size
+        path = save_checkpoint(tmp_path / "run", 1, GPT(cfg.model), cfg, tokenizer)
+    code = main(["explain", str(path), "--text", "the film", "--out", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("lmforge: error:")
+    assert ("not found" if kind == "missing" else "not a classifier") in err[0]
+    assert not (tmp_path / "out").exists()

@@ -167,6 +167,8 @@ def encode(tokenizer: Tokenizer, backbone: nn.Module, text: str, text_pair: str 
 
 @dataclass
 class Explanation:
+    """What explain found and where it wrote it; the CLI prints it, a notebook can plot it again."""
+
     tokens: list[str]
     attributions: list[float]  # per token, to the target's logit; they add up to logit(x) - logit(baseline) - delta
     delta: float  # the integration error; small next to the logit difference means enough steps
@@ -181,6 +183,16 @@ class Explanation:
         """The k tokens with the largest attribution magnitude, largest first."""
         order = sorted(range(len(self.tokens)), key=lambda i: -abs(self.attributions[i]))
         return [(self.tokens[i], self.attributions[i]) for i in order[:k]]
+
+    def summary(self, k: int = 5) -> list[str]:
+        """The lines lmforge explain prints: the decision, the tokens that drove it, where the pictures are."""
+        where = "" if self.position is None else f" at token {self.position} ({self.tokens[self.position]!r})"
+        top = ", ".join(f"{token!r} {a:+.3f}" for token, a in self.top_tokens(k))
+        return [
+            f"predicted {self.predicted}{where} with probability {self.probabilities[self.predicted]:.4f}",
+            f"attributions to the logit of {self.target} (integration error {self.delta:.1e}): {top}",
+            f"wrote {self.html} and {len(self.pngs)} PNGs next to it",
+        ]
 
 
 def _label_index(target: int | str | None, labels: Sequence[str], predicted: int) -> int:
@@ -221,7 +233,8 @@ def explain(
     with torch.no_grad():
         logits = model(ids, mask, token_type_ids=types)[0].float()  # (n_labels,) or (T, n_labels)
     if logits.dim() == 2:
-        position = int(keep[0].logical_not().nonzero()[0]) if position is None else position
+        if position is None:
+            position = next((i for i, special in enumerate(enc.keep[0].tolist()) if not special), 0)
         if not 0 <= position < ids.size(1):
             raise LmforgeError(f"position {position} is outside the text's {ids.size(1)} tokens")
         logits = logits[position]
@@ -231,10 +244,10 @@ def explain(
     probabilities = logits.softmax(-1)
     predicted = int(probabilities.argmax())
     label = _label_index(target, labels, predicted)
-    pad_id = tokenizer.pad_id
+    baseline = "zero" if tokenizer.pad_id is None else "pad"  # GPT's tokenizers have no [PAD]
     attributions, delta = integrated_gradients(
-        model, ids, mask, label if position is None else (position, label), types, steps,
-        baseline="zero" if pad_id is None else "pad", pad_id=pad_id or 0, keep=keep,
+        model, ids, mask, label if position is None else (position, label), types, steps, baseline,
+        pad_id=tokenizer.pad_id or 0, keep=keep,
     )  # fmt: skip
     maps = attention_maps(model, ids, mask, types)
     e = Explanation(
@@ -244,7 +257,7 @@ def explain(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     e.pngs = write_pngs(e, maps, out)
-    e.html = write_html(e, maps, "zero" if pad_id is None else "pad", steps, out / "explain.html")
+    e.html = write_html(e, maps, baseline, steps, out / "explain.html")
     return e
 
 
@@ -256,3 +269,31 @@ def write_pngs(e: Explanation, maps: list[torch.Tensor], out: Path) -> list[Path
     for layer, weights in enumerate(maps):
         pngs.append(plot_attention(weights, e.tokens, f"layer {layer}", out / f"attention-L{layer}.png"))
     return pngs
+
+
+def load_classifier(path: str | Path, device: str | torch.device) -> tuple[nn.Module, Tokenizer, list[str]]:
+    """The adapter point to fine-tuning's loader (models/heads.py): a classifier, its tokenizer, its label names.
+
+    Until a fine-tuned checkpoint format exists, every checkpoint holds a language model, which has no labels.
+    """
+    from lmforge.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    raise LmforgeError(
+        f"{ckpt.path} holds a {ckpt.cfg.family} language model, not a classifier: explain needs a fine-tuned one"
+    )
+
+
+def explain_checkpoint(
+    path: str | Path,
+    text: str,
+    out_dir: str | Path,
+    target: str | None = None,
+    text_pair: str | None = None,
+    steps: int = 50,
+    position: int | None = None,
+    device: str | torch.device = "cpu",
+) -> Explanation:
+    """lmforge explain: loads a fine-tuned classifier and explains its decision on one text."""
+    model, tokenizer, labels = load_classifier(path, device)
+    return explain(model, tokenizer, text, out_dir, target, text_pair, steps, labels, position)
