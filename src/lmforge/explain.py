@@ -43,9 +43,9 @@ def _score(logits: torch.Tensor, target: Target) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _replace_output(module: nn.Module, fn):
-    """Within the block, module(...) returns fn(its output): how IG swaps in interpolated embeddings, no model edits."""
-    handle = module.register_forward_hook(lambda _module, _args, output: fn(output))
+def _output_replaced(module: nn.Module, value: torch.Tensor):
+    """Within the block, module(...) returns value: how IG swaps in interpolated embeddings without editing a model."""
+    handle = module.register_forward_hook(lambda _module, _args, _output: value)
     try:
         yield
     finally:
@@ -80,7 +80,7 @@ def integrated_gradients(
     if input_ids.size(0) != 1:
         raise ValueError(f"integrated gradients explains one sequence at a time, not a batch of {input_ids.size(0)}")
     if baseline not in ("pad", "zero"):
-        raise LmforgeError(f"baseline must be 'pad' or 'zero', not {baseline!r}")
+        raise ValueError(f"baseline must be 'pad' or 'zero', not {baseline!r}")
     emb = word_embedding(model.backbone)
     with torch.no_grad():
         x = emb(input_ids)  # (1, T, E)
@@ -96,7 +96,7 @@ def integrated_gradients(
         point = (x0 + alpha[:, None, None] * (x - x0)).requires_grad_()
         k = alpha.numel()
         types = None if token_type_ids is None else token_type_ids.expand(k, -1)
-        with _replace_output(emb, lambda _: point):
+        with _output_replaced(emb, point):
             logits = model(input_ids.expand(k, -1), attention_mask.expand(k, -1), token_type_ids=types)
         return _score(logits, target), point
 
