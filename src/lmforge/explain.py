@@ -25,13 +25,17 @@ from lmforge.tokenizer import Tokenizer
 Target = int | tuple[int, int]  # a class index (sequence task) or (position, class index) (token task)
 
 
+def _unsupported(backbone: nn.Module) -> LmforgeError:
+    return LmforgeError(f"explain reads GPT and Bert backbones, not {type(backbone).__name__}")
+
+
 def word_embedding(backbone: nn.Module) -> nn.Embedding:
     """The token table whose output integrated gradients interpolates: GPT's tok_emb, Bert's embeddings.word."""
     if isinstance(backbone, Bert):
         return backbone.embeddings.word
     if isinstance(backbone, GPT):
         return backbone.tok_emb
-    raise LmforgeError(f"explain reads GPT and Bert backbones, not {type(backbone).__name__}")
+    raise _unsupported(backbone)
 
 
 def _score(logits: torch.Tensor, target: Target) -> torch.Tensor:
@@ -127,7 +131,7 @@ def attention_maps(
         elif isinstance(backbone, GPT):
             _, weights = backbone.hidden(input_ids, attention_mask, need_weights=True)
         else:
-            raise LmforgeError(f"explain reads GPT and Bert backbones, not {type(backbone).__name__}")
+            raise _unsupported(backbone)
     return [w[0] for w in weights]
 
 
