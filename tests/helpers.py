@@ -15,3 +15,97 @@ def tiny_gpt(seed=0, gpt2_init=False, **overrides):
         for p in model.parameters():
             torch.nn.init.normal_(p, std=0.5)
     return model
+
+
+WORDS = ["good", "great", "fine", "bad", "awful", "poor", "the", "film", "was", "plot", "acting", "very"]
+PEOPLE, PLACES = ["alice", "bob", "carol"], ["paris", "rome", "oslo"]
+
+
+def sentiment_rows(n, seed=0):
+    """(text, label) pairs a tiny model can learn: the label is pos when the text holds a positive word."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        positive = rng.random() < 0.5
+        word = rng.choice(WORDS[:3] if positive else WORDS[3:6])
+        filler = rng.choices(WORDS[6:], k=rng.randint(2, 6))
+        filler.insert(rng.randint(0, len(filler)), word)
+        rows.append((" ".join(filler), "pos" if positive else "neg"))
+    return rows
+
+
+def ner_sentences(n, seed=0):
+    """(words, IOB2 tags): people and places (a place sometimes two words) among filler words."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words, tags = [], []
+        for _ in range(rng.randint(3, 7)):
+            r = rng.random()
+            if r < 0.2:
+                words.append(rng.choice(PEOPLE).title())
+                tags.append("B-PER")
+            elif r < 0.35:
+                words += [rng.choice(PLACES).title(), "city"]
+                tags += ["B-LOC", "I-LOC"]
+            else:
+                words.append(rng.choice(WORDS[6:]))
+                tags.append("O")
+        out.append((words, tags))
+    return out
+
+
+def tiny_checkpoint(out, family="bert", seed=0, **overrides):
+    """An lmforge checkpoint of a tiny untrained model with a tokenizer trained on the synthetic vocabulary."""
+    from lmforge.checkpoint import save_checkpoint
+    from lmforge.config import BertConfig, DataConfig, RunConfig
+    from lmforge.models import MODELS
+    from lmforge.tokenizer import Tokenizer
+
+    texts = [t for t, _ in sentiment_rows(200)] + [" ".join(w) for w, _ in ner_sentences(200)]
+    if family == "bert":
+        tokenizer = Tokenizer.train_wordpiece(texts, 200)
+        model_cfg = BertConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, d_model=32, max_seq_len=32)
+    else:
+        tokenizer = Tokenizer.train_bpe(texts, 300)
+        model_cfg = GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, d_model=32, max_seq_len=32)
+    for key, value in overrides.items():
+        setattr(model_cfg, key, value)
+    torch.manual_seed(seed)
+    cfg = RunConfig(
+        family=family, model=model_cfg, data=DataConfig(tokenizer="wordpiece" if family == "bert" else "bpe")
+    )
+    return save_checkpoint(out, 1, MODELS[family](model_cfg), cfg, tokenizer)
+
+
+ENGLISH_WORDS = "the quick brown fox jumps over lazy dog cat sat on mat a red blue green bird sings loud".split()
+
+
+def write_wordpiece_vocab(path):
+    """A vocab.txt as BERT's: the five special tokens first, then words and ##pieces."""
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *ENGLISH_WORDS, "##s", "##ing", ".", ","]
+    (path / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    return len(words)
+
+
+def write_bpe_vocab(path, special_tokens):
+    """vocab.json + merges.txt of a small byte-level BPE trained on a few sentences; returns its size."""
+    from tokenizers.implementations import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([" ".join(ENGLISH_WORDS)] * 20, vocab_size=300, special_tokens=special_tokens)
+    bpe.save_model(str(path))
+    return bpe.get_vocab_size()
+
+
+def padded_batch(vocab_size, b=3, t=12, low=5, seed=1):
+    """Random ids (no special tokens below `low`) and a mask with one row padded from position 7."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(low, vocab_size, (b, t), generator=g)
+    mask = torch.ones(b, t, dtype=torch.long)
+    mask[1, 7:] = 0
+    return ids, mask

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import tiny_gpt
+from helpers import tiny_checkpoint, tiny_gpt
 from torch import nn
 
 from lmforge.config import BertConfig
@@ -223,36 +223,46 @@ def test_html_escapes_token_text(tmp_path):
     assert "<i>pos" not in page and "a&amp;b" in page
 
 
-def test_cli_explains_a_classifier(tmp_path, wordpiece, monkeypatch, capsys):
-    import lmforge.explain
+def finetuned_checkpoint(tmp_path, family, task):
+    """A fine-tuned checkpoint as lmforge finetune writes it: a head on a tiny backbone, and the task section."""
+    import dataclasses
+
+    from lmforge.checkpoint import build_head, load_model, save_checkpoint
+    from lmforge.config import TaskConfig
+
+    backbone, tokenizer, cfg = load_model(tiny_checkpoint(tmp_path / "base", family))
+    labels = ["O", "B-PER", "B-LOC", "I-LOC"] if task == "ner" else ["neg", "pos"]
+    info = TaskConfig(task=task, labels=labels, pooling="cls" if family == "bert" else "last")
+    extra = {"task": dataclasses.asdict(info)}
+    return save_checkpoint(tmp_path / "ft", 1, build_head(backbone, info), cfg, tokenizer, extra=extra)
+
+
+@pytest.mark.parametrize("family, task", [("bert", "classification"), ("gpt", "ner")])
+def test_cli_explains_a_finetuned_checkpoint(tmp_path, capsys, family, task):
     from lmforge.cli import main
 
-    torch.manual_seed(1)
-    model = Classifier(tiny_bert(wordpiece.vocab_size), n_labels=2).eval()
-    monkeypatch.setattr(lmforge.explain, "load_classifier", lambda path, device: (model, wordpiece, ["bad", "good"]))
-    code = main(["explain", "ckpt", "--text", "the film was great", "--steps", "8", "--out", str(tmp_path), "--device",
-                 "cpu", "--target", "good"])  # fmt: skip
+    path = finetuned_checkpoint(tmp_path, family, task)
+    out_dir = tmp_path / "out"
+    argv = ["explain", str(path), "--text", "the film was great", "--steps", "8", "--out", str(out_dir), "--device",
+            "cpu", "--target", "pos" if task == "classification" else "B-PER"]  # fmt: skip
+    if task == "ner":
+        argv += ["--position", "1"]
+    code = main(argv)
     out = capsys.readouterr().out.splitlines()
-    assert code == 0 and len(out) == 3
-    assert out[0].startswith("predicted ") and "logit of good" in out[1] and "'great'" in out[1]
-    assert str(tmp_path / "explain.html") in out[2] and (tmp_path / "explain.html").is_file()
+    assert code == 0 and len(out) == 3, out
+    assert out[0].startswith("predicted ") and "logit of " + argv[-1 if task == "classification" else -3] in out[1]
+    assert "film'" in out[1]  # the top tokens are the text's own
+    assert str(out_dir / "explain.html") in out[2] and (out_dir / "explain.html").is_file()
+    assert len(list(out_dir.glob("attention-L*.png"))) == 2
 
 
 @pytest.mark.parametrize("kind", ["missing", "language model"])
 def test_cli_refuses_what_is_not_a_classifier_in_one_line(tmp_path, capsys, kind):
-    from lmforge.checkpoint import save_checkpoint
     from lmforge.cli import main
-    from lmforge.config import load_config
-    from lmforge.models import GPT
 
-    path = tmp_path / "missing"
-    if kind == "language model":
-        cfg = load_config("char-small", ["model.n_layer=1", "model.d_model=16", "model.n_head=2"])
-        tokenizer = Tokenizer.train_char(["the film was great"])
-        cfg.model.vocab_size = tokenizer.vocab_size
-        path = save_checkpoint(tmp_path / "run", 1, GPT(cfg.model), cfg, tokenizer)
+    path = tiny_checkpoint(tmp_path / "run") if kind == "language model" else tmp_path / "missing"
     code = main(["explain", str(path), "--text", "the film", "--out", str(tmp_path / "out"), "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("lmforge: error:")
-    assert ("not found" if kind == "missing" else "not a classifier") in err[0]
+    assert ("not found" if kind == "missing" else "not fine-tuned") in err[0]
     assert not (tmp_path / "out").exists()

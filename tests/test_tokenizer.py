@@ -124,11 +124,13 @@ def test_load_errors(tmp_path):
         assert "\n" not in str(e.value)
 
 
-def test_unsupported_model_is_refused(tmp_path):
+def test_unigram_loads_and_marks_word_starts(tmp_path):
+    """ALBERT's SentencePiece vocabulary: a piece without the leading ▁ continues its word."""
     path = tmp_path / "unigram.json"
-    tokenizers.Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0)], unk_id=0)).save(str(path))
-    with pytest.raises(LmforgeError, match="Unigram"):
-        Tokenizer.load(path)
+    vocab = [("<unk>", 0.0), ("▁a", -1.0), ("b", -2.0), ("▁", -3.0)]
+    tokenizers.Tokenizer(models.Unigram(vocab, unk_id=0)).save(str(path))
+    tok = Tokenizer.load(path)
+    assert tok.kind == "unigram" and tok.continues_word() == [False, False, True, False]
 
 
 ENGLISH = "The quick brown fox jumps over the lazy dog. Running, jumped, jumping! Café naïve résumé.\n"

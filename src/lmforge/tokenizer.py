@@ -18,7 +18,8 @@ from lmforge.errors import LmforgeError
 
 EOS = "<|endoftext|>"
 UNK = "<unk>"
-KINDS = {"WordLevel": "char", "BPE": "bpe", "WordPiece": "wordpiece"}  # the tokenizers model type -> our kind
+# the tokenizers model type -> our kind; Unigram (SentencePiece) comes only from imported checkpoints (ALBERT)
+KINDS = {"WordLevel": "char", "BPE": "bpe", "WordPiece": "wordpiece", "Unigram": "unigram"}
 WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # BERT's
 # RoBERTa's, in its id order; <mask> swallows the space before it, so "a <mask>" predicts the word with its space
 ENCODER_BPE_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", AddedToken("<mask>", lstrip=True, special=True))
@@ -35,16 +36,23 @@ SURROGATES = re.compile("[\ud800-\udfff]")  # what undecodable bytes become unde
 
 
 class Tokenizer:
-    """Text <-> token ids; `backend` is the `tokenizers.Tokenizer` doing the work (its model type gives the kind)."""
+    """Text <-> token ids; `backend` is the `tokenizers.Tokenizer` doing the work (its model type gives the kind).
 
-    def __init__(self, backend: tokenizers.Tokenizer):
+    max_length, when set, is the input length (special tokens included) the model's makers cut texts to, such as
+    sentence-transformers' max_seq_length; tokenizer.json keeps it as its truncation length. encode never truncates.
+    """
+
+    def __init__(self, backend: tokenizers.Tokenizer, max_length: int | None = None):
         model = type(backend.model).__name__
         if model not in KINDS:
             raise LmforgeError(
-                f"a {model} tokenizer is not supported; lmforge reads WordLevel (char), BPE and WordPiece ones"
+                f"a {model} tokenizer is not supported; lmforge reads WordLevel (char), BPE, WordPiece and Unigram ones"
             )
+        backend.no_truncation()  # a Hugging Face tokenizer.json may carry both; our callers place every token
+        backend.no_padding()
         self.backend = backend
         self.kind: str = KINDS[model]
+        self.max_length = max_length
 
     @classmethod
     def train_char(cls, texts: Iterable[str]) -> Tokenizer:
@@ -121,8 +129,9 @@ class Tokenizer:
         except Exception as e:  # tokenizers raises a bare Exception for bad JSON or an unknown layout
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise LmforgeError(f"{path} is not a valid tokenizer.json ({reason}); save one with lmforge") from None
+        max_length = (backend.truncation or {}).get("max_length")
         try:
-            return cls(backend)
+            return cls(backend, max_length)
         except LmforgeError as e:
             raise LmforgeError(f"{path}: {e}") from None
 
@@ -130,10 +139,13 @@ class Tokenizer:
         """Writes a temporary file next to `path`, then renames it, so a crash never leaves half a tokenizer."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        if self.max_length is not None:
+            self.backend.enable_truncation(self.max_length)
         try:
             self.backend.save(str(tmp))
             os.replace(tmp, path)
         finally:
+            self.backend.no_truncation()
             tmp.unlink(missing_ok=True)
 
     def encode(self, text: str | bytes) -> list[int]:
@@ -192,14 +204,16 @@ class Tokenizer:
 
     def continues_word(self) -> list[bool]:
         """For each id, whether its token continues the word before it: a WordPiece ##piece, or a byte-level BPE
-        piece without the leading space (Ġ) that starts a word. Whole-word masking keeps such pieces with their word.
+        (SentencePiece) piece without the leading Ġ (▁) that starts a word. Whole-word masking keeps such pieces with
+        their word.
         """
         specials, out = set(self.special_ids), [False] * self.vocab_size
+        starts = {"bpe": "Ġ", "unigram": "▁"}.get(self.kind)
         for token, i in self.backend.get_vocab(with_added_tokens=True).items():
             if self.kind == "wordpiece":
                 out[i] = token.startswith("##")
-            elif self.kind == "bpe":
-                out[i] = not token.startswith("Ġ") and i not in specials
+            elif starts is not None:
+                out[i] = not token.startswith(starts) and i not in specials
         return out
 
     def __repr__(self) -> str:

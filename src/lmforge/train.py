@@ -64,9 +64,14 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}  # fused AdamW is slow on CPU
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), **fast)
+    return adamw(groups, t.lr, (t.beta1, t.beta2), device)
+
+
+def adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:
+    """AdamW with the fastest kernel for the device: fused on CUDA, foreach on CPU (where fused is slow)."""
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, **fast)
 
 
 def to_device(batch, device: torch.device):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
@@ -40,7 +41,7 @@ class _Records:
         self.bad += 1
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise LmforgeError(f"data file {path} not found: check the path (relative paths start at {Path.cwd()})")
     try:
@@ -49,28 +50,61 @@ def _read_bytes(path: Path) -> bytes:
         raise LmforgeError(f"cannot read data file {path}: {e.strerror}") from None
 
 
-def read_jsonl_texts(path: str | Path, on_bad_line: str = "error") -> tuple[list[str], int]:
-    """The "text" of each JSON object, one per line (blank lines ignored), and the number of bad lines skipped."""
-    records = _Records(Path(path), on_bad_line)
-    data = _read_bytes(Path(path)).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM, as Windows tools write
+def iter_jsonl(path: Path, bad_line: Callable[[int, str], None]) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON) of each non-blank line; a line that is not UTF-8 or not JSON goes to bad_line."""
+    data = read_bytes(path).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM, as Windows tools write
     for number, raw in enumerate(data.split(b"\n"), start=1):  # CRLF is fine: JSON allows a trailing \r
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw.decode("utf-8"))  # a raw NUL or control character is invalid JSON
+            yield number, json.loads(raw.decode("utf-8"))  # a raw NUL or control character is invalid JSON
         except UnicodeDecodeError as e:
-            records.bad_line(number, f"not UTF-8 (byte 0x{raw[e.start]:02x})")
-            continue
+            bad_line(number, f"not UTF-8 (byte 0x{raw[e.start]:02x})")
         except ValueError as e:
-            records.bad_line(number, f"not valid JSON ({e})")
-            continue
+            bad_line(number, f"not valid JSON ({e})")
+
+
+def iter_csv(
+    path: Path, bad_line: Callable[[int, str], None], delimiter: str = ","
+) -> tuple[list[str] | None, Iterator[tuple[int, list[str]]]]:
+    """The header row and an iterator of (line number, row) over the rest; a row that is not valid CSV or has the
+    wrong number of fields goes to bad_line. TSV (delimiter tab) has no quoting, as GLUE writes it."""
+    text = read_bytes(path).decode("utf-8-sig", errors="surrogateescape")  # bad bytes fail their own row only
+    csv.field_size_limit(2**31 - 1)  # a document may well exceed csv's default limit of 128 KiB a field
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
+    header = next(rows, None)
+
+    def body() -> Iterator[tuple[int, list[str]]]:
+        while True:
+            first = rows.line_num + 1  # a quoted field can span lines; report where the row starts
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                bad_line(first, f"not valid CSV ({e})")
+                continue
+            if not row:
+                continue
+            if len(row) != len(header):
+                bad_line(first, f"{len(row)} fields where the header has {len(header)} (a stray quote or comma?)")
+                continue
+            yield first, row
+
+    return header, body()
+
+
+def read_jsonl_texts(path: str | Path, on_bad_line: str = "error") -> tuple[list[str], int]:
+    """The "text" of each JSON object, one per line (blank lines ignored), and the number of bad lines skipped."""
+    records = _Records(Path(path), on_bad_line)
+    for number, record in iter_jsonl(Path(path), records.bad_line):
         if not isinstance(record, dict) or not isinstance(record.get(FIELD), str):
             records.bad_line(number, f'not a JSON object with a string "{FIELD}" field')
-            continue
-        if SURROGATES.search(record[FIELD]):
+        elif SURROGATES.search(record[FIELD]):
             records.bad_line(number, "an unpaired surrogate escape (\\ud800-\\udfff) in the text")
-            continue
-        records.texts.append(record[FIELD])
+        else:
+            records.texts.append(record[FIELD])
     return records.texts, records.bad
 
 
@@ -78,27 +112,12 @@ def read_csv_texts(path: str | Path, on_bad_line: str = "error") -> tuple[list[s
     """The "text" column of each row of a CSV file with a header, and the number of bad rows skipped."""
     path = Path(path)
     records = _Records(path, on_bad_line)
-    text = _read_bytes(path).decode("utf-8-sig", errors="surrogateescape")  # bad bytes fail their own row only
-    csv.field_size_limit(2**31 - 1)  # a document may well exceed csv's default limit of 128 KiB a field
-    rows = csv.reader(io.StringIO(text, newline=""), strict=True)  # a stray quote is an error, not data
-    header = next(rows, None)
+    header, rows = iter_csv(path, records.bad_line)
     if not header or FIELD not in header:
         raise LmforgeError(f'{path}: the first row must be a header with a "{FIELD}" column, e.g. id,{FIELD}')
     column = header.index(FIELD)
-    while True:
-        first = rows.line_num + 1  # a quoted field can span lines; report where the row starts
-        try:
-            row = next(rows)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            records.bad_line(first, f"not valid CSV ({e})")
-            continue
-        if not row:
-            continue
-        if len(row) != len(header):
-            records.bad_line(first, f"{len(row)} fields where the header has {len(header)} (a stray quote or comma?)")
-        elif "\0" in row[column]:
+    for first, row in rows:
+        if "\0" in row[column]:
             records.bad_line(first, "a NUL byte in the text (binary data?)")
         elif SURROGATES.search(row[column]):
             records.bad_line(first, "not UTF-8")

