@@ -12,29 +12,10 @@ from lmforge.config import BertConfig
 from lmforge.explain import Explanation, attention_maps, explain, integrated_gradients
 from lmforge.explain_html import write_html
 from lmforge.models import Bert
+from lmforge.models.heads import SequenceClassifier, TokenClassifier
 from lmforge.tokenizer import Tokenizer
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-class Classifier(nn.Module):
-    """A test stand-in for models/heads.py: a backbone and a linear head over [CLS] / the last real token, or over
-    every token (token task)."""
-
-    def __init__(self, backbone, n_labels=3, token_task=False):
-        super().__init__()
-        self.backbone, self.token_task = backbone, token_task
-        self.head = nn.Linear(backbone.cfg.d_model, n_labels, dtype=torch.float64)
-        nn.init.normal_(self.head.weight)
-
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
-        if isinstance(self.backbone, Bert):
-            h, _ = self.backbone.hidden(input_ids, token_type_ids, attention_mask)
-            pooled = h[:, 0]
-        else:
-            h, _ = self.backbone.hidden(input_ids, attention_mask)
-            pooled = h[torch.arange(h.size(0)), attention_mask.sum(1) - 1]
-        return self.head(h if self.token_task else pooled)
 
 
 class LinearOverEmbeddings(nn.Module):
@@ -59,10 +40,17 @@ def tiny_bert(vocab_size=23, seed=0):
     return bert
 
 
-def classifier(family, token_task=False):
-    backbone = tiny_bert() if family == "bert" else tiny_gpt().double()
+def classifier(backbone, n_labels=3, token_task=False):
+    """The fine-tuning heads with a large random classifier layer, so logits move with the input."""
+    pooling = "cls" if isinstance(backbone, Bert) else "last"
+    model = TokenClassifier(backbone, n_labels) if token_task else SequenceClassifier(backbone, n_labels, pooling)
     torch.manual_seed(1)
-    return Classifier(backbone, token_task=token_task).eval()
+    nn.init.normal_(model.classifier.weight)
+    return model.double().eval()
+
+
+def tiny(family):
+    return tiny_bert() if family == "bert" else tiny_gpt()
 
 
 IDS = torch.tensor([[2, 7, 11, 5, 19, 8, 3]])  # [CLS]-like first and [SEP]-like last, kept by the baseline
@@ -89,7 +77,7 @@ def test_ig_on_a_linear_model_is_exactly_the_input_difference_times_the_weight(b
     [("bert", False, 2), ("gpt", False, 0), ("bert", True, (3, 1)), ("gpt", True, (5, 2))],
 )
 def test_attributions_add_up_to_the_logit_change_from_the_baseline(family, token_task, target):
-    model = classifier(family, token_task)
+    model = classifier(tiny(family), token_task=token_task)
     types = TYPES if family == "bert" else None
 
     def logit(ids):
@@ -108,7 +96,7 @@ def test_attributions_add_up_to_the_logit_change_from_the_baseline(family, token
 
 
 def test_ig_refuses_a_model_in_training_mode():
-    model = classifier("gpt").train()
+    model = classifier(tiny_gpt()).train()
     with pytest.raises(ValueError, match="eval"):
         integrated_gradients(model, IDS, MASK, 0)
 
@@ -140,7 +128,7 @@ def test_bert_attention_maps_match_the_formula_and_ignore_padding():
 
 def test_gpt_attention_maps_match_the_formula_and_are_causal():
     gpt = tiny_gpt().double()
-    maps = attention_maps(classifier("gpt"), IDS, MASK)  # through a classifier: its backbone
+    maps = attention_maps(classifier(tiny_gpt()), IDS, MASK)  # through a classifier: its backbone
     maps_bare = attention_maps(gpt, IDS, MASK)
     with torch.no_grad():
         x = gpt.tok_emb(IDS) + gpt.pos_emb(torch.arange(7))
@@ -170,7 +158,7 @@ def test_explain_writes_a_self_contained_page_and_pngs(tmp_path, wordpiece):
     import matplotlib.image
 
     torch.manual_seed(1)
-    model = Classifier(tiny_bert(wordpiece.vocab_size), n_labels=2).eval()
+    model = classifier(tiny_bert(wordpiece.vocab_size), n_labels=2)
     e = explain(model, wordpiece, "the film was great", tmp_path / "out", text_pair="the plot was bad", steps=16,
                 labels=["negative", "positive"])  # fmt: skip
     assert e.tokens[0] == "[CLS]" and e.tokens.count("[SEP]") == 2 and "great" in e.tokens
@@ -193,7 +181,7 @@ def test_explain_a_token_task_on_gpt(tmp_path):
     texts = ["<b>cats</b> & dogs $5", "dogs & cats"] * 5
     bpe = Tokenizer.train_bpe(texts, vocab_size=300)
     torch.manual_seed(1)
-    model = Classifier(tiny_gpt(vocab_size=bpe.vocab_size).double(), n_labels=3, token_task=True).eval()
+    model = classifier(tiny_gpt(vocab_size=bpe.vocab_size), token_task=True)
     e = explain(model, bpe, "<b>cats</b> & dogs $5", tmp_path, target=1, position=2, steps=8)
     assert e.position == 2 and e.target == "LABEL_1" and len(e.pngs) == 3
     page = read_outputs(e)
@@ -203,7 +191,7 @@ def test_explain_a_token_task_on_gpt(tmp_path):
 def test_explain_rejects_unknown_labels_and_long_texts(tmp_path, wordpiece):
     from lmforge.errors import LmforgeError
 
-    model = Classifier(tiny_bert(wordpiece.vocab_size), n_labels=2).eval()
+    model = classifier(tiny_bert(wordpiece.vocab_size), n_labels=2)
     with pytest.raises(LmforgeError, match="labels are negative, positive"):
         explain(model, wordpiece, "great", tmp_path, target="neutral", labels=["negative", "positive"])
     with pytest.raises(LmforgeError, match="at most 32"):
