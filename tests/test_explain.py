@@ -188,7 +188,7 @@ def test_explain_a_token_task_on_gpt(tmp_path):
     assert "<b>cats" not in page and "&lt;" in page
 
 
-def test_explain_rejects_unknown_labels_and_long_texts(tmp_path, wordpiece):
+def test_explain_rejects_unknown_labels_long_texts_and_positions_of_a_sequence_task(tmp_path, wordpiece):
     from lmforge.errors import LmforgeError
 
     model = classifier(tiny_bert(wordpiece.vocab_size), n_labels=2)
@@ -196,6 +196,8 @@ def test_explain_rejects_unknown_labels_and_long_texts(tmp_path, wordpiece):
         explain(model, wordpiece, "great", tmp_path, target="neutral", labels=["negative", "positive"])
     with pytest.raises(LmforgeError, match="at most 32"):
         explain(model, wordpiece, "the film " * 30, tmp_path)
+    with pytest.raises(LmforgeError, match="token-classification"):
+        explain(model, wordpiece, "great", tmp_path, position=1)
 
 
 def test_html_escapes_token_text(tmp_path):

@@ -185,12 +185,16 @@ class Explanation:
         order = sorted(range(len(self.tokens)), key=lambda i: -abs(self.attributions[i]))
         return [(self.tokens[i], self.attributions[i]) for i in order[:k]]
 
+    @property
+    def where(self) -> str:
+        """' at token N ('piece')' for a token task, '' for a sequence task."""
+        return "" if self.position is None else f" at token {self.position} ({self.tokens[self.position]!r})"
+
     def summary(self, k: int = 5) -> list[str]:
         """The lines lmforge explain prints: the decision, the tokens that drove it, where the pictures are."""
-        where = "" if self.position is None else f" at token {self.position} ({self.tokens[self.position]!r})"
         top = ", ".join(f"{token!r} {a:+.3f}" for token, a in self.top_tokens(k))
         return [
-            f"predicted {self.predicted}{where} with probability {self.probabilities[self.predicted]:.4f}",
+            f"predicted {self.predicted}{self.where} with probability {self.probabilities[self.predicted]:.4f}",
             f"attributions to the logit of {self.target} (integration error {self.delta:.1e}): {top}",
             f"wrote {self.html} and {len(self.pngs)} PNGs next to it",
         ]
@@ -239,8 +243,8 @@ def explain(
         if not 0 <= position < ids.size(1):
             raise LmforgeError(f"position {position} is outside the text's {ids.size(1)} tokens")
         logits = logits[position]
-    else:
-        position = None
+    elif position is not None:
+        raise LmforgeError("--position picks a token of a token-classification model; this one labels whole texts")
     labels = list(labels) if labels is not None else [f"LABEL_{i}" for i in range(logits.numel())]
     probabilities = logits.softmax(-1)
     predicted = int(probabilities.argmax())
@@ -264,9 +268,8 @@ def explain(
 
 def write_pngs(e: Explanation, maps: list[torch.Tensor], out: Path) -> list[Path]:
     """attributions.png, then attention-L{layer}.png for each layer (a grid of its heads)."""
-    where = "" if e.position is None else f" at token {e.position} ({e.tokens[e.position]!r})"
-    pngs = [plot_attributions(e.attributions, e.tokens, f"attribution to the logit of {e.target}{where}",
-                              out / "attributions.png")]  # fmt: skip
+    title = f"attribution to the logit of {e.target}{e.where}"
+    pngs = [plot_attributions(e.attributions, e.tokens, title, out / "attributions.png")]
     for layer, weights in enumerate(maps):
         pngs.append(plot_attention(weights, e.tokens, f"layer {layer}", out / f"attention-L{layer}.png"))
     return pngs
