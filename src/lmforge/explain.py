@@ -193,9 +193,11 @@ class Explanation:
     def summary(self, k: int = 5) -> list[str]:
         """The lines lmforge explain prints: the decision, the tokens that drove it, where the pictures are."""
         top = ", ".join(f"{token!r} {a:+.3f}" for token, a in self.top_tokens(k))
+        change = sum(self.attributions) - self.delta  # logit(x) - logit(baseline)
+        rough = "; more --steps would make it smaller" if abs(self.delta) > 0.05 * abs(change) else ""
         return [
             f"predicted {self.predicted}{self.where} with probability {self.probabilities[self.predicted]:.4f}",
-            f"attributions to the logit of {self.target} (integration error {self.delta:.1e}): {top}",
+            f"attributions to the logit of {self.target} (integration error {self.delta:.1e}{rough}): {top}",
             f"wrote {self.html} and {len(self.pngs)} PNGs next to it",
         ]
 
