@@ -60,3 +60,29 @@ def log(*parts) -> None:
 
 def emit(record: dict) -> None:
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), flush=True)
+
+
+def sequential_trainer(model, dataset, collator, out: str, batch_size: int, lr: float, weight_decay: float):
+    """A transformers.Trainer for one epoch in dataset order (no shuffling), CPU, fp32, linear decay, no warmup,
+    clipping at 1, no evaluation, logging or saving: the recipe lmforge's side runs."""
+    from torch.utils.data import SequentialSampler
+    from transformers import Trainer, TrainingArguments
+
+    class SequentialTrainer(Trainer):
+        def _get_train_sampler(self, *args, **kwargs):
+            return SequentialSampler(self.train_dataset)
+
+    args = TrainingArguments(
+        output_dir=out, per_device_train_batch_size=batch_size, learning_rate=lr, num_train_epochs=1,
+        lr_scheduler_type="linear", warmup_steps=0, weight_decay=weight_decay, max_grad_norm=1.0, seed=0,
+        use_cpu=True, report_to=[], save_strategy="no", eval_strategy="no", logging_strategy="no",
+        disable_tqdm=True, dataloader_num_workers=0,
+    )  # fmt: skip
+    return SequentialTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+
+
+def timed(fn) -> tuple[object, float]:
+    """fn's result and its wall time in seconds."""
+    t0 = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - t0

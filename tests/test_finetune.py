@@ -178,3 +178,18 @@ def test_cli_finetune_evaluate_predict(data, tmp_path, capsys):
     assert main(["predict", str(out)]) == 2
     assert main(["evaluate", str(data / "bert"), "--data", str(data / "dev.csv")]) == 2
     assert "is not fine-tuned" in capsys.readouterr().err
+
+
+def test_pretrain_then_finetune_end_to_end(documents, data, tmp_path, capsys):
+    """The case study's second path: a BERT pretrained with lmforge pretrain, fine-tuned, evaluated, predicted."""
+    tiny = ["model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.max_seq_len=32", "data.vocab_size=300"]
+    sets = [x for o in [*tiny, "train.batch_size=8", "train.progress=false"] for x in ("--set", o)]
+    argv = ["pretrain", "--config", "bert-small", "--data", str(documents), "--out", str(tmp_path / "bert")]
+    assert main([*argv, "--max-steps", "3", "--device", "cpu", *sets]) == 0
+    out = str(tmp_path / "sst")
+    flags = ["--epochs", "1", "--no-progress", "--device", "cpu"]
+    finetune_argv = ["finetune", "--model", str(tmp_path / "bert"), "--train", str(data / "train.csv")]
+    assert main([*finetune_argv, "--eval", str(data / "dev.csv"), "--out", out, *flags]) == 0
+    assert main(["evaluate", out, "--data", str(data / "dev.csv")]) == 0
+    assert main(["predict", out, "--text", "good film"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["label"] in ("neg", "pos")

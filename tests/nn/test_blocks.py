@@ -183,3 +183,18 @@ def test_block_gradcheck(norm, cross_attention):
 
     params = [p.detach().requires_grad_() for p in block.parameters()]
     assert torch.autograd.gradcheck(f, (x, context, *params), fast_mode=True)
+
+
+def test_packed_stack_equals_padded_at_real_tokens():
+    """A padded batch runs packed (padding left out of the linear layers); real tokens see the same result."""
+    from lmforge.nn import Decoder, Encoder
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 16)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 4:] = mask[2, 2:] = False
+    for stack in (Encoder(2, 16, norm="post", n_head=2, d_ff=32), Decoder(2, 16, n_head=2, d_ff=32)):
+        packed, _ = stack(x, mask)
+        padded, _ = stack(x, mask, need_weights=True)  # attention weights keep the padded path
+        torch.testing.assert_close(packed[mask], padded[mask], atol=1e-5, rtol=1e-5)
+        assert (packed[~mask] == 0).all()

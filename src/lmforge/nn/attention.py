@@ -109,3 +109,13 @@ class MultiHeadAttention(nn.Module):
         y, weights = scaled_dot_product_attention(q, k, v, mask, dropout, need_weights)
         b, _, t, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(b, t, -1)), weights
+
+    def forward_packed(self, x: torch.Tensor, index: torch.Tensor, shape: tuple[int, int], mask: torch.Tensor):
+        """Self-attention over packed tokens: x (N, d_model) holds the real tokens of a (B, T) batch at the flat
+        positions `index`. The projections run on the N rows only; attention itself runs padded, with the mask."""
+        b, t = shape
+        qkv = self.qkv(x)  # (N, 3 * d_model)
+        padded = qkv.new_zeros(b * t, qkv.size(-1)).index_copy(0, index, qkv).view(b, t, -1)
+        q, k, v = (self._heads(z) for z in padded.chunk(3, dim=-1))
+        y, _ = scaled_dot_product_attention(q, k, v, mask, self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(b * t, -1).index_select(0, index))

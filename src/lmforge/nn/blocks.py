@@ -70,6 +70,14 @@ class TransformerBlock(nn.Module):
         x, _ = self._residual(x, self.ln_ffn, lambda h: (self.ffn(h), None))
         return x, weights
 
+    def forward_packed(
+        self, x: torch.Tensor, index: torch.Tensor, shape: tuple[int, int], mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The block on packed tokens (N, d_model), padding left out (see TransformerStack.forward)."""
+        x, _ = self._residual(x, self.ln_attn, lambda h: (self.attn.forward_packed(h, index, shape, mask), None))
+        x, _ = self._residual(x, self.ln_ffn, lambda h: (self.ffn(h), None))
+        return x
+
 
 class TransformerStack(nn.Module):
     """n_layer blocks; a pre-norm stack ends with a final LayerNorm, since its blocks leave the residual raw.
@@ -108,13 +116,19 @@ class TransformerStack(nn.Module):
         rope: RotaryEmbedding | None = None,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """x: (B, T, d_model). padding_mask: (B, S) with True for real tokens, S counting cached tokens too."""
+        """x: (B, T, d_model). padding_mask: (B, S) with True for real tokens, S counting cached tokens too.
+
+        A padded batch without cache, context, rotary positions or attention weights runs packed: every layer but
+        attention sees only the real tokens, so padding costs (almost) nothing; padding positions come out zero."""
         t = x.size(1)
         s = t + (cache.length if cache is not None else 0)
         mask = attention_mask(t, s, self.causal and t > 1, padding_mask, x.device)
         context_mask = None
         if context_padding_mask is not None:
             context_mask = attention_mask(t, context.size(1), False, context_padding_mask, x.device)
+        if padding_mask is not None and cache is None and context is None and rope is None and not need_weights:
+            if not padding_mask.all():
+                return self._forward_packed(x, padding_mask, mask)
         attentions = []
         for i in range(self.n_layer):
             block = self.blocks[i % len(self.blocks)]
@@ -123,6 +137,17 @@ class TransformerStack(nn.Module):
         if cache is not None:
             cache.advance(t)
         return self.ln_final(x), attentions
+
+    def _forward_packed(
+        self, x: torch.Tensor, padding_mask: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, list[None]]:
+        b, t, d = x.shape
+        index = padding_mask.flatten().nonzero().squeeze(1)  # (N,) flat positions of the real tokens
+        h = x.reshape(b * t, d).index_select(0, index)  # (N, d_model)
+        for i in range(self.n_layer):
+            h = self.blocks[i % len(self.blocks)].forward_packed(h, index, (b, t), mask)
+        out = x.new_zeros(b * t, d).index_copy(0, index, self.ln_final(h))
+        return out.view(b, t, d), [None] * self.n_layer
 
 
 class Encoder(TransformerStack):
