@@ -98,6 +98,17 @@ def cmd_fill_mask(args: argparse.Namespace) -> None:
             print(f"  {filler:<16} {probability:.4f}")
 
 
+def cmd_explain(args: argparse.Namespace) -> None:
+    from lmforge.explain import explain_checkpoint
+    from lmforge.train import resolve_device
+
+    explanation = explain_checkpoint(
+        args.checkpoint, args.text, args.out, args.target, args.text_pair, args.steps, args.position,
+        resolve_device(args.device),
+    )  # fmt: skip
+    print("\n".join(explanation.summary()))
+
+
 def cmd_configs(args: argparse.Namespace) -> None:
     from lmforge.config import shipped_configs
 
@@ -286,6 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     add_pickle_flag(p)
     p.set_defaults(fn=cmd_fill_mask)
+
+    p = verbs.add_parser("explain", help="why a fine-tuned classifier decided: token attributions and attention maps")
+    p.add_argument("checkpoint", help="a checkpoint directory of a fine-tuned classifier")
+    p.add_argument("--text", required=True, help="the text to classify and explain")
+    p.add_argument("--text-pair", help="the second text of a sentence-pair task")
+    p.add_argument("--target", help="the label to explain, by name or index (default: the predicted one)")
+    p.add_argument("--position", type=int, help="token task: the token whose label to explain (default: the first)")
+    p.add_argument("--steps", type=int, default=50, help="integration steps of integrated gradients")
+    p.add_argument("--out", default="explain", help="directory for explain.html and the PNGs")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.set_defaults(fn=cmd_explain)
 
     p = verbs.add_parser("finetune", help="fine-tune a pretrained model on labelled data (classification, NER, ...)")
     p.add_argument("--task", default="classification", choices=["classification", "ner", "relation", "qa"])

@@ -1,0 +1,292 @@
+"""Why a classifier decided what it decided: integrated-gradients attributions per token and attention maps per
+layer and head, written as PNG heatmaps and one self-contained HTML page.
+
+A classifier here is any module with a `backbone` (GPT or Bert) and forward(input_ids, attention_mask,
+token_type_ids=None) -> logits, (B, n_labels) for a sequence task or (B, T, n_labels) for a token task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmforge.checkpoint import load_finetuned
+from lmforge.data.labelled import Example, encode_classification
+from lmforge.errors import LmforgeError
+from lmforge.explain_html import write_html
+from lmforge.models import GPT, Bert
+from lmforge.models.heads import backbone_hidden
+from lmforge.plots import plot_attention, plot_attributions
+from lmforge.tokenizer import Tokenizer
+
+Target = int | tuple[int, int]  # a class index (sequence task) or (position, class index) (token task)
+UNLIMITED = 1 << 30  # a length no text reaches: encode without truncation
+
+
+def _unsupported(backbone: nn.Module) -> LmforgeError:
+    return LmforgeError(f"explain reads GPT and Bert backbones, not {type(backbone).__name__}")
+
+
+def word_embedding(backbone: nn.Module) -> nn.Embedding:
+    """The token table whose output integrated gradients interpolates: GPT's tok_emb, Bert's embeddings.word."""
+    if isinstance(backbone, Bert):
+        return backbone.embeddings.word
+    if isinstance(backbone, GPT):
+        return backbone.tok_emb
+    raise _unsupported(backbone)
+
+
+def _score(logits: torch.Tensor, target: Target) -> torch.Tensor:
+    """The explained scalar per batch row: the target's logit (at the target position for a token task)."""
+    if isinstance(target, tuple):
+        position, label = target
+        return logits[:, position, label]
+    return logits[:, target]
+
+
+@contextlib.contextmanager
+def _output_replaced(module: nn.Module, value: torch.Tensor):
+    """Within the block, module(...) returns value: how IG swaps in interpolated embeddings without editing a model."""
+    handle = module.register_forward_hook(lambda _module, _args, _output: value)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def integrated_gradients(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    target: Target,
+    token_type_ids: torch.Tensor | None = None,
+    steps: int = 50,
+    baseline: str = "pad",
+    pad_id: int = 0,
+    keep: torch.Tensor | None = None,
+    batch_size: int = 16,
+) -> tuple[torch.Tensor, float]:
+    """Attributions (T,) of one sequence (input_ids (1, T)) to the target's logit, and the convergence delta.
+
+    IG (Sundararajan et al., 2017) integrates the gradient along the straight path from a baseline x' to the input x
+    in word-embedding space: a_t = sum_d (x - x')_td * integral_0^1 dF/dx_td(x' + a(x - x')) da. Attributions add
+    up to F(x) - F(x') (completeness); delta = sum(a) - (F(x) - F(x')) measures the quadrature error. The integral
+    is a Gauss-Legendre sum over `steps` points, run in batches of batch_size points per forward.
+
+    The baseline replaces each token's word embedding by [PAD]'s (baseline="pad", pad_id) or by zeros ("zero");
+    positions in `keep` (1, T) (e.g. [CLS], [SEP]) keep their own embedding, so their attribution is exactly 0.
+    Positions and segments are never interpolated: IG explains the words, not where they stand.
+    """
+    if model.training:
+        raise ValueError("integrated gradients needs the model in eval mode (dropout off): call model.eval()")
+    if input_ids.size(0) != 1:
+        raise ValueError(f"integrated gradients explains one sequence at a time, not a batch of {input_ids.size(0)}")
+    if baseline not in ("pad", "zero"):
+        raise ValueError(f"baseline must be 'pad' or 'zero', not {baseline!r}")
+    emb = word_embedding(model.backbone)
+    with torch.no_grad():
+        x = emb(input_ids)  # (1, T, E)
+        x0 = emb(torch.full_like(input_ids, pad_id)) if baseline == "pad" else torch.zeros_like(x)
+        if keep is not None:
+            x0 = torch.where(keep[..., None].bool(), x, x0)
+    nodes, weights = np.polynomial.legendre.leggauss(steps)  # on [-1, 1]; mapped to [0, 1] below
+    alphas = torch.tensor((nodes + 1) / 2, dtype=x.dtype, device=x.device)
+    weights = torch.tensor(weights / 2, dtype=x.dtype, device=x.device)
+
+    def forward(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scores (k,) at the k points x' + alpha (x - x'), and those points (k, T, E) as gradient leaves."""
+        point = (x0 + alpha[:, None, None] * (x - x0)).requires_grad_()
+        k = alpha.numel()
+        types = None if token_type_ids is None else token_type_ids.expand(k, -1)
+        with _output_replaced(emb, point):
+            logits = model(input_ids.expand(k, -1), attention_mask.expand(k, -1), token_type_ids=types)
+        return _score(logits, target), point
+
+    with torch.enable_grad():
+        grad = torch.zeros_like(x[0])  # (T, E): the weighted average of the gradients along the path
+        for alpha, weight in zip(alphas.split(batch_size), weights.split(batch_size), strict=True):
+            score, point = forward(alpha)
+            (g,) = torch.autograd.grad(score.sum(), point)
+            grad += (weight[:, None, None] * g).sum(0)
+        with torch.no_grad():
+            f0, f1 = forward(torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device))[0].tolist()
+    attributions = ((x - x0)[0] * grad).sum(-1).detach()  # (T,)
+    return attributions, attributions.sum().item() - (f1 - f0)
+
+
+def attention_maps(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """Per layer, the attention weights (n_head, T, T) of one sequence (input_ids (1, T)); rows are queries.
+
+    Works on a classifier (its backbone) or a bare GPT/Bert. Asking for weights runs the explicit softmax formula
+    instead of the fused kernel, which is fine for one sequence.
+    """
+    backbone = getattr(model, "backbone", model)
+    if not isinstance(backbone, (GPT, Bert)):
+        raise _unsupported(backbone)
+    with torch.no_grad():
+        _, weights = backbone_hidden(backbone, input_ids, attention_mask, token_type_ids, need_weights=True)
+    return [w[0] for w in weights]
+
+
+@dataclass
+class Encoded:
+    """One text (or text pair) as the classifier reads it, and the tokens as a reader sees them."""
+
+    input_ids: torch.Tensor  # (1, T)
+    token_type_ids: torch.Tensor | None  # (1, T) for an encoder, None for GPT
+    keep: torch.Tensor  # (1, T) bool: special tokens, which the baseline keeps
+    tokens: list[str]
+
+
+def encode(tokenizer: Tokenizer, backbone: nn.Module, text: str, text_pair: str | None = None) -> Encoded:
+    """The text as fine-tuning encoded it: [CLS] text [SEP] (pair [SEP]) for an encoder, text (<eos> pair) for GPT.
+
+    Nothing is cut: a text longer than the model reads is refused, since explaining half of it would mislead."""
+    if not text.strip():
+        raise LmforgeError("the text is empty: give the text to explain with --text")
+    family = "bert" if isinstance(backbone, Bert) else "gpt"
+    (feature,) = encode_classification([Example(0, text, text_pair)], tokenizer, family, UNLIMITED, None)
+    ids, types = feature["input_ids"], feature["token_type_ids"]
+    if len(ids) > backbone.cfg.max_seq_len:
+        raise LmforgeError(f"the text is {len(ids)} tokens, but the model reads at most {backbone.cfg.max_seq_len}")
+    special = set(tokenizer.special_ids)
+    return Encoded(
+        input_ids=torch.tensor([ids]),
+        token_type_ids=None if types is None else torch.tensor([types]),
+        keep=torch.tensor([[i in special for i in ids]]),
+        tokens=[tokenizer.decode([i]) for i in ids],
+    )
+
+
+@dataclass
+class Explanation:
+    """What explain found and where it wrote it; the CLI prints it, a notebook can plot it again."""
+
+    tokens: list[str]
+    attributions: list[float]  # per token, to the target's logit; they add up to logit(x) - logit(baseline) - delta
+    delta: float  # the integration error; small next to the logit difference means enough steps
+    probabilities: dict[str, float]  # per label (at `position` for a token task)
+    predicted: str
+    target: str
+    position: int | None  # the explained token of a token task, None for a sequence task
+    html: Path | None = None
+    pngs: list[Path] = field(default_factory=list)
+
+    def top_tokens(self, k: int = 5) -> list[tuple[str, float]]:
+        """The k tokens with the largest attribution magnitude, largest first."""
+        order = sorted(range(len(self.tokens)), key=lambda i: -abs(self.attributions[i]))
+        return [(self.tokens[i], self.attributions[i]) for i in order[:k]]
+
+    @property
+    def where(self) -> str:
+        """' at token N ('piece')' for a token task, '' for a sequence task."""
+        return "" if self.position is None else f" at token {self.position} ({self.tokens[self.position]!r})"
+
+    def summary(self, k: int = 5) -> list[str]:
+        """The lines lmforge explain prints: the decision, the tokens that drove it, where the pictures are."""
+        top = ", ".join(f"{token!r} {a:+.3f}" for token, a in self.top_tokens(k))
+        change = sum(self.attributions) - self.delta  # logit(x) - logit(baseline)
+        rough = "; more --steps would make it smaller" if abs(self.delta) > 0.05 * abs(change) else ""
+        return [
+            f"predicted {self.predicted}{self.where} with probability {self.probabilities[self.predicted]:.4f}",
+            f"attributions to the logit of {self.target} (integration error {self.delta:.1e}{rough}): {top}",
+            f"wrote {self.html} and {len(self.pngs)} PNGs next to it",
+        ]
+
+
+def _label_index(target: int | str | None, labels: Sequence[str], predicted: int) -> int:
+    if target is None:
+        return predicted
+    if isinstance(target, str) and target in labels:
+        return labels.index(target)
+    if isinstance(target, int) or target.isdigit():
+        if 0 <= int(target) < len(labels):
+            return int(target)
+    raise LmforgeError(f"target {target!r} is not a label of this model; its labels are {', '.join(labels)}")
+
+
+def explain(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    text: str,
+    out_dir: str | Path,
+    target: int | str | None = None,
+    text_pair: str | None = None,
+    steps: int = 50,
+    labels: Sequence[str] | None = None,
+    position: int | None = None,
+) -> Explanation:
+    """Explains the classifier's decision on one text into out_dir: explain.html, attributions.png, attention-L*.png.
+
+    target is the label to explain (name or index; default: the predicted one). For a token task, position is the
+    token whose label is explained (default: the first non-special token).
+    """
+    if steps < 1:
+        raise LmforgeError(f"--steps must be at least 1, not {steps}")
+    model.eval()
+    device = next(model.parameters()).device
+    enc = encode(tokenizer, model.backbone, text, text_pair)
+    ids, keep = enc.input_ids.to(device), enc.keep.to(device)
+    types = None if enc.token_type_ids is None else enc.token_type_ids.to(device)
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        logits = model(ids, mask, token_type_ids=types)[0].float()  # (n_labels,) or (T, n_labels)
+    if logits.dim() == 2:
+        if position is None:
+            position = next((i for i, special in enumerate(enc.keep[0].tolist()) if not special), 0)
+        if not 0 <= position < ids.size(1):
+            raise LmforgeError(f"position {position} is outside the text's {ids.size(1)} tokens")
+        logits = logits[position]
+    elif position is not None:
+        raise LmforgeError("--position picks a token of a token-classification model; this one labels whole texts")
+    labels = list(labels) if labels is not None else [f"LABEL_{i}" for i in range(logits.numel())]
+    probabilities = logits.softmax(-1)
+    predicted = int(probabilities.argmax())
+    label = _label_index(target, labels, predicted)
+    baseline = "zero" if tokenizer.pad_id is None else "pad"  # GPT's tokenizers have no [PAD]
+    attributions, delta = integrated_gradients(
+        model, ids, mask, label if position is None else (position, label), types, steps, baseline,
+        pad_id=tokenizer.pad_id or 0, keep=keep,
+    )  # fmt: skip
+    maps = attention_maps(model, ids, mask, types)
+    e = Explanation(
+        enc.tokens, attributions.tolist(), delta, dict(zip(labels, probabilities.tolist(), strict=True)),
+        labels[predicted], labels[label], position,
+    )  # fmt: skip
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    e.pngs = write_pngs(e, maps, out)
+    e.html = write_html(e, maps, baseline, steps, out / "explain.html")
+    return e
+
+
+def write_pngs(e: Explanation, maps: list[torch.Tensor], out: Path) -> list[Path]:
+    """attributions.png, then attention-L{layer}.png for each layer (a grid of its heads)."""
+    title = f"attribution to the logit of {e.target}{e.where}"
+    pngs = [plot_attributions(e.attributions, e.tokens, title, out / "attributions.png")]
+    for layer, weights in enumerate(maps):
+        pngs.append(plot_attention(weights, e.tokens, f"layer {layer}", out / f"attention-L{layer}.png"))
+    return pngs
+
+
+def explain_checkpoint(
+    path: str | Path,
+    text: str,
+    out_dir: str | Path,
+    target: str | None = None,
+    text_pair: str | None = None,
+    steps: int = 50,
+    position: int | None = None,
+    device: str | torch.device = "cpu",
+) -> Explanation:
+    """lmforge explain: loads a fine-tuned classifier and explains its decision on one text."""
+    model, tokenizer, task = load_finetuned(path, device)
+    return explain(model, tokenizer, text, out_dir, target, text_pair, steps, task.labels, position)
