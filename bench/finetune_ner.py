@@ -74,10 +74,11 @@ def run_transformers(train, dev, labels: list[str], work: Path) -> tuple[float, 
     logits = trainer.predict(dev_features).predictions
     predicted = []
     for e, f, row in zip(dev, dev_features, logits, strict=True):
+        words = tokenizer(e.text, is_split_into_words=True, truncation=True, max_length=T).word_ids()
         tags = ["O"] * len(e.text)
         for pos, label in enumerate(f["labels"]):
             if label != -100:
-                tags[f.word_ids()[pos]] = labels[int(row[pos].argmax())]
+                tags[words[pos]] = labels[int(row[pos].argmax())]
         predicted.append(tags)
     return len(train) / seconds, f1_score([e.label for e in dev], predicted)
 
