@@ -1,6 +1,7 @@
 """nanoGPT's CPU Shakespeare recipe through `lmforge train`: validation loss and wall time.
 
-char-small (4 layers, 4 heads, d_model 128, context 64, batch 12, lr 1e-3, no dropout), 2000 iterations on
+char-small (4 layers, 4 heads, d_model 128, context 64, batch 12, lr 1e-3, no dropout; rotary positions and exact
+GELU, where nanoGPT has learned positions), 2000 iterations on
 ../shared/data/tinyshakespeare.txt; val_loss is the mean over the whole last 10% of the file (nanoGPT's split).
 nanoGPT's published figure for this recipe is 1.88.
 """
