@@ -3,9 +3,9 @@
 GPT-2 small shape (12 layers, 12 heads, d_model 768, vocab 50257, context 1024), random weights, fp32, CPU.
 Prints progress on stderr and one JSON line on stdout. The bound is the time of one matrix-vector product over
 every weight matrix (LM head included): decoding one token cannot read the weights faster than that. It is timed
-with torch's x @ W.T (MKL) and with lmforge's `linear` (oneDNN, what lmforge's model runs), and the faster counts,
-since the first runs a matrix-vector product on one thread and the second on all of torch's threads. Each is timed as
-new_tokens passes in a row, like the generation it bounds; every figure is the best of --reps rounds.
+with torch's x @ W.T (MKL) and with lmforge's `linear` (oneDNN on AMD CPUs, MKL for one row on Intel ones), and the
+faster counts: on AMD, MKL runs a matrix-vector product on one thread and oneDNN on all of torch's threads. Each is
+timed as new_tokens passes in a row, like the generation it bounds; every figure is the best of --reps rounds.
 Usage: python bench/generate.py [--reps 5] [--new-tokens 128] [--quiet-wait 10]
 """
 
@@ -134,7 +134,7 @@ def main() -> None:
     prompts8 = torch.randint(VOCAB - 1, (8, args.prompt_len), generator=g)
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {ours.num_parameters() / 1e6:.1f}M parameters")
 
-    # The bound: the faster of torch's x @ W.T (MKL) and lmforge's linear (oneDNN) on the same weights.
+    # The bound: the faster of torch's x @ W.T (MKL) and lmforge's linear on the same weights.
     runs = generators(ours, hf, prompt, n)
     runs["x @ W.T"] = weight_passes(ours, lambda x, w: x @ w.T, n)
     runs["lmforge linear"] = weight_passes(ours, linear, n)

@@ -29,6 +29,25 @@ def cases():
     }
 
 
+def _onednn_or_skip():
+    try:
+        if torch.backends.mkldnn.is_available():
+            return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        pass
+    pytest.skip("this build of torch has no oneDNN linear")
+
+
+@pytest.fixture(params=["default", "onednn"])
+def kernel(request, monkeypatch):
+    """Each case runs on the kernel this CPU picks and on oneDNN's (AMD: any rows; Intel: 4 to 256 rows)."""
+    if request.param == "onednn":
+        monkeypatch.setattr(linear_module, "_onednn_linear", _onednn_or_skip())
+        monkeypatch.setattr(linear_module, "_onednn_rows", (1, 2**62))
+    return request.param
+
+
+@pytest.mark.usefixtures("kernel")
 @pytest.mark.parametrize("name", list(cases()))
 def test_linear_is_the_affine_map_with_and_without_grad(name):
     x, w, b = cases()[name]
@@ -37,16 +56,32 @@ def test_linear_is_the_affine_map_with_and_without_grad(name):
     torch.testing.assert_close(linear(x, w, b).double(), by_hand(x, w, b), atol=1e-5, rtol=1e-5)
 
 
-def test_inference_takes_onednn_where_available_and_training_keeps_autograd():
+def test_onednn_runs_on_the_cpus_and_row_counts_it_is_faster_for(monkeypatch):
+    vendor = linear_module.cpu_vendor()
+    known = vendor in linear_module.ONEDNN_ROWS and torch.backends.mkldnn.is_available()
+    assert (linear_module._onednn_linear is not None) == known
+    monkeypatch.setattr(linear_module, "_onednn_linear", _onednn_or_skip())
+    monkeypatch.setattr(linear_module, "_onednn_rows", linear_module.ONEDNN_ROWS["GenuineIntel"])
+    w = torch.randn(24, 10)
+    with torch.no_grad():
+        taken = {rows: linear_module._onednn_applies(torch.randn(rows, 10), w, None) for rows in (1, 2, 4, 256, 257)}
+        assert taken == {1: False, 2: False, 4: True, 256: True, 257: False}
+        assert linear_module._onednn_applies(torch.randn(2, 4, 10), w, None)  # rows count every leading dimension
+
+
+def test_inference_takes_onednn_and_training_keeps_autograd(monkeypatch):
+    monkeypatch.setattr(linear_module, "_onednn_linear", _onednn_or_skip())
+    monkeypatch.setattr(linear_module, "_onednn_rows", (1, 2**62))
     x, w, b = torch.randn(2, 10), torch.randn(24, 10, requires_grad=True), torch.randn(24)
     assert not linear_module._onednn_applies(x, w, b)  # w needs its gradient
     with torch.no_grad():
-        assert linear_module._onednn_applies(x, w, b) == (linear_module._onednn_linear is not None)
+        assert linear_module._onednn_applies(x, w, b)
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         assert not linear_module._onednn_applies(x, w, b)
         assert linear(x, w, b).dtype == torch.bfloat16
 
 
+@pytest.mark.usefixtures("kernel")
 def test_linear_module_matches_nn_linear_in_values_gradients_and_state():
     torch.manual_seed(0)
     ours = Linear(10, 24)

@@ -1,21 +1,55 @@
-"""The affine map y = x W^T + b, run by oneDNN when nothing needs its gradient on CPU.
+"""The affine map y = x W^T + b, run by oneDNN where it beats torch's own product and nothing needs a gradient.
 
 Decoding a token is one matrix-vector product per weight matrix, so its speed is the rate at which the weights are
-read. torch's fp32 CPU product (MKL) runs a matrix-vector product on one thread; oneDNN's splits it over torch's
-threads, and reads the weights about twice as fast on a 2-core AMD EPYC (batch 1 to 8). oneDNN's kernel has no
-backward, so training keeps F.linear; the weights, their layout and the state dict are those of nn.Linear.
+read. Which fp32 CPU kernel reads them faster depends on the CPU and on the number of rows of x:
+- on AMD, torch's product (MKL, which takes its generic code path there) runs a matrix-vector product on one
+  thread; oneDNN's splits it over torch's threads and reads the weights about twice as fast on a 2-core AMD EPYC,
+  for every row count measured (1 to 8, and the 2048-row products of a GPT's LM head);
+- on Intel, MKL is faster for 1 and 2 rows (batch-1 decoding: 1.15x over a GPT-2 layer) and for thousands (a
+  training LM head: 1.1-1.3x), oneDNN for 4 to 256 rows (batched decoding and prompts: 1.1-1.3x), measured on a
+  2-core Xeon with the weights streamed from memory;
+- elsewhere torch's product runs.
+oneDNN's kernel has no backward, so training keeps F.linear; the weights, their layout and the state dict are those
+of nn.Linear.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-try:
-    _onednn_linear = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
-except (AttributeError, RuntimeError):  # a build without the op
-    _onednn_linear = None
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id ('AuthenticAMD', 'GenuineIntel') where /proc/cpuinfo tells it, else ''."""
+    try:
+        with Path("/proc/cpuinfo").open() as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+# rows of x (first, last) for which oneDNN's kernel is the faster, by CPU vendor; see the module's docstring
+ONEDNN_ROWS = {"AuthenticAMD": (1, 2**62), "GenuineIntel": (4, 256)}
+
+
+def _onednn_op(vendor: str):
+    """oneDNN's linear where the CPU has rows it is the faster kernel for and this build of torch has it, else None."""
+    if vendor not in ONEDNN_ROWS or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):  # a build without the op
+        return None
+
+
+_onednn_linear = _onednn_op(cpu_vendor())
+_onednn_rows = ONEDNN_ROWS.get(cpu_vendor(), (0, -1))
 
 
 def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -24,6 +58,9 @@ def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     if _onednn_linear is None or x.device.type != "cpu" or x.dim() < 2 or not x.dtype == weight.dtype == torch.float32:
         return False
     if bias is not None and not bias.is_contiguous():
+        return False
+    first, last = _onednn_rows
+    if not first <= x.numel() // max(x.size(-1), 1) <= last:
         return False
     tracked = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     if tracked and torch.is_grad_enabled():

@@ -44,7 +44,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad = grad.to(x.dtype)
             if want_x:
                 grad_x[rows] = linear(grad, weight.t()) * ss[:, None].to(x.dtype)
-            if want_w:  # (V, d) += grad^T xs, formed as (xs^T grad)^T: the products run on oneDNN on CPU
+            if want_w:  # (V, d) += grad^T xs, formed as (xs^T grad)^T: the products run on oneDNN on AMD CPUs
                 grad_w += linear((xs * ss[:, None].to(x.dtype)).t(), grad.t()).t()
         ctx.save_for_backward(grad_x, grad_w, grad_b)
         ctx.mark_non_differentiable(correct)
