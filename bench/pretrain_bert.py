@@ -66,7 +66,7 @@ def main() -> None:
         vocab_size=VOCAB, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
         max_position_embeddings=T, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
     )).train()  # fmt: skip
-    hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, weight_decay=0.01)
+    hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, weight_decay=0.01, fused=True)  # as transformers.Trainer
 
     def hf_loss(b):
         return hf(
