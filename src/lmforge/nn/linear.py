@@ -38,18 +38,16 @@ def cpu_vendor() -> str:
 ONEDNN_ROWS = {"AuthenticAMD": (1, 2**62), "GenuineIntel": (4, 256)}
 
 
-def _onednn_op(vendor: str):
-    """oneDNN's linear where the CPU has rows it is the faster kernel for and this build of torch has it, else None."""
-    if vendor not in ONEDNN_ROWS or not torch.backends.mkldnn.is_available():
-        return None
+def _onednn_op():
+    """oneDNN's linear where this build of torch has it, else None."""
     try:
-        return torch.ops.mkldnn._linear_pointwise
+        return torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
     except (AttributeError, RuntimeError):  # a build without the op
         return None
 
 
-_onednn_linear = _onednn_op(cpu_vendor())
-_onednn_rows = ONEDNN_ROWS.get(cpu_vendor(), (0, -1))
+_onednn_rows = ONEDNN_ROWS.get(cpu_vendor())
+_onednn_linear = _onednn_op() if _onednn_rows else None
 
 
 def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -59,7 +57,7 @@ def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         return False
     if bias is not None and not bias.is_contiguous():
         return False
-    first, last = _onednn_rows
+    first, last = _onednn_rows  # set wherever _onednn_linear is
     if not first <= x.numel() // max(x.size(-1), 1) <= last:
         return False
     tracked = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
