@@ -1,4 +1,8 @@
 import json
+import os
+import signal
+import threading
+import time
 
 import pytest
 import torch
@@ -72,6 +76,28 @@ def test_patience_stops_early(data, tmp_path):
     cfg = FinetuneConfig(epochs=50, eval_every=2, patience=2, **{**FAST, "lr": 1e-9})
     result = finetune(data / "bert", data / "train.csv", data / "dev.csv", tmp_path / "run", ft=cfg)
     assert result.steps == 6 and result.step == 2  # evaluations at 2, 4, 6; the first stays the best
+
+
+def test_sigterm_evaluates_the_current_step_keeps_the_best_and_writes_the_report(data, tmp_path):
+    out = tmp_path / "run"
+
+    def interrupt_after_first_evaluation():
+        deadline = time.monotonic() + 120
+        while not (out / "latest").is_file() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=interrupt_after_first_evaluation)
+    sender.start()
+    cfg = FinetuneConfig(epochs=1000, eval_every=3, **FAST)
+    result = finetune(data / "bert", data / "train.csv", data / "dev.csv", out, ft=cfg)
+    sender.join()
+    assert 3 <= result.steps < 1000 * 15
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r["step"] for r in records if "eval_accuracy" in r]
+    assert evaluated[-1] == result.steps  # the step it stopped at was evaluated, wherever it fell
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert report["step"] == result.step and (out / f"step-{result.step:06d}").is_dir()
 
 
 def test_linear_schedule_matches_transformers():

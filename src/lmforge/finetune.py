@@ -33,7 +33,7 @@ from lmforge.plots import plot_losses
 from lmforge.predict import encode, pad_id_of, predict_features
 from lmforge.pretrained import from_pretrained, resolve
 from lmforge.tokenizer import Tokenizer
-from lmforge.train import MetricsLog, adamw, resolve_device
+from lmforge.train import MetricsLog, StopRequest, adamw, resolve_device
 
 # task -> the eval metric that picks the best checkpoint
 TASKS = {"classification": "accuracy", "ner": "f1", "relation": "macro_f1", "qa": "f1"}
@@ -130,7 +130,8 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tunes a backbone for the task on train_path; keeps the best checkpoint on eval_path (or the last one
     without eval data) in OUT, with metrics.jsonl, loss.png and OUT/eval/report.{json,md} (and confusion.png).
-    max_seq_len defaults to 384 tokens for qa (a window of a long context), 128 for the other tasks."""
+    max_seq_len defaults to 384 tokens for qa (a window of a long context), 128 for the other tasks. SIGINT/SIGTERM
+    stop at the end of the current step, which is evaluated, and the run finishes as at its end."""
     ft, columns, out = ft or FinetuneConfig(), columns or Columns(), Path(out)
     if task not in TASKS:
         raise LmforgeError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
@@ -177,7 +178,10 @@ def finetune(
     best, best_step, best_report, stale, train_s, step, samples = -math.inf, 0, None, 0, 0.0, 0, 0
     stream = batches(train_features, ft.batch_size, pad_id, ft.shuffle, ft.seed)
     model.train()
-    with tqdm(total=total, disable=not ft.progress, unit="step", dynamic_ncols=True) as bar:
+    with (
+        StopRequest() as stop,
+        tqdm(total=total, disable=not ft.progress, unit="step", dynamic_ncols=True) as bar,
+    ):
         while step < total:
             t0 = time.perf_counter()
             batch = {k: v.to(device, non_blocking=True) for k, v in next(stream).items()}
@@ -198,20 +202,22 @@ def finetune(
             if step % 10 == 0 or step == total:
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
                 log.write({"step": step, "loss": loss.item(), "lr": lr, "samples_per_s": samples / train_s})
-            if eval_features is None or (step % eval_every and step != total):
-                continue
-            probs = predict_features(model, eval_features, pad_id, 2 * ft.batch_size, device)
-            report = score(task, labels, eval_features, probs, eval_examples, max_answer_len)
-            log.write({"step": step, f"eval_{metric}": report[metric]})
-            _log(f"step {step}: eval {metric} {report[metric]:.4f}")
-            if report[metric] > best:
-                best, best_step, best_report, stale = report[metric], step, report, 0
-                save_checkpoint(out, step, model, run_cfg, tokenizer, keep_last=1, extra=extra)
-            else:
-                stale += 1
-                if ft.patience and stale >= ft.patience:
-                    _log(f"no improvement in {stale} evaluations: stopping early at step {step}")
-                    break
+            if eval_features is not None and (step % eval_every == 0 or step == total or stop.requested):
+                probs = predict_features(model, eval_features, pad_id, 2 * ft.batch_size, device)
+                report = score(task, labels, eval_features, probs, eval_examples, max_answer_len)
+                log.write({"step": step, f"eval_{metric}": report[metric]})
+                _log(f"step {step}: eval {metric} {report[metric]:.4f}")
+                if report[metric] > best:
+                    best, best_step, best_report, stale = report[metric], step, report, 0
+                    save_checkpoint(out, step, model, run_cfg, tokenizer, keep_last=1, extra=extra)
+                else:
+                    stale += 1
+                    if ft.patience and stale >= ft.patience:
+                        _log(f"no improvement in {stale} evaluations: stopping early at step {step}")
+                        break
+            if stop.requested:  # SIGINT/SIGTERM: evaluated above; finish as at the end, with the best so far
+                _log(f"interrupted: stopping at step {step} of {total}")
+                break
     if eval_features is None:
         best_step = step
         save_checkpoint(out, step, model, run_cfg, tokenizer, keep_last=1, extra=extra)
