@@ -12,7 +12,7 @@ from lmforge.checkpoint import load_finetuned
 from lmforge.cli import main
 from lmforge.config import FinetuneConfig
 from lmforge.evaluate import evaluate_checkpoint
-from lmforge.finetune import class_weights, finetune, linear_lr, param_groups
+from lmforge.finetune import class_weights, finetune, linear_lr, load_backbone, param_groups
 from lmforge.models.heads import SequenceClassifier
 from lmforge.predict import predict_file, predict_texts
 
@@ -70,6 +70,26 @@ def test_ner_learns_and_maps_tags_back_to_words(data, tmp_path):
     assert pred["words"] == ["bob", "saw", "paris", "city"] and len(pred["tags"]) == 4
     report, _ = evaluate_checkpoint(tmp_path / "ner", data / "dev.conll", tmp_path / "rep")
     assert report["f1"] == pytest.approx(result.report["f1"])
+
+
+def test_a_fine_tuned_model_is_a_backbone_for_another_task(data, tmp_path):
+    first = finetune(data / "bert", data / "train.csv", data / "dev.csv", tmp_path / "sst", ft=FinetuneConfig(**FAST))
+    classifier, _, _ = load_finetuned(first.checkpoint)
+    backbone, tokenizer, run_cfg, pooler = load_backbone(tmp_path / "sst", torch.device("cpu"))
+    assert run_cfg.family == "bert" and tokenizer.vocab_size == classifier.backbone.cfg.vocab_size
+    for (name, ours), (_, theirs) in zip(
+        backbone.state_dict().items(), classifier.backbone.state_dict().items(), strict=True
+    ):
+        assert torch.equal(ours, theirs), name
+    expected = classifier.pooler.state_dict() if classifier.pooler is not None else None
+    assert (pooler is None) == (expected is None)
+    for key in expected or {}:
+        assert torch.equal(pooler[key], expected[key]), key
+    ner = finetune(
+        tmp_path / "sst", data / "train.conll", data / "dev.conll", tmp_path / "ner", "ner", ft=FinetuneConfig(**FAST)
+    )
+    model, _, task = load_finetuned(ner.checkpoint)
+    assert task.task == "ner" and isinstance(model.backbone, type(classifier.backbone))
 
 
 def test_patience_stops_early(data, tmp_path):

@@ -234,7 +234,13 @@ def load_model(
 
     family, when given, is the family the caller can use; a checkpoint of another is a user mistake.
     """
-    ckpt = load_checkpoint(path)
+    return model_from(load_checkpoint(path), device, family)
+
+
+def model_from(
+    ckpt: Checkpoint, device: str | torch.device = "cpu", family: str | None = None
+) -> tuple[GPT | Bert, Tokenizer, RunConfig]:
+    """load_model's result from a checkpoint already read."""
     if "task" in ckpt.extra:
         raise LmforgeError(f"{ckpt.path} is a fine-tuned {ckpt.extra['task'].get('task')} model: use lmforge predict")
     if family is not None and ckpt.cfg.family != family:
@@ -258,7 +264,11 @@ def build_head(backbone: GPT | Bert, task: TaskConfig) -> nn.Module:
 def load_finetuned(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, TaskConfig]:
     """A fine-tuned model (a head with its `backbone`) ready for inference, its tokenizer, and its TaskConfig (task,
     labels, pooling, max_seq_len, input columns)."""
-    ckpt = load_checkpoint(path)
+    return finetuned_from(load_checkpoint(path), device)
+
+
+def finetuned_from(ckpt: Checkpoint, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, TaskConfig]:
+    """load_finetuned's result from a checkpoint already read."""
     if "task" not in ckpt.extra:
         raise LmforgeError(f"{ckpt.path} is not fine-tuned (no task in its config): fine-tune it with lmforge finetune")
     try:

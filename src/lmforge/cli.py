@@ -311,7 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("finetune", help="fine-tune a pretrained model on labelled data (classification, NER, ...)")
     p.add_argument("--task", default="classification", choices=["classification", "ner", "relation", "qa"])
-    p.add_argument("--model", required=True, help="an lmforge checkpoint or a Hugging Face model directory")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="an lmforge checkpoint (pretrained, or fine-tuned: its head is replaced) or a Hugging Face model dir",
+    )
     p.add_argument("--train", required=True, help="labelled data: .csv, .tsv, .jsonl, or CoNLL for ner")
     p.add_argument("--eval", help="labelled data to evaluate on and pick the best checkpoint with")
     p.add_argument("--out", required=True, help="output directory: the best checkpoint, metrics, eval report")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lmforge.checkpoint import build_head, find_latest, save_checkpoint
+from lmforge.checkpoint import build_head, find_latest, finetuned_from, load_checkpoint, model_from, save_checkpoint
 from lmforge.config import DataConfig, FinetuneConfig, RunConfig, TaskConfig
 from lmforge.data.labelled import IGNORE, Columns, check_labels, collate, discover_labels, read_examples
 from lmforge.data.relation import add_markers
@@ -42,17 +42,28 @@ TASKS = {"classification": "accuracy", "ner": "f1", "relation": "macro_f1", "qa"
 def load_backbone(
     path: str | Path, device: torch.device
 ) -> tuple[GPT | Bert, Tokenizer, RunConfig, dict[str, torch.Tensor] | None]:
-    """The one place a --model becomes a backbone: an lmforge checkpoint (lmforge pretrain / train), a Hugging Face
-    model directory or all-MiniLM-L6-v2. Also returns a BERT's pretrained pooler when the backbone dropped it (a
-    Hugging Face encoder without a sentence head), for the classifier to start from, as transformers' does."""
-    model, tokenizer = from_pretrained(path, device)
+    """The one place a --model becomes a backbone: an lmforge checkpoint (lmforge pretrain / train, or a fine-tuned
+    model, whose head is left behind), a Hugging Face model directory or all-MiniLM-L6-v2. Also returns a BERT's
+    pooler when the backbone lacks one: the fine-tuned model's, or a Hugging Face encoder's pretrained one that the
+    backbone dropped (a checkpoint without a sentence head), for the classifier to start from, as transformers' does.
+    """
+    source, pooler = resolve(path), None
+    if source.is_dir() and not (source / "config.json").is_file():  # an lmforge checkpoint
+        ckpt = load_checkpoint(source)
+        if "task" in ckpt.extra:
+            head, tokenizer, _ = finetuned_from(ckpt, device)
+            model, own = head.backbone, getattr(head, "pooler", None)
+            pooler = own and own.state_dict()
+        else:
+            model, tokenizer, _ = model_from(ckpt, device)
+    else:
+        model, tokenizer = from_pretrained(path, device)
     family = "bert" if isinstance(model, Bert) else "gpt"
     cfg = RunConfig(family=family, model=model.cfg, data=DataConfig(tokenizer=tokenizer.kind))
     tokenizer.backend.no_padding()  # a Hugging Face tokenizer.json may pad or cut every text to a fixed length
     tokenizer.backend.no_truncation()
-    pooler, hf_dir = None, resolve(path)
-    if family == "bert" and model.pooler is None and (hf_dir / "config.json").is_file():
-        weights = read_weights(hf_dir)
+    if family == "bert" and model.pooler is None and (source / "config.json").is_file():
+        weights = read_weights(source)
         prefix = next((p for p in ("pooler.dense.", "bert.pooler.dense.") if p + "weight" in weights), None)
         pooler = prefix and {"weight": weights[prefix + "weight"].float(), "bias": weights[prefix + "bias"].float()}
     return model, tokenizer, cfg, pooler
