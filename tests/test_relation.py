@@ -2,6 +2,7 @@ import json
 import random
 
 import pytest
+import torch
 from helpers import FAST, PEOPLE, PLACES, WORDS, jsonl_splits, write_jsonl
 
 from lmforge.checkpoint import load_checkpoint, load_finetuned
@@ -70,6 +71,17 @@ def test_relation_learns_and_round_trips_with_its_markers(data, trained):
     assert abs(sum(first["probabilities"].values()) - 1) < 1e-4
     (pred,) = predict_texts(data / "run", ["the [E1]alice[/E1] film was [E2]paris[/E2]"])
     assert pred["text"] == "the alice film was paris" and pred["head"] == [4, 9] and pred["tail"] == [19, 24]
+
+
+def test_a_relation_model_fine_tuned_again_keeps_its_trained_markers(data, trained, tmp_path):
+    before = load_checkpoint(data / "run").weights["backbone.embeddings.word.weight"]
+    again = finetune(data / "run", data / "train.jsonl", None, tmp_path / "again", "relation",
+                     ft=FinetuneConfig(max_steps=1, **{**FAST, "lr": 1e-12}))  # fmt: skip
+    after = load_checkpoint(again.checkpoint).weights["backbone.embeddings.word.weight"]
+    assert after.shape == before.shape  # no rows added for markers the vocabulary already has
+    ids = [load_checkpoint(data / "run").tokenizer.backend.token_to_id(m) for m in MARKERS]
+    torch.testing.assert_close(after[ids], before[ids], atol=1e-8, rtol=0)  # trained rows, not reset to the mean
+    assert (before[ids] - before[:-4].mean(0)).abs().max() > 1e-3
 
 
 def test_gpt_backbone_trains_and_reloads(data, tmp_path):
