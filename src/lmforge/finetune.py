@@ -23,7 +23,7 @@ from tqdm import tqdm
 from lmforge.checkpoint import build_head, find_latest, finetuned_from, load_checkpoint, model_from, save_checkpoint
 from lmforge.config import DataConfig, FinetuneConfig, RunConfig, TaskConfig
 from lmforge.data.labelled import IGNORE, Columns, check_labels, collate, discover_labels, read_examples
-from lmforge.data.relation import MARKERS, add_markers
+from lmforge.data.relation import add_markers
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import score, write_report
 from lmforge.interop.hf import read_weights
@@ -157,9 +157,8 @@ def finetune(
     if eval_examples:
         check_labels(eval_examples, labels, eval_path)
     backbone, tokenizer, run_cfg, pooler = load_backbone(model_path, device)
-    had_markers = all(tokenizer.backend.token_to_id(m) is not None for m in MARKERS)  # a relation model's backbone
-    markers = add_markers(tokenizer) if task == "relation" else []
-    if markers and not had_markers:
+    markers, new_markers = add_markers(tokenizer) if task == "relation" else ([], False)
+    if new_markers:
         add_token_rows(backbone, markers)
     info = TaskConfig(
         task, labels, pooling or ("cls" if run_cfg.family == "bert" else "last"),

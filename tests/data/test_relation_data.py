@@ -12,7 +12,9 @@ from lmforge.tokenizer import Tokenizer
 def wordpiece():
     texts = ["jobs founded apple in california", "the cat sat on the mat", "乔布斯创立了苹果"]
     tok = Tokenizer.train_wordpiece(texts, 80)
-    add_markers(tok)
+    ids, new = add_markers(tok)
+    assert new and ids == [tok.backend.token_to_id(m) for m in MARKERS]
+    assert add_markers(tok) == (ids, False)  # a second time adds nothing
     return tok
 
 

@@ -117,10 +117,11 @@ def read_relation(path: Path, columns: Columns, labelled: bool) -> list[Relation
     return examples
 
 
-def add_markers(tokenizer: Tokenizer) -> list[int]:
-    """Adds the four markers as special tokens (never split, never normalised); returns their ids."""
-    tokenizer.backend.add_special_tokens([AddedToken(m, special=True, normalized=False) for m in MARKERS])
-    return [tokenizer.backend.token_to_id(m) for m in MARKERS]
+def add_markers(tokenizer: Tokenizer) -> tuple[list[int], bool]:
+    """Adds the four markers as special tokens (never split, never normalised); returns their ids, and whether any
+    was new (a relation model's tokenizer has them already, and its backbone trained rows for them)."""
+    added = tokenizer.backend.add_special_tokens([AddedToken(m, special=True, normalized=False) for m in MARKERS])
+    return [tokenizer.backend.token_to_id(m) for m in MARKERS], added > 0
 
 
 def window(n: int, first: int, last: int, budget: int) -> int:
