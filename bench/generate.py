@@ -2,7 +2,9 @@
 
 GPT-2 small shape (12 layers, 12 heads, d_model 768, vocab 50257, context 1024), random weights, fp32, CPU.
 Prints progress on stderr and one JSON line on stdout. The bound is the time of one matrix-vector product over
-every weight matrix (LM head included): decoding one token cannot read the weights faster than that. It is timed
+every weight matrix (LM head included): fp32 decoding cannot read the weights faster than that. lmforge's greedy
+decoding reads its LM head (a third of the bytes here) as an int8 screen and confirms the few rows left in fp32
+(`lmforge.nn.argmax`: the same tokens as the fp32 argmax), so its share of this bound can pass 100%. It is timed
 with torch's x @ W.T (MKL) and with lmforge's `linear` (oneDNN on AMD CPUs, MKL for one row on Intel ones), and the
 faster counts: on AMD, MKL runs a matrix-vector product on one thread and oneDNN on all of torch's threads. Each is
 timed as new_tokens passes in a row, like the generation it bounds; every figure is the best of --reps rounds.

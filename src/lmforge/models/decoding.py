@@ -64,6 +64,7 @@ def stream(
     greedy = greedy or temperature == 0
     if greedy:  # only the repetition penalty can change which logit is largest
         temperature, top_k, top_p = 1.0, None, None
+    head_argmax = greedy and repetition_penalty == 1.0 and hasattr(model.lm_head, "argmax")
     generator = None
     if seed is not None:
         generator = torch.Generator(device=idx.device).manual_seed(seed)
@@ -78,9 +79,12 @@ def stream(
             cache = model.new_cache(b, window)
             pending = seq[:, n - window // 2 : n]
         hidden, _ = model.hidden(pending, cache=cache)
-        logits = model.lm_head(hidden[:, -1]).float()
-        logits = process_logits(logits, seq[:, :n], temperature, top_k, top_p, repetition_penalty)
-        token = next_token(logits, greedy, generator)
+        if head_argmax:  # the largest logit's index, without every logit (lmforge.nn.argmax)
+            token = model.lm_head.argmax(hidden[:, -1])
+        else:
+            logits = model.lm_head(hidden[:, -1]).float()
+            logits = process_logits(logits, seq[:, :n], temperature, top_k, top_p, repetition_penalty)
+            token = next_token(logits, greedy, generator)
         if finished is not None:
             token = token.masked_fill(finished, eos_id)
             finished |= token == eos_id

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.nn.argmax import ArgmaxScreen, screens
+
 
 def cpu_vendor() -> str:
     """The CPU's vendor id ('AuthenticAMD', 'GenuineIntel') where /proc/cpuinfo tells it, else ''."""
@@ -76,5 +78,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 class Linear(nn.Linear):
     """nn.Linear (same parameters and initialization) whose inference runs `linear` above."""
 
+    _argmax_screen: ArgmaxScreen | None = None  # the int8 copy behind `argmax`, built on its first use
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
+
+    def argmax(self, x: torch.Tensor) -> torch.Tensor:
+        """self(x).argmax(-1) for x (B, in_features), from an int8 screen where that reads fewer bytes (greedy
+        decoding: see lmforge.nn.argmax)."""
+        if not screens(x, self.weight, self.bias):
+            return self(x).argmax(dim=-1)
+        if self._argmax_screen is None or not self._argmax_screen.fits(self.weight):
+            self._argmax_screen = ArgmaxScreen(self.weight)
+        rows = self._argmax_screen.candidates(x)
+        if rows is None:
+            return self(x).argmax(dim=-1)
+        return rows[linear(x, self.weight.index_select(0, rows)).argmax(dim=-1)]
