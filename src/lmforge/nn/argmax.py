@@ -24,7 +24,9 @@ _CHUNK = 256  # rows quantized at a time, so that the build works in L2 (70 ms f
 
 
 def _int_mm_works() -> bool:
-    """torch._int_mm on the CPU (torch >= 2.2 on x86 and arm64); checked once on a tiny product."""
+    """torch._int_mm on the CPU, run by oneDNN (without it the product is a plain loop); checked on a tiny one."""
+    if not torch.backends.mkldnn.is_available():
+        return False
     try:
         a = torch.ones(1, 8, dtype=torch.int8)
         return bool(torch._int_mm(a, a.t()).item() == 8)

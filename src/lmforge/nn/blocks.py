@@ -44,7 +44,7 @@ class TransformerBlock(nn.Module):
 
     def _residual(self, x: torch.Tensor, norm: nn.LayerNorm, sublayer) -> tuple[torch.Tensor, torch.Tensor | None]:
         h, weights = sublayer(norm(x) if self.pre_norm else x)
-        x = x + self.drop(h)
+        x = x + (self.drop(h) if self.training else h)  # no Dropout call at inference, where every call counts
         return (x if self.pre_norm else norm(x)), weights
 
     def forward(

@@ -55,12 +55,14 @@ _onednn_linear = _onednn_op() if _onednn_rows else None
 def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """fp32 CPU tensors (any strides, but a contiguous bias: the op ignores a bias's strides), no gradient to record,
     no autocast, and not under compile (Inductor lowers the op only for frozen weights)."""
-    if _onednn_linear is None or x.device.type != "cpu" or x.dim() < 2 or not x.dtype == weight.dtype == torch.float32:
+    if _onednn_linear is None or x.dim() < 2:
+        return False
+    first, last = _onednn_rows  # set wherever _onednn_linear is; checked first: it rules out batch-1 decoding on Intel
+    if not first <= x.numel() // max(x.size(-1), 1) <= last:
+        return False
+    if x.device.type != "cpu" or not x.dtype == weight.dtype == torch.float32:
         return False
     if bias is not None and not bias.is_contiguous():
-        return False
-    first, last = _onednn_rows  # set wherever _onednn_linear is
-    if not first <= x.numel() // max(x.size(-1), 1) <= last:
         return False
     tracked = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     if tracked and torch.is_grad_enabled():
