@@ -81,6 +81,16 @@ def test_ties_go_to_the_lowest_index_and_many_candidates_fall_back_to_the_full_p
         assert same.argmax(x).tolist() == [0, 0]
 
 
+def test_a_hidden_state_that_is_not_finite_gets_the_full_products_answer():
+    lin = head(torch.randn(3000, 32, generator=torch.Generator().manual_seed(7)))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.randn(2, 32)
+        x[1, 3] = bad
+        with torch.no_grad():
+            assert lin._argmax_screen is None or lin._argmax_screen.candidates(x) is None
+            assert torch.equal(lin.argmax(x), (x @ lin.weight.t()).argmax(-1))
+
+
 def test_near_ties_are_resolved_in_fp32():
     """Two rows 1e-5 apart in logit, far below int8 resolution: the screen keeps both and fp32 decides."""
     g = torch.Generator().manual_seed(4)

@@ -9,7 +9,8 @@ those bytes, and the product of two int8 copies is exact in int32. With x = s_x 
 
 by Cauchy-Schwarz. A row whose upper bound falls below some row's lower bound cannot hold the maximum; the few
 rows left are multiplied in fp32, which gives the fp32 argmax (ties to the lowest index, as torch.argmax), up to the
-rounding that any two fp32 kernels differ by. A slack of (d + 4) 2^-24 |x| |W_i| covers that rounding.
+rounding that any two fp32 kernels differ by. A slack of 2 (d + 8) 2^-24 |x| |W_i|, twice what the rounding of the
+fp32 products and of the bound's own arithmetic can add up to, covers it.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class ArgmaxScreen:
             self.q[rows], self.scale[rows] = q, scale
             self.w_norm[rows] = w.norm(dim=1)
             self.d_norm[rows] = (w - q * scale[:, None]).norm(dim=1)
-        self.slack = (weight.size(1) + 4) * 2.0**-24
+        self.slack = 2 * (weight.size(1) + 8) * 2.0**-24
 
     def fits(self, weight: torch.Tensor) -> bool:
         """Whether this screen was built from weight as it is now (same tensor, storage and version counter)."""
@@ -70,7 +71,9 @@ class ArgmaxScreen:
     @torch.no_grad()
     def candidates(self, x: torch.Tensor) -> torch.Tensor | None:
         """Sorted indices of the rows that may hold the largest logit of some row of x (B, d), or None when they
-        are so many that the full product is cheaper."""
+        are so many that the full product is cheaper (or x is not finite: no bound holds)."""
+        if not torch.isfinite(x).all():
+            return None
         x_q, s_x = _quantize_rows(x)
         e_norm = (x - x_q * s_x[:, None]).norm(dim=1, keepdim=True)
         approx = torch._int_mm(x_q, self.q.t()).float().mul_(s_x[:, None] * self.scale)
