@@ -8,7 +8,7 @@ from lmforge.nn import argmax as argmax_module
 from lmforge.nn.argmax import ArgmaxScreen, _quantize_rows
 from lmforge.nn.linear import Linear
 
-pytestmark = pytest.mark.skipif(not argmax_module._INT_MM, reason="this build of torch has no CPU torch._int_mm")
+pytestmark = pytest.mark.skipif(not argmax_module._int_mm_works(), reason="no CPU torch._int_mm in this torch")
 
 
 @pytest.fixture(autouse=True)
@@ -134,5 +134,5 @@ def test_greedy_generation_is_the_same_with_and_without_the_screen(monkeypatch):
     prompt = torch.randint(3000, (2, 5), generator=torch.Generator().manual_seed(6))
     screened = model.generate(prompt, 40, greedy=True)
     assert model.lm_head._argmax_screen is not None
-    monkeypatch.setattr(argmax_module, "_INT_MM", False)
+    monkeypatch.setattr(argmax_module, "_int_mm_works", lambda: False)
     assert torch.equal(screened, model.generate(prompt, 40, greedy=True))

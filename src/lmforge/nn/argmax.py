@@ -15,6 +15,7 @@ fp32 products and of the bound's own arithmetic can add up to, covers it.
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -24,8 +25,10 @@ CONFIRM_MAX_SHARE = 8  # more than 1/8 of the rows left to confirm: the full pro
 _CHUNK = 256  # rows quantized at a time, so that the build works in L2 (70 ms for GPT-2 small's head, 180 in one go)
 
 
+@functools.cache
 def _int_mm_works() -> bool:
-    """torch._int_mm on the CPU, run by oneDNN (without it the product is a plain loop); checked on a tiny one."""
+    """torch._int_mm on the CPU, run by oneDNN (without it the product is a plain loop); checked once, on a tiny
+    product, when a screen is first considered (not at import)."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
@@ -33,9 +36,6 @@ def _int_mm_works() -> bool:
         return bool(torch._int_mm(a, a.t()).item() == 8)
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
-
-
-_INT_MM = _int_mm_works()
 
 
 def _quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,10 +91,11 @@ def _key(weight: torch.Tensor) -> tuple:
 
 def screens(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether screening applies: a large fp32 CPU weight, no bias, no gradient to record, a version counter."""
-    if not _INT_MM or bias is not None or weight.numel() < SCREEN_MIN_NUMEL or x.dim() != 2:
+    if bias is not None or weight.numel() < SCREEN_MIN_NUMEL or x.dim() != 2:
         return False
     if weight.device.type != "cpu" or not x.dtype == weight.dtype == torch.float32:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False
-    return not weight.is_inference()  # an inference tensor keeps no version counter to tell an update by
+    # an inference tensor keeps no version counter to tell an update by
+    return not weight.is_inference() and _int_mm_works()

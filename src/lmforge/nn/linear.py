@@ -88,11 +88,11 @@ class Linear(nn.Linear):
     def argmax(self, x: torch.Tensor) -> torch.Tensor:
         """self(x).argmax(-1) for x (B, in_features), from an int8 screen where that reads fewer bytes (greedy
         decoding: see lmforge.nn.argmax)."""
-        if not screens(x, self.weight, self.bias):
-            return self(x).argmax(dim=-1)
-        if self._argmax_screen is None or not self._argmax_screen.fits(self.weight):
-            self._argmax_screen = ArgmaxScreen(self.weight)
-        rows = self._argmax_screen.candidates(x)
+        rows = None
+        if screens(x, self.weight, self.bias):
+            if self._argmax_screen is None or not self._argmax_screen.fits(self.weight):
+                self._argmax_screen = ArgmaxScreen(self.weight)
+            rows = self._argmax_screen.candidates(x)
         if rows is None:
             return self(x).argmax(dim=-1)
         return rows[linear(x, self.weight.index_select(0, rows)).argmax(dim=-1)]
