@@ -21,11 +21,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import emit, log, sequential_trainer, timed  # noqa: E402
 
+from lmforge.checkpoint.hub import resolve  # noqa: E402
 from lmforge.config import FinetuneConfig  # noqa: E402
 from lmforge.data.labelled import discover_labels, read_examples  # noqa: E402
-from lmforge.evaluate import evaluate_checkpoint  # noqa: E402
-from lmforge.finetune import finetune  # noqa: E402
-from lmforge.pretrained import resolve  # noqa: E402
+from lmforge.inference.evaluate import evaluate_checkpoint  # noqa: E402
+from lmforge.recipes.finetune import finetune  # noqa: E402
 
 NER = Path(__file__).resolve().parents[2] / "shared" / "data" / "ner"
 T, B, LR, WD = 128, 16, 5e-5, 0.01

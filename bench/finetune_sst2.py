@@ -21,10 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import emit, log, sequential_trainer, timed  # noqa: E402
 
+from lmforge.checkpoint.hub import resolve  # noqa: E402
 from lmforge.config import FinetuneConfig  # noqa: E402
-from lmforge.evaluate import evaluate_checkpoint  # noqa: E402
-from lmforge.finetune import finetune  # noqa: E402
-from lmforge.pretrained import resolve  # noqa: E402
+from lmforge.inference.evaluate import evaluate_checkpoint  # noqa: E402
+from lmforge.recipes.finetune import finetune  # noqa: E402
 
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 T, B, LR, WD = 64, 32, 5e-5, 0.01

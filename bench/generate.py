@@ -4,7 +4,7 @@ GPT-2 small shape (12 layers, 12 heads, d_model 768, vocab 50257, context 1024),
 Prints progress on stderr and one JSON line on stdout. The bound is the time of one matrix-vector product over
 every weight matrix (LM head included): fp32 decoding cannot read the weights faster than that. lmforge's greedy
 decoding reads its LM head (a third of the bytes here) as an int8 screen and confirms the few rows left in fp32
-(`lmforge.nn.argmax`: the same tokens as the fp32 argmax), so its share of this bound can pass 100%. It is timed
+(`lmforge.kernels.argmax`: the same tokens as the fp32 argmax), so its share of this bound can pass 100%. It is timed
 with torch's x @ W.T (MKL) and with lmforge's `linear` (oneDNN on AMD CPUs, MKL for one row on Intel ones), and the
 faster counts: on AMD, MKL runs a matrix-vector product on one thread and oneDNN on all of torch's threads. Each is
 timed as new_tokens passes in a row, like the generation it bounds; every figure is the best of --reps rounds.
@@ -22,11 +22,11 @@ import time
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lmforge.checkpoint import unique_state_dict
+from lmforge.checkpoint.files import unique_state_dict
 from lmforge.config import GPTConfig
 from lmforge.interop.hf import FAMILIES, to_ours
+from lmforge.kernels.linear import linear
 from lmforge.models.gpt import GPT
-from lmforge.nn.linear import linear
 
 VOCAB, N_LAYER, N_HEAD, D_MODEL, CONTEXT = 50257, 12, 12, 768, 1024
 

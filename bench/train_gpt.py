@@ -17,9 +17,9 @@ from common import alternating_rounds, emit, matmul_peak_flops, training_steps  
 
 from lmforge.config import GPTConfig, TrainConfig  # noqa: E402
 from lmforge.models import GPT  # noqa: E402
-from lmforge.objectives import causal_lm_loss  # noqa: E402
-from lmforge.tasks import flops_per_token  # noqa: E402
-from lmforge.train import build_optimizer  # noqa: E402
+from lmforge.objectives.families import flops_per_token  # noqa: E402
+from lmforge.objectives.losses import causal_lm_loss  # noqa: E402
+from lmforge.training.loop import build_optimizer  # noqa: E402
 
 
 def main() -> None:

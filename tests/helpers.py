@@ -63,7 +63,7 @@ def ner_sentences(n, seed=0):
 
 def tiny_checkpoint(out, family="bert", seed=0, **overrides):
     """An lmforge checkpoint of a tiny untrained model with a tokenizer trained on the synthetic vocabulary."""
-    from lmforge.checkpoint import save_checkpoint
+    from lmforge.checkpoint.files import save_checkpoint
     from lmforge.config import BertConfig, DataConfig, RunConfig
     from lmforge.models import MODELS
     from lmforge.tokenizer import Tokenizer

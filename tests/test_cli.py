@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from lmforge.cli import main
+from lmforge.cli.main import main
 
 
 def run(capsys, *argv):

@@ -1,6 +1,6 @@
 import pytest
 
-from lmforge.config import GPTConfig, RunConfig, TrainConfig, apply_override, load_config, shipped_configs
+from lmforge.config import GPTConfig, RunConfig, TrainConfig, apply_override, load_config, sections_of, shipped_configs
 from lmforge.errors import LmforgeError
 
 
@@ -39,7 +39,7 @@ def test_bad_values_name_the_field(override, field):
 def test_bare_key_in_two_sections_is_ambiguous():
     raw = {}
     with pytest.raises(LmforgeError, match="vocab_size"):
-        apply_override(raw, "vocab_size=10")
+        apply_override(raw, "vocab_size=10", sections_of(raw))
 
 
 def test_yaml_path_and_unknown_section(tmp_path):

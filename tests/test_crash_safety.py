@@ -16,13 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import lmforge.train
-from lmforge.checkpoint import find_latest
-from lmforge.cli import main
+import lmforge.training.loop
+from lmforge.checkpoint.files import find_latest
+from lmforge.cli.main import main
 from lmforge.config import load_config
 from lmforge.errors import LmforgeError
-from lmforge.objectives import causal_lm_loss
-from lmforge.train import train
+from lmforge.objectives.losses import causal_lm_loss
+from lmforge.training.loop import train
 
 
 @pytest.fixture(autouse=True)
@@ -110,7 +110,7 @@ def nan_after(calls: dict, bad):
 
 
 def test_nonfinite_steps_are_skipped_and_counted(tiny_overrides, tmp_path, monkeypatch):
-    monkeypatch.setattr(lmforge.tasks, "causal_lm_loss", nan_after({"n": 0}, lambda n: n in (3, 4)))
+    monkeypatch.setattr(lmforge.objectives.families, "causal_lm_loss", nan_after({"n": 0}, lambda n: n in (3, 4)))
     result = train(load_config("char-small", [*tiny_overrides, "train.max_steps=8", "train.eval_every=0"]))
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in records if "loss" in r] == [0, 0, 1, 2, 2, 2, 2, 2]
@@ -123,7 +123,7 @@ def test_nonfinite_steps_are_skipped_and_counted(tiny_overrides, tmp_path, monke
 
 
 def test_nonfinite_in_a_row_stops_and_keeps_the_last_good_checkpoint(tiny_overrides, tmp_path, monkeypatch):
-    monkeypatch.setattr(lmforge.tasks, "causal_lm_loss", nan_after({"n": 0}, lambda n: n > 5))
+    monkeypatch.setattr(lmforge.objectives.families, "causal_lm_loss", nan_after({"n": 0}, lambda n: n > 5))
     settings = [
         *tiny_overrides,
         "train.max_steps=20",

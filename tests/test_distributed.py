@@ -14,12 +14,12 @@ import torch
 from conftest import TINY
 from safetensors.torch import load_file
 
-from lmforge.checkpoint import load_model
+from lmforge.checkpoint.files import load_model
 from lmforge.config import load_config
 from lmforge.data import BatchSampler
-from lmforge.distributed import torchrun_args
 from lmforge.errors import LmforgeError
-from lmforge.train import train
+from lmforge.training.distributed import torchrun_args
+from lmforge.training.loop import train
 
 SETTINGS = [*TINY, "train.eval_every=0", "train.save_every=10", "train.keep_last=5", "train.max_steps=20"]
 
@@ -111,7 +111,7 @@ def test_ranks_slice_one_global_batch():
 def test_torchrun_args_and_batch_check(monkeypatch):
     args = torchrun_args(4, ["train", "--nproc", "4", "--config", "gpt-small", "--nproc=4", "--resume"])
     assert args == ["--standalone", "--nproc-per-node=4", "-m", "lmforge", "train", "--config", "gpt-small", "--resume"]
-    from lmforge.distributed import launch
+    from lmforge.training.distributed import launch
 
     with pytest.raises(LmforgeError, match=r"batch_size \(12\) is the global batch .* 5"):
         launch(5, ["train"], 12)

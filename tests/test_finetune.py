@@ -8,13 +8,13 @@ import pytest
 import torch
 from helpers import FAST, ner_sentences, sentiment_rows, tiny_checkpoint
 
-from lmforge.checkpoint import load_finetuned
-from lmforge.cli import main
+from lmforge.checkpoint.files import load_finetuned
+from lmforge.cli.main import main
 from lmforge.config import FinetuneConfig
-from lmforge.evaluate import evaluate_checkpoint
-from lmforge.finetune import class_weights, finetune, linear_lr, load_backbone, param_groups
+from lmforge.inference.evaluate import evaluate_checkpoint
+from lmforge.inference.predict import predict_file, predict_texts
 from lmforge.models.heads import SequenceClassifier
-from lmforge.predict import predict_file, predict_texts
+from lmforge.recipes.finetune import class_weights, finetune, linear_lr, load_backbone, param_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -133,7 +133,7 @@ def test_linear_schedule_matches_transformers():
 
 
 def test_layer_lr_decay_and_weight_decay_groups(data):
-    from lmforge.checkpoint import load_model
+    from lmforge.checkpoint.files import load_model
 
     bert = load_model(data / "bert" / "step-000001")[0]  # 2 layers
     model = SequenceClassifier(bert, 2)

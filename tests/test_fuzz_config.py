@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmforge.cli import main
-from lmforge.config import FAMILIES, DataConfig, RunConfig, TrainConfig, apply_override, load_config
+from lmforge.cli.main import main
+from lmforge.config import FAMILIES, DataConfig, RunConfig, TrainConfig, apply_override, load_config, sections_of
 from lmforge.errors import LmforgeError
 
 FIELDS = [(s, f.name) for s, kind in (("model", FAMILIES["gpt"]), ("data", DataConfig), ("train", TrainConfig))
@@ -75,7 +75,7 @@ def test_any_document_is_a_config_or_an_lmforge_error(raw):
 def test_any_override_is_applied_or_an_lmforge_error(assignment):
     raw = {}
     try:
-        apply_override(raw, assignment)
+        apply_override(raw, assignment, sections_of(raw))
         RunConfig.from_dict(raw)
     except LmforgeError:
         pass

@@ -3,7 +3,7 @@ import torch
 
 from lmforge.config import GPTConfig
 from lmforge.errors import LmforgeError
-from lmforge.generate import encode_prompt, generate_text
+from lmforge.generation.text import encode_prompt, generate_text
 from lmforge.models import GPT
 from lmforge.tokenizer import Tokenizer
 

@@ -1,7 +1,7 @@
 import torch
 from helpers import tiny_gpt
 
-from lmforge.memory import MB, MemoryMeter, summary
+from lmforge.training.memory import MB, MemoryMeter, summary
 
 
 def test_split_counts_each_part_and_the_peak_beyond_them():

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from lmforge.config import BertConfig
 from lmforge.models import Bert
-from lmforge.objectives import mlm_loss, pretraining_loss
+from lmforge.objectives.losses import mlm_loss, pretraining_loss
 
 V = 40
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmforge.checkpoint import load_model
+from lmforge.checkpoint.files import load_model
 from lmforge.config import load_config
 from lmforge.errors import LmforgeError
 from lmforge.models import Bert
-from lmforge.tasks import TASKS
-from lmforge.train import train
+from lmforge.objectives import OBJECTIVES
+from lmforge.training.loop import train
 
 TINY_ENCODER = [
     "model.n_layer=2", "model.n_head=2", "model.d_model=64", "model.max_seq_len=32", "model.dropout=0.0",
@@ -39,7 +39,7 @@ def test_tiny_bert_learns_mlm_and_nsp_well_above_chance(encoder_overrides, tmp_p
     evals = [r for r in records(tmp_path / "run") if "val_loss" in r]
     assert [r["step"] for r in evals] == [50, 100, 150] and evals[-1]["val_ppl"] < evals[0]["val_ppl"]
     # chance: NSP 0.5; MLM the share of the most common masked token ("the") in the same validation batches
-    task = TASKS["bert"]
+    task = OBJECTIVES["bert"]
     counts = collections.Counter()
     for batch in task.eval_batches(cfg, task.data(cfg, tmp_path / "run" / "data")):
         counts.update(batch["labels"][batch["labels"] != -100].tolist())

@@ -1,4 +1,4 @@
-from lmforge.quickstart import quickstart, stdlib_corpus
+from lmforge.recipes.quickstart import quickstart, stdlib_corpus
 
 
 def test_stdlib_corpus_is_prose_that_exists_everywhere():

@@ -5,14 +5,14 @@ import pytest
 import torch
 from helpers import FAST, PEOPLE, PLACES, WORDS, jsonl_splits, write_jsonl
 
-from lmforge.checkpoint import load_checkpoint, load_finetuned
-from lmforge.cli import main
+from lmforge.checkpoint.files import load_checkpoint, load_finetuned
+from lmforge.cli.main import main
 from lmforge.config import FinetuneConfig
 from lmforge.data.relation import MARKERS
-from lmforge.evaluate import evaluate_checkpoint, relation_metrics
-from lmforge.finetune import finetune
+from lmforge.inference.evaluate import evaluate_checkpoint, relation_metrics
+from lmforge.inference.predict import predict_file, predict_texts
 from lmforge.models.extraction import EntityPairClassifier
-from lmforge.predict import predict_file, predict_texts
+from lmforge.recipes.finetune import finetune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

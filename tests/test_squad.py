@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lmforge.data.qa import QAExample
-from lmforge.squad import answers, best_span, exact_match, f1, normalize_answer, squad_metrics
+from lmforge.tasks.squad import answers, best_span, exact_match, f1, normalize_answer, squad_metrics
 
 
 def official_normalize(s):

@@ -9,11 +9,11 @@ __all__ = ["LmforgeError", "__version__", "embed", "from_pretrained"]
 def __getattr__(name: str):
     """from_pretrained and embed load on first use, so `import lmforge` stays light (no torch)."""
     if name == "from_pretrained":
-        from lmforge.pretrained import from_pretrained
+        from lmforge.checkpoint.hub import from_pretrained
 
         return from_pretrained
     if name == "embed":
-        from lmforge.embed import embed
+        from lmforge.inference.embed import embed
 
         return embed
     raise AttributeError(f"module 'lmforge' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 import sys
 
-from lmforge.cli import main
+from lmforge.cli.main import main
 
 sys.exit(main())

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import write_bpe_vocab, write_wordpiece_vocab
 
-from lmforge.cli import main
+from lmforge.cli.main import main
 from lmforge.tokenizer import EOS
 
 

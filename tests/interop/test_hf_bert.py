@@ -9,12 +9,12 @@ import torch
 from helpers import padded_batch, write_bpe_vocab, write_wordpiece_vocab
 from safetensors.torch import load_file, save_file
 
-from lmforge.checkpoint import save_checkpoint, unique_state_dict
+from lmforge.checkpoint.files import save_checkpoint, unique_state_dict
+from lmforge.checkpoint.hub import convert_to_hf, from_pretrained
 from lmforge.config import BertConfig, DataConfig, RunConfig
 from lmforge.errors import LmforgeError
 from lmforge.interop.hf_tokenizer import load_hf_tokenizer
 from lmforge.models import Bert
-from lmforge.pretrained import convert_to_hf, from_pretrained
 
 SHAPE = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48)
 ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]

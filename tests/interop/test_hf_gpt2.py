@@ -5,10 +5,10 @@ import pytest
 import torch
 from helpers import padded_batch, tiny_gpt, write_bpe_vocab
 
-from lmforge.checkpoint import save_checkpoint, unique_state_dict
+from lmforge.checkpoint.files import save_checkpoint, unique_state_dict
+from lmforge.checkpoint.hub import convert_to_hf, from_pretrained
 from lmforge.config import GPTConfig, RunConfig
 from lmforge.errors import LmforgeError
-from lmforge.pretrained import convert_to_hf, from_pretrained
 from lmforge.tokenizer import EOS
 
 

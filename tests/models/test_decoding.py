@@ -6,7 +6,7 @@ import helpers
 import pytest
 import torch
 
-from lmforge.models.decoding import generate, process_logits, stream
+from lmforge.generation.decoding import generate, process_logits, stream
 
 POSITIONS = ["learned", "sinusoidal", "rotary"]
 

@@ -2,9 +2,9 @@ import pytest
 import torch
 from helpers import tiny_checkpoint, tiny_gpt
 
-from lmforge.checkpoint import load_model
+from lmforge.checkpoint.files import load_model
+from lmforge.checkpoint.hub import convert_to_hf
 from lmforge.models.extraction import EntityPairClassifier, SpanExtractor, add_token_rows
-from lmforge.pretrained import convert_to_hf
 
 
 def test_span_head_matches_transformers_bert_for_question_answering(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lmforge.config import GPTConfig
-from lmforge.models.decoding import generate
+from lmforge.generation.decoding import generate
 from lmforge.nn import Decoder, KVCache, LearnedPositions, Linear, RotaryEmbedding, SinusoidalPositions
 
 

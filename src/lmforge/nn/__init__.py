@@ -1,10 +1,10 @@
 """The Transformer's building blocks, one concept per module."""
 
+from lmforge.kernels.linear import Linear
 from lmforge.nn.attention import MultiHeadAttention, attention_mask, scaled_dot_product_attention
 from lmforge.nn.blocks import Decoder, Encoder, TransformerBlock, TransformerStack
 from lmforge.nn.cache import KVCache
 from lmforge.nn.feedforward import FeedForward
-from lmforge.nn.linear import Linear
 from lmforge.nn.loss import linear_cross_entropy
 from lmforge.nn.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions, sinusoidal_table
 

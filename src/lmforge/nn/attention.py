@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.kernels.linear import Linear
 from lmforge.nn.cache import KVCache
-from lmforge.nn.linear import Linear
 from lmforge.nn.positions import RotaryEmbedding
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lmforge.nn.linear import linear
+from lmforge.kernels.linear import linear
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

@@ -22,7 +22,7 @@ from lmforge.data import (
     prepare_documents,
 )
 from lmforge.errors import LmforgeError
-from lmforge.objectives import causal_lm_loss, pretraining_loss
+from lmforge.objectives.losses import causal_lm_loss, pretraining_loss
 
 
 def _prepared(cfg: RunConfig, cache_dir: Path, **builder) -> Path:
@@ -108,4 +108,4 @@ class MaskedLM:
         return 6 * n + 12 * c.n_layer * c.d_model * cfg.train.seq_len
 
 
-TASKS = {"gpt": CausalLM(), "bert": MaskedLM()}
+OBJECTIVES = {"gpt": CausalLM(), "bert": MaskedLM()}

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.nn import linear as linear_module
-from lmforge.nn.linear import Linear, linear
+from lmforge.kernels.linear import Linear, linear
+from lmforge.kernels import linear as linear_module
 
 
 def by_hand(x, w, b):

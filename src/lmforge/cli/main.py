@@ -66,7 +66,7 @@ def _saved(result) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from lmforge.train import train
+    from lmforge.training.loop import train
 
     cfg = training_config(args)
     cfg.require_family("gpt", "lmforge train", "pretrain an encoder config with lmforge pretrain")
@@ -74,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from lmforge.train import train
+    from lmforge.training.loop import train
 
     cfg = training_config(args)
     cfg.require_family("bert", "lmforge pretrain", "use bert-small, roberta-small or albert-small")
@@ -85,9 +85,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> None:
-    from lmforge.fill_mask import fill_mask
-    from lmforge.pretrained import from_pretrained
-    from lmforge.train import resolve_device
+    from lmforge.checkpoint.hub import from_pretrained
+    from lmforge.inference.fill_mask import fill_mask
+    from lmforge.training.loop import resolve_device
 
     model, tokenizer = from_pretrained(args.checkpoint, resolve_device(args.device), "bert", args.allow_pickle)
     masks = fill_mask(model, tokenizer, args.text, args.top_k)
@@ -99,8 +99,8 @@ def cmd_fill_mask(args: argparse.Namespace) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    from lmforge.explain import explain_checkpoint
-    from lmforge.train import resolve_device
+    from lmforge.explain.attributions import explain_checkpoint
+    from lmforge.training.loop import resolve_device
 
     explanation = explain_checkpoint(
         args.checkpoint, args.text, args.out, args.target, args.text_pair, args.steps, args.position,
@@ -128,9 +128,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from lmforge.generate import encode_prompt, generate_text
-    from lmforge.pretrained import from_pretrained
-    from lmforge.train import resolve_device
+    from lmforge.checkpoint.hub import from_pretrained
+    from lmforge.generation.text import encode_prompt, generate_text
+    from lmforge.training.loop import resolve_device
 
     model, tokenizer = from_pretrained(args.checkpoint, resolve_device(args.device), "gpt", args.allow_pickle)
     encode_prompt(tokenizer, args.prompt, model.cfg.max_seq_len)  # fails before anything is printed
@@ -146,7 +146,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from lmforge.pretrained import convert_from_hf, convert_to_hf
+    from lmforge.checkpoint.hub import convert_from_hf, convert_to_hf
 
     if (args.from_hf is None) == (args.to_hf is None):
         raise LmforgeError("give one of --from-hf DIR --out DIR, or CHECKPOINT --to-hf DIR")
@@ -161,9 +161,9 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    from lmforge.embed import embed, json_lines, save_embeddings
-    from lmforge.pretrained import from_pretrained
-    from lmforge.train import resolve_device
+    from lmforge.checkpoint.hub import from_pretrained
+    from lmforge.inference.embed import embed, json_lines, save_embeddings
+    from lmforge.training.loop import resolve_device
 
     texts = list(args.text)
     if args.input is not None:
@@ -185,7 +185,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
-    from lmforge.quickstart import quickstart
+    from lmforge.recipes.quickstart import quickstart
 
     quickstart(args.data, args.out, args.max_steps, args.seed)
 
@@ -193,7 +193,7 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     from lmforge.config import FinetuneConfig
     from lmforge.data.labelled import Columns
-    from lmforge.finetune import finetune
+    from lmforge.recipes.finetune import finetune
 
     ft = FinetuneConfig(
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
@@ -211,8 +211,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from lmforge.evaluate import HEADLINE, evaluate_checkpoint
-    from lmforge.train import resolve_device
+    from lmforge.inference.evaluate import HEADLINE, evaluate_checkpoint
+    from lmforge.training.loop import resolve_device
 
     device = resolve_device(args.device)
     report, written = evaluate_checkpoint(args.checkpoint, args.data, args.out, args.batch_size, device)
@@ -223,8 +223,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     import json
 
-    from lmforge.predict import predict_file, predict_texts
-    from lmforge.train import resolve_device
+    from lmforge.inference.predict import predict_file, predict_texts
+    from lmforge.training.loop import resolve_device
 
     device = resolve_device(args.device)
     if (args.input is None) == (not args.text) or (args.input is None) != (args.output is None):
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*TypedStorage.*")
     try:
         if getattr(args, "nproc", None) is not None and args.nproc != 1:
-            from lmforge.distributed import launch
+            from lmforge.training.distributed import launch
 
             cfg = training_config(args)  # a config mistake is one line here, not one per worker
             return launch(args.nproc, sys.argv[1:] if argv is None else argv, cfg.train.batch_size)

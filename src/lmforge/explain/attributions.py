@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmforge.checkpoint import load_finetuned
+from lmforge.checkpoint.files import load_finetuned
 from lmforge.data.labelled import Example, encode_classification
 from lmforge.errors import LmforgeError
-from lmforge.explain_html import write_html
+from lmforge.explain.html import write_html
 from lmforge.models import GPT, Bert
 from lmforge.models.heads import backbone_hidden
 from lmforge.plots import plot_attention, plot_attributions

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from lmforge.checkpoint import WEIGHTS, check_weights, load_model, save_checkpoint, unique_state_dict
+from lmforge.checkpoint.files import WEIGHTS, check_weights, load_model, save_checkpoint, unique_state_dict
 from lmforge.config import DataConfig, RunConfig
 from lmforge.errors import LmforgeError
 from lmforge.interop.hf import (

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.models.decoding import stream
+from lmforge.generation.decoding import stream
 from lmforge.tokenizer import Tokenizer
 
 

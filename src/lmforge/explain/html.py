@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lmforge.checkpoint import write_text_atomic
+from lmforge.checkpoint.files import write_text_atomic
 
 if TYPE_CHECKING:
-    from lmforge.explain import Explanation
+    from lmforge.explain.attributions import Explanation
 
 MAX_HEAD_TABLE = 128  # longer texts get only the per-layer PNGs: T x T cells per head would swamp the page
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from lmforge.checkpoint import load_finetuned, write_text_atomic
+from lmforge.checkpoint.files import load_finetuned, write_text_atomic
 from lmforge.data.labelled import check_labels, read_examples
+from lmforge.inference.predict import columns_of, encode, pad_id_of, predict_features
 from lmforge.plots import plot_confusion
-from lmforge.predict import columns_of, encode, pad_id_of, predict_features
-from lmforge.squad import qa_metrics
+from lmforge.tasks.squad import qa_metrics
 
 HEADLINE = ("accuracy", "macro_f1", "micro_f1", "exact_match", "precision", "recall", "f1")  # a report's top lines
 NO_RELATION = ("no_relation", "NA", "Other", "other", "None")  # the "neither" label of TACRED, FewRel/NYT, SemEval

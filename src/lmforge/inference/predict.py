@@ -7,13 +7,13 @@ from pathlib import Path
 
 import torch
 
-from lmforge.checkpoint import load_finetuned, write_text_atomic
+from lmforge.checkpoint.files import load_finetuned, write_text_atomic
 from lmforge.config import TaskConfig
 from lmforge.data.labelled import ENCODERS, Columns, Example, collate, read_examples
 from lmforge.data.qa import QAExample
 from lmforge.data.relation import RelationExample, unmark
 from lmforge.errors import LmforgeError
-from lmforge.squad import qa_records
+from lmforge.tasks.squad import qa_records
 from lmforge.tokenizer import Tokenizer
 
 

@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lmforge import distributed
-from lmforge.checkpoint import (
+from lmforge.checkpoint.files import (
     find_latest,
     load_checkpoint,
     optimizer_from_flat,
@@ -30,11 +29,12 @@ from lmforge.checkpoint import (
 from lmforge.config import RunConfig, TrainConfig
 from lmforge.data import iter_eval_blocks
 from lmforge.errors import LmforgeError
-from lmforge.memory import MemoryMeter, summary
 from lmforge.models import GPT, MODELS
+from lmforge.objectives import OBJECTIVES, CausalLM
 from lmforge.plots import plot_losses
-from lmforge.stability import NonFiniteGuard
-from lmforge.tasks import TASKS, CausalLM
+from lmforge.training import distributed
+from lmforge.training.memory import MemoryMeter, summary
+from lmforge.training.stability import NonFiniteGuard
 
 
 def resolve_device(name: str) -> torch.device:
@@ -246,7 +246,7 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     existing = find_latest(out)
     if existing is not None and not resume:
         raise LmforgeError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
-    task = TASKS[cfg.family]
+    task = OBJECTIVES[cfg.family]
     with distributed.main_first():  # rank 0 prepares the data; the others then find it prepared
         data = task.data(cfg, out / "data")
     cfg.model.vocab_size = data.tokenizer.vocab_size

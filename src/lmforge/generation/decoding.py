@@ -79,7 +79,7 @@ def stream(
             cache = model.new_cache(b, window)
             pending = seq[:, n - window // 2 : n]
         hidden, _ = model.hidden(pending, cache=cache)
-        if head_argmax:  # the largest logit's index, without every logit (lmforge.nn.argmax)
+        if head_argmax:  # the largest logit's index, without every logit (lmforge.kernels.argmax)
             token = model.lm_head.argmax(hidden[:, -1])
         else:
             logits = model.lm_head(hidden[:, -1]).float()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lmforge.checkpoint import find_latest
+from lmforge.checkpoint.files import find_latest
 from lmforge.errors import LmforgeError
 
 

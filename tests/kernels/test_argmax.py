@@ -4,9 +4,9 @@ import pytest
 import torch
 from helpers import tiny_gpt
 
-from lmforge.nn import argmax as argmax_module
-from lmforge.nn.argmax import ArgmaxScreen, _quantize_rows
-from lmforge.nn.linear import Linear
+from lmforge.kernels.argmax import ArgmaxScreen, _quantize_rows
+from lmforge.kernels.linear import Linear
+from lmforge.kernels import argmax as argmax_module
 
 pytestmark = pytest.mark.skipif(not argmax_module._int_mm_works(), reason="no CPU torch._int_mm in this torch")
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.nn.argmax import ArgmaxScreen, screens
+from lmforge.kernels.argmax import ArgmaxScreen, screens
 
 
 def cpu_vendor() -> str:
@@ -87,7 +87,7 @@ class Linear(nn.Linear):
 
     def argmax(self, x: torch.Tensor) -> torch.Tensor:
         """self(x).argmax(-1) for x (B, in_features), from an int8 screen where that reads fewer bytes (greedy
-        decoding: see lmforge.nn.argmax)."""
+        decoding: see lmforge.kernels.argmax)."""
         rows = None
         if screens(x, self.weight, self.bias):
             if self._argmax_screen is None or not self._argmax_screen.fits(self.weight):

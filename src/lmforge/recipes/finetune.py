@@ -20,20 +20,27 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lmforge.checkpoint import build_head, find_latest, finetuned_from, load_checkpoint, model_from, save_checkpoint
+from lmforge.checkpoint.files import (
+    build_head,
+    find_latest,
+    finetuned_from,
+    load_checkpoint,
+    model_from,
+    save_checkpoint,
+)
+from lmforge.checkpoint.hub import from_pretrained, resolve
 from lmforge.config import DataConfig, FinetuneConfig, RunConfig, TaskConfig
 from lmforge.data.labelled import IGNORE, Columns, check_labels, collate, discover_labels, read_examples
 from lmforge.data.relation import add_markers
 from lmforge.errors import LmforgeError
-from lmforge.evaluate import score, write_report
+from lmforge.inference.evaluate import score, write_report
+from lmforge.inference.predict import encode, pad_id_of, predict_features
 from lmforge.interop.hf import read_weights
 from lmforge.models import GPT, Bert
 from lmforge.models.extraction import add_token_rows
 from lmforge.plots import plot_losses
-from lmforge.predict import encode, pad_id_of, predict_features
-from lmforge.pretrained import from_pretrained, resolve
 from lmforge.tokenizer import Tokenizer
-from lmforge.train import MetricsLog, StopRequest, adamw, resolve_device
+from lmforge.training.loop import MetricsLog, StopRequest, adamw, resolve_device
 
 # task -> the eval metric that picks the best checkpoint
 TASKS = {"classification": "accuracy", "ner": "f1", "relation": "macro_f1", "qa": "f1"}

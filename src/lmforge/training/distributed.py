@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lmforge.checkpoint import check_weights, load_weights, unique_state_dict
+from lmforge.checkpoint.files import check_weights, load_weights, unique_state_dict
 from lmforge.config import TrainConfig
 from lmforge.errors import LmforgeError
 

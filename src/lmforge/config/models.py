@@ -1,0 +1,105 @@
+"""One config dataclass per model family: the architecture's sizes and switches, named as in the papers."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+
+from lmforge.config.fields import Checked, _fraction, _positive
+from lmforge.errors import LmforgeError
+
+_STACK_RANGES = {
+    "vocab_size": (_positive, "needs at least one token"),
+    "n_layer": (_positive, "needs at least one layer"),
+    "n_head": (_positive, "needs at least one head"),
+    "d_model": (_positive, "must be positive"),
+    "max_seq_len": (_positive, "must be positive"),
+    "dropout": (_fraction, "a probability in [0, 1)"),
+    "layer_norm_eps": (_positive, "must be positive"),
+}
+
+
+def _check_widths(cfg) -> None:
+    """The rules every Transformer stack shares: d_ff defaults to 4 * d_model, heads divide d_model."""
+    if cfg.d_ff is None:
+        cfg.d_ff = 4 * cfg.d_model
+    if cfg.d_ff <= 0:
+        raise LmforgeError(f"model.d_ff = {cfg.d_ff} is out of range: must be positive")
+    if cfg.d_model % cfg.n_head:
+        raise LmforgeError(
+            f"model.d_model ({cfg.d_model}) must be divisible by model.n_head ({cfg.n_head}); change one of them"
+        )
+
+
+@dataclass
+class GPTConfig(Checked):
+    """A decoder-only causal language model (GPT-2 shaped by default)."""
+
+    section = "model"
+    vocab_size: int = 50257
+    n_layer: int = 6
+    n_head: int = 6
+    d_model: int = 384
+    d_ff: int | None = None  # 4 * d_model when left out
+    max_seq_len: int = 256
+    dropout: float = 0.0
+    position: typing.Literal["learned", "sinusoidal", "rotary"] = "learned"
+    norm: typing.Literal["pre", "post"] = "pre"
+    activation: typing.Literal["gelu", "gelu_exact", "relu"] = "gelu"
+    tie_embeddings: bool = True
+    bias: bool = True
+    layer_norm_eps: float = 1e-5
+
+    _ranges = _STACK_RANGES
+
+    def check(self) -> None:
+        _check_widths(self)
+        if self.position == "rotary" and (self.d_model // self.n_head) % 2:
+            raise LmforgeError("model.position = rotary needs an even head size (d_model / n_head)")
+
+
+@dataclass
+class BertConfig(Checked):
+    """A bidirectional encoder pretrained by masked language modelling; BERT-base shaped by default.
+
+    RoBERTa and ALBERT are settings of it: RoBERTa drops the sentence objective (sentence_objective none,
+    type_vocab_size 1); ALBERT factorizes the embedding (embedding_size < d_model), shares one layer's weights across
+    the stack (share_layers) and predicts sentence order (sentence_objective sop).
+    """
+
+    section = "model"
+    vocab_size: int = 30522
+    n_layer: int = 12
+    n_head: int = 12
+    d_model: int = 768
+    d_ff: int | None = None  # 4 * d_model when left out
+    embedding_size: int | None = None  # ALBERT's E; d_model when left out
+    max_seq_len: int = 512
+    type_vocab_size: int = 2  # segment ids: 0 for sentence A, 1 for sentence B
+    dropout: float = 0.1
+    norm: typing.Literal["pre", "post"] = "post"
+    activation: typing.Literal["gelu", "gelu_exact", "relu"] = "gelu_exact"
+    layer_norm_eps: float = 1e-12
+    share_layers: bool = False
+    sentence_objective: typing.Literal["nsp", "sop", "none"] = "nsp"
+    mlm_head: bool = True  # False: a bare encoder (e.g. an imported sentence-embedding model), no MLM head
+    position_offset: int = 0  # RoBERTa numbers positions from padding_idx + 1 = 2; the table has that many more rows
+
+    _ranges = {**_STACK_RANGES, "type_vocab_size": (_positive, "needs at least one segment type")}
+
+    def check(self) -> None:
+        _check_widths(self)
+        if self.embedding_size is None:
+            self.embedding_size = self.d_model
+        if self.embedding_size <= 0:
+            raise LmforgeError(f"model.embedding_size = {self.embedding_size} is out of range: must be positive")
+        if self.position_offset < 0:
+            raise LmforgeError(f"model.position_offset = {self.position_offset} is out of range: must be >= 0")
+        if self.sentence_objective != "none" and self.type_vocab_size < 2:
+            raise LmforgeError(
+                f"model.sentence_objective = {self.sentence_objective} needs two segment types: "
+                "set model.type_vocab_size to 2 or the objective to none"
+            )
+
+
+FAMILIES = {"gpt": GPTConfig, "bert": BertConfig}

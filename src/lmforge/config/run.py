@@ -1,0 +1,167 @@
+"""A training run's config (family, model, data, train), loaded from YAML with `--set section.key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from lmforge.config.fields import Checked, _fraction, _positive
+from lmforge.config.models import FAMILIES, BertConfig, GPTConfig
+from lmforge.config.overrides import apply_override, build_section, read_yaml
+from lmforge.errors import LmforgeError
+
+
+@dataclass
+class DataConfig(Checked):
+    """Where the text comes from and how it becomes tokens."""
+
+    section = "data"
+    path: str | None = None  # a text, .jsonl or .csv file (prepared on the fly) or a prepared directory
+    tokenizer: str = "char"  # char, bpe, wordpiece, or a path to a tokenizer.json
+    vocab_size: int = 8192  # for a BPE or WordPiece tokenizer trained on the data
+    val_fraction: float = 0.1
+    on_bad_line: typing.Literal["error", "skip"] = "error"  # a malformed .jsonl/.csv record: stop, or skip and count
+    lowercase: bool = True  # WordPiece: lower-case the text (an uncased model)
+    strip_accents: bool = True  # WordPiece: drop accents (café -> cafe)
+    mlm_probability: float = 0.15  # masked language modelling: the share of tokens to predict
+    whole_word_masking: bool = False  # MLM: select whole words, never a piece of one
+
+    _ranges = {
+        "vocab_size": (
+            lambda v: v >= 260,
+            "a byte-level BPE needs at least 260 entries (256 bytes + specials)",
+        ),
+        "val_fraction": (_fraction, "a fraction in [0, 1)"),
+        "mlm_probability": (lambda p: 0 < p < 1, "a probability in (0, 1), usually 0.15"),
+    }
+
+
+@dataclass
+class TrainConfig(Checked):
+    """The optimization: AdamW, linear warmup + cosine decay, clipping, accumulation, evaluation, checkpoints."""
+
+    section = "train"
+    out: str = "runs/gpt"
+    batch_size: int = 8
+    seq_len: int | None = None  # the model's max_seq_len when left out
+    grad_accum_steps: int = 1
+    max_steps: int = 1000
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 turns clipping off
+    eval_every: int = 250
+    eval_steps: int = 20
+    save_every: int = 0  # 0 = only at the end
+    keep_last: int = 3
+    log_every: int = 10
+    seed: int = 1337
+    max_nonfinite: int = 5  # steps in a row with a non-finite loss or gradient (each skipped) before the run stops
+    parallel: typing.Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate the model, or shard it (FSDP)
+    device: typing.Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: typing.Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+    progress: bool = True
+
+    _ranges = {
+        "batch_size": (_positive, "must be at least 1"),
+        "grad_accum_steps": (_positive, "must be at least 1"),
+        "max_steps": (_positive, "must be at least 1"),
+        "lr": (_positive, "must be positive"),
+        "min_lr": (lambda v: v >= 0, "must be >= 0"),
+        "warmup_steps": (lambda v: v >= 0, "must be >= 0"),
+        "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+        "beta1": (_fraction, "in [0, 1)"),
+        "beta2": (_fraction, "in [0, 1)"),
+        "grad_clip": (lambda v: v >= 0, "must be >= 0 (0 turns clipping off)"),
+        "eval_every": (lambda v: v >= 0, "must be >= 0 (0 = only at the end)"),
+        "eval_steps": (_positive, "must be at least 1"),
+        "save_every": (lambda v: v >= 0, "must be >= 0 (0 = only at the end)"),
+        "keep_last": (_positive, "must keep at least 1 checkpoint"),
+        "log_every": (_positive, "must be at least 1"),
+        "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+        "max_nonfinite": (_positive, "must be at least 1"),
+        "out": (bool, "must name a directory"),
+    }
+
+    def check(self) -> None:
+        if self.seq_len is not None and self.seq_len <= 0:
+            raise LmforgeError(f"train.seq_len = {self.seq_len} is out of range: must be positive")
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs; a YAML file has the sections family, model, data and train."""
+
+    family: str = "gpt"
+    model: GPTConfig | BertConfig = field(default_factory=GPTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.seq_len is None:
+            self.train.seq_len = self.model.max_seq_len
+        if self.train.seq_len > self.model.max_seq_len:
+            raise LmforgeError(
+                f"train.seq_len ({self.train.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len}); "
+                "lower the first or raise the second"
+            )
+        if self.family == "bert" and self.data.tokenizer == "char":
+            raise LmforgeError(
+                "data.tokenizer = char has no [CLS], [SEP] or [MASK] for an encoder: use wordpiece or bpe"
+            )
+
+    def require_family(self, family: str, verb: str, fix: str) -> None:
+        """For verbs that serve one family: a config of another is a user mistake, named with the way out."""
+        if self.family != family:
+            raise LmforgeError(f"{verb} needs a {family} config, not a {self.family} one: {fix}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "config") -> RunConfig:
+        if not isinstance(raw, dict):
+            raise LmforgeError(f"{where} must be a mapping with sections family, model, data, train")
+        unknown = set(raw) - {"family", "model", "data", "train"}
+        if unknown:
+            raise LmforgeError(
+                f"{where}: unknown section {min(map(str, unknown))!r}; the sections are family, model, data, train"
+            )
+        family = raw.get("family", "gpt")
+        if not isinstance(family, str) or family not in FAMILIES:
+            raise LmforgeError(f"{where}: unknown family {family!r}; known: {', '.join(FAMILIES)}")
+        built = {name: build_section(kind, raw.get(name) or {}, name, where) for name, kind in sections_of(raw).items()}
+        return cls(family=family, **built)
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The configs that travel inside the package, by name."""
+    folder = resources.files("lmforge") / "configs"
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def sections_of(raw: dict) -> dict[str, type]:
+    """The dataclass of each section a run config's YAML may have."""
+    return {"model": FAMILIES.get(raw.get("family", "gpt"), GPTConfig), "data": DataConfig, "train": TrainConfig}
+
+
+def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A shipped config by name or a YAML file by path, with `key=value` overrides applied on top."""
+    shipped = shipped_configs()
+    path = shipped.get(name_or_path) or Path(name_or_path)
+    if not path.is_file():
+        raise LmforgeError(
+            f"config {name_or_path!r} not found: give a YAML file or one of {', '.join(sorted(shipped))} "
+            "(lmforge configs lists them)"
+        )
+    raw = read_yaml(path, "family, model, data, train")
+    for assignment in overrides:
+        apply_override(raw, assignment, sections_of(raw))
+    return RunConfig.from_dict(raw, where=str(path) if name_or_path not in shipped else name_or_path)

@@ -1,0 +1,1 @@
+"""Inference verbs on loaded models: predict, evaluate (reports), embed, fill-mask."""
