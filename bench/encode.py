@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from common import alternating_rounds, emit, log
 from transformers import AutoModel, AutoTokenizer
 
-from lmforge.checkpoint.hub import from_pretrained, resolve
+from lmforge.checkpoint import from_pretrained, resolve
 from lmforge.inference.embed import embed
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared/data/sst2/dev.tsv"

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import emit, log, sequential_trainer, timed  # noqa: E402
 
-from lmforge.checkpoint.hub import resolve  # noqa: E402
+from lmforge.checkpoint import resolve  # noqa: E402
 from lmforge.config import FinetuneConfig  # noqa: E402
 from lmforge.data.labelled import discover_labels, read_examples  # noqa: E402
 from lmforge.inference.evaluate import evaluate_checkpoint  # noqa: E402

@@ -21,7 +21,7 @@ from lmforge.config import BertConfig, TrainConfig  # noqa: E402
 from lmforge.data import mask_tokens  # noqa: E402
 from lmforge.models import Bert  # noqa: E402
 from lmforge.objectives.losses import pretraining_loss  # noqa: E402
-from lmforge.training.loop import build_optimizer  # noqa: E402
+from lmforge.training.optim import build_optimizer  # noqa: E402
 
 B, T, VOCAB, SPECIALS = 16, 128, 30522, 5  # ids 0-4: [PAD] [UNK] [CLS] [SEP] [MASK]
 CLS, SEP, MASK = 2, 3, 4

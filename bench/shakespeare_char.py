@@ -18,10 +18,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import emit, log  # noqa: E402
 
-from lmforge.checkpoint.files import load_model  # noqa: E402
+from lmforge.checkpoint import load_model  # noqa: E402
 from lmforge.config import load_config  # noqa: E402
 from lmforge.data import load_prepared  # noqa: E402
-from lmforge.training.loop import evaluate, train  # noqa: E402
+from lmforge.recipes.pretrain import evaluate, train  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 

@@ -19,7 +19,7 @@ from lmforge.config import GPTConfig, TrainConfig  # noqa: E402
 from lmforge.models import GPT  # noqa: E402
 from lmforge.objectives.families import flops_per_token  # noqa: E402
 from lmforge.objectives.losses import causal_lm_loss  # noqa: E402
-from lmforge.training.loop import build_optimizer  # noqa: E402
+from lmforge.training.optim import build_optimizer  # noqa: E402
 
 
 def main() -> None:

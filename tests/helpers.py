@@ -1,6 +1,7 @@
 """Builders shared by several test modules (importable because pyproject puts tests/ on pytest's pythonpath)."""
 
 import json
+from pathlib import Path
 
 import torch
 
@@ -63,7 +64,7 @@ def ner_sentences(n, seed=0):
 
 def tiny_checkpoint(out, family="bert", seed=0, **overrides):
     """An lmforge checkpoint of a tiny untrained model with a tokenizer trained on the synthetic vocabulary."""
-    from lmforge.checkpoint.files import save_checkpoint
+    from lmforge.checkpoint import save_checkpoint
     from lmforge.config import BertConfig, DataConfig, RunConfig
     from lmforge.models import MODELS
     from lmforge.tokenizer import Tokenizer
@@ -128,3 +129,17 @@ def jsonl_splits(d, make, families=("bert",)):
     for family in families:
         tiny_checkpoint(d / family, family)
     return d
+
+
+def read_examples(path, task: str, columns=None, labelled: bool = True) -> list:
+    """A task's examples of a file, as fine-tuning reads them."""
+    from lmforge.data.labelled import Columns
+    from lmforge.tasks import get_task
+
+    return get_task(task).read(Path(path), columns or Columns(), labelled)
+
+
+def discover_labels(examples: list, task: str, path) -> list[str]:
+    from lmforge.tasks import get_task
+
+    return get_task(task).labels(examples, path)

@@ -16,13 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import lmforge.training.loop
-from lmforge.checkpoint.files import find_latest
+import lmforge.objectives.families
+from lmforge.checkpoint import find_latest
 from lmforge.cli.main import main
 from lmforge.config import load_config
 from lmforge.errors import LmforgeError
 from lmforge.objectives.losses import causal_lm_loss
-from lmforge.training.loop import train
+from lmforge.recipes.pretrain import train
 
 
 @pytest.fixture(autouse=True)

@@ -14,12 +14,12 @@ import torch
 from conftest import TINY
 from safetensors.torch import load_file
 
-from lmforge.checkpoint.files import load_model
+from lmforge.checkpoint import load_model
 from lmforge.config import load_config
 from lmforge.data import BatchSampler
 from lmforge.errors import LmforgeError
+from lmforge.recipes.pretrain import train
 from lmforge.training.distributed import torchrun_args
-from lmforge.training.loop import train
 
 SETTINGS = [*TINY, "train.eval_every=0", "train.save_every=10", "train.keep_last=5", "train.max_steps=20"]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lmforge import LmforgeError
-from lmforge.checkpoint.hub import from_pretrained
+from lmforge.checkpoint import from_pretrained
 from lmforge.cli.main import main
 from lmforge.inference.embed import embed
 

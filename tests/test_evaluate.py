@@ -7,13 +7,8 @@ from seqeval.metrics import f1_score, precision_score, recall_score
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 from sklearn.metrics import f1_score as sk_f1
 
-from lmforge.inference.evaluate import (
-    classification_metrics,
-    entity_metrics,
-    entity_spans,
-    markdown_report,
-    write_report,
-)
+from lmforge.inference.evaluate import markdown_report, write_report
+from lmforge.tasks.metrics import classification_metrics, entity_metrics, entity_spans
 
 EDGE_CASES = [
     ["I-PER", "I-PER", "O"],  # I- without B- starts an entity

@@ -217,14 +217,16 @@ def finetuned_checkpoint(tmp_path, family, task):
     """A fine-tuned checkpoint as lmforge finetune writes it: a head on a tiny backbone, and the task section."""
     import dataclasses
 
-    from lmforge.checkpoint.files import build_head, load_model, save_checkpoint
+    from lmforge.checkpoint import load_model, save_checkpoint
     from lmforge.config import TaskConfig
+    from lmforge.tasks import get_task
 
     backbone, tokenizer, cfg = load_model(tiny_checkpoint(tmp_path / "base", family))
     labels = ["O", "B-PER", "B-LOC", "I-LOC"] if task == "ner" else ["neg", "pos"]
     info = TaskConfig(task=task, labels=labels, pooling="cls" if family == "bert" else "last")
     extra = {"task": dataclasses.asdict(info)}
-    return save_checkpoint(tmp_path / "ft", 1, build_head(backbone, info), cfg, tokenizer, extra=extra)
+    head = get_task(task).build_head(backbone, info)
+    return save_checkpoint(tmp_path / "ft", 1, head, cfg, tokenizer, extra=extra)
 
 
 @pytest.mark.parametrize("family, task", [("bert", "classification"), ("gpt", "ner")])

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from lmforge.checkpoint.files import load_model
+from lmforge.checkpoint import load_model
 from lmforge.config import load_config
 from lmforge.errors import LmforgeError
 from lmforge.inference.fill_mask import fill_mask
-from lmforge.training.loop import train
+from lmforge.recipes.pretrain import train
 
 TINY = ["model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.max_seq_len=32", "data.vocab_size=400",
         "train.max_steps=10", "train.eval_every=0", "train.progress=false"]  # fmt: skip

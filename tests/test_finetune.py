@@ -8,13 +8,15 @@ import pytest
 import torch
 from helpers import FAST, ner_sentences, sentiment_rows, tiny_checkpoint
 
-from lmforge.checkpoint.files import load_finetuned
+from lmforge.checkpoint import load_finetuned
+from lmforge.checkpoint.loader import load
 from lmforge.cli.main import main
 from lmforge.config import FinetuneConfig
 from lmforge.inference.evaluate import evaluate_checkpoint
 from lmforge.inference.predict import predict_file, predict_texts
 from lmforge.models.heads import SequenceClassifier
-from lmforge.recipes.finetune import class_weights, finetune, linear_lr, load_backbone, param_groups
+from lmforge.recipes.finetune import class_weights, finetune
+from lmforge.training.optim import linear_lr, param_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,8 +77,10 @@ def test_ner_learns_and_maps_tags_back_to_words(data, tmp_path):
 def test_a_fine_tuned_model_is_a_backbone_for_another_task(data, tmp_path):
     first = finetune(data / "bert", data / "train.csv", data / "dev.csv", tmp_path / "sst", ft=FinetuneConfig(**FAST))
     classifier, _, _ = load_finetuned(first.checkpoint)
-    backbone, tokenizer, run_cfg, pooler = load_backbone(tmp_path / "sst", torch.device("cpu"))
-    assert run_cfg.family == "bert" and tokenizer.vocab_size == classifier.backbone.cfg.vocab_size
+    loaded = load(tmp_path / "sst")
+    backbone, tokenizer, pooler = loaded.model.backbone, loaded.tokenizer, loaded.model.pooler
+    pooler = pooler and pooler.state_dict()
+    assert loaded.config.family == "bert" and tokenizer.vocab_size == classifier.backbone.cfg.vocab_size
     for (name, ours), (_, theirs) in zip(
         backbone.state_dict().items(), classifier.backbone.state_dict().items(), strict=True
     ):
@@ -133,7 +137,7 @@ def test_linear_schedule_matches_transformers():
 
 
 def test_layer_lr_decay_and_weight_decay_groups(data):
-    from lmforge.checkpoint.files import load_model
+    from lmforge.checkpoint import load_model
 
     bert = load_model(data / "bert" / "step-000001")[0]  # 2 layers
     model = SequenceClassifier(bert, 2)

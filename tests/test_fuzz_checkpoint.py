@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from lmforge.checkpoint.files import load_checkpoint, load_model
+from lmforge.checkpoint import load_checkpoint, load_model
 from lmforge.config import load_config
 from lmforge.errors import LmforgeError
-from lmforge.training.loop import train
+from lmforge.recipes.pretrain import train
 
 FUZZ = settings(max_examples=40, deadline=None)
 

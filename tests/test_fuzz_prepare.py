@@ -42,6 +42,7 @@ def prepared_or_error(tmp: Path, path: Path, on_bad_line: str):
 @FUZZ
 @given(st.binary(max_size=300), st.sampled_from([".txt", ".jsonl", ".csv"]))
 @example(b"\x01", ".txt")  # only control characters: nothing left after cleaning
+@example(b'"', ".csv")  # a header cut inside its quotes
 def test_random_bytes_prepare_or_fail_clearly(tmp_path_factory, raw, suffix):
     tmp = tmp_path_factory.mktemp("raw")
     (tmp / f"in{suffix}").write_bytes(raw)

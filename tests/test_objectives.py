@@ -33,7 +33,7 @@ def model_and_batch(objective="nsp", seed=0):
 
 def test_mlm_loss_is_cross_entropy_at_the_selected_positions_only():
     model, batch = model_and_batch()
-    hidden, _ = model.hidden(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    hidden, _ = model.hidden(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     loss, accuracy = mlm_loss(model, hidden, batch["labels"])
     logits = model.mlm_logits(hidden)  # every position, as transformers computes them
     expected = F.cross_entropy(logits.view(-1, V), batch["labels"].view(-1), ignore_index=-100)

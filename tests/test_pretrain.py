@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmforge.checkpoint.files import load_model
+from lmforge.checkpoint import load_model
 from lmforge.config import load_config
 from lmforge.errors import LmforgeError
 from lmforge.models import Bert
 from lmforge.objectives import OBJECTIVES
-from lmforge.training.loop import train
+from lmforge.recipes.pretrain import train
 
 TINY_ENCODER = [
     "model.n_layer=2", "model.n_head=2", "model.d_model=64", "model.max_seq_len=32", "model.dropout=0.0",

@@ -4,12 +4,12 @@ import random
 import pytest
 from helpers import FAST, PEOPLE, PLACES, WORDS, jsonl_splits, write_jsonl
 
-from lmforge.checkpoint.files import load_finetuned
+from lmforge.checkpoint import load_finetuned
 from lmforge.cli.main import main
 from lmforge.config import FinetuneConfig
 from lmforge.inference.evaluate import evaluate_checkpoint
 from lmforge.inference.predict import predict_file, predict_texts
-from lmforge.models.extraction import SpanExtractor
+from lmforge.models.heads import SpanExtractor
 from lmforge.recipes.finetune import finetune
 
 pytestmark = pytest.mark.usefixtures("one_thread")

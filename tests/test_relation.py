@@ -5,14 +5,15 @@ import pytest
 import torch
 from helpers import FAST, PEOPLE, PLACES, WORDS, jsonl_splits, write_jsonl
 
-from lmforge.checkpoint.files import load_checkpoint, load_finetuned
+from lmforge.checkpoint import load_checkpoint, load_finetuned
 from lmforge.cli.main import main
 from lmforge.config import FinetuneConfig
-from lmforge.data.relation import MARKERS
-from lmforge.inference.evaluate import evaluate_checkpoint, relation_metrics
+from lmforge.inference.evaluate import evaluate_checkpoint
 from lmforge.inference.predict import predict_file, predict_texts
-from lmforge.models.extraction import EntityPairClassifier
+from lmforge.models.heads import EntityPairClassifier
 from lmforge.recipes.finetune import finetune
+from lmforge.tasks.metrics import relation_metrics
+from lmforge.tasks.relation import MARKERS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

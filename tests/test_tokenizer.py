@@ -1,4 +1,9 @@
 import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -7,7 +12,14 @@ import torch
 from tokenizers import models
 
 from lmforge.errors import LmforgeError
-from lmforge.tokenizer import ENCODER_BPE_SPECIALS, EOS, WORDPIECE_SPECIALS, Tokenizer
+from lmforge.tokenizer import (
+    ENCODER_BPE_SPECIALS,
+    EOS,
+    MAX_VOCAB_SIZE,
+    WORDPIECE_SPECIALS,
+    Tokenizer,
+    min_vocab_size,
+)
 
 TEXTS = [
     "Hello, world! The quick brown fox jumps over the lazy dog.\n",
@@ -109,6 +121,71 @@ def test_training_prints_no_progress_by_default(capfd):
 def test_bpe_vocab_too_small():
     with pytest.raises(LmforgeError, match="at least 257"):
         Tokenizer.train_bpe(TEXTS, vocab_size=100)
+
+
+def test_min_vocab_size_is_what_the_trainers_give_at_the_least():
+    """Asked for less, a trainer still keeps its alphabet and specials: 256 bytes + specials for a byte-level BPE."""
+    assert min_vocab_size("bpe") == 257 and min_vocab_size("bpe", encoder=True) == 256 + len(ENCODER_BPE_SPECIALS)
+    assert min_vocab_size("wordpiece") == len(WORDPIECE_SPECIALS) + 1
+    assert Tokenizer.train_bpe(TEXTS, min_vocab_size("bpe")).vocab_size >= min_vocab_size("bpe")
+    assert Tokenizer.train_wordpiece(["a"], min_vocab_size("wordpiece")).vocab_size == min_vocab_size("wordpiece")
+    with pytest.raises(ValueError, match="char"):
+        min_vocab_size("char")
+
+
+@pytest.mark.parametrize(
+    "train, size, message",
+    [
+        (Tokenizer.train_wordpiece, 5, "too small for WordPiece .*at least 6"),
+        (Tokenizer.train_wordpiece, MAX_VOCAB_SIZE + 1, f"too large: give at most {MAX_VOCAB_SIZE}"),
+        (Tokenizer.train_bpe, MAX_VOCAB_SIZE + 1, f"too large: give at most {MAX_VOCAB_SIZE}"),
+        (Tokenizer.train_bpe, -1, "too small for byte-level BPE"),
+    ],
+)
+def test_vocab_size_out_of_range_is_one_line_naming_the_tokenizer(train, size, message):
+    with pytest.raises(LmforgeError, match=message) as e:
+        train(TEXTS, size)
+    assert "\n" not in str(e.value)
+
+
+def test_the_largest_vocab_size_trains():
+    assert Tokenizer.train_wordpiece(TEXTS, MAX_VOCAB_SIZE).vocab_size < 1000  # no merges left long before
+
+
+def test_ctrl_c_stops_training_at_once():
+    """The Rust trainer holds no Python frame, so KeyboardInterrupt used to wait the whole training (here ~6 s)."""
+    script = textwrap.dedent("""
+        import random, sys
+        from lmforge.tokenizer import Tokenizer
+        rng = random.Random(0)
+        words = [f"{rng.getrandbits(48):x}" for _ in range(1_000_000)]
+        texts = [" ".join(words[i : i + 1000]) for i in range(0, len(words), 1000)]
+        print("training", flush=True)
+        try:
+            Tokenizer.train_bpe(texts, 300_000)
+        except KeyboardInterrupt:
+            sys.exit(3)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "training\n"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        assert proc.wait(timeout=60) == 3
+        assert time.monotonic() - interrupted < 2
+    finally:
+        proc.kill()
+        proc.stdout.close()
+
+
+def test_training_errors_reach_the_caller():
+    def texts():
+        yield "fine"
+        raise RuntimeError("a broken corpus")
+
+    with pytest.raises(RuntimeError, match="broken corpus"):
+        Tokenizer.train_bpe(texts(), 300)
 
 
 def test_load_errors(tmp_path):

@@ -6,10 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmforge.checkpoint.files import find_latest, load_checkpoint, load_model
+from lmforge.checkpoint import find_latest, load_checkpoint, load_model
 from lmforge.config import TrainConfig, load_config
 from lmforge.errors import LmforgeError
-from lmforge.training.loop import lr_at, train
+from lmforge.recipes.pretrain import train
+from lmforge.training.optim import lr_at
 
 
 def test_lr_schedule_warmup_then_cosine():

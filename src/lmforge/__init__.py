@@ -9,7 +9,7 @@ __all__ = ["LmforgeError", "__version__", "embed", "from_pretrained"]
 def __getattr__(name: str):
     """from_pretrained and embed load on first use, so `import lmforge` stays light (no torch)."""
     if name == "from_pretrained":
-        from lmforge.checkpoint.hub import from_pretrained
+        from lmforge.checkpoint.loader import from_pretrained
 
         return from_pretrained
     if name == "embed":

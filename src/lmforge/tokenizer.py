@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -35,6 +36,35 @@ ROLES = {
     "mask": ("[MASK]", "<mask>"),
 }
 SURROGATES = re.compile("[\ud800-\udfff]")  # what undecodable bytes become under errors="surrogateescape"
+# far above any real vocabulary (GPT-2 has 50257 tokens); at 10**9 the Rust trainer aborts the process, out of memory
+MAX_VOCAB_SIZE = 1_000_000
+
+
+def min_vocab_size(kind: str, encoder: bool = False) -> int:
+    """The smallest vocab_size a tokenizer of this kind ("bpe" or "wordpiece") is trained to: a byte-level BPE holds
+    all 256 bytes and its special tokens (RoBERTa's five for an encoder, else <|endoftext|>); a WordPiece its five
+    special tokens and at least one character (its alphabet is the data's)."""
+    if kind == "bpe":
+        return 256 + len(ENCODER_BPE_SPECIALS if encoder else (EOS,))
+    if kind == "wordpiece":
+        return len(WORDPIECE_SPECIALS) + 1
+    raise ValueError(f"only bpe and wordpiece tokenizers are trained to a vocab_size, not {kind!r}")
+
+
+def check_vocab_size(kind: str, vocab_size: int, least: int) -> None:
+    """Refuses, before any training, a size the trainer cannot honour: below `least` it returns a larger vocabulary
+    than asked for, and a huge one aborts the whole process."""
+    if vocab_size < least:
+        name = (
+            "byte-level BPE (256 bytes + special tokens)"
+            if kind == "bpe"
+            else "WordPiece (special tokens + 1 character)"
+        )
+        raise LmforgeError(f"vocab_size {vocab_size} is too small for {name}: give at least {least}")
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise LmforgeError(
+            f"vocab_size {vocab_size} is too large: give at most {MAX_VOCAB_SIZE} (GPT-2 has 50257 tokens, BERT 30522)"
+        )
 
 
 class Tokenizer:
@@ -82,11 +112,7 @@ class Tokenizer:
 
         The special tokens take the first ids; an encoder passes ENCODER_BPE_SPECIALS (RoBERTa's).
         """
-        if vocab_size < 256 + len(special_tokens):
-            raise LmforgeError(
-                f"vocab_size {vocab_size} is too small for byte-level BPE: it needs at least "
-                f"{256 + len(special_tokens)} (256 bytes + {len(special_tokens)} special tokens)"
-            )
+        check_vocab_size("bpe", vocab_size, 256 + len(special_tokens))
         backend = tokenizers.Tokenizer(models.BPE())
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = decoders.ByteLevel()
@@ -96,7 +122,7 @@ class Tokenizer:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=progress,
         )
-        backend.train_from_iterator(texts, trainer)
+        _train(backend, texts, trainer)
         return cls(backend)
 
     @classmethod
@@ -110,6 +136,7 @@ class Tokenizer:
     ) -> Tokenizer:
         """BERT's WordPiece: normalize (optionally lower-case and strip accents), split on whitespace and punctuation
         with every CJK character a word of its own (Chinese has no spaces), then ##-continued subwords."""
+        check_vocab_size("wordpiece", vocab_size, min_vocab_size("wordpiece"))
         backend = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
         backend.normalizer = normalizers.BertNormalizer(
             clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents, lowercase=lowercase
@@ -119,7 +146,7 @@ class Tokenizer:
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size, special_tokens=list(WORDPIECE_SPECIALS), show_progress=progress
         )
-        backend.train_from_iterator(texts, trainer)
+        _train(backend, texts, trainer)
         return cls(backend)
 
     @classmethod
@@ -249,6 +276,26 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+
+def _train(backend: tokenizers.Tokenizer, texts: Iterable[str], trainer: trainers.Trainer) -> None:
+    """Trains in a daemon thread while this one waits in short joins: Ctrl-C (KeyboardInterrupt, raised only in the
+    main thread, and only between Python instructions) would otherwise wait, up to minutes, for the Rust trainer to
+    return. An interrupted trainer is left to finish or die with the process."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            backend.train_from_iterator(texts, trainer)
+        except BaseException as e:  # raised again below, in the caller's thread
+            failure.append(e)
+
+    thread = threading.Thread(target=run, name="tokenizer-training", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+    if failure:
+        raise failure[0]
 
 
 def _unicode(text: str | bytes) -> str:

@@ -1,16 +1,10 @@
 import pytest
+from helpers import discover_labels, read_examples
 
-from lmforge.data.labelled import (
-    IGNORE,
-    Columns,
-    check_labels,
-    collate,
-    discover_labels,
-    encode_classification,
-    encode_tokens,
-    read_examples,
-)
+from lmforge.data.labelled import IGNORE, Columns, check_labels, collate
 from lmforge.errors import LmforgeError
+from lmforge.tasks.classification import encode_classification
+from lmforge.tasks.ner import encode_tokens
 from lmforge.tokenizer import Tokenizer
 
 

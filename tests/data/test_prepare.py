@@ -163,7 +163,10 @@ def test_out_dir_rules(tmp_path, text_file):
 
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    with pytest.raises(LmforgeError, match="not prepared data"):
+    prepare([text_file], "char", tmp_path / "busy", progress=False)  # a folder with other files: they are kept
+    assert leftovers(tmp_path / "busy") == ["meta.json", "notes.txt", "tokenizer.json", "train.bin", "val.bin"]
+    (tmp_path / "busy" / "meta.json").unlink()
+    with pytest.raises(LmforgeError, match="not prepared data"):  # files by our names, not known to be ours
         prepare([text_file], "char", tmp_path / "busy", progress=False)
     with pytest.raises(LmforgeError, match="is a file"):
         prepare([text_file], "char", text_file, progress=False)

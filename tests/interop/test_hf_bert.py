@@ -9,8 +9,8 @@ import torch
 from helpers import padded_batch, write_bpe_vocab, write_wordpiece_vocab
 from safetensors.torch import load_file, save_file
 
-from lmforge.checkpoint.files import save_checkpoint, unique_state_dict
-from lmforge.checkpoint.hub import convert_to_hf, from_pretrained
+from lmforge.checkpoint import save_checkpoint, unique_state_dict
+from lmforge.checkpoint import convert_to_hf, from_pretrained
 from lmforge.config import BertConfig, DataConfig, RunConfig
 from lmforge.errors import LmforgeError
 from lmforge.interop.hf_tokenizer import load_hf_tokenizer

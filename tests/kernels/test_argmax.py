@@ -4,9 +4,10 @@ import pytest
 import torch
 from helpers import tiny_gpt
 
+from lmforge.kernels import apply_kernels
+from lmforge.kernels import argmax as argmax_module
 from lmforge.kernels.argmax import ArgmaxScreen, _quantize_rows
 from lmforge.kernels.linear import Linear
-from lmforge.kernels import argmax as argmax_module
 
 pytestmark = pytest.mark.skipif(not argmax_module._int_mm_works(), reason="no CPU torch._int_mm in this torch")
 
@@ -132,7 +133,8 @@ def test_no_screen_with_a_bias_a_gradient_or_another_dtype():
 def test_greedy_generation_is_the_same_with_and_without_the_screen(monkeypatch):
     model = tiny_gpt(vocab_size=3000, d_model=32, max_seq_len=64)
     prompt = torch.randint(3000, (2, 5), generator=torch.Generator().manual_seed(6))
-    screened = model.generate(prompt, 40, greedy=True)
-    assert model.lm_head._argmax_screen is not None
+    plain = model.generate(prompt, 40, greedy=True)  # nn.Linear's head: the argmax of the logits
+    screened = apply_kernels(model).generate(prompt, 40, greedy=True)
+    assert model.lm_head._argmax_screen is not None and torch.equal(screened, plain)
     monkeypatch.setattr(argmax_module, "_int_mm_works", lambda: False)
     assert torch.equal(screened, model.generate(prompt, 40, greedy=True))

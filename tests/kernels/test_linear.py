@@ -1,11 +1,15 @@
-"""Linear: the same map and gradients as nn.Linear, whichever kernel runs it."""
+"""Linear: the same map and gradients as nn.Linear, whichever kernel runs it; apply_kernels puts it in a model."""
+
+import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_gpt
 
-from lmforge.kernels.linear import Linear, linear
+from lmforge.kernels import apply_kernels
 from lmforge.kernels import linear as linear_module
+from lmforge.kernels.linear import Linear, linear
 
 
 def by_hand(x, w, b):
@@ -96,3 +100,32 @@ def test_linear_module_matches_nn_linear_in_values_gradients_and_state():
     torch.testing.assert_close(g, g_ref)
     with torch.inference_mode():
         torch.testing.assert_close(ours(x), F.linear(x, ref.weight, ref.bias), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.usefixtures("kernel")
+def test_apply_kernels_keeps_parameters_hooks_logits_tokens_and_training():
+    model = tiny_gpt(vocab_size=50, d_model=32, max_seq_len=32)
+    assert not any(isinstance(m, Linear) for m in model.modules())  # lmforge.nn builds plain nn.Linear
+    plain_model = copy.deepcopy(model)
+    idx = torch.randint(50, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = model(idx)
+    tokens = model.generate(idx[:, :4], 20, greedy=True)
+    params, keys = dict(model.named_parameters()), list(model.state_dict())
+    hooked = []
+    model.lm_head.register_forward_hook(lambda *_: hooked.append(True))
+
+    assert apply_kernels(apply_kernels(model)) is model  # twice: the second call changes nothing
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 9 and all(type(m) is Linear for m in linears)
+    assert all(p is params[name] for name, p in model.named_parameters()) and list(model.state_dict()) == keys
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), plain, rtol=1e-5, atol=1e-5)
+    assert hooked
+    assert torch.equal(model.generate(idx[:, :4], 20, greedy=True), tokens)
+
+    for m in (model, plain_model):  # training records gradients, so F.linear runs: the same bits as before
+        m.train()
+        m(idx).logsumexp(-1).mean().backward()
+    for (name, p), q in zip(model.named_parameters(), plain_model.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad), name

@@ -4,7 +4,7 @@ parameter count in closed form and its shared layers; padding, tying and initial
 import pytest
 import torch
 
-from lmforge.checkpoint.files import unique_state_dict
+from lmforge.checkpoint import unique_state_dict
 from lmforge.config import BertConfig
 from lmforge.interop.hf import FAMILIES, to_hf
 from lmforge.models import Bert

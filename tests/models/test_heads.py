@@ -2,8 +2,8 @@ import pytest
 import torch
 from helpers import tiny_checkpoint, tiny_gpt
 
-from lmforge.checkpoint.files import load_model
-from lmforge.checkpoint.hub import convert_to_hf
+from lmforge.checkpoint import load_model
+from lmforge.checkpoint.convert import convert_to_hf
 from lmforge.models.heads import SequenceClassifier, TokenClassifier
 
 

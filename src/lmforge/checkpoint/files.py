@@ -21,9 +21,6 @@ from torch import nn
 
 from lmforge.config import YAML_ERRORS, RunConfig, TaskConfig
 from lmforge.errors import LmforgeError
-from lmforge.models import GPT, MODELS, Bert
-from lmforge.models.extraction import EntityPairClassifier, SpanExtractor
-from lmforge.models.heads import SequenceClassifier, TokenClassifier
 from lmforge.tokenizer import Tokenizer
 
 CONFIG, WEIGHTS, TOKENIZER = "config.yaml", "model.safetensors", "tokenizer.json"
@@ -149,6 +146,18 @@ def find_latest(out_dir: str | Path) -> Path | None:
 
 
 @dataclass
+class Loaded:
+    """A model ready for inference, as every verb receives it from `lmforge.load`, whatever the path held."""
+
+    model: nn.Module  # the backbone (GPT, Bert), or with a task, the task's model around its `backbone`
+    tokenizer: Tokenizer
+    config: RunConfig  # the backbone's family, architecture and (for a run of ours) data and train settings
+    task: TaskConfig | None = None  # what a fine-tuned model predicts; None for a pretrained one
+    path: Path | None = None  # the checkpoint directory read (OUT/step-NNNNNN for a run)
+    pooler: dict[str, torch.Tensor] | None = None  # a BERT pooler the model does not hold: a classifier starts there
+
+
+@dataclass
 class Checkpoint:
     path: Path
     cfg: RunConfig
@@ -225,56 +234,3 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where
     """Loads weights strictly, after check_weights."""
     check_weights({k: v.shape for k, v in unique_state_dict(model).items()}, weights, where)
     model.load_state_dict(weights, strict=False)
-
-
-def load_model(
-    path: str | Path, device: str | torch.device = "cpu", family: str | None = None
-) -> tuple[GPT | Bert, Tokenizer, RunConfig]:
-    """A trained model ready for inference (the class its config's family names), its tokenizer and its run config.
-
-    family, when given, is the family the caller can use; a checkpoint of another is a user mistake.
-    """
-    return model_from(load_checkpoint(path), device, family)
-
-
-def model_from(
-    ckpt: Checkpoint, device: str | torch.device = "cpu", family: str | None = None
-) -> tuple[GPT | Bert, Tokenizer, RunConfig]:
-    """load_model's result from a checkpoint already read."""
-    if "task" in ckpt.extra:
-        raise LmforgeError(f"{ckpt.path} is a fine-tuned {ckpt.extra['task'].get('task')} model: use lmforge predict")
-    if family is not None and ckpt.cfg.family != family:
-        raise LmforgeError(f"{ckpt.path} holds a {ckpt.cfg.family} model; this needs a {family} one")
-    model = MODELS[ckpt.cfg.family](ckpt.cfg.model)
-    load_weights(model, ckpt.weights, str(ckpt.path / WEIGHTS))
-    return model.to(device).eval(), ckpt.tokenizer, ckpt.cfg
-
-
-def build_head(backbone: GPT | Bert, task: TaskConfig) -> nn.Module:
-    """The task's model around a backbone: the one place a task name becomes a head."""
-    if task.task == "ner":
-        return TokenClassifier(backbone, len(task.labels))
-    if task.task == "relation":
-        return EntityPairClassifier(backbone, len(task.labels), task.markers)
-    if task.task == "qa":
-        return SpanExtractor(backbone)
-    return SequenceClassifier(backbone, len(task.labels), task.pooling)
-
-
-def load_finetuned(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, TaskConfig]:
-    """A fine-tuned model (a head with its `backbone`) ready for inference, its tokenizer, and its TaskConfig (task,
-    labels, pooling, max_seq_len, input columns)."""
-    return finetuned_from(load_checkpoint(path), device)
-
-
-def finetuned_from(ckpt: Checkpoint, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, TaskConfig]:
-    """load_finetuned's result from a checkpoint already read."""
-    if "task" not in ckpt.extra:
-        raise LmforgeError(f"{ckpt.path} is not fine-tuned (no task in its config): fine-tune it with lmforge finetune")
-    try:
-        task = TaskConfig(**ckpt.extra["task"])
-    except (LmforgeError, TypeError) as e:
-        raise LmforgeError(f"{ckpt.path / CONFIG}: section task is damaged ({e})") from None
-    model = build_head(MODELS[ckpt.cfg.family](ckpt.cfg.model), task)
-    load_weights(model, ckpt.weights, str(ckpt.path / WEIGHTS))
-    return model.to(device).eval(), ckpt.tokenizer, task

@@ -66,7 +66,7 @@ def _saved(result) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from lmforge.training.loop import train
+    from lmforge.recipes.pretrain import train
 
     cfg = training_config(args)
     cfg.require_family("gpt", "lmforge train", "pretrain an encoder config with lmforge pretrain")
@@ -74,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from lmforge.training.loop import train
+    from lmforge.recipes.pretrain import train
 
     cfg = training_config(args)
     cfg.require_family("bert", "lmforge pretrain", "use bert-small, roberta-small or albert-small")
@@ -85,9 +85,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> None:
-    from lmforge.checkpoint.hub import from_pretrained
+    from lmforge.checkpoint.loader import from_pretrained
     from lmforge.inference.fill_mask import fill_mask
-    from lmforge.training.loop import resolve_device
+    from lmforge.training.device import resolve_device
 
     model, tokenizer = from_pretrained(args.checkpoint, resolve_device(args.device), "bert", args.allow_pickle)
     masks = fill_mask(model, tokenizer, args.text, args.top_k)
@@ -100,7 +100,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> None:
 
 def cmd_explain(args: argparse.Namespace) -> None:
     from lmforge.explain.attributions import explain_checkpoint
-    from lmforge.training.loop import resolve_device
+    from lmforge.training.device import resolve_device
 
     explanation = explain_checkpoint(
         args.checkpoint, args.text, args.out, args.target, args.text_pair, args.steps, args.position,
@@ -128,9 +128,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from lmforge.checkpoint.hub import from_pretrained
+    from lmforge.checkpoint.loader import from_pretrained
     from lmforge.generation.text import encode_prompt, generate_text
-    from lmforge.training.loop import resolve_device
+    from lmforge.training.device import resolve_device
 
     model, tokenizer = from_pretrained(args.checkpoint, resolve_device(args.device), "gpt", args.allow_pickle)
     encode_prompt(tokenizer, args.prompt, model.cfg.max_seq_len)  # fails before anything is printed
@@ -146,7 +146,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from lmforge.checkpoint.hub import convert_from_hf, convert_to_hf
+    from lmforge.checkpoint.convert import convert_from_hf, convert_to_hf
 
     if (args.from_hf is None) == (args.to_hf is None):
         raise LmforgeError("give one of --from-hf DIR --out DIR, or CHECKPOINT --to-hf DIR")
@@ -161,9 +161,9 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    from lmforge.checkpoint.hub import from_pretrained
+    from lmforge.checkpoint.loader import from_pretrained
     from lmforge.inference.embed import embed, json_lines, save_embeddings
-    from lmforge.training.loop import resolve_device
+    from lmforge.training.device import resolve_device
 
     texts = list(args.text)
     if args.input is not None:
@@ -190,29 +190,41 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     quickstart(args.data, args.out, args.max_steps, args.seed)
 
 
-def cmd_finetune(args: argparse.Namespace) -> None:
-    from lmforge.config import FinetuneConfig
-    from lmforge.data.labelled import Columns
-    from lmforge.recipes.finetune import finetune
+FINETUNE_FLAGS = {  # flag -> the config field it sets
+    "task": "task.task", "text_column": "task.text_column", "text_pair_column": "task.text_pair_column",
+    "label_column": "task.label_column", "head_column": "task.head_column", "tail_column": "task.tail_column",
+    "doc_stride": "task.doc_stride", "max_answer_len": "task.max_answer_len", "pooling": "task.pooling",
+    "max_seq_len": "task.max_seq_len", "model": "finetune.model", "train": "finetune.train", "eval": "finetune.eval",
+    "out": "finetune.out", "epochs": "finetune.epochs", "max_steps": "finetune.max_steps",
+    "batch_size": "finetune.batch_size", "lr": "finetune.lr", "warmup": "finetune.warmup",
+    "weight_decay": "finetune.weight_decay", "layer_lr_decay": "finetune.layer_lr_decay",
+    "eval_every": "finetune.eval_every", "patience": "finetune.patience", "seed": "finetune.seed",
+    "device": "finetune.device", "save_every": "finetune.save_every",
+}  # fmt: skip
 
-    ft = FinetuneConfig(
-        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-        weight_decay=args.weight_decay, layer_lr_decay=args.layer_lr_decay, eval_every=args.eval_every,
-        patience=args.patience, class_weights=args.class_weights, seed=args.seed, device=args.device,
-        progress=not args.no_progress,
-    )  # fmt: skip
-    columns = Columns(args.text_column, args.text_pair_column, args.label_column, args.head_column, args.tail_column)
-    result = finetune(
-        args.model, args.train, args.eval, args.out, args.task, columns, args.max_seq_len, args.pooling, ft,
-        args.doc_stride, args.max_answer_len,
-    )  # fmt: skip
+
+def finetune_config(args: argparse.Namespace):
+    from lmforge.config import load_finetune_config
+
+    values = {key: getattr(args, flag) for flag, key in FINETUNE_FLAGS.items() if getattr(args, flag) is not None}
+    if args.class_weights:
+        values["finetune.class_weights"] = True
+    if args.no_progress:
+        values["finetune.progress"] = False
+    return load_finetune_config(args.config, args.overrides, values)
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from lmforge.recipes.finetune import run_finetune
+
+    result = run_finetune(finetune_config(args), resume=args.resume)
     best = f", eval {result.metric} {result.report[result.metric]:.4f}" if result.report else ""
     print(f"saved {result.checkpoint} (step {result.step} of {result.steps}{best})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from lmforge.inference.evaluate import HEADLINE, evaluate_checkpoint
-    from lmforge.training.loop import resolve_device
+    from lmforge.training.device import resolve_device
 
     device = resolve_device(args.device)
     report, written = evaluate_checkpoint(args.checkpoint, args.data, args.out, args.batch_size, device)
@@ -224,7 +236,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     import json
 
     from lmforge.inference.predict import predict_file, predict_texts
-    from lmforge.training.loop import resolve_device
+    from lmforge.training.device import resolve_device
 
     device = resolve_device(args.device)
     if (args.input is None) == (not args.text) or (args.input is None) != (args.output is None):
@@ -250,11 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("train", help="train a causal language model (GPT) from a config")
     add_training_flags(p)
-    p.set_defaults(fn=cmd_train)
+    p.set_defaults(fn=cmd_train, batch_size_of=lambda a: training_config(a).train.batch_size)
 
     p = verbs.add_parser("pretrain", help="pretrain an encoder (BERT, RoBERTa, ALBERT) with MLM and NSP/SOP")
     add_training_flags(p)
-    p.set_defaults(fn=cmd_pretrain)
+    p.set_defaults(fn=cmd_pretrain, batch_size_of=lambda a: training_config(a).train.batch_size)
 
     p = verbs.add_parser("configs", help="list the shipped configs")
     p.set_defaults(fn=cmd_configs)
@@ -310,15 +322,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_explain)
 
     p = verbs.add_parser("finetune", help="fine-tune a pretrained model on labelled data (classification, NER, ...)")
-    p.add_argument("--task", default="classification", choices=["classification", "ner", "relation", "qa"])
+    p.add_argument("--config", help="a YAML file with the sections task and finetune (flags override it)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set finetune.lr=3e-5 (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--task", help="classification (default), ner, relation, qa, or a registered task")
     p.add_argument(
         "--model",
-        required=True,
         help="an lmforge checkpoint (pretrained, or fine-tuned: its head is replaced) or a Hugging Face model dir",
     )
-    p.add_argument("--train", required=True, help="labelled data: .csv, .tsv, .jsonl, or CoNLL for ner")
+    p.add_argument("--train", help="labelled data: .csv, .tsv, .jsonl, or CoNLL for ner")
     p.add_argument("--eval", help="labelled data to evaluate on and pick the best checkpoint with")
-    p.add_argument("--out", required=True, help="output directory: the best checkpoint, metrics, eval report")
+    p.add_argument("--out", help="output directory: the best checkpoint, metrics, eval report")
     p.add_argument(
         "--text-column", help="the text's column or JSON key (default: text or sentence; ner: tokens; qa: question)"
     )
@@ -326,24 +342,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", help="the label's column or JSON key (default: label; ner: tags; qa: answers)")
     p.add_argument("--head-column", help="relation: the head entity's span key (default: head, subj or h)")
     p.add_argument("--tail-column", help="relation: the tail entity's span key (default: tail, obj or t)")
-    p.add_argument("--doc-stride", type=int, default=128, help="qa: tokens shared by a long context's windows")
-    p.add_argument("--max-answer-len", type=int, default=30, help="qa: the longest answer predicted, in tokens")
+    p.add_argument("--doc-stride", type=int, help="qa: tokens shared by a long context's windows (default 128)")
+    p.add_argument("--max-answer-len", type=int, help="qa: the longest answer predicted, in tokens (default 30)")
     p.add_argument("--pooling", choices=["cls", "mean", "last"], help="default: cls for BERT, last for GPT")
-    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--epochs", type=float, help="passes over the training data (default 3)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, help="examples per step (default 32)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-5)")
     p.add_argument("--max-seq-len", type=int, help="tokens per example (default 128; qa: 384 per window)")
-    p.add_argument("--warmup", type=float, default=0.06, help="warmup: a fraction of the steps (< 1) or steps")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--layer-lr-decay", type=float, default=1.0, help="lr x this per layer down from the top")
-    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: each epoch)")
-    p.add_argument("--patience", type=int, default=0, help="stop after N evaluations without improvement")
+    p.add_argument("--warmup", type=float, help="warmup: a fraction of the steps (< 1) or steps (default 0.06)")
+    p.add_argument("--weight-decay", type=float, help="default 0.01")
+    p.add_argument("--layer-lr-decay", type=float, help="lr x this per layer down from the top (default 1)")
+    p.add_argument("--eval-every", type=int, help="evaluate every N steps (default 0: each epoch)")
+    p.add_argument("--patience", type=int, help="stop after N evaluations without improvement (default 0: never)")
     p.add_argument("--class-weights", action="store_true", help="weight the loss by inverse class frequency")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument("--save-every", type=int, help="a resumable checkpoint every N steps (default: at evaluations)")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--nproc", type=int, help="fine-tune on N processes (DDP; GPUs or CPU) under torchrun")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(fn=cmd_finetune)
+    p.set_defaults(fn=cmd_finetune, batch_size_of=lambda a: finetune_config(a).finetune.batch_size)
 
     p = verbs.add_parser("evaluate", help="score a fine-tuned checkpoint on labelled data; write a report")
     p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (OUT of lmforge finetune)")
@@ -395,8 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "nproc", None) is not None and args.nproc != 1:
             from lmforge.training.distributed import launch
 
-            cfg = training_config(args)  # a config mistake is one line here, not one per worker
-            return launch(args.nproc, sys.argv[1:] if argv is None else argv, cfg.train.batch_size)
+            batch_size = args.batch_size_of(args)  # a config mistake is one line here, not one per worker
+            return launch(args.nproc, sys.argv[1:] if argv is None else argv, batch_size)
         args.fn(args)
     except LmforgeError as e:
         message = str(e).replace("\n", "\\n")  # one line, whatever a value in the message holds

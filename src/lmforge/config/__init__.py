@@ -1,7 +1,7 @@
 """Configuration: checked dataclasses per model family, training run and fine-tuning recipe; YAML and overrides."""
 
 from lmforge.config.fields import Checked
-from lmforge.config.finetune import FinetuneConfig, TaskConfig
+from lmforge.config.finetune import FinetuneConfig, FinetuneRun, TaskConfig, load_finetune_config
 from lmforge.config.models import FAMILIES, BertConfig, GPTConfig
 from lmforge.config.overrides import YAML_ERRORS, apply_override, build_section, read_yaml
 from lmforge.config.run import DataConfig, RunConfig, TrainConfig, load_config, sections_of, shipped_configs
@@ -13,6 +13,7 @@ __all__ = [
     "Checked",
     "DataConfig",
     "FinetuneConfig",
+    "FinetuneRun",
     "GPTConfig",
     "RunConfig",
     "TaskConfig",
@@ -20,6 +21,7 @@ __all__ = [
     "apply_override",
     "build_section",
     "load_config",
+    "load_finetune_config",
     "read_yaml",
     "sections_of",
     "shipped_configs",

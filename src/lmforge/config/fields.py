@@ -23,7 +23,7 @@ def _check_field(owner: str, name: str, kind: Any, value: Any) -> Any:
     if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
         if value is None and type(None) in args:
             return None
-        kind = next(a for a in args if a is not type(None))
+        return _check_field(owner, name, next(a for a in args if a is not type(None)), value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if kind is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string

@@ -21,6 +21,7 @@ from lmforge.data.prepare import (
     PreparedData,
     base_meta,
     check_out_dir,
+    check_trained_vocab_size,
     input_list,
     load_prepared,
     read_text,
@@ -127,6 +128,7 @@ def prepare_documents(
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     tok = resolve_tokenizer(tokenizer)
+    check_trained_vocab_size(tok, vocab_size, encoder=True)
     docs = [doc for path in inputs for doc in read_documents(path)]
     if isinstance(tok, str):
         tok = train_tokenizer(tok, docs, vocab_size, progress, lowercase, strip_accents, encoder=True)

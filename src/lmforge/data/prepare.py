@@ -1,6 +1,7 @@
 """Text files -> one folder of packed tokens: train.bin and val.bin (raw numpy arrays), meta.json, tokenizer.json.
 
-The folder appears whole or not at all: it is written under a temporary name and renamed into place.
+Preparing replaces only these files, each renamed into place whole, and meta.json last: a folder with a meta.json is
+complete, and anything else kept in it (the input text, a run's checkpoints) is left as it was.
 """
 
 from __future__ import annotations
@@ -20,21 +21,22 @@ import numpy as np
 from tqdm import tqdm
 
 from lmforge.data.clean import clean_text
-from lmforge.data.records import is_records, read_records
+from lmforge.data.records import check_data_file, is_records, read_records
 from lmforge.errors import LmforgeError
-from lmforge.tokenizer import ENCODER_BPE_SPECIALS, EOS, Tokenizer
+from lmforge.tokenizer import ENCODER_BPE_SPECIALS, EOS, Tokenizer, check_vocab_size, min_vocab_size
 
 FORMAT = 1
 CHUNK_CHARS = 1 << 20  # pieces of ~1 MB are encoded in parallel
+# the files preparation writes (documents.py adds the offset arrays); meta.json, written last, says they are ours
+OWNED = ("train.bin", "val.bin", "tokenizer.json", "meta.json") + tuple(
+    f"{split}.{offsets}.npy" for split in ("train", "val") for offsets in ("sentences", "documents")
+)
 
 
 def read_text(path: str | Path) -> str:
     """The text of a UTF-8 file (a leading BOM dropped), refusing what would train a model on garbage."""
     path = Path(path)
-    if path.is_dir():
-        raise LmforgeError(f"data file {path} is a directory: give a UTF-8 text file")
-    if not path.exists():
-        raise LmforgeError(f"data file {path} not found: check the path (relative paths start at {Path.cwd()})")
+    check_data_file(path)
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -132,10 +134,23 @@ def input_list(inputs: Sequence[str | Path] | str | Path) -> list[str | Path]:
 
 
 def check_out_dir(out_dir: Path) -> None:
+    """Refuses a file, and a folder holding files by our names but no meta.json: they are someone else's (nanoGPT
+    writes a train.bin too), and preparing would replace them."""
     if out_dir.exists() and not out_dir.is_dir():
         raise LmforgeError(f"{out_dir} is a file: give a folder for the prepared data")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "meta.json").is_file():
-        raise LmforgeError(f"{out_dir} is a non-empty folder that is not prepared data: give a new or empty folder")
+    if (out_dir / "meta.json").is_file():
+        return
+    if taken := [name for name in OWNED if (out_dir / name).exists()]:
+        raise LmforgeError(
+            f"{out_dir} holds {', '.join(taken)} but no meta.json, so it is not prepared data that preparing may "
+            "replace: move those files or give another folder"
+        )
+
+
+def check_trained_vocab_size(tokenizer: Tokenizer | str, vocab_size: int, encoder: bool = False) -> None:
+    """A vocab_size the tokenizer still to be trained cannot have is refused now, not after reading all the data."""
+    if tokenizer in ("bpe", "wordpiece"):
+        check_vocab_size(tokenizer, vocab_size, min_vocab_size(tokenizer, encoder))
 
 
 def prepare(
@@ -163,6 +178,7 @@ def prepare(
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     tok = resolve_tokenizer(tokenizer)
+    check_trained_vocab_size(tok, vocab_size)
     texts, records = [], []
     for p in inputs:
         docs, bad = read_records(p, on_bad_line) if is_records(p) else ([read_text(p)], None)
@@ -221,35 +237,58 @@ def _tokenize(tok: Tokenizer, texts: list[str], progress: bool) -> np.ndarray:
 
 
 def write_folder(out_dir: Path, arrays: dict[str, np.ndarray], tok: Tokenizer, meta: dict) -> None:
-    """Fills a temporary sibling folder and renames it onto out_dir; on any failure the sibling is removed.
+    """Writes and fsyncs every file in a hidden folder inside out_dir, then moves them into place (see _publish); a
+    failure while writing (a full disk) leaves out_dir as it was.
 
-    A name ending in .npy is written with its dtype and shape (np.save); others as raw bytes, described in meta.
+    The names are among OWNED. One ending in .npy is written with its dtype and shape (np.save); others as raw bytes,
+    described in meta.
     """
-    out_dir = out_dir.resolve()  # so that "." has a name to put the sibling next to
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    created = not out_dir.exists()
+    tmp = out_dir / f".prepare.tmp-{uuid.uuid4().hex[:8]}"  # the same file system, so a rename is atomic
     tmp.mkdir(parents=True)
     try:
         for name, array in arrays.items():
-            if name.endswith(".npy"):
-                np.save(tmp / name, array)
-            else:
-                array.tofile(tmp / name)
+            with open(tmp / name, "wb") as f:
+                if name.endswith(".npy"):
+                    np.save(f, array)
+                else:
+                    array.tofile(f)
         tok.save(tmp / "tokenizer.json")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        for file in tmp.iterdir():
+            with open(file, "rb+") as f:
+                os.fsync(f.fileno())
         _publish(tmp, out_dir)
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:
-    """Renames the finished folder onto out_dir; an older prepared folder there is moved aside, then deleted."""
-    if not (out_dir / "meta.json").is_file():
-        os.replace(tmp, out_dir)  # out_dir is absent or an empty folder
-        return
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old)
+    """Moves the finished files onto out_dir's: the old meta.json goes first and the new one comes last, so a reader
+    sees the old data, no prepared data, or the new data whole. A file of ours the new layout lacks (the offsets of
+    an earlier documents layout) is removed; any other file is left alone."""
+    (out_dir / "meta.json").unlink(missing_ok=True)
+    for name in OWNED:
+        if not (tmp / name).exists():
+            (out_dir / name).unlink(missing_ok=True)
+    for name in os.listdir(tmp):
+        if name != "meta.json":
+            os.replace(tmp / name, out_dir / name)
+    _fsync_dir(out_dir)  # the data is on disk under its names before the meta.json that vouches for it
+    os.replace(tmp / "meta.json", out_dir / "meta.json")
+    _fsync_dir(out_dir)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -291,7 +330,13 @@ def load_prepared(path: str | Path) -> PreparedData:
                 "prepare the data again"
             )
         splits[split] = np.memmap(file, dtype=dtype, mode="r") if n else np.empty(0, dtype=dtype)  # mmap needs bytes
-    return PreparedData(splits["train"], splits["val"], meta, Tokenizer.load(tokenizer_file), path)
+    tokenizer = Tokenizer.load(tokenizer_file)
+    if tokenizer.vocab_size != meta.get("vocab_size"):
+        raise LmforgeError(
+            f"{tokenizer_file} has {tokenizer.vocab_size} tokens but meta.json says {meta.get('vocab_size')}: "
+            "prepare the data again"
+        )
+    return PreparedData(splits["train"], splits["val"], meta, tokenizer, path)
 
 
 def ensure_prepared(
@@ -319,8 +364,7 @@ def ensure_prepared(
         raise LmforgeError(
             f"{data} is a folder but not prepared data (no meta.json): run `lmforge data prepare` or pass a text file"
         )
-    if not data.exists():
-        raise LmforgeError(f"data file {data} not found: check the path (relative paths start at {Path.cwd()})")
+    check_data_file(data)  # before hashing it: /dev/zero never ends, and a pipe would be empty when read after
     spec = resolve_tokenizer(tokenizer)
     tokenizer_key = spec if isinstance(spec, str) else "file:" + _sha256(Path(tokenizer))
     settings = [

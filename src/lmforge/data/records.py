@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -41,9 +42,25 @@ class _Records:
         self.bad += 1
 
 
+def check_data_file(path: Path) -> None:
+    """Refuses, before opening it, a path that is not a regular file: /dev/zero never ends, and a pipe such as
+    <(cmd) blocks or is used up by the first of the two reads (the hash and the text)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise LmforgeError(
+            f"data file {path} not found: check the path (relative paths start at {Path.cwd()})"
+        ) from None
+    except OSError as e:
+        raise LmforgeError(f"cannot read data file {path}: {e.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise LmforgeError(f"data file {path} is a directory: give a UTF-8 text file")
+    if not stat.S_ISREG(mode):
+        raise LmforgeError(f"data file {path} is not a regular file (a pipe or a device): save it to a file first")
+
+
 def read_bytes(path: Path) -> bytes:
-    if not path.is_file():
-        raise LmforgeError(f"data file {path} not found: check the path (relative paths start at {Path.cwd()})")
+    check_data_file(path)
     try:
         return path.read_bytes()
     except OSError as e:
@@ -73,7 +90,10 @@ def iter_csv(
     csv.field_size_limit(2**31 - 1)  # a document may well exceed csv's default limit of 128 KiB a field
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
-    header = next(rows, None)
+    try:
+        header = next(rows, None)
+    except csv.Error as e:
+        raise LmforgeError(f"{path}, line 1: the header row is not valid CSV ({e}): fix the first row") from None
 
     def body() -> Iterator[tuple[int, list[str]]]:
         while True:

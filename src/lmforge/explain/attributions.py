@@ -1,7 +1,7 @@
 """Why a classifier decided what it decided: integrated-gradients attributions per token and attention maps per
 layer and head, written as PNG heatmaps and one self-contained HTML page.
 
-A classifier here is any module with a `backbone` (GPT or Bert) and forward(input_ids, attention_mask,
+A classifier here is any module with a `backbone` (any family's) and forward(input_ids, attention_mask,
 token_type_ids=None) -> logits, (B, n_labels) for a sequence task or (B, T, n_labels) for a token task.
 """
 
@@ -16,30 +16,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmforge.checkpoint.files import load_finetuned
-from lmforge.data.labelled import Example, encode_classification
+from lmforge.checkpoint.loader import load_finetuned
+from lmforge.data.labelled import Example
 from lmforge.errors import LmforgeError
 from lmforge.explain.html import write_html
-from lmforge.models import GPT, Bert
-from lmforge.models.heads import backbone_hidden
 from lmforge.plots import plot_attention, plot_attributions
+from lmforge.tasks.classification import encode_classification
 from lmforge.tokenizer import Tokenizer
 
 Target = int | tuple[int, int]  # a class index (sequence task) or (position, class index) (token task)
 UNLIMITED = 1 << 30  # a length no text reaches: encode without truncation
 
 
-def _unsupported(backbone: nn.Module) -> LmforgeError:
-    return LmforgeError(f"explain reads GPT and Bert backbones, not {type(backbone).__name__}")
-
-
 def word_embedding(backbone: nn.Module) -> nn.Embedding:
-    """The token table whose output integrated gradients interpolates: GPT's tok_emb, Bert's embeddings.word."""
-    if isinstance(backbone, Bert):
-        return backbone.embeddings.word
-    if isinstance(backbone, GPT):
-        return backbone.tok_emb
-    raise _unsupported(backbone)
+    """The token table whose output integrated gradients interpolates (every family's `input_embeddings`)."""
+    return backbone.input_embeddings
 
 
 def _score(logits: torch.Tensor, target: Target) -> torch.Tensor:
@@ -125,14 +116,12 @@ def attention_maps(
 ) -> list[torch.Tensor]:
     """Per layer, the attention weights (n_head, T, T) of one sequence (input_ids (1, T)); rows are queries.
 
-    Works on a classifier (its backbone) or a bare GPT/Bert. Asking for weights runs the explicit softmax formula
-    instead of the fused kernel, which is fine for one sequence.
+    Works on a classifier (its backbone) or a bare backbone of any family. Asking for weights runs the explicit
+    softmax formula instead of the fused kernel, which is fine for one sequence.
     """
     backbone = getattr(model, "backbone", model)
-    if not isinstance(backbone, (GPT, Bert)):
-        raise _unsupported(backbone)
     with torch.no_grad():
-        _, weights = backbone_hidden(backbone, input_ids, attention_mask, token_type_ids, need_weights=True)
+        _, weights = backbone.hidden(input_ids, attention_mask, token_type_ids, need_weights=True)
     return [w[0] for w in weights]
 
 
@@ -152,8 +141,7 @@ def encode(tokenizer: Tokenizer, backbone: nn.Module, text: str, text_pair: str 
     Nothing is cut: a text longer than the model reads is refused, since explaining half of it would mislead."""
     if not text.strip():
         raise LmforgeError("the text is empty: give the text to explain with --text")
-    family = "bert" if isinstance(backbone, Bert) else "gpt"
-    (feature,) = encode_classification([Example(0, text, text_pair)], tokenizer, family, UNLIMITED, None)
+    (feature,) = encode_classification([Example(0, text, text_pair)], tokenizer, backbone.family, UNLIMITED, None)
     ids, types = feature["input_ids"], feature["token_type_ids"]
     if len(ids) > backbone.cfg.max_seq_len:
         raise LmforgeError(f"the text is {len(ids)} tokens, but the model reads at most {backbone.cfg.max_seq_len}")

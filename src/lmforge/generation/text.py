@@ -8,6 +8,7 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.generation.decoding import stream
+from lmforge.generation.detokenize import IncrementalDetokenizer
 from lmforge.tokenizer import Tokenizer
 
 
@@ -65,25 +66,58 @@ def generate_text(
     check_sampling(max_new_tokens, **sampling)
     device = next(model.parameters()).device
     ids = torch.tensor([encode_prompt(tokenizer, prompt, model.cfg.max_seq_len)], device=device)
-    stop = [s for s in stop if s]
-    new: list[int] = []
-    text, shown = "", 0
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    text = _TextUntilStop([s for s in stop if s], on_text)
     for token in stream(model, ids, max_new_tokens, eos_id=tokenizer.eos_id, **sampling):
-        if int(token[0]) == tokenizer.eos_id:
+        if int(token[0]) == tokenizer.eos_id or text.add(detokenizer.add(int(token[0]))):
             break
-        new.append(int(token[0]))
-        text = tokenizer.decode(new)
-        cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=None)
-        if cut is not None:
-            text = text[:cut]
-            break
-        ready = len(text) - _held_back(text, stop)
-        if on_text is not None and ready > shown and not text[:ready].endswith("\ufffd"):
-            on_text(text[shown:ready])
-            shown = ready
-    if on_text is not None and len(text) > shown:
-        on_text(text[shown:])
-    return text
+    text.add(detokenizer.flush())
+    return text.close()
+
+
+class _TextUntilStop:
+    """Generated text as its pieces arrive, cut before the first stop string, and streamed to on_text (when given)
+    up to where a stop string could still begin.
+
+    A new match can only begin in the last (longest stop - 1) characters before a piece, so each piece costs its
+    length and the stop strings', however long the text is."""
+
+    def __init__(self, stop: Sequence[str], on_text: Callable[[str], None] | None = None):
+        self.stop, self.on_text = stop, on_text
+        self.keep = max(map(len, stop), default=1) - 1
+        self.shown: list[str] = []  # the pieces passed on
+        self.held = ""  # the text after them
+        self.tail = ""  # the text's last `keep` characters
+        self.stopped = False
+
+    def add(self, piece: str) -> bool:
+        """Appends piece, unless a stop string came before; whether one has now."""
+        if self.stopped or not piece:
+            return self.stopped
+        region = self.tail + piece
+        cut = min((i for i in (region.find(s) for s in self.stop) if i >= 0), default=None)
+        if cut is not None:  # the match begins in held text: the tail before it was a stop string's start
+            self.held = (self.held + piece)[: len(self.held) + cut - len(self.tail)]
+            self.stopped = True
+            return True
+        self.held += piece
+        self.tail = region[max(len(region) - self.keep, 0) :]
+        ready = len(self.held) - _held_back(self.held, self.stop)
+        if ready > 0 and not self.held.endswith("\ufffd", 0, ready):
+            self._show(ready)
+        return False
+
+    def close(self) -> str:
+        """Passes on what was held back and returns the whole text."""
+        if self.held:
+            self._show(len(self.held))
+        return "".join(self.shown)
+
+    def _show(self, n: int) -> None:
+        piece, self.held = self.held[:n], self.held[n:]
+        self.shown.append(piece)
+        if self.on_text is not None:
+            self.on_text(piece)
 
 
 def _held_back(text: str, stop: Sequence[str]) -> int:

@@ -1,86 +1,18 @@
-"""Metrics and evaluation reports: accuracy, macro-F1, per-class precision/recall, the confusion matrix, and NER
-entity-level precision/recall/F1 counted the way seqeval (and conlleval) count them."""
+"""Evaluation of a fine-tuned checkpoint on labelled data, and its report: the task's metrics as JSON, markdown and
+(classification) a confusion-matrix PNG."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import torch
-
-from lmforge.checkpoint.files import load_finetuned, write_text_atomic
-from lmforge.data.labelled import check_labels, read_examples
+from lmforge.checkpoint.files import write_text_atomic
+from lmforge.checkpoint.loader import load_finetuned
 from lmforge.inference.predict import columns_of, encode, pad_id_of, predict_features
 from lmforge.plots import plot_confusion
-from lmforge.tasks.squad import qa_metrics
+from lmforge.tasks import get_task
 
 HEADLINE = ("accuracy", "macro_f1", "micro_f1", "exact_match", "precision", "recall", "f1")  # a report's top lines
-NO_RELATION = ("no_relation", "NA", "Other", "other", "None")  # the "neither" label of TACRED, FewRel/NYT, SemEval
-
-
-def _prf(correct: int, predicted: int, true: int, support: int) -> dict:
-    p = correct / predicted if predicted else 0.0
-    r = correct / true if true else 0.0
-    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "support": support}
-
-
-def classification_metrics(gold: list[int], pred: list[int], labels: list[str]) -> dict:
-    """Accuracy, macro-F1 (the unweighted mean over classes), per-class P/R/F1 and the confusion matrix (rows:
-    true label, columns: predicted label)."""
-    k = len(labels)
-    matrix = torch.zeros(k, k, dtype=torch.long)
-    for g, p in zip(gold, pred, strict=True):
-        matrix[g, p] += 1
-    diag = matrix.diag()
-    per_class = {
-        label: _prf(int(diag[i]), int(matrix[:, i].sum()), int(matrix[i].sum()), int(matrix[i].sum()))
-        for i, label in enumerate(labels)
-    }
-    return {
-        "accuracy": int(diag.sum()) / max(len(gold), 1),
-        "macro_f1": sum(c["f1"] for c in per_class.values()) / k,
-        "per_class": per_class,
-        "confusion_matrix": matrix.tolist(),
-        "labels": labels,
-        "n_examples": len(gold),
-    }
-
-
-def entity_spans(tags: list[str]) -> set[tuple[str, int, int]]:
-    """The (type, first, last) entities of an IOB2 tag sequence. As in conlleval and seqeval's default mode, an I-
-    that does not continue an entity of its type (after O, or after another type) starts a new one."""
-    spans, open_type, start = set(), None, 0
-    for i, tag in enumerate([*tags, "O"]):
-        prefix, kind = ("O", None) if tag == "O" else tag.split("-", 1)
-        if open_type is not None and (prefix in ("B", "O") or kind != open_type):
-            spans.add((open_type, start, i - 1))
-            open_type = None
-        if prefix == "B" or (prefix == "I" and open_type is None):
-            open_type, start = kind, i
-    return spans
-
-
-def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict:
-    """Micro-averaged entity precision/recall/F1 over all sentences (an entity counts only when its type and both
-    ends match), and the same per entity type."""
-    true_spans, pred_spans = set(), set()
-    for n, (g, p) in enumerate(zip(gold, pred, strict=True)):
-        true_spans |= {(n, *s) for s in entity_spans(g)}
-        pred_spans |= {(n, *s) for s in entity_spans(p)}
-    correct = true_spans & pred_spans
-    types = sorted({s[1] for s in true_spans | pred_spans})
-
-    def count(spans, kind):
-        return sum(1 for s in spans if s[1] == kind)
-
-    overall = _prf(len(correct), len(pred_spans), len(true_spans), len(true_spans))
-    return {
-        **{k: v for k, v in overall.items()},
-        "per_type": {
-            t: _prf(count(correct, t), count(pred_spans, t), count(true_spans, t), count(true_spans, t)) for t in types
-        },
-        "n_sentences": len(gold),
-    }
 
 
 def markdown_report(report: dict) -> str:
@@ -113,42 +45,17 @@ def write_report(report: dict, out: Path) -> list[Path]:
     return written
 
 
-def score(
-    task: str, labels: list[str], features: list[dict], probs: list[torch.Tensor], examples, max_answer_len: int = 30
-) -> dict:
-    """The task's metrics of predicted probabilities against the examples' labels."""
-    if task == "qa":
-        return qa_metrics(examples, features, probs, max_answer_len)
-    if task == "relation":
-        return relation_metrics([f["label"] for f in features], [int(p.argmax()) for p in probs], labels)
-    if task == "ner":
-        pred = [[labels[i] for i in p.argmax(-1).tolist()] for p in probs]
-        return entity_metrics([ex.label for ex in examples], pred)
-    return classification_metrics([f["label"] for f in features], [int(p.argmax()) for p in probs], labels)
-
-
 def evaluate_checkpoint(
     checkpoint: str | Path, data: str | Path, out: str | Path | None = None, batch_size: int = 64, device: str = "cpu"
 ) -> tuple[dict, list[Path]]:
     """Scores a fine-tuned checkpoint on a labelled file and writes the report (default: CHECKPOINT/eval-STEM)."""
     model, tokenizer, task = load_finetuned(checkpoint, device)
-    examples = read_examples(data, task.task, columns_of(task))
-    check_labels(examples, task.labels, data)
+    kind = get_task(task.task)
+    examples = kind.read(Path(data), columns_of(task))
+    kind.check(examples, task.labels, data)
     features = encode(examples, tokenizer, model, task, labelled=True)
-    probs = predict_features(model, features, pad_id_of(tokenizer), batch_size, device)
+    probs = predict_features(model, features, pad_id_of(tokenizer), batch_size, device, kind)
     report = {"checkpoint": str(checkpoint), "data": str(data), "task": task.task}
-    report |= score(task.task, task.labels, features, probs, examples, task.max_answer_len)
+    report |= kind.score(task, examples, features, probs)
     out = Path(out) if out is not None else Path(checkpoint) / f"eval-{Path(data).stem}"
     return report, write_report(report, out)
-
-
-def relation_metrics(gold: list[int], pred: list[int], labels: list[str]) -> dict:
-    """Classification metrics, and with a "no relation" label, TACRED's micro-F1: precision over the relations
-    predicted and recall over the true ones, both leaving that label out."""
-    report = classification_metrics(gold, pred, labels)
-    none = next((labels.index(n) for n in NO_RELATION if n in labels), None)
-    if none is not None:
-        correct = sum(g == p != none for g, p in zip(gold, pred, strict=True))
-        predicted, true = sum(p != none for p in pred), sum(g != none for g in gold)
-        report["micro_f1"] = _prf(correct, predicted, true, true)["f1"]
-    return report

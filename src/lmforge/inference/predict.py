@@ -1,4 +1,5 @@
-"""Batched prediction with a fine-tuned model: labels with probabilities, NER tags mapped back to words."""
+"""Batched prediction with a fine-tuned model: each task's output records (labels with probabilities, tags per word,
+answers), from texts on the command line or a file."""
 
 from __future__ import annotations
 
@@ -7,36 +8,33 @@ from pathlib import Path
 
 import torch
 
-from lmforge.checkpoint.files import load_finetuned, write_text_atomic
+from lmforge.checkpoint.files import write_text_atomic
+from lmforge.checkpoint.loader import load_finetuned
 from lmforge.config import TaskConfig
-from lmforge.data.labelled import ENCODERS, Columns, Example, collate, read_examples
-from lmforge.data.qa import QAExample
-from lmforge.data.relation import RelationExample, unmark
+from lmforge.data.labelled import Columns, collate
 from lmforge.errors import LmforgeError
-from lmforge.tasks.squad import qa_records
+from lmforge.tasks import Task, get_task
 from lmforge.tokenizer import Tokenizer
 
 
-def family_of(model: torch.nn.Module) -> str:
-    return "bert" if hasattr(model.backbone, "embeddings") else "gpt"
-
-
-def encode(examples: list[Example], tokenizer: Tokenizer, model, task: TaskConfig, labelled: bool) -> list[dict]:
-    """Features for the model: token ids, segment ids, label indices (when labelled), word positions (NER), and
-    windows with their example and character offsets (QA)."""
-    options = {"doc_stride": task.doc_stride} if task.task == "qa" else {}
-    return ENCODERS[task.task](
-        examples, tokenizer, family_of(model), task.max_seq_len, task.labels if labelled else None, **options
-    )
+def encode(examples: list, tokenizer: Tokenizer, model, task: TaskConfig, labelled: bool) -> list[dict]:
+    """Features for the model, as its task encodes them."""
+    return get_task(task.task).encode(examples, tokenizer, model.backbone.family, task, labelled)
 
 
 @torch.no_grad()
 def predict_features(
-    model: torch.nn.Module, features: list[dict], pad_id: int, batch_size: int = 64, device: str = "cpu"
+    model: torch.nn.Module,
+    features: list[dict],
+    pad_id: int,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    task: Task | None = None,
 ) -> list[torch.Tensor]:
-    """Probabilities per example: (n_labels,) for a sequence, (n_words, n_labels) for a sentence's words (a word
-    cut off by max_seq_len gets all its mass on label 0, which is O in a tag set). Batches group similar lengths,
-    so little compute goes to padding; the results come back in input order."""
+    """Probabilities per feature, as the task gathers them ((n_labels,) for a sequence, per word for NER). Batches
+    group similar lengths, so little compute goes to padding; the results come back in input order."""
+    if batch_size < 1:
+        raise LmforgeError(f"--batch-size must be at least 1, not {batch_size}")
     was_training = model.training
     model.eval()
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
@@ -47,13 +45,7 @@ def predict_features(
         logits = model(*(batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")))
         probs = logits.float().softmax(-1).cpu()
         for row, i in enumerate(chunk):
-            if "words" not in features[i]:
-                out[i] = probs[row]
-                continue
-            words = torch.tensor(features[i]["words"], dtype=torch.long)
-            word_probs = probs[row][words.clamp(min=0)]
-            word_probs[words < 0] = torch.nn.functional.one_hot(torch.tensor(0), probs.size(-1)).float()
-            out[i] = word_probs
+            out[i] = probs[row] if task is None else task.gather(probs[row], features[i])
     model.train(was_training)
     return out
 
@@ -62,38 +54,19 @@ def pad_id_of(tokenizer: Tokenizer) -> int:
     return tokenizer.pad_id if tokenizer.pad_id is not None else 0  # a GPT has none; the mask hides padding anyway
 
 
-def to_record(example: Example, probs: torch.Tensor, task: TaskConfig) -> dict:
-    """One prediction as JSON: the label and each label's probability, or each word's tag and its probability."""
-    if task.task == "ner":
-        best = probs.argmax(-1).tolist()
-        return {
-            "words": example.text,
-            "tags": [task.labels[i] for i in best],
-            "probabilities": [round(float(p[i]), 6) for p, i in zip(probs, best, strict=True)],
-        }
-    if task.task == "relation":
-        record = {"text": example.text, "head": list(example.head), "tail": list(example.tail)}
-    else:
-        record = {"text": example.text} | ({"text_pair": example.pair} if example.pair is not None else {})
-    return record | {
-        "label": task.labels[int(probs.argmax())],
-        "probabilities": {label: round(float(p), 6) for label, p in zip(task.labels, probs, strict=True)},
-    }
-
-
 def predict(
     model: torch.nn.Module,
     tokenizer: Tokenizer,
     task: TaskConfig,
-    examples: list[Example],
+    examples: list,
     batch_size: int = 64,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
 ) -> list[dict]:
+    """One output record per example, in order."""
+    kind = get_task(task.task)
     features = encode(examples, tokenizer, model, task, labelled=False)
-    probs = predict_features(model, features, pad_id_of(tokenizer), batch_size, device)
-    if task.task == "qa":
-        return qa_records(examples, features, probs, task.max_answer_len)
-    return [to_record(ex, p, task) for ex, p in zip(examples, probs, strict=True)]
+    probs = predict_features(model, features, pad_id_of(tokenizer), batch_size, device, kind)
+    return kind.records(task, examples, features, probs)
 
 
 def predict_texts(
@@ -102,7 +75,7 @@ def predict_texts(
     """Predictions for texts given on the command line; NER splits each text into words at whitespace, relation
     reads its entities from inline markers, QA takes each text as a question about `pair`, the context."""
     model, tokenizer, task = load_finetuned(checkpoint, device)
-    examples = [example_from_text(task.task, t, pair, n) for n, t in enumerate(texts, start=1)]
+    examples = [get_task(task.task).example(t, pair, n) for n, t in enumerate(texts, start=1)]
     return predict(model, tokenizer, task, examples, batch_size, device)
 
 
@@ -111,7 +84,7 @@ def predict_file(
 ) -> int:
     """Writes one JSON line per input example to output_path (all or nothing); returns the number written."""
     model, tokenizer, task = load_finetuned(checkpoint, device)
-    examples = read_examples(input_path, task.task, columns_of(task), labelled=False)
+    examples = get_task(task.task).read(Path(input_path), columns_of(task), labelled=False)
     records = predict(model, tokenizer, task, examples, batch_size, device)
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,13 +95,3 @@ def predict_file(
 def columns_of(task: TaskConfig) -> Columns:
     """The fields a checkpoint's fine-tuning data read its inputs from."""
     return Columns(task.text_column, task.text_pair_column, task.label_column, task.head_column, task.tail_column)
-
-
-def example_from_text(task: str, text: str, pair: str | None, n: int) -> Example | RelationExample | QAExample:
-    if task == "relation":
-        return unmark(text, f"--text {n}")
-    if task == "qa":
-        if pair is None:
-            raise LmforgeError("a QA model answers --text QUESTION about --context CONTEXT: give the context")
-        return QAExample(f"--text {n}", str(n), text, pair, [])
-    return Example(0, text.split() if task == "ner" else text, pair)

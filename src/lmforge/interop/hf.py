@@ -4,7 +4,9 @@ A family is data: the HF model_type, the prefix its head models (GPT2LMHeadModel
 the base model's names, and the HF name of each of our modules. One table serves import and export, so a round trip
 is exact. Our fused attention projection `qkv` is HF's query, key and value stacked; GPT-2's Conv1D weights are
 stored transposed. Heads are read from the weights: a bare BertModel becomes an encoder without MLM head (its pooler,
-which lmforge does not use without a sentence head, is dropped).
+which lmforge does not use without a sentence head, is dropped). A fine-tuned model is a task head around a backbone:
+each family also names the transformers class of each task (BertForSequenceClassification, ...) and where that class
+keeps the head's modules; the backbone's pretraining heads, which no task uses, are left out of an export.
 """
 
 from __future__ import annotations
@@ -18,13 +20,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from lmforge.config import BertConfig, GPTConfig
+from lmforge.config import BertConfig, GPTConfig, TaskConfig
 from lmforge.errors import LmforgeError
 
-SUPPORTED = (
-    "GPT2Model", "GPT2LMHeadModel", "BertModel", "BertForPreTraining", "BertForMaskedLM", "RobertaModel",
-    "RobertaForMaskedLM", "AlbertModel", "AlbertForPreTraining", "AlbertForMaskedLM",
-)  # fmt: skip
 BERT_LAYER = {
     "attn.qkv": ("attention.self.query", "attention.self.key", "attention.self.value"),
     "attn.out": "attention.output.dense", "ln_attn": "attention.output.LayerNorm", "ffn.up": "intermediate.dense",
@@ -50,6 +48,15 @@ HF_ACTIVATIONS = {"gelu_exact": "gelu", "gelu": "gelu_new", "relu": "relu"}
 
 
 @dataclass(frozen=True)
+class TaskHead:
+    """A fine-tuned task as transformers holds it: its class and where our head's modules live in it."""
+
+    architecture: str
+    names: dict[str, str]  # our task model's modules (the head's, and backbone.pooler when it pools) -> HF's
+    no_bias: frozenset[str] = frozenset()  # modules whose bias HF's class lacks (GPT-2's score): it must be zero
+
+
+@dataclass(frozen=True)
 class Family:
     model_type: str
     prefix: str  # before the base model's names in a head model
@@ -60,6 +67,19 @@ class Family:
     heads: dict[str, str] = field(default_factory=dict)  # ours -> HF at the top of a head model
     transposed: frozenset[str] = frozenset()  # block modules whose weight HF stores (in, out)
     architectures: tuple[str, str, str] = ("", "", "")  # HF class of: base model, MLM head, MLM + sentence heads
+    tasks: dict[str, TaskHead] = field(default_factory=dict)  # our task name -> its HF class
+    pooling: str = "cls"  # what its sequence classifier reads: [CLS], or GPT-2's last real token
+
+
+def encoder_tasks(name: str, classifier: dict[str, str]) -> dict[str, TaskHead]:
+    """An encoder's task classes; its sequence classifier pools [CLS] through a pooler (RoBERTa's sits in its
+    classification head), which is the backbone's own when a pretrained backbone kept one."""
+    return {
+        "classification": TaskHead(f"{name}ForSequenceClassification",
+                                   {**classifier, "backbone.pooler": classifier["pooler"]}),
+        "ner": TaskHead(f"{name}ForTokenClassification", {"classifier": "classifier"}),
+        "qa": TaskHead(f"{name}ForQuestionAnswering", {"qa_outputs": "qa_outputs"}),
+    }  # fmt: skip
 
 
 FAMILIES = {
@@ -68,17 +88,23 @@ FAMILIES = {
         {"tok_emb": "wte", "pos_emb": "wpe", "decoder.ln_final": "ln_f"},
         transposed=frozenset({"attn.qkv", "attn.out", "ffn.up", "ffn.down"}),
         architectures=("GPT2Model", "GPT2LMHeadModel", ""),
+        tasks={"classification": TaskHead("GPT2ForSequenceClassification", {"classifier": "score"},
+                                          no_bias=frozenset({"classifier"})),
+               "ner": TaskHead("GPT2ForTokenClassification", {"classifier": "classifier"})},
+        pooling="last",
     ),
     "bert": Family(
         "bert", "bert", "encoder", "encoder.layer.{i}", BERT_LAYER, {**EMBEDDINGS, "pooler": "pooler.dense"},
         {"mlm_head": "cls.predictions", "mlm_head.dense": "cls.predictions.transform.dense",
          "mlm_head.ln": "cls.predictions.transform.LayerNorm", "sentence_head": "cls.seq_relationship"},
         architectures=("BertModel", "BertForMaskedLM", "BertForPreTraining"),
+        tasks=encoder_tasks("Bert", {"pooler": "bert.pooler.dense", "classifier": "classifier"}),
     ),
     "roberta": Family(
         "roberta", "roberta", "encoder", "encoder.layer.{i}", BERT_LAYER, {**EMBEDDINGS, "pooler": "pooler.dense"},
         {"mlm_head": "lm_head", "mlm_head.dense": "lm_head.dense", "mlm_head.ln": "lm_head.layer_norm"},
         architectures=("RobertaModel", "RobertaForMaskedLM", ""),
+        tasks=encoder_tasks("Roberta", {"pooler": "classifier.dense", "classifier": "classifier.out_proj"}),
     ),
     "albert": Family(
         "albert", "albert", "encoder", "encoder.albert_layer_groups.{i}.albert_layers.0", ALBERT_LAYER,
@@ -86,8 +112,12 @@ FAMILIES = {
         {"mlm_head": "predictions", "mlm_head.dense": "predictions.dense", "mlm_head.ln": "predictions.LayerNorm",
          "sentence_head": "sop_classifier.classifier"},
         architectures=("AlbertModel", "AlbertForMaskedLM", "AlbertForPreTraining"),
+        tasks=encoder_tasks("Albert", {"pooler": "albert.pooler", "classifier": "classifier"}),
     ),
 }  # fmt: skip
+SUPPORTED = tuple(
+    name for f in FAMILIES.values() for name in (*f.architectures, *(h.architecture for h in f.tasks.values())) if name
+)
 
 
 def module_names(family: Family, n_blocks: int, head_model: bool) -> dict[str, str | tuple[str, ...]]:
@@ -102,13 +132,33 @@ def module_names(family: Family, n_blocks: int, head_model: bool) -> dict[str, s
     return {**names, **family.heads}
 
 
-def to_hf(family: Family, weights: dict[str, torch.Tensor], head_model: bool) -> dict[str, torch.Tensor]:
-    """Our state dict (tied tensors once) -> HF's."""
-    names = module_names(family, _n_blocks(family, weights), head_model)
+def task_names(family: Family, task: str, n_blocks: int) -> dict[str, str | tuple[str, ...] | None]:
+    """Our task model's module -> its place in the task's HF class; None for the backbone's pretraining heads and
+    pooler, which the class does not hold (a classifier's pooler is named by the task)."""
+    backbone = {f"backbone.{ours}": hf for ours, hf in module_names(family, n_blocks, head_model=True).items()}
+    unused = {f"backbone.{ours}": None for ours in (*family.heads, "pooler")}
+    return {**backbone, **unused, **family.tasks[task].names}
+
+
+def to_hf(
+    family: Family, weights: dict[str, torch.Tensor], head_model: bool, task: str | None = None
+) -> dict[str, torch.Tensor]:
+    """Our state dict (tied tensors once) -> HF's; with a task, our task model's -> its HF class's."""
+    names = _names(family, weights, head_model, task)
+    no_bias = family.tasks[task].no_bias if task else frozenset()
     out = {}
     for key, tensor in weights.items():
         module, param = key.rsplit(".", 1)
         hf = names[module]
+        if hf is None:
+            continue
+        if module in no_bias and param == "bias":
+            if tensor.any():
+                raise LmforgeError(
+                    f"{family.tasks[task].architecture}'s {hf} has no bias and this model's {module} bias is not zero: "
+                    "transformers cannot hold it; use the lmforge checkpoint itself"
+                )
+            continue
         if isinstance(hf, tuple):
             out.update({f"{h}.{param}": t.clone() for h, t in zip(hf, tensor.chunk(3), strict=True)})
             continue
@@ -117,14 +167,23 @@ def to_hf(family: Family, weights: dict[str, torch.Tensor], head_model: bool) ->
 
 
 def to_ours(
-    family: Family, hf: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], head_model: bool
+    family: Family,
+    hf: dict[str, torch.Tensor],
+    expected: dict[str, torch.Tensor],
+    head_model: bool,
+    task: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """HF's state dict -> ours, for the tensors named in `expected` (our model's state dict)."""
-    names = module_names(family, _n_blocks(family, expected), head_model)
+    """HF's state dict -> ours, for the tensors named in `expected` (our model's state dict); a bias HF's class
+    lacks is zero."""
+    names = _names(family, expected, head_model, task)
+    no_bias = family.tasks[task].no_bias if task else frozenset()
     out = {}
     for key in expected:
         module, param = key.rsplit(".", 1)
         name = names[module]
+        if module in no_bias and param == "bias":
+            out[key] = torch.zeros_like(expected[key])
+            continue
         if isinstance(name, tuple):
             out[key] = torch.cat([hf[f"{h}.{param}"] for h in name])
             continue
@@ -133,14 +192,21 @@ def to_ours(
     return out
 
 
+def _names(family: Family, weights: dict, head_model: bool, task: str | None) -> dict:
+    n_blocks = _n_blocks(family, weights)
+    return task_names(family, task, n_blocks) if task else module_names(family, n_blocks, head_model)
+
+
 def _transposed(family: Family, module: str, param: str) -> bool:
     """GPT-2's Conv1D keeps its weight as (in, out); module is ours, e.g. decoder.blocks.3.attn.qkv."""
+    module = module.removeprefix("backbone.")
     return param == "weight" and module.split(".", 3)[-1] in family.transposed
 
 
 def _n_blocks(family: Family, weights: dict) -> int:
     prefix = f"{family.stack}.blocks."
-    return 1 + max((int(k[len(prefix) :].split(".", 1)[0]) for k in weights if k.startswith(prefix)), default=-1)
+    keys = (k.removeprefix("backbone.") for k in weights)
+    return 1 + max((int(k[len(prefix) :].split(".", 1)[0]) for k in keys if k.startswith(prefix)), default=-1)
 
 
 def read_config(path: Path) -> tuple[Family, dict]:
@@ -198,6 +264,32 @@ def heads_of(family: Family, keys: set[str]) -> tuple[bool, bool, bool]:
     mlm = family.model_type != "gpt2" and any(k.startswith(family.heads["mlm_head"] + ".") for k in keys)
     sentence = "sentence_head" in family.heads and any(k.startswith(family.heads["sentence_head"] + ".") for k in keys)
     return head_model, mlm, sentence
+
+
+def task_of(family: Family, architecture: str | None, keys: set[str]) -> str | None:
+    """The fine-tuning task of a head model: the one its HF class names, else the one whose head modules its tensors
+    hold (the most specific: a classifier's pooler tells a BERT sequence classifier from a token classifier)."""
+    if architecture is not None:
+        return next((task for task, head in family.tasks.items() if head.architecture == architecture), None)
+    modules = {k.rsplit(".", 1)[0] for k in keys}
+    held = [task for task, head in family.tasks.items() if set(head.names.values()) <= modules]
+    return max(held, key=lambda task: len(set(family.tasks[task].names.values())), default=None)
+
+
+def task_head(family: Family, task: TaskConfig) -> TaskHead:
+    """The HF class of a fine-tuned model; an error for one that no transformers class computes."""
+    head = family.tasks.get(task.task)
+    if head is None:
+        raise LmforgeError(
+            f"a {family.model_type} {task.task} model has no Hugging Face class (transformers has "
+            f"{', '.join(h.architecture for h in family.tasks.values())}): use the lmforge checkpoint itself"
+        )
+    if task.task == "classification" and (task.pooling or family.pooling) != family.pooling:
+        raise LmforgeError(
+            f"{head.architecture} pools {family.pooling!r} and this classifier pools {task.pooling!r}: "
+            "transformers cannot compute it; use the lmforge checkpoint itself"
+        )
+    return head
 
 
 def model_config(family: Family, raw: dict, mlm: bool, sentence: bool) -> GPTConfig | BertConfig:
@@ -262,9 +354,17 @@ def architecture_of(family: Family, cfg: GPTConfig | BertConfig) -> str:
     return name
 
 
-def hf_config(family: Family, cfg: GPTConfig | BertConfig, special: dict[str, int | None]) -> dict:
-    """config.json for our config; special holds the tokenizer's ids by role (pad, cls, sep, eos)."""
-    common = {"architectures": [architecture_of(family, cfg)], "model_type": family.model_type}
+def hf_config(
+    family: Family, cfg: GPTConfig | BertConfig, special: dict[str, int | None], task: TaskConfig | None = None
+) -> dict:
+    """config.json for our config, or with a task for the task's HF class; special holds the tokenizer's ids by
+    role (pad, cls, sep, eos). GPT-2's sequence classifier finds the last real token as the last non-pad one, so
+    a task model's pad is eos, which ends no text."""
+    architecture = task_head(family, task).architecture if task else architecture_of(family, cfg)
+    common = {"architectures": [architecture], "model_type": family.model_type}
+    if task is not None:
+        common |= {"id2label": dict(enumerate(task.labels)), "label2id": {n: i for i, n in enumerate(task.labels)},
+                   "num_labels": len(task.labels)}  # fmt: skip
     if isinstance(cfg, GPTConfig):
         return {
             **common, "vocab_size": cfg.vocab_size, "n_positions": cfg.max_seq_len, "n_embd": cfg.d_model,
@@ -272,7 +372,7 @@ def hf_config(family: Family, cfg: GPTConfig | BertConfig, special: dict[str, in
             "activation_function": HF_ACTIVATIONS[cfg.activation], "resid_pdrop": cfg.dropout,
             "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout, "layer_norm_epsilon": cfg.layer_norm_eps,
             "bos_token_id": special["eos"], "eos_token_id": special["eos"], "tie_word_embeddings": True,
-        }  # fmt: skip
+        } | ({"pad_token_id": special["eos"]} if task else {})  # fmt: skip
     pad = cfg.position_offset - 1 if family.model_type == "roberta" else special["pad"]
     out = {
         **common, "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layer,

@@ -78,7 +78,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and initialization) whose inference runs `linear` above."""
+    """nn.Linear (same parameters and initialization) whose inference runs `linear` above; what
+    lmforge.kernels.apply_kernels turns a model's nn.Linear layers into."""
 
     _argmax_screen: ArgmaxScreen | None = None  # the int8 copy behind `argmax`, built on its first use
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.config import BertConfig
+from lmforge.models.vocab import grow_table
 from lmforge.nn import Encoder, LearnedPositions
 from lmforge.nn.feedforward import ACTIVATIONS
 
@@ -59,6 +60,8 @@ class MLMHead(nn.Module):
 class Bert(nn.Module):
     """Embeddings -> post-norm encoder -> MLM head at token positions, and pooler -> NSP/SOP head at [CLS]."""
 
+    family = "bert"
+
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.cfg = cfg
@@ -90,15 +93,34 @@ class Bert(nn.Module):
             n -= e.word.weight.numel() + e.position.weight.numel() + e.token_type.weight.numel()
         return n
 
+    @property
+    def input_embeddings(self) -> nn.Embedding:
+        """The word table (what integrated gradients interpolates and new tokens grow)."""
+        return self.embeddings.word
+
+    @torch.no_grad()
+    def add_token_rows(self, token_ids: list[int]) -> None:
+        """Grows the vocabulary (and cfg.vocab_size) to hold token_ids: rows at the mean of the others, and their MLM
+        bias at 0, as transformers does."""
+        n = grow_table(self.embeddings.word, token_ids)
+        if self.mlm_head is not None:
+            bias = self.mlm_head.bias
+            self.mlm_head.bias = nn.Parameter(torch.cat([bias, bias.new_zeros(n - len(bias))]))
+        self.cfg.vocab_size = n
+
     def hidden(
         self,
         input_ids: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        cache: None = None,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """Final hidden states (B, T, d_model) of ids (B, T), segment ids (0 when left out) and a padding mask
-        (B, T; True or 1 = real token), and the per-layer attention weights if asked."""
+        """Final hidden states (B, T, d_model) of ids (B, T), a padding mask (B, T; True or 1 = real token) and
+        segment ids (0 when left out), and the per-layer attention weights if asked. An encoder reads the whole
+        sequence at once, so it takes no cache."""
+        if cache is not None:
+            raise ValueError("an encoder reads the whole sequence at once: it takes no KV cache")
         if input_ids.size(1) > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {input_ids.size(1)} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
         if token_type_ids is None:
@@ -123,6 +145,6 @@ class Bert(nn.Module):
         attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """MLM logits at every position (B, T, vocab_size), and sentence logits (B, 2); each None without its head."""
-        hidden, _ = self.hidden(input_ids, token_type_ids, attention_mask)
+        hidden, _ = self.hidden(input_ids, attention_mask, token_type_ids)
         sentence = self.sentence_logits(hidden) if self.sentence_head is not None else None
         return (self.mlm_logits(hidden) if self.mlm_head is not None else None), sentence

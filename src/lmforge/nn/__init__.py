@@ -1,6 +1,5 @@
 """The Transformer's building blocks, one concept per module."""
 
-from lmforge.kernels.linear import Linear
 from lmforge.nn.attention import MultiHeadAttention, attention_mask, scaled_dot_product_attention
 from lmforge.nn.blocks import Decoder, Encoder, TransformerBlock, TransformerStack
 from lmforge.nn.cache import KVCache
@@ -14,7 +13,6 @@ __all__ = [
     "FeedForward",
     "KVCache",
     "LearnedPositions",
-    "Linear",
     "MultiHeadAttention",
     "RotaryEmbedding",
     "SinusoidalPositions",

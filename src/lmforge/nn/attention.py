@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.kernels.linear import Linear
 from lmforge.nn.cache import KVCache
 from lmforge.nn.positions import RotaryEmbedding
 
@@ -66,8 +65,8 @@ class MultiHeadAttention(nn.Module):
         if d_model % n_head:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_head ({n_head})")
         self.n_head, self.d_head, self.dropout = n_head, d_model // n_head, dropout
-        self.qkv = Linear(d_model, 3 * d_model, bias=bias)
-        self.out = Linear(d_model, d_model, bias=bias)
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.out = nn.Linear(d_model, d_model, bias=bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape

@@ -38,7 +38,7 @@ def pretraining_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
 
     Metrics: mlm_loss, mlm_acc and {nsp,sop}_loss, {nsp,sop}_acc (accuracy over the selected tokens / the pairs).
     """
-    hidden, _ = model.hidden(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    hidden, _ = model.hidden(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     loss, accuracy = mlm_loss(model, hidden, batch["labels"])
     metrics = {"mlm_loss": loss.detach(), "mlm_acc": accuracy}
     if "sentence_label" in batch:

@@ -1,105 +1,35 @@
-"""Fine-tuning a pretrained backbone on labelled data: epochs, warmup + linear decay, evaluation every N steps,
-early stopping, and the best checkpoint (by the eval metric) kept in OUT.
-
-Tasks live in TASKS; a task names its eval metric, and its data reader, encoder and head are looked up by the same
-name (data.labelled.ENCODERS, checkpoint.build_head), so relation extraction and QA slot in beside these two.
-"""
+"""Fine-tuning recipe (lmforge finetune): a FinetuneRun config -> the task's examples, the backbone from the one
+loader, the task's head -> the training loop. Warmup + linear decay, layer-wise lr decay, evaluation every N steps
+with early stopping, the best checkpoint (by the task's metric) kept in OUT, exact resume from OUT/resume."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
-import sys
-import time
-from collections.abc import Iterator
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from lmforge.checkpoint.files import (
-    build_head,
-    find_latest,
-    finetuned_from,
-    load_checkpoint,
-    model_from,
-    save_checkpoint,
-)
-from lmforge.checkpoint.hub import from_pretrained, resolve
-from lmforge.config import DataConfig, FinetuneConfig, RunConfig, TaskConfig
-from lmforge.data.labelled import IGNORE, Columns, check_labels, collate, discover_labels, read_examples
-from lmforge.data.relation import add_markers
+from lmforge.checkpoint.files import find_latest, load_checkpoint, save_checkpoint
+from lmforge.checkpoint.loader import load
+from lmforge.config import DataConfig, FinetuneConfig, FinetuneRun, RunConfig, TaskConfig
+from lmforge.data.labelled import IGNORE, Columns, collate
 from lmforge.errors import LmforgeError
-from lmforge.inference.evaluate import score, write_report
-from lmforge.inference.predict import encode, pad_id_of, predict_features
-from lmforge.interop.hf import read_weights
-from lmforge.models import GPT, Bert
-from lmforge.models.extraction import add_token_rows
+from lmforge.inference.evaluate import write_report
+from lmforge.inference.predict import columns_of, pad_id_of, predict_features
 from lmforge.plots import plot_losses
-from lmforge.tokenizer import Tokenizer
-from lmforge.training.loop import MetricsLog, StopRequest, adamw, resolve_device
+from lmforge.tasks import get_task
+from lmforge.training import distributed
+from lmforge.training.callbacks import MetricsLog
+from lmforge.training.device import resolve_device
+from lmforge.training.loop import Hooks, LoopSettings, fit, log
+from lmforge.training.optim import adamw, linear_lr, param_groups
+from lmforge.training.state import restore_state, save_state
 
-# task -> the eval metric that picks the best checkpoint
-TASKS = {"classification": "accuracy", "ner": "f1", "relation": "macro_f1", "qa": "f1"}
-
-
-def load_backbone(
-    path: str | Path, device: torch.device
-) -> tuple[GPT | Bert, Tokenizer, RunConfig, dict[str, torch.Tensor] | None]:
-    """The one place a --model becomes a backbone: an lmforge checkpoint (lmforge pretrain / train, or a fine-tuned
-    model, whose head is left behind), a Hugging Face model directory or all-MiniLM-L6-v2. Also returns a BERT's
-    pooler when the backbone lacks one: the fine-tuned model's, or a Hugging Face encoder's pretrained one that the
-    backbone dropped (a checkpoint without a sentence head), for the classifier to start from, as transformers' does.
-    """
-    source, pooler = resolve(path), None
-    if source.is_dir() and not (source / "config.json").is_file():  # an lmforge checkpoint
-        ckpt = load_checkpoint(source)
-        if "task" in ckpt.extra:
-            head, tokenizer, _ = finetuned_from(ckpt, device)
-            model, own = head.backbone, getattr(head, "pooler", None)
-            pooler = own and own.state_dict()
-        else:
-            model, tokenizer, _ = model_from(ckpt, device)
-    else:
-        model, tokenizer = from_pretrained(path, device)
-    family = "bert" if isinstance(model, Bert) else "gpt"
-    cfg = RunConfig(family=family, model=model.cfg, data=DataConfig(tokenizer=tokenizer.kind))
-    tokenizer.backend.no_padding()  # a Hugging Face tokenizer.json may pad or cut every text to a fixed length
-    tokenizer.backend.no_truncation()
-    if family == "bert" and model.pooler is None and (source / "config.json").is_file():
-        weights = read_weights(source)
-        prefix = next((p for p in ("pooler.dense.", "bert.pooler.dense.") if p + "weight" in weights), None)
-        pooler = prefix and {"weight": weights[prefix + "weight"].float(), "bias": weights[prefix + "bias"].float()}
-    return model, tokenizer, cfg, pooler
-
-
-def linear_lr(step: int, total: int, warmup: int, lr: float) -> float:
-    """Linear warmup from 0, then linear decay to 0 at `total` (BERT's schedule; transformers' linear one)."""
-    if step < warmup:
-        return lr * step / warmup
-    return lr * max(0.0, (total - step) / max(1, total - warmup))
-
-
-def layer_depth(name: str, n_layer: int) -> int:
-    """0 for the embeddings, i + 1 for block i, n_layer + 1 for the rest (final norm, pooler, head)."""
-    block = re.search(r"\.blocks\.(\d+)\.", name)
-    if block:
-        return int(block.group(1)) + 1
-    return 0 if re.search(r"backbone\.(embeddings|tok_emb|pos_emb)\.", name) else n_layer + 1
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float, layer_lr_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases and norms; with layer_lr_decay < 1 each layer below the head learns
-    at decay**(distance from the top) of the lr (Clark et al., 2020), so general lower layers move least."""
-    n_layer = model.backbone.cfg.n_layer
-    groups: dict[tuple[float, float], list] = {}
-    for name, p in model.named_parameters():
-        scale = layer_lr_decay ** (n_layer + 1 - layer_depth(name, n_layer))
-        groups.setdefault((scale, weight_decay if p.dim() >= 2 else 0.0), []).append(p)
-    return [{"params": ps, "lr_scale": s, "weight_decay": wd} for (s, wd), ps in groups.items()]
+RESUME = "resume"  # OUT/resume holds the newest resumable state; OUT/step-NNNNNN the best model
 
 
 def class_weights(features: list[dict], n_labels: int) -> torch.Tensor:
@@ -109,13 +39,77 @@ def class_weights(features: list[dict], n_labels: int) -> torch.Tensor:
     return counts.sum() / (n_labels * counts.clamp(min=1))
 
 
-def batches(features: list[dict], batch_size: int, pad_id: int, shuffle: bool, seed: int) -> Iterator[dict]:
-    """Padded batches, epoch after epoch: a new order each epoch from the seed, or file order without shuffle."""
-    g = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(len(features), generator=g).tolist() if shuffle else list(range(len(features)))
-        for start in range(0, len(order), batch_size):
-            yield collate([features[i] for i in order[start : start + batch_size]], pad_id)
+class FeatureSampler:
+    """Padded batches of encoded examples, epoch after epoch (a new order each epoch from the seed, or file order),
+    this rank's share of each global batch. Each batch carries the weight of the whole global batch's labelled
+    targets (`norm`), so that summed losses over the ranks give the one-process mean exactly."""
+
+    def __init__(self, features: list[dict], batch_size: int, pad_id: int, shuffle: bool, seed: int,
+                 weight: torch.Tensor | None = None, rank: int = 0, world_size: int = 1):  # fmt: skip
+        self.features, self.batch_size, self.pad_id, self.shuffle, self.seed = (
+            features,
+            batch_size,
+            pad_id,
+            shuffle,
+            seed,
+        )
+        self.weight, self.rank, self.world_size = weight, rank, world_size
+        self.epoch, self.position, self.rows = 0, 0, 0
+        self._generator, self._epoch_made = torch.Generator().manual_seed(seed), -1
+        self.order = self._order()
+
+    def _order(self) -> list[int]:
+        """This epoch's order: the generator draws one permutation per epoch, in turn."""
+        n = len(self.features)
+        if not self.shuffle:
+            return list(range(n))
+        while self._epoch_made < self.epoch:
+            order = torch.randperm(n, generator=self._generator).tolist()
+            self._epoch_made += 1
+        return order
+
+    def next(self) -> dict[str, torch.Tensor]:
+        if self.position >= len(self.order):
+            self.epoch, self.position = self.epoch + 1, 0
+            self.order = self._order()
+        rows = self.order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        self.rows += len(rows)
+        labels = [x for i in rows for x in _targets(self.features[i])]
+        labels = torch.tensor([x for x in labels if x != IGNORE], dtype=torch.long)
+        norm = float(len(labels)) if self.weight is None else float(self.weight[labels].sum())
+        mine = rows[self.rank :: self.world_size]
+        scale = float(self.world_size) if mine else 0.0  # a rank with no row this time adds nothing
+        batch = collate([self.features[i] for i in mine or rows[:1]], self.pad_id)
+        return batch | {"norm": torch.tensor(max(norm, 1e-12)), "scale": torch.tensor(scale)}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._generator, self._epoch_made = torch.Generator().manual_seed(self.seed), -1
+        self.epoch, self.position, self.rows = state["epoch"], state["position"], state["rows"]
+        self.order = self._order()
+
+
+def _targets(feature: dict) -> list[int]:
+    label = feature["label"]
+    return label if isinstance(label, list) else list(label) if isinstance(label, tuple) else [label]
+
+
+def task_loss(weight: torch.Tensor | None):
+    """The loss every task trains with: cross-entropy over its logits' last axis (classes, tags, or a span's
+    positions), IGNORE skipped, summed over this rank's rows and divided by the global batch's weight."""
+
+    def loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict]:
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        w = None if weight is None else weight.to(logits.device)
+        loss = F.cross_entropy(
+            logits.flatten(0, -2).float(), batch["labels"].flatten(), w, ignore_index=IGNORE, reduction="sum"
+        )
+        return loss * batch["scale"] / batch["norm"], {}
+
+    return loss_fn
 
 
 @dataclass
@@ -127,10 +121,6 @@ class FinetuneResult:
     report: dict | None  # the kept checkpoint's evaluation; None without eval data
     train_samples_per_s: float
     train_s: float
-
-
-def _log(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
 
 
 def finetune(
@@ -146,103 +136,142 @@ def finetune(
     doc_stride: int = 128,
     max_answer_len: int = 30,
 ) -> FinetuneResult:
-    """Fine-tunes a backbone for the task on train_path; keeps the best checkpoint on eval_path (or the last one
-    without eval data) in OUT, with metrics.jsonl, loss.png and OUT/eval/report.{json,md} (and confusion.png).
-    max_seq_len defaults to 384 tokens for qa (a window of a long context), 128 for the other tasks. SIGINT/SIGTERM
-    stop at the end of the current step, which is evaluated, and the run finishes as at its end."""
-    ft, columns, out = ft or FinetuneConfig(), columns or Columns(), Path(out)
-    if task not in TASKS:
-        raise LmforgeError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
-    if task == "qa" and ft.class_weights:
-        raise LmforgeError("--class-weights is for label classes; qa predicts positions: leave it out")
-    if find_latest(out) is not None:
-        raise LmforgeError(f"{out} already holds a checkpoint: choose another --out")
-    device = resolve_device(ft.device)
-    train_examples = read_examples(train_path, task, columns)
-    eval_examples = read_examples(eval_path, task, columns) if eval_path else None
-    labels = discover_labels(train_examples, task, train_path)
-    if eval_examples:
-        check_labels(eval_examples, labels, eval_path)
-    backbone, tokenizer, run_cfg, pooler = load_backbone(model_path, device)
-    markers, new_markers = add_markers(tokenizer) if task == "relation" else ([], False)
-    if new_markers:
-        add_token_rows(backbone, markers)
+    """run_finetune with its settings as arguments (the library's shortcut for a FinetuneRun)."""
+    ft, columns = ft or FinetuneConfig(), columns or Columns()
+    ft.model, ft.train, ft.out = str(model_path), str(train_path), str(out)
+    ft.eval = None if eval_path is None else str(eval_path)
     info = TaskConfig(
-        task, labels, pooling or ("cls" if run_cfg.family == "bert" else "last"),
-        min(max_seq_len or (384 if task == "qa" else 128), backbone.cfg.max_seq_len), columns.text,
-        columns.text_pair, columns.label, columns.head, columns.tail, markers, doc_stride, max_answer_len,
+        task=task, pooling=pooling, max_seq_len=max_seq_len, text_column=columns.text,
+        text_pair_column=columns.text_pair, label_column=columns.label, head_column=columns.head,
+        tail_column=columns.tail, doc_stride=doc_stride, max_answer_len=max_answer_len,
     )  # fmt: skip
+    return run_finetune(FinetuneRun(info, ft))
+
+
+def run_finetune(run: FinetuneRun, resume: bool = False) -> FinetuneResult:
+    """Fine-tunes finetune.model for the task on finetune.train; keeps the best checkpoint on finetune.eval (or the
+    last one without eval data) in OUT, with metrics.jsonl, loss.png and OUT/eval/report.{json,md}. SIGINT/SIGTERM
+    stop at the end of the current step, which is evaluated, and the run finishes as at its end (OUT/resume kept for
+    --resume); kill -9 loses at most the steps since the last resumable checkpoint."""
+    ft, info = run.finetune, dataclasses.replace(run.task)
+    for name in ("model", "train", "out"):
+        if getattr(ft, name) is None:
+            raise LmforgeError(f"no finetune.{name}: give --{name} (or finetune.{name} in the config)")
+    task, out = get_task(info.task), Path(ft.out)
+    if ft.class_weights and not task.class_labels:
+        raise LmforgeError(f"--class-weights is for label classes; {task.name} predicts positions: leave it out")
+    existing = find_latest(out / RESUME) if resume else None
+    if find_latest(out) is not None and existing is None:
+        hint = "it has no resumable state: " if resume else ""
+        raise LmforgeError(f"{out} already holds a checkpoint: {hint}choose another --out")
+    device = distributed.setup(resolve_device(ft.device), ft)
+    train_examples = task.read(Path(ft.train), columns_of(info))
+    eval_examples = task.read(Path(ft.eval), columns_of(info)) if ft.eval else None
+    info.labels = task.labels(train_examples, ft.train)
+    if eval_examples:
+        task.check(eval_examples, info.labels, ft.eval)
+    loaded = load(ft.model, device)
+    backbone = loaded.model.backbone if loaded.task is not None else loaded.model
+    pooler = loaded.pooler
+    if loaded.task is not None and getattr(loaded.model, "pooler", None) is not None:
+        pooler = loaded.model.pooler.state_dict()
+    tokenizer, family = loaded.tokenizer, backbone.family
+    tokenizer.backend.no_padding()  # a Hugging Face tokenizer.json may pad or cut every text to a fixed length
+    tokenizer.backend.no_truncation()
+    run_cfg = RunConfig(family=family, model=backbone.cfg, data=DataConfig(tokenizer=tokenizer.kind))
+    info.pooling = info.pooling or ("cls" if family == "bert" else "last")
+    info.max_seq_len = min(info.max_seq_len or task.max_seq_len, backbone.cfg.max_seq_len)
+    task.setup(backbone, tokenizer, info)
     torch.manual_seed(ft.seed)  # the head's initial weights and every dropout mask
-    model = build_head(backbone, info)
+    model = task.build_head(backbone, info)
     if pooler is not None and getattr(model, "pooler", None) is not None:
         model.pooler.load_state_dict(pooler)
-    model = model.to(device)
-    train_features = encode(train_examples, tokenizer, model, info, labelled=True)
-    eval_features = encode(eval_examples, tokenizer, model, info, labelled=True) if eval_examples else None
-    steps_per_epoch = math.ceil(len(train_features) / ft.batch_size)
-    total = ft.max_steps or math.ceil(ft.epochs * steps_per_epoch)
+    model = model.to(device).train()
+    train_features = task.encode(train_examples, tokenizer, family, info, labelled=True)
+    eval_features = task.encode(eval_examples, tokenizer, family, info, labelled=True) if eval_examples else None
+    per_step = ft.batch_size * ft.grad_accum_steps
+    total = ft.max_steps or math.ceil(ft.epochs * math.ceil(len(train_features) / per_step))
     warmup = round(ft.warmup * total) if ft.warmup < 1 else int(ft.warmup)
-    eval_every = ft.eval_every or steps_per_epoch
+    eval_every = ft.eval_every or math.ceil(len(train_features) / per_step)
     optimizer = adamw(param_groups(model, ft.weight_decay, ft.layer_lr_decay), ft.lr, (0.9, 0.999), device)
-    weight = class_weights(train_features, len(labels)).to(device) if ft.class_weights else None
+    weight = class_weights(train_features, len(info.labels)) if ft.class_weights else None
     pad_id = pad_id_of(tokenizer)
-    extra = {"task": dataclasses.asdict(info), "finetune": dataclasses.asdict(ft)}
-    log = MetricsLog(out / "metrics.jsonl", keep_until=0)
-    metric = TASKS[task]
-    _log(
-        f"fine-tuning {run_cfg.family} ({model.backbone.num_parameters() / 1e6:.1f}M parameters) for {task} with "
-        f"{len(labels)} labels on {len(train_features):,} examples: {total} steps of {ft.batch_size}, device {device}"
+    sampler = FeatureSampler(
+        train_features, ft.batch_size, pad_id, ft.shuffle, ft.seed, weight, distributed.rank(), distributed.world_size()
     )
-    best, best_step, best_report, stale, train_s, step, samples = -math.inf, 0, None, 0, 0.0, 0, 0
-    stream = batches(train_features, ft.batch_size, pad_id, ft.shuffle, ft.seed)
-    model.train()
-    with (
-        StopRequest() as stop,
-        tqdm(total=total, disable=not ft.progress, unit="step", dynamic_ncols=True) as bar,
-    ):
-        while step < total:
-            t0 = time.perf_counter()
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(stream).items()}
-            lr = linear_lr(step, total, warmup, ft.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
-            logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-            loss = F.cross_entropy(logits.flatten(0, -2), batch["labels"].flatten(), weight, ignore_index=IGNORE)
-            loss.backward()
-            if ft.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), ft.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            samples += len(batch["input_ids"])
-            train_s += time.perf_counter() - t0
-            bar.update(1)
-            if step % 10 == 0 or step == total:
-                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-                log.write({"step": step, "loss": loss.item(), "lr": lr, "samples_per_s": samples / train_s})
-            if eval_features is not None and (step % eval_every == 0 or step == total or stop.requested):
-                probs = predict_features(model, eval_features, pad_id, 2 * ft.batch_size, device)
-                report = score(task, labels, eval_features, probs, eval_examples, max_answer_len)
-                log.write({"step": step, f"eval_{metric}": report[metric]})
-                _log(f"step {step}: eval {metric} {report[metric]:.4f}")
-                if report[metric] > best:
-                    best, best_step, best_report, stale = report[metric], step, report, 0
-                    save_checkpoint(out, step, model, run_cfg, tokenizer, keep_last=1, extra=extra)
-                else:
-                    stale += 1
-                    if ft.patience and stale >= ft.patience:
-                        _log(f"no improvement in {stale} evaluations: stopping early at step {step}")
-                        break
-            if stop.requested:  # SIGINT/SIGTERM: evaluated above; finish as at the end, with the best so far
-                _log(f"interrupted: stopping at step {step} of {total}")
-                break
+    extra = {"task": dataclasses.asdict(info), "finetune": dataclasses.asdict(ft)}
+    best = {"value": -math.inf, "step": 0, "report": None, "stale": 0, "evaluated": -1}
+    step = 0
+    if existing is not None:
+        ckpt = load_checkpoint(existing, with_state=True)
+        step = restore_state(ckpt, run_cfg, model, optimizer, sampler)
+        best = ckpt.state["best"]
+        log(f"resuming from {existing} at step {step}")
+    loss_fn = distributed.data_parallel(model, task_loss(weight), device, ft.grad_accum_steps, find_unused=True)
+    metrics = MetricsLog(out / "metrics.jsonl", keep_until=step, enabled=distributed.is_main())
+    log(
+        f"fine-tuning {family} ({backbone.num_parameters() / 1e6:.1f}M parameters) for {task.name} with "
+        f"{len(info.labels)} labels on {len(train_features):,} examples: {total} steps of {per_step}, device {device}"
+    )
+
+    def save(at: int) -> Path:
+        return save_state(
+            out / RESUME, at, model, optimizer, sampler, run_cfg, tokenizer, 1, extra, {"best": best}
+        )  # fmt: skip
+
+    def evaluate(at: int) -> bool:
+        """Scores the model on the eval data, keeps it when best; True once patience runs out."""
+        probs = predict_features(model, eval_features, pad_id, 2 * ft.batch_size, device, task)
+        report = task.score(info, eval_examples, eval_features, probs)
+        metrics.write({"step": at, f"eval_{task.metric}": report[task.metric]})
+        log(f"step {at}: eval {task.metric} {report[task.metric]:.4f}")
+        best["evaluated"] = at
+        if report[task.metric] > best["value"]:
+            best.update(value=report[task.metric], step=at, report=report, stale=0)
+            if distributed.is_main():
+                save_checkpoint(out, at, model, run_cfg, tokenizer, keep_last=1, extra=extra)
+        else:
+            best["stale"] += 1
+        if at < total and not ft.save_every:
+            save(at)
+        if ft.patience and best["stale"] >= ft.patience:
+            log(f"no improvement in {best['stale']} evaluations: stopping early at step {at}")
+            return True
+        return False
+
+    hooks = Hooks(
+        lr=lambda at: linear_lr(at, total, warmup, ft.lr), save=save,
+        evaluate=evaluate if eval_features is not None else None,
+        throughput=lambda dt: {"samples_per_s": per_step / dt},
+    )  # fmt: skip
+    settings = LoopSettings(
+        total, ft.grad_accum_steps, ft.grad_clip, ft.dtype, ft.log_every, eval_every, ft.save_every,
+        ft.max_nonfinite, ft.progress,
+    )  # fmt: skip
+    result = fit(model, optimizer, sampler, loss_fn, device, out, step, settings, hooks, metrics)
     if eval_features is None:
-        best_step = step
-        save_checkpoint(out, step, model, run_cfg, tokenizer, keep_last=1, extra=extra)
-    else:
-        best_report |= {"checkpoint": str(out), "data": str(eval_path), "task": task, "step": best_step}
-        write_report(best_report, out / "eval")
-    plot_losses(out / "metrics.jsonl", out / "loss.png")
+        best["step"] = result.step
+        if distributed.is_main():
+            save_checkpoint(out, result.step, model, run_cfg, tokenizer, keep_last=1, extra=extra)
+    elif best["evaluated"] != result.step:
+        evaluate(result.step)
+    report = None
+    if eval_features is not None:
+        report = best["report"] | {
+            "checkpoint": str(out),
+            "data": str(ft.eval),
+            "task": task.name,
+            "step": best["step"],
+        }
+    finished = not result.stopped or (ft.patience and best["stale"] >= ft.patience)
+    if distributed.is_main():
+        if report is not None:
+            write_report(report, out / "eval")
+        plot_losses(out / "metrics.jsonl", out / "loss.png")
+        if finished:
+            shutil.rmtree(out / RESUME, ignore_errors=True)  # nothing left to resume
+    distributed.barrier()
     return FinetuneResult(
-        find_latest(out), best_step, step, metric, best_report, samples / max(train_s, 1e-9), train_s
+        find_latest(out), best["step"], result.step, task.metric, report,
+        sampler.rows / max(result.train_s, 1e-9), result.train_s,
     )  # fmt: skip

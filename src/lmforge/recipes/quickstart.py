@@ -7,10 +7,10 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from lmforge.checkpoint.files import load_model
+from lmforge.checkpoint.loader import load_model
 from lmforge.config import load_config
 from lmforge.generation.text import generate_text
-from lmforge.training.loop import train
+from lmforge.recipes.pretrain import train
 
 PROMPTS = ("Return the ", "This module ", "If the ")
 

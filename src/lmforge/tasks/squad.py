@@ -1,5 +1,6 @@
 """Extractive QA answers and their scores: the best legal span over an example's windows, mapped back to the
-context's characters, and SQuAD v1.1's exact match and F1 (the official evaluate-v1.1.py formulas)."""
+context's characters, and SQuAD v1.1's exact match and F1 (the official evaluate-v1.1.py formulas). Examples are
+anything with a .context and gold .answers as (text, start) pairs (tasks.qa.QAExample)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-
-from lmforge.data.qa import QAExample
 
 TOP = 20  # start and end candidates per window, as in BERT's run_squad.py (n_best_size)
 
@@ -40,9 +39,7 @@ def best_span(probs: torch.Tensor, offsets: list, max_answer_len: int) -> tuple[
     return best
 
 
-def answers(
-    examples: list[QAExample], features: list[dict], probs: list[torch.Tensor], max_answer_len: int = 30
-) -> list[Answer]:
+def answers(examples: list, features: list[dict], probs: list[torch.Tensor], max_answer_len: int = 30) -> list[Answer]:
     """Each example's best span over all its windows, as characters of its context (surrounding spaces trimmed)."""
     best: list[tuple[float, int, int] | None] = [None] * len(examples)
     for f, p in zip(features, probs, strict=True):
@@ -88,14 +85,12 @@ def squad_metrics(predictions: list[str], golds: list[list[str]]) -> dict:
     return {"exact_match": sum(em) / n, "f1": sum(f) / n, "n_examples": len(predictions)}
 
 
-def qa_metrics(examples: list[QAExample], features: list[dict], probs: list[torch.Tensor], max_answer_len: int) -> dict:
+def qa_metrics(examples: list, features: list[dict], probs: list[torch.Tensor], max_answer_len: int) -> dict:
     predicted = answers(examples, features, probs, max_answer_len)
     return squad_metrics([a.text for a in predicted], [[t for t, _ in ex.answers] for ex in examples])
 
 
-def qa_records(
-    examples: list[QAExample], features: list[dict], probs: list[torch.Tensor], max_answer_len: int
-) -> list[dict]:
+def qa_records(examples: list, features: list[dict], probs: list[torch.Tensor], max_answer_len: int) -> list[dict]:
     """One prediction per question: the answer, its character span in the context and its probability."""
     return [
         {

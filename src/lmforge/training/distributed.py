@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lmforge.checkpoint.files import check_weights, load_weights, unique_state_dict
-from lmforge.config import TrainConfig
+from lmforge.config import FinetuneConfig, TrainConfig
 from lmforge.errors import LmforgeError
 
 
@@ -35,7 +35,7 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def setup(device: torch.device, t: TrainConfig) -> torch.device:
+def setup(device: torch.device, t: TrainConfig | FinetuneConfig) -> torch.device:
     """Joins the process group torchrun describes in RANK/WORLD_SIZE/LOCAL_RANK (gloo on CPU, NCCL on CUDA) and
     returns this rank's device; a plain process (no torchrun) is a world of one and nothing changes."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -152,12 +152,15 @@ class _DataParallelLoss:
         return self.ddp(*batch)
 
 
-def data_parallel(model: nn.Module, loss_fn, device: torch.device, grad_accum_steps: int):
-    """loss_fn, through DistributedDataParallel when there are several ranks (FSDP already syncs in its hooks)."""
+def data_parallel(model: nn.Module, loss_fn, device: torch.device, grad_accum_steps: int, find_unused: bool = False):
+    """loss_fn, through DistributedDataParallel when there are several ranks (FSDP already syncs in its hooks).
+    find_unused: some parameters get no gradient (a fine-tuned backbone's MLM head)."""
     if world_size() == 1 or _is_fsdp(model):
         return loss_fn
     ids = [device.index] if device.type == "cuda" else None
-    ddp = nn.parallel.DistributedDataParallel(_LossModule(model, loss_fn), device_ids=ids)
+    ddp = nn.parallel.DistributedDataParallel(
+        _LossModule(model, loss_fn), device_ids=ids, find_unused_parameters=find_unused
+    )
     return _DataParallelLoss(ddp, grad_accum_steps)
 
 

@@ -1,6 +1,6 @@
-"""Relation extraction data: sentences with two entities given as character spans, read from JSONL, the entities
-marked in the text with [E1] ... [/E1] and [E2] ... [/E2] (Baldini Soares et al., 2019), then cut to a window of
-tokens that keeps all four markers.
+"""Relation extraction: sentences with two entities given as character spans, read from JSONL, the entities marked
+in the text with [E1] ... [/E1] and [E2] ... [/E2] (Baldini Soares et al., 2019), cut to a window of tokens that keeps
+all four markers, and classified from the final states at the two start markers.
 """
 
 from __future__ import annotations
@@ -8,17 +8,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import torch
 from tokenizers import AddedToken
+from torch import nn
 
-from lmforge.data.pretraining import IGNORE
+from lmforge.config import TaskConfig
+from lmforge.data.labelled import IGNORE, Columns, nonempty
 from lmforge.data.records import iter_jsonl
 from lmforge.errors import LmforgeError
+from lmforge.models.heads import EntityPairClassifier
+from lmforge.tasks.base import Task, label_record
+from lmforge.tasks.classification import sorted_labels
+from lmforge.tasks.metrics import relation_metrics
 from lmforge.tokenizer import Tokenizer
-
-if TYPE_CHECKING:
-    from lmforge.data.labelled import Columns
 
 MARKERS = ("[E1]", "[/E1]", "[E2]", "[/E2]")
 TEXT_KEYS, LABEL_KEYS = ("text", "sentence"), ("label", "relation")
@@ -154,3 +157,39 @@ def encode_relation(
             ids = [tokenizer.cls_id, *ids, tokenizer.sep_id]
         features.append({"input_ids": ids, "token_type_ids": None, "label": index.get(ex.label, IGNORE)})
     return features
+
+
+class Relation(Task):
+    name, metric = "relation", "macro_f1"
+
+    def read(self, path: Path, columns: Columns, labelled: bool = True) -> list[RelationExample]:
+        return nonempty(read_relation(path, columns, labelled), path)
+
+    def labels(self, examples: list[RelationExample], path: str | Path) -> list[str]:
+        return sorted_labels({ex.label for ex in examples}, path, self.name)
+
+    def setup(self, backbone: nn.Module, tokenizer: Tokenizer, task: TaskConfig) -> None:
+        """The markers become special tokens; a backbone that has no rows for them grows them."""
+        task.markers, new = add_markers(tokenizer)
+        if new:
+            backbone.add_token_rows(task.markers)
+
+    def encode(
+        self, examples: list[RelationExample], tokenizer: Tokenizer, family: str, task: TaskConfig, labelled: bool
+    ) -> list[dict]:
+        return encode_relation(examples, tokenizer, family, task.max_seq_len, task.labels if labelled else None)
+
+    def build_head(self, backbone: nn.Module, task: TaskConfig) -> nn.Module:
+        return EntityPairClassifier(backbone, len(task.labels), task.markers)
+
+    def score(self, task: TaskConfig, examples: list, features: list[dict], probs: list[torch.Tensor]) -> dict:
+        return relation_metrics([f["label"] for f in features], [int(p.argmax()) for p in probs], task.labels)
+
+    def records(self, task: TaskConfig, examples: list, features: list[dict], probs: list[torch.Tensor]) -> list[dict]:
+        return [
+            {"text": ex.text, "head": list(ex.head), "tail": list(ex.tail)} | label_record(task, p)
+            for ex, p in zip(examples, probs, strict=True)
+        ]
+
+    def example(self, text: str, pair: str | None, n: int) -> RelationExample:
+        return unmark(text, f"--text {n}")

@@ -1,4 +1,4 @@
-"""Extractive question answering data: SQuAD v1.1 JSON or flat JSON lines (the Hugging Face datasets layout), and
+"""Extractive question answering: SQuAD v1.1 JSON or flat JSON lines (the Hugging Face datasets layout), and
 question + context pairs cut into overlapping windows, each labelled with its answer's first and last token.
 
 A context longer than a window is read in several: [CLS] question [SEP] context[a:b] [SEP], the next window
@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from lmforge.data.pretraining import IGNORE
+import torch
+from torch import nn
+
+from lmforge.config import TaskConfig
+from lmforge.data.labelled import IGNORE, Columns, nonempty
 from lmforge.data.records import iter_jsonl, read_bytes
 from lmforge.errors import LmforgeError
+from lmforge.models.heads import SpanExtractor
+from lmforge.tasks.base import Task
+from lmforge.tasks.squad import qa_metrics, qa_records
 from lmforge.tokenizer import Tokenizer
-
-if TYPE_CHECKING:
-    from lmforge.data.labelled import Columns
 
 SPAN_LABELS = ["start", "end"]  # the head's two outputs, saved as the task's labels
 MAX_QUESTION = 64  # question tokens kept (transformers' max_query_length), at most half a window
@@ -172,3 +175,36 @@ def encode_qa(
                 break
             a = b - doc_stride
     return features
+
+
+class QuestionAnswering(Task):
+    name, metric, max_seq_len, class_labels = "qa", "f1", 384, False
+
+    def read(self, path: Path, columns: Columns, labelled: bool = True) -> list[QAExample]:
+        return nonempty(read_qa(path, columns, labelled), path)
+
+    def labels(self, examples: list[QAExample], path: str | Path) -> list[str]:
+        return list(SPAN_LABELS)
+
+    def check(self, examples: list[QAExample], labels: list[str], path: str | Path) -> None:
+        """Answers are spans of the context: there is no label set to check against."""
+
+    def encode(
+        self, examples: list[QAExample], tokenizer: Tokenizer, family: str, task: TaskConfig, labelled: bool
+    ) -> list[dict]:
+        labels = task.labels if labelled else None
+        return encode_qa(examples, tokenizer, family, task.max_seq_len, labels, task.doc_stride)
+
+    def build_head(self, backbone: nn.Module, task: TaskConfig) -> nn.Module:
+        return SpanExtractor(backbone)
+
+    def score(self, task: TaskConfig, examples: list, features: list[dict], probs: list[torch.Tensor]) -> dict:
+        return qa_metrics(examples, features, probs, task.max_answer_len)
+
+    def records(self, task: TaskConfig, examples: list, features: list[dict], probs: list[torch.Tensor]) -> list[dict]:
+        return qa_records(examples, features, probs, task.max_answer_len)
+
+    def example(self, text: str, pair: str | None, n: int) -> QAExample:
+        if pair is None:
+            raise LmforgeError("a QA model answers --text QUESTION about --context CONTEXT: give the context")
+        return QAExample(f"--text {n}", str(n), text, pair, [])

@@ -2,9 +2,9 @@ import pytest
 import torch
 from helpers import tiny_checkpoint, tiny_gpt
 
-from lmforge.checkpoint.files import load_model
-from lmforge.checkpoint.hub import convert_to_hf
-from lmforge.models.extraction import EntityPairClassifier, SpanExtractor, add_token_rows
+from lmforge.checkpoint import load_model
+from lmforge.checkpoint.convert import convert_to_hf
+from lmforge.models.heads import EntityPairClassifier, SpanExtractor
 
 
 def test_span_head_matches_transformers_bert_for_question_answering(tmp_path):
@@ -35,7 +35,7 @@ def test_new_rows_start_at_the_mean_and_old_logits_stay(tmp_path, family):
     old, n = table.weight.detach().clone(), table.num_embeddings
     ids = torch.randint(5, n, (1, 6))
     before = model(ids)[0] if family == "bert" else model(ids)
-    add_token_rows(model, [n, n + 1, n + 3])
+    model.add_token_rows([n, n + 1, n + 3])
     assert model.cfg.vocab_size == table.num_embeddings == n + 4 and table.weight.shape == (n + 4, old.size(1))
     torch.testing.assert_close(table.weight[:n], old)
     torch.testing.assert_close(table.weight[n], old.mean(0))

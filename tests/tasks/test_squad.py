@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
-from lmforge.data.qa import QAExample
+from lmforge.tasks.qa import QAExample
 from lmforge.tasks.squad import answers, best_span, exact_match, f1, normalize_answer, squad_metrics
 
 

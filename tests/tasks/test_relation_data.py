@@ -1,10 +1,11 @@
 import json
 
 import pytest
+from helpers import discover_labels, read_examples
 
-from lmforge.data.labelled import Columns, discover_labels, read_examples
-from lmforge.data.relation import MARKERS, add_markers, encode_relation, mark, unmark, window
+from lmforge.data.labelled import Columns
 from lmforge.errors import LmforgeError
+from lmforge.tasks.relation import MARKERS, add_markers, encode_relation, mark, unmark, window
 from lmforge.tokenizer import Tokenizer
 
 

@@ -1,10 +1,11 @@
 import json
 
 import pytest
+from helpers import discover_labels, read_examples
 
-from lmforge.data.labelled import Columns, discover_labels, read_examples
-from lmforge.data.qa import encode_qa, token_span
+from lmforge.data.labelled import Columns
 from lmforge.errors import LmforgeError
+from lmforge.tasks.qa import encode_qa, token_span
 from lmforge.tokenizer import Tokenizer
 
 CONTEXT = "Paris is the capital of France. The Seine flows through Paris; the city has 2,1 million people."
@@ -106,7 +107,7 @@ def test_windows_overlap_by_the_stride_and_labels_map_back_exactly(wordpiece, tm
 
 
 def test_chinese_context_maps_back(wordpiece):
-    from lmforge.data.qa import QAExample
+    from lmforge.tasks.qa import QAExample
 
     ex = QAExample("x", "1", "首都", "北京是中国的首都", [("中国", 3)])
     (f,) = encode_qa([ex], wordpiece, "bert", 32, ["start", "end"], doc_stride=2)
@@ -115,7 +116,7 @@ def test_chinese_context_maps_back(wordpiece):
 
 
 def test_stride_too_large_and_gpt_are_refused(wordpiece):
-    from lmforge.data.qa import QAExample
+    from lmforge.tasks.qa import QAExample
 
     ex = [QAExample("x", "1", "q", "in rome", [("rome", 3)])]
     with pytest.raises(LmforgeError, match="--doc-stride 128 must be below"):

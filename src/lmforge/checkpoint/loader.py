@@ -1,0 +1,93 @@
+"""The one loader: whatever a path holds (an lmforge run or checkpoint, pretrained or fine-tuned, a Hugging Face
+model directory, or the name of an installed model package), every verb gets the same `Loaded` from `load`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lmforge.checkpoint.files import CONFIG, WEIGHTS, Checkpoint, Loaded, load_checkpoint, load_weights
+from lmforge.checkpoint.hub import PACKAGED, load_hf, resolve
+from lmforge.config import RunConfig, TaskConfig
+from lmforge.errors import LmforgeError
+from lmforge.models import GPT, MODELS, Bert
+from lmforge.tasks import get_task
+from lmforge.tokenizer import Tokenizer
+
+
+def load(
+    path: str | Path, device: str | torch.device = "cpu", allow_pickle: bool = False, family: str | None = None
+) -> Loaded:
+    """The model (eval mode, on device), tokenizer, run config and task (None unless fine-tuned) that path holds.
+
+    family ("gpt" or "bert"), when given, is the one the caller can use; another is a user mistake."""
+    source = resolve(path)
+    if not source.is_dir():
+        raise LmforgeError(
+            f"model {source} not found: give an lmforge checkpoint, a Hugging Face model directory (config.json, "
+            f"model.safetensors, tokenizer files) or one of {', '.join(PACKAGED)}"
+        )
+    loaded = load_hf(source, allow_pickle) if (source / "config.json").is_file() else from_checkpoint(source)
+    if family is not None and loaded.config.family != family:
+        raise LmforgeError(f"{loaded.path or source} holds a {loaded.config.family} model; this needs a {family} one")
+    loaded.model = loaded.model.to(device).eval()
+    return loaded
+
+
+def from_checkpoint(path: str | Path) -> Loaded:
+    """An lmforge checkpoint directory (or a run's OUT, for its newest checkpoint) as a Loaded."""
+    ckpt = load_checkpoint(path)
+    backbone = MODELS[ckpt.cfg.family](ckpt.cfg.model)
+    task = task_of(ckpt)
+    model = get_task(task.task).build_head(backbone, task) if task is not None else backbone
+    load_weights(model, ckpt.weights, str(ckpt.path / WEIGHTS))
+    return Loaded(model.eval(), ckpt.tokenizer, ckpt.cfg, task, ckpt.path)
+
+
+def task_of(ckpt: Checkpoint) -> TaskConfig | None:
+    """The fine-tuned task a checkpoint's config names, checked; None for a pretrained checkpoint."""
+    if "task" not in ckpt.extra:
+        return None
+    try:
+        return TaskConfig(**ckpt.extra["task"])
+    except (LmforgeError, TypeError) as e:
+        raise LmforgeError(f"{ckpt.path / CONFIG}: section task is damaged ({e})") from None
+
+
+def pretrained(loaded: Loaded, use: str) -> Loaded:
+    """Refuses a fine-tuned model where a pretrained one is needed (`use` names the verb that needs it)."""
+    if loaded.task is not None:
+        raise LmforgeError(
+            f"{loaded.path} is a fine-tuned {loaded.task.task} model: use lmforge predict (it cannot {use})"
+        )
+    return loaded
+
+
+def from_pretrained(
+    path: str | Path, device: str | torch.device = "cpu", family: str | None = None, allow_pickle: bool = False
+) -> tuple[GPT | Bert, Tokenizer]:
+    """`load` for a pretrained model: an inference-ready (eval) model and its tokenizer from an lmforge checkpoint or
+    a local HF model directory; "all-MiniLM-L6-v2" names the installed package's copy."""
+    loaded = pretrained(load(path, device, allow_pickle, family), "serve as a pretrained model")
+    return loaded.model, loaded.tokenizer
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", family: str | None = None
+) -> tuple[GPT | Bert, Tokenizer, RunConfig]:
+    """`load` for a pretrained model, with its run config (the README's `load_model`)."""
+    loaded = pretrained(load(path, device, family=family), "serve as a pretrained model")
+    return loaded.model, loaded.tokenizer, loaded.config
+
+
+def load_finetuned(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, TaskConfig]:
+    """`load` for a fine-tuned model: the task's model (a head with its `backbone`), its tokenizer and its TaskConfig
+    (task, labels, pooling, max_seq_len, input columns)."""
+    loaded = load(path, device)
+    if loaded.task is None:
+        raise LmforgeError(
+            f"{loaded.path} is not fine-tuned (no task in its config): fine-tune it with lmforge finetune"
+        )
+    return loaded.model, loaded.tokenizer, loaded.task
