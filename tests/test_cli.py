@@ -65,7 +65,7 @@ def test_bad_data_files(tmp_path, capsys, content, words):
     out = tmp_path / "run"
     code, _, err = run(capsys, "train", "--config", "char-small", "--data", str(data), "--out", str(out))
     assert_one_line_error(code, err, *words)
-    assert not any(p.name.startswith(("step-", ".tmp")) for p in out.rglob("*")) if out.exists() else True
+    assert not out.exists() or not any(p.name.startswith(("step-", ".tmp")) for p in out.rglob("*"))
 
 
 def test_missing_data_and_bad_config(tmp_path, capsys):

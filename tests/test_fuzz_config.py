@@ -76,9 +76,13 @@ def test_any_override_is_applied_or_an_lmforge_error(assignment):
     raw = {}
     try:
         apply_override(raw, assignment, sections_of(raw))
-        RunConfig.from_dict(raw)
-    except LmforgeError:
-        pass
+        cfg = RunConfig.from_dict(raw)
+    except LmforgeError as e:
+        assert str(e), "an error says what is wrong"
+        return
+    ((section, values),) = raw.items()  # applied: one field of one section was set, and the config took it
+    ((name, _),) = values.items()
+    assert section in ("model", "data", "train") and hasattr(getattr(cfg, section), name)
 
 
 @pytest.mark.parametrize("text", ["2001-13-45", "[" * 600, "&a [*a]", "!!python/object:os.system"])

@@ -3,11 +3,15 @@
 from lmforge.errors import LmforgeError
 
 __version__ = "0.1.0"
-__all__ = ["LmforgeError", "__version__", "embed", "from_pretrained"]
+__all__ = ["LmforgeError", "__version__", "embed", "from_pretrained", "load"]
 
 
 def __getattr__(name: str):
-    """from_pretrained and embed load on first use, so `import lmforge` stays light (no torch)."""
+    """load, from_pretrained and embed load on first use, so `import lmforge` stays light (no torch)."""
+    if name == "load":
+        from lmforge.checkpoint.loader import load
+
+        return load
     if name == "from_pretrained":
         from lmforge.checkpoint.loader import from_pretrained
 

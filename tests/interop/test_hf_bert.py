@@ -9,8 +9,7 @@ import torch
 from helpers import padded_batch, write_bpe_vocab, write_wordpiece_vocab
 from safetensors.torch import load_file, save_file
 
-from lmforge.checkpoint import save_checkpoint, unique_state_dict
-from lmforge.checkpoint import convert_to_hf, from_pretrained
+from lmforge.checkpoint import convert_to_hf, from_pretrained, save_checkpoint, unique_state_dict
 from lmforge.config import BertConfig, DataConfig, RunConfig
 from lmforge.errors import LmforgeError
 from lmforge.interop.hf_tokenizer import load_hf_tokenizer
@@ -120,8 +119,8 @@ def test_lmforge_to_hf_to_lmforge_is_exact(overrides, tmp_path):
 def test_unsupported_architecture_names_the_supported_ones(tmp_path):
     save_hf("BertModel", tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "architectures": ["BertForSequenceClassification"]}))
-    with pytest.raises(LmforgeError, match="'BertForSequenceClassification' is not supported.*BertForMaskedLM"):
+    (tmp_path / "config.json").write_text(json.dumps({**config, "architectures": ["BertForMultipleChoice"]}))
+    with pytest.raises(LmforgeError, match="'BertForMultipleChoice' is not supported.*BertForMaskedLM"):
         from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
     with pytest.raises(LmforgeError, match="LlamaForCausalLM.*GPT2LMHeadModel"):

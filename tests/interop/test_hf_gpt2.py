@@ -5,8 +5,7 @@ import pytest
 import torch
 from helpers import padded_batch, tiny_gpt, write_bpe_vocab
 
-from lmforge.checkpoint import save_checkpoint, unique_state_dict
-from lmforge.checkpoint import convert_to_hf, from_pretrained
+from lmforge.checkpoint import convert_to_hf, from_pretrained, save_checkpoint, unique_state_dict
 from lmforge.config import GPTConfig, RunConfig
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import EOS
