@@ -1,8 +1,14 @@
+import functools
+from unittest.mock import patch
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmforge.config import GPTConfig
 from lmforge.errors import LmforgeError
+from lmforge.generation.decoding import generate
 from lmforge.generation.text import encode_prompt, generate_text
 from lmforge.models import GPT
 from lmforge.tokenizer import Tokenizer
@@ -58,3 +64,60 @@ def test_meaningless_sampling_settings_are_refused(model_and_tokenizer, kwargs, 
         generate_text(model, tokenizer, "ab", 5, **kwargs)
     with pytest.raises(LmforgeError, match="--max-new-tokens"):
         generate_text(model, tokenizer, "ab", 0)
+
+
+BPE_TEXTS = ["Hello, world! 中文分词测试：你好，世界。emoji 🎉🎉 party, русский.\n", "stop here. The end.\n"]
+
+
+@functools.cache
+def bpe_model_and_tokenizer():
+    """A byte-level BPE without <|endoftext|> (nothing ends generation early) and a GPT over its vocabulary."""
+    tokenizer = Tokenizer.train_bpe(BPE_TEXTS * 20, vocab_size=300, special_tokens=())
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, d_model=16, max_seq_len=64)).eval()
+    return model, tokenizer
+
+
+def test_each_token_decodes_a_short_window_and_the_text_is_the_tokens_decoded(monkeypatch):
+    model, tokenizer = bpe_model_and_tokenizer()
+    prompt = tokenizer.encode("Hello")
+    ids = generate(model, torch.tensor([prompt]), 300, seed=4)[0, len(prompt) :].tolist()
+    decode, calls = tokenizer.decode, []
+    monkeypatch.setattr(tokenizer, "decode", lambda window: calls.append(len(window)) or decode(window))
+    pieces = []
+    text = generate_text(model, tokenizer, "Hello", 300, on_text=pieces.append, seed=4)
+    assert text == "".join(pieces) == decode(ids) and "\ufffd" in text  # broken UTF-8 too
+    assert max(calls) <= 16 and len(calls) <= 2 * 300 + 1
+
+
+def quadratic_generate_text(tokenizer, tokens, stop, eos_id=None):
+    """generate_text's text before incremental detokenization: decode every token so far at each step."""
+    new, text = [], ""
+    for token in tokens:
+        if token == eos_id:
+            break
+        new.append(token)
+        text = tokenizer.decode(new)
+        cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=None)
+        if cut is not None:
+            return text[:cut]
+    return text
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_the_text_is_that_of_decoding_everything_at_each_step(data):
+    """Any tokens, stop strings (without U+FFFD, which an unfinished character only stands in for) and EOS. The
+    pieces may come sooner than before (the text before an unfinished character), never past a cut."""
+    model, tokenizer = bpe_model_and_tokenizer()
+    tokens = data.draw(st.lists(st.integers(0, tokenizer.vocab_size - 1), max_size=60))
+    full = tokenizer.decode(tokens)
+    pieces = st.integers(0, len(full)).flatmap(lambda i: st.integers(1, 6).map(lambda n: full[i : i + n]))
+    stop = data.draw(st.lists(pieces | st.text(min_size=1, max_size=4), max_size=3))
+    stop = [s for s in stop if s and "\ufffd" not in s]
+    eos_id = data.draw(st.none() | st.sampled_from(tokens or [0]))
+    streamed = []
+    with patch("lmforge.generation.text.stream", lambda *a, **k: (torch.tensor([t]) for t in tokens)):
+        with patch.object(Tokenizer, "eos_id", eos_id):
+            text = generate_text(model, tokenizer, "Hello", 60, stop=stop, on_text=streamed.append)
+    assert text == quadratic_generate_text(tokenizer, tokens, stop, eos_id) == "".join(streamed) and all(streamed)

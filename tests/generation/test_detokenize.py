@@ -27,7 +27,10 @@ def unigram() -> Tokenizer:
     backend.pre_tokenizer = pre_tokenizers.Metaspace()
     backend.decoder = decoders.Metaspace()
     trainer = trainers.UnigramTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"], unk_token="<unk>"
+        vocab_size=300,
+        special_tokens=["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"],
+        unk_token="<unk>",
+        show_progress=False,
     )
     backend.train_from_iterator(TEXTS * 20, trainer)
     return Tokenizer(backend)
@@ -75,7 +78,7 @@ def test_pieces_of_encoded_text_add_up_to_decode(kind, text):
 
 def test_a_character_split_over_tokens_comes_out_whole_once_complete():
     tok = tokenizer("bpe")
-    ((stand_ins, _),) = tok.backend.pre_tokenizer.pre_tokenize_str("é中🎉")  # one character per byte: 2 + 3 + 4
+    stand_ins = "".join(w for w, _ in tok.backend.pre_tokenizer.pre_tokenize_str("é中🎉"))  # a char a byte: 2 + 3 + 4
     ids = [tok.backend.token_to_id(c) for c in stand_ins]  # one token per byte
     assert pieces(tok, ids) == ["", "é", "", "", "中", "", "", "", "🎉", ""]
     assert "".join(pieces(tok, ids[:-1])) == tok.decode(ids[:-1]) == "é中\ufffd"  # flushed as decode gives it
@@ -87,7 +90,7 @@ def test_a_word_piece_continues_the_word_and_a_new_word_gets_its_space(kind):
     ids = tok.encode("The quick brown fox jumps over the lazy dog.")
     got = pieces(tok, ids)
     assert "".join(got) == tok.decode(ids) == "the quick brown fox jumps over the lazy dog."
-    assert got[0] == "the" and " quick" in got  # the first word without a space, later ones with
+    assert not got[0].startswith(" ") and sum(p.startswith(" ") for p in got) == 8  # words after the first: a space
 
 
 def test_the_window_stays_short_however_long_the_text(monkeypatch):

@@ -84,7 +84,9 @@ def hf_logits(hf, ids, mask, types):
 
 def max_difference(ours, ref, mask, task):
     """Over real tokens only: padding's logits are transformers' noise, and lmforge's QA masks them."""
-    real = {"classification": slice(None), "ner": mask.bool(), "qa": mask.bool()[:, None].expand_as(ours)}[task]
+    if task == "classification":
+        return (ours - ref).abs().max().item()
+    real = mask.bool()[:, None].expand_as(ours) if task == "qa" else mask.bool()
     return (ours[real] - ref[real]).abs().max().item()
 
 
@@ -146,16 +148,22 @@ def exported(ckpt, out):
 
 def finetuned(tmp_path, family, task, seed=0):
     """An lmforge fine-tuned checkpoint: a pretrained tiny model (a BERT keeps its MLM head, pooler and NSP head)
-    with the task's head, its biases drawn at random."""
+    with the task's head (and pooler) drawn large, so predictions vary with the text and a lost input shows."""
     pretrained = load(tiny_checkpoint(tmp_path / f"{family}-pretrained", family, seed=seed))
     head = get_task(task.task).build_head(pretrained.model, task)
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in head.named_parameters():
-            if not name.startswith("backbone.") and name.endswith("bias"):
-                p.normal_(std=0.1)
+            if not name.startswith("backbone.") or name.startswith("backbone.pooler."):
+                p.normal_(std=0.5)
     return save_checkpoint(tmp_path / f"{family}-{task.task}", 1, head, pretrained.config, pretrained.tokenizer,
                            extra={"task": dataclasses.asdict(task)})  # fmt: skip
+
+
+def assert_same_labels(ours, theirs):
+    """lmforge's prediction records and a text-classification pipeline's: the same labels and probabilities."""
+    assert [r["label"] for r in ours] == [r["label"] for r in theirs]
+    assert max(abs(r["probabilities"][t["label"]] - t["score"]) for r, t in zip(ours, theirs, strict=True)) < 1e-4
 
 
 def test_exported_bert_classifier_gives_the_pipeline_lmforge_labels(tmp_path):
@@ -164,11 +172,11 @@ def test_exported_bert_classifier_gives_the_pipeline_lmforge_labels(tmp_path):
     ckpt = finetuned(tmp_path, "bert", TaskConfig("classification", LABELS["classification"], "cls", 32))
     assert load(ckpt).model.backbone.pooler is not None  # the pretrained pooler is the classifier's
     out = exported(ckpt, tmp_path / "hf")
-    texts = [text for text, _ in sentiment_rows(8)]
-    ours = predict_texts(ckpt, texts)
-    theirs = pipeline("text-classification", model=str(out), tokenizer=str(out))(texts)
-    assert [r["label"] for r in ours] == [r["label"] for r in theirs]
-    assert max(abs(r["probabilities"][t["label"]] - t["score"]) for r, t in zip(ours, theirs, strict=True)) < 1e-4
+    classify = pipeline("text-classification", model=str(out), tokenizer=str(out))
+    texts, pair = [text for text, _ in sentiment_rows(8)], "the acting was fine"
+    pairs = [{"text": text, "text_pair": pair} for text in texts]  # segment ids matter here
+    assert_same_labels(predict_texts(ckpt, texts), classify(texts))
+    assert_same_labels(predict_texts(ckpt, texts, pair), classify(pairs))
 
 
 def test_exported_gpt_classifier_gives_the_pipeline_lmforge_labels(tmp_path):
@@ -186,10 +194,7 @@ def test_exported_gpt_classifier_gives_the_pipeline_lmforge_labels(tmp_path):
     out = exported(ckpt, tmp_path / "hf")
     assert json.loads((out / "config.json").read_text())["pad_token_id"] == loaded.tokenizer.eos_id
     texts = [text for text, _ in sentiment_rows(8)]
-    ours = predict_texts(ckpt, texts)
-    theirs = pipeline("text-classification", model=str(out), tokenizer=str(out))(texts)
-    assert [r["label"] for r in ours] == [r["label"] for r in theirs]
-    assert max(abs(r["probabilities"][t["label"]] - t["score"]) for r, t in zip(ours, theirs, strict=True)) < 1e-4
+    assert_same_labels(predict_texts(ckpt, texts), pipeline("text-classification", model=str(out))(texts))
 
 
 def test_exported_ner_model_gives_the_pipeline_lmforge_tags(tmp_path):

@@ -52,9 +52,19 @@ def convert_to_hf(checkpoint: str | Path, out: str | Path, allow_pickle: bool = 
         save_file(weights, tmp / WEIGHTS, metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         write_hf_tokenizer(tokenizer, tmp, backbone.cfg.max_seq_len)
+        if getattr(backbone.cfg, "type_vocab_size", 1) > 1:
+            name_segment_ids(tmp / "tokenizer_config.json")
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def name_segment_ids(path: Path) -> None:
+    """transformers' generic fast tokenizer returns no token_type_ids unless its config names them, and without them
+    a BERT or ALBERT reads a pair's second text (a QA context, an NLI hypothesis) as a first one."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
+    path.write_text(json.dumps(config, indent=2), encoding="utf-8")

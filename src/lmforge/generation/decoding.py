@@ -64,7 +64,7 @@ def stream(
     greedy = greedy or temperature == 0
     if greedy:  # only the repetition penalty can change which logit is largest
         temperature, top_k, top_p = 1.0, None, None
-    # a head through lmforge.kernels.apply_kernels has an argmax that screens; a plain nn.Linear takes the logits'
+    # a head through lmforge.kernels.apply_kernels has an argmax (an int8 screen); a plain nn.Linear's logits are read
     head_argmax = greedy and repetition_penalty == 1.0 and hasattr(model.lm_head, "argmax")
     generator = None
     if seed is not None:

@@ -4,38 +4,48 @@ from __future__ import annotations
 
 from lmforge.tokenizer import Tokenizer
 
+KEEP = 4  # tokens a window is cut back to once it holds twice as many
+
 
 class IncrementalDetokenizer:
     """Turns token ids, one at a time, into the pieces of tokenizer.decode(all ids), each as soon as it is final.
 
-    Only a window is decoded: the tokens not yet shown, after those of the last piece shown, which give the context a
-    token decodes in (a WordPiece word or a SentencePiece piece opens a text without its space). The new piece is the
-    window's text past the context's. A text ending in U+FFFD waits for the next token: a byte-level BPE splits
-    characters into bytes, and the bytes so far may be the start of one (the technique of vLLM and HF's DecodeStream).
+    Each step decodes a window of recent tokens and returns its text past what was shown, but for a last U+FFFD: a
+    byte-level BPE splits characters into bytes, and the bytes so far may begin one. Only that last character can
+    still change (the byte-level decoder reads bytes left to right; the others render each token on its own). A
+    window of 2 * KEEP tokens is cut to its last KEEP where their text ends as the window's does: a window's first
+    token decodes differently (no space before a word, a ## kept, up to 3 UTF-8 continuation bytes as U+FFFD). So a
+    token costs one or two decodes of at most 2 * KEEP tokens (more only within a run of ## pieces).
     """
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
-        self.window: list[int] = []  # the last piece's tokens (the context), then the tokens not shown yet
-        self.context = 0  # tokens of the window that belong to the last piece
-        self.shown = 0  # characters of the context's text
+        self.window: list[int] = []
+        self.shown = 0  # characters of the window's text returned so far
 
     def add(self, token_id: int) -> str:
-        """The text that token_id makes final, often "" (an incomplete character, or a token without text)."""
+        """The text that token_id makes final, often "" (an unfinished character, a token without text)."""
         self.window.append(int(token_id))
         text = self.tokenizer.decode(self.window)
-        if len(text) <= self.shown or text.endswith("\ufffd"):
-            return ""
-        return self._advance(text)
+        end = len(text) - text.endswith("\ufffd")
+        piece, self.shown = text[self.shown : end], end
+        if len(self.window) >= 2 * KEEP:
+            self._shorten(text)
+        return piece
 
     def flush(self) -> str:
-        """The text still held back, as decode gives it (an incomplete character as U+FFFD), once no token follows."""
-        return self._advance(self.tokenizer.decode(self.window)) if len(self.window) > self.context else ""
-
-    def _advance(self, text: str) -> str:
-        """text[shown:] (text is the window's), after which the tokens not shown yet become the context."""
-        piece = text[self.shown :]
-        del self.window[: self.context]
-        self.context = len(self.window)
-        self.shown = len(self.tokenizer.decode(self.window))
+        """What is still held back, as decode gives it (an unfinished character as U+FFFD), once no token follows."""
+        text = self.tokenizer.decode(self.window)
+        piece, self.shown = text[self.shown :], len(text)
         return piece
+
+    def _shorten(self, text: str) -> None:
+        """Keeps the last KEEP tokens if their text, past a first token that may decode differently, ends text."""
+        kept = self.window[-KEEP:]
+        short = self.tokenizer.decode(kept)
+        shown = self.shown - (len(text) - len(short))
+        # bytes decode as in text from short's first character that is not U+FFFD, and from its 4th at the latest
+        # (an unfinished character needs at most 3 more bytes; each stray one is a U+FFFD of its own)
+        start = min(next((i for i, c in enumerate(short) if c != "\ufffd"), len(short)), 3)
+        if shown >= start and text.endswith(short[start:]):
+            self.window, self.shown = kept, shown

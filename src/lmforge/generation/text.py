@@ -61,7 +61,7 @@ def generate_text(
     """The text generated after prompt (prompt excluded), cut before the first stop string.
 
     on_text receives each newly decodable piece as it is produced (streaming); sampling takes temperature, top_k,
-    top_p, repetition_penalty, greedy and seed (see lmforge.models.decoding.stream).
+    top_p, repetition_penalty, greedy and seed (see lmforge.generation.decoding.stream).
     """
     check_sampling(max_new_tokens, **sampling)
     device = next(model.parameters()).device
