@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lmforge.atomic import TMP, fsync_dir, write_text_atomic
 from lmforge.config import YAML_ERRORS, RunConfig, TaskConfig
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import Tokenizer
@@ -26,7 +27,7 @@ from lmforge.tokenizer import Tokenizer
 CONFIG, WEIGHTS, TOKENIZER = "config.yaml", "model.safetensors", "tokenizer.json"
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 REQUIRED = (CONFIG, WEIGHTS, TOKENIZER)
-PREFIX, TMP = "step-", ".tmp-"
+PREFIX = "step-"
 EXTRA_SECTIONS = ("task", "finetune")
 
 
@@ -64,23 +65,6 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
     return {"state": state, "param_groups": plain["param_groups"]}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{TMP}{path.name}.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def step_dir(out_dir: str | Path, step: int) -> Path:
     return Path(out_dir) / f"{PREFIX}{step:06d}"
 
@@ -116,11 +100,11 @@ def save_checkpoint(
     for f in tmp.iterdir():
         with open(f, "rb+") as handle:
             os.fsync(handle.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
     write_text_atomic(out_dir / "latest", final.name + "\n")
     for old in sorted(out_dir.glob(f"{PREFIX}*"))[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)

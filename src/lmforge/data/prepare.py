@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from lmforge.atomic import fsync_dir
 from lmforge.data.clean import clean_text
 from lmforge.data.records import check_data_file, is_records, read_records
 from lmforge.errors import LmforgeError
@@ -278,17 +279,9 @@ def _publish(tmp: Path, out_dir: Path) -> None:
     for name in os.listdir(tmp):
         if name != "meta.json":
             os.replace(tmp / name, out_dir / name)
-    _fsync_dir(out_dir)  # the data is on disk under its names before the meta.json that vouches for it
+    fsync_dir(out_dir)  # the data is on disk under its names before the meta.json that vouches for it
     os.replace(tmp / "meta.json", out_dir / "meta.json")
-    _fsync_dir(out_dir)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(out_dir)
 
 
 @dataclass

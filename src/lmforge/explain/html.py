@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lmforge.checkpoint.files import write_text_atomic
+from lmforge.atomic import write_text_atomic
 
 if TYPE_CHECKING:
     from lmforge.explain.attributions import Explanation

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lmforge.checkpoint.files import write_text_atomic
+from lmforge.atomic import write_text_atomic
 from lmforge.checkpoint.loader import load_finetuned
 from lmforge.inference.predict import columns_of, encode, pad_id_of, predict_features
 from lmforge.plots import plot_confusion

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.checkpoint.files import write_text_atomic
+from lmforge.atomic import write_text_atomic
 from lmforge.checkpoint.loader import load_finetuned
 from lmforge.config import TaskConfig
 from lmforge.data.labelled import Columns, collate
