@@ -123,3 +123,46 @@ def test_pretrain_and_train_refuse_the_other_family(tmp_path, corpus, capsys):
     assert_one_line_error(code, err, "needs a gpt config", "lmforge pretrain")
     code, out, _ = run(capsys, "configs")
     assert all(name in out for name in ("bert-small", "roberta-small", "albert-small"))
+
+
+@pytest.fixture
+def labelled(tmp_path):
+    data = tmp_path / "dev.csv"
+    data.write_text("text,label\nthe film was good,pos\n", encoding="utf-8")
+    return data
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_a_batch_size_below_one_is_refused_before_the_model_loads(tmp_path, labelled, capsys, size):
+    missing = str(tmp_path / "no-checkpoint")
+    code, _, err = run(capsys, "evaluate", missing, "--data", str(labelled), "--batch-size", size)
+    assert_one_line_error(code, err, "--batch-size")
+    code, _, err = run(capsys, "predict", missing, "--text", "the film", "--batch-size", size)
+    assert_one_line_error(code, err, "--batch-size")
+    out = tmp_path / "pred.jsonl"
+    code, _, err = run(capsys, "predict", missing, "--input", str(labelled), "--output", str(out), "--batch-size", size)
+    assert_one_line_error(code, err, "--batch-size")
+    assert not out.exists()
+
+
+def test_a_directory_given_for_a_data_file_is_called_a_directory(tmp_path, capsys):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    missing = str(tmp_path / "no-checkpoint")
+    code, _, err = run(capsys, "evaluate", missing, "--data", str(folder))
+    assert_one_line_error(code, err, str(folder), "is a directory")
+    code, _, err = run(capsys, "predict", missing, "--input", str(folder), "--output", str(tmp_path / "p.jsonl"))
+    assert_one_line_error(code, err, str(folder), "is a directory")
+    code, _, err = run(capsys, "embed", missing, "--input", str(folder))
+    assert_one_line_error(code, err, str(folder), "is a directory")
+
+
+@pytest.mark.parametrize("flag, value", [("--temperature", "nan"), ("--temperature", "inf"), ("--temperature", "-1"),
+                                         ("--repetition-penalty", "nan"), ("--top-p", "nan")])  # fmt: skip
+def test_generate_refuses_bad_sampling_before_printing_the_prompt(tmp_path, capsys, flag, value):
+    from helpers import tiny_checkpoint
+
+    tiny_checkpoint(tmp_path / "gpt", "gpt")
+    code, out, err = run(capsys, "generate", str(tmp_path / "gpt"), "--prompt", "the film", flag, value)
+    assert_one_line_error(code, err, flag)
+    assert out == ""

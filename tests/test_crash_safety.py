@@ -62,6 +62,8 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_exact(tiny_overrides, t
     finally:
         proc.kill()
         proc.wait()
+    # the killed run's lock file names it; the kernel released its flock, so the resume below takes the lock over
+    assert (killed_out / ".lock").read_text() == f"{proc.pid}\n"
     half_written = list(killed_out.glob(".tmp-step-*"))  # when the kill landed while a checkpoint was being written
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -79,6 +81,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_exact(tiny_overrides, t
     records = [json.loads(x) for x in (killed_out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 61))
     assert not list(killed_out.glob(".tmp-*")), "a checkpoint half-written by the kill is cleared by the next save"
+    assert not (killed_out / ".lock").exists(), "a run that ends removes its lock"
 
 
 def test_sigterm_saves_the_current_step_and_exits_0(corpus, tmp_path, capsys):

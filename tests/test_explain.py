@@ -258,3 +258,14 @@ def test_cli_refuses_what_is_not_a_classifier_in_one_line(tmp_path, capsys, kind
     assert code == 2 and len(err) == 1 and err[0].startswith("lmforge: error:")
     assert ("not found" if kind == "missing" else "not fine-tuned") in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_steps_out_of_range_are_refused_before_any_work(tmp_path, wordpiece):
+    """100,000 Gauss-Legendre steps would build a 100,000 x 100,000 matrix (75 GiB) before the first gradient."""
+    from lmforge.errors import LmforgeError
+
+    model = classifier(tiny_bert(wordpiece.vocab_size), n_labels=2)
+    for steps in (0, 100_000):
+        with pytest.raises(LmforgeError, match=f"--steps {steps} is out of range: give 1 to 1000"):
+            explain(model, wordpiece, "great", tmp_path / "out", steps=steps)
+    assert not (tmp_path / "out").exists()

@@ -98,3 +98,17 @@ def test_damaged_files_are_named(ckpt, tmp_path, name, content):
     shutil.copytree(ckpt, tmp_path / "c")
     (tmp_path / "c" / name).write_bytes(content)
     assert not loads_or_fails_clearly(tmp_path / "c", with_state=True)
+
+
+def test_a_tokenizer_larger_than_the_embedding_table_is_named(ckpt, tmp_path, capsys):
+    """Its last ids would index past the model's rows: an IndexError in the middle of generation, before this check."""
+    from lmforge.cli.main import main
+    from lmforge.tokenizer import Tokenizer
+
+    shutil.copytree(ckpt, tmp_path / "c")
+    Tokenizer.train_char(["the quick brown fox jumps over the lazy dog!"]).save(tmp_path / "c" / "tokenizer.json")
+    with pytest.raises(LmforgeError, match=r"tokenizer.json has 29 tokens but the model has 13 embedding rows"):
+        load_model(tmp_path / "c")
+    assert main(["generate", str(tmp_path / "c"), "--prompt", "the", "--max-new-tokens", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path / "c" / "tokenizer.json") in err

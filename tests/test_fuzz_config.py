@@ -5,12 +5,13 @@ import dataclasses
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from lmforge.cli.main import main
 from lmforge.config import FAMILIES, DataConfig, RunConfig, TrainConfig, apply_override, load_config, sections_of
 from lmforge.errors import LmforgeError
+from lmforge.tokenizer import MAX_VOCAB_SIZE, min_vocab_size
 
 FIELDS = [(s, f.name) for s, kind in (("model", FAMILIES["gpt"]), ("data", DataConfig), ("train", TrainConfig))
           for f in dataclasses.fields(kind)]  # fmt: skip
@@ -61,6 +62,24 @@ def test_out_of_range_names_the_field(field, value):
     section, name = field.split(".")
     with pytest.raises(LmforgeError, match=rf"{section}\.{name}"):
         RunConfig.from_dict({section: {name: value}})
+
+
+@FUZZ
+@given(
+    st.sampled_from(["gpt", "bert"]),
+    st.sampled_from(["char", "bpe", "wordpiece", "tok.json"]),
+    st.integers(-(2**70), 2**70) | st.integers(0, 300),
+)
+def test_vocab_size_builds_within_the_tokenizers_range_or_names_it(family, tokenizer, size):
+    """A BPE or WordPiece trained on the data needs its base alphabet and a size the trainer survives; char and a
+    tokenizer.json ignore vocab_size."""
+    assume(not (family == "bert" and tokenizer == "char"))  # refused for its own reason: no [CLS] or [MASK]
+    result = build({"family": family, "data": {"tokenizer": tokenizer, "vocab_size": size}})
+    trained = tokenizer in ("bpe", "wordpiece")
+    fits = not trained or min_vocab_size(tokenizer, family == "bert") <= size <= MAX_VOCAB_SIZE
+    assert isinstance(result, RunConfig) == fits
+    if not fits:
+        assert "data.vocab_size" in str(result) and f"data.tokenizer = {tokenizer}" in str(result)
 
 
 @FUZZ

@@ -56,7 +56,10 @@ def test_prompt_longer_than_context_is_refused(model_and_tokenizer):
 @pytest.mark.parametrize(
     "kwargs, flag",
     [({"temperature": -1}, "--temperature"), ({"top_p": 1.5}, "--top-p"), ({"top_k": 0}, "--top-k"),
-     ({"repetition_penalty": 0}, "--repetition-penalty")],
+     ({"repetition_penalty": 0}, "--repetition-penalty"), ({"temperature": float("nan")}, "--temperature"),
+     ({"temperature": float("inf")}, "--temperature"), ({"top_p": float("nan")}, "--top-p"),
+     ({"repetition_penalty": float("nan")}, "--repetition-penalty"),
+     ({"repetition_penalty": float("inf")}, "--repetition-penalty")],
 )  # fmt: skip
 def test_meaningless_sampling_settings_are_refused(model_and_tokenizer, kwargs, flag):
     model, tokenizer = model_and_tokenizer

@@ -95,3 +95,16 @@ def test_encoder_configs_need_an_encoder_tokenizer_and_documents(encoder_overrid
         train(load_config("bert-small", one_document))
     roberta = train(load_config("roberta-small", [*one_document, "data.val_fraction=0"]))  # MLM alone needs none
     assert roberta.val_loss is None and roberta.step == 2
+
+
+def test_resume_on_other_documents_keeps_the_checkpoints_tokenizer(encoder_overrides, tmp_path, capsys):
+    """The new documents are tokenized with the checkpoint's WordPiece, not with one trained on them."""
+    from conftest import topic_documents
+
+    other = tmp_path / "other.txt"
+    other.write_text(topic_documents(seed=1).replace("a", "q").replace("o", "x"), encoding="utf-8")
+    first = train(load_config("bert-small", [*encoder_overrides, "train.max_steps=2"]))
+    capsys.readouterr()
+    again = train(load_config("bert-small", [*encoder_overrides, f"data.path={other}", "train.max_steps=4"]), True)
+    assert "with its tokenizer" in capsys.readouterr().err
+    assert (again.checkpoint / "tokenizer.json").read_text() == (first.checkpoint / "tokenizer.json").read_text()

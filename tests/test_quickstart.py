@@ -1,3 +1,6 @@
+import pytest
+
+from lmforge.errors import LmforgeError
 from lmforge.recipes.quickstart import quickstart, stdlib_corpus
 
 
@@ -15,3 +18,9 @@ def test_quickstart_trains_saves_and_samples(tmp_path, corpus, capsys):
     assert out.count("--- sample") == 3 and "lmforge generate" in out
     again = quickstart(data=str(corpus), out=str(tmp_path / "qs"), max_steps=3)  # a second run reuses the model
     assert again == ckpt
+
+
+def test_quickstart_refuses_zero_steps_before_building_its_corpus(tmp_path):
+    with pytest.raises(LmforgeError, match="max_steps"):
+        quickstart(out=str(tmp_path / "qs"), max_steps=0)
+    assert not (tmp_path / "qs").exists()

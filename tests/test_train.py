@@ -100,3 +100,43 @@ def test_wrong_shape_names_the_tensor(tiny_overrides, tmp_path):
     cfg_path.write_text(cfg_path.read_text().replace("d_ff: 128", "d_ff: 64"))
     with pytest.raises(LmforgeError, match=r"ffn.up.weight.*shape \(128, 32\), expected \(64, 32\)"):
         load_model(ckpt)
+
+
+def words_corpus(path, letters, seed):
+    """Lines of random words over some letters: enough pairs for a 300-token byte-level BPE to fill its vocabulary."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["".join(rng.choices(letters, k=rng.randint(2, 7))) for _ in range(300)]
+    path.write_text("".join(" ".join(rng.choices(words, k=8)) + ".\n" for _ in range(400)), encoding="utf-8")
+    return path
+
+
+def test_resume_on_new_text_keeps_the_checkpoints_tokenizer(tmp_path, capsys):
+    """A resumed model reads the ids it learned: the new text is tokenized with the checkpoint's BPE, not a new one."""
+    from lmforge.cli.main import main
+
+    a, b = words_corpus(tmp_path / "a.txt", "abcdefghijklm", 0), words_corpus(tmp_path / "b.txt", "nopqrstuvwxyz", 1)
+    out = tmp_path / "r"
+    tiny = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.max_seq_len=16", "--no-progress"]
+    argv = ["train", "--config", "char-small", "--set", "data.tokenizer=bpe", "--set", "data.vocab_size=300", *tiny]
+    assert main([*argv, "--data", str(a), "--out", str(out), "--max-steps", "2"]) == 0
+    assert main([*argv, "--data", str(b), "--out", str(out), "--max-steps", "4", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming from" in err and "with its tokenizer (300 tokens)" in err
+    first, second = (out / "step-000002" / "tokenizer.json").read_text(), (out / "step-000004" / "tokenizer.json")
+    assert second.read_text() == first
+
+
+def test_resume_refuses_data_prepared_with_another_tokenizer(tmp_path, tiny_overrides, corpus, capsys):
+    from lmforge.cli.main import main
+    from lmforge.data import prepare
+
+    train(load_config("char-small", [*tiny_overrides, "train.max_steps=2"]))
+    other = prepare([corpus], "bpe", tmp_path / "prepared", vocab_size=300, progress=False)
+    argv = ["train", "--config", "char-small", *(a for s in tiny_overrides for a in ("--set", s)), "--resume"]
+    capsys.readouterr()
+    assert main([*argv, "--data", str(other), "--max-steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tokenized with another tokenizer" in err and "step-000002" in err
+    assert find_latest(tmp_path / "run") == tmp_path / "run" / "step-000002"

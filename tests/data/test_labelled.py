@@ -103,12 +103,62 @@ def test_labels_are_discovered_sorted_and_checked(tmp_path):
     assert discover_labels(examples, "classification", path) == ["9", "10"]
     ner = read_examples(write(tmp_path, "b.conll", "a I-PER\nb B-LOC\nc O\nd B-PER\n"), "ner")
     assert discover_labels(ner, "ner", "b.conll") == ["O", "B-LOC", "B-PER", "I-PER"]
-    bad = read_examples(write(tmp_path, "c.conll", "a B-PER\n\nb PER\n"), "ner")
-    with pytest.raises(LmforgeError, match=r"c.conll, line 3: tag 'PER' is not IOB2"):
+    bad = read_examples(write(tmp_path, "c.conll", "a B-PER\n\nb O\nc PER\n"), "ner")
+    with pytest.raises(LmforgeError, match=r"c.conll, line 4: tag 'PER' is not IOB2"):  # the tag's line
         discover_labels(bad, "ner", tmp_path / "c.conll")
     dev = read_examples(write(tmp_path, "dev.csv", "text,label\na,9\nb,11\n"), "classification")
     with pytest.raises(LmforgeError, match=r"dev.csv, line 3: label '11' is not one of the model's labels \(9, 10\)"):
         check_labels(dev, ["9", "10"], tmp_path / "dev.csv")
+
+
+def test_unknown_tag_is_named_at_its_line(tmp_path):
+    path = write(tmp_path, "dev.conll", "-DOCSTART- O\n\na O\nb B-ORG\n")
+    with pytest.raises(LmforgeError, match=r"dev.conll, line 4: label 'B-ORG' is not one of the model's labels"):
+        check_labels(read_examples(path, "ner"), ["O", "B-PER"], path)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "task", "message"),
+    [
+        ("a.csv", b"text,label\nok,1\nbad \xe9 byte,0\n", "classification", r"a.csv, line 3: not UTF-8 \(byte 0xe9\)"),
+        ("b.csv", b"text,label\nok,1\nok,\xff\n", "classification", r"b.csv, line 3: not UTF-8 \(byte 0xff\)"),
+        ("c.tsv", b"sentence\tlabel\nok\t1\nnul \x00 here\t0\n", "classification", r"c.tsv, line 3: a NUL byte"),
+        ("d.conll", b"EU B-ORG\n\nPar\xeds B-LOC\n", "ner", r"d.conll, line 3: not UTF-8 \(byte 0xed\)"),
+        ("e.conll", b"EU B-ORG\nx\x00 O\n", "ner", r"e.conll, line 2: a NUL byte"),
+        (
+            "f.jsonl",
+            b'{"text": "a", "label": 1}\n{"text": "b\x00", "label": 0}\n',
+            "classification",
+            r"line 2: not valid",
+        ),
+        ("g.jsonl", b'{"tokens": ["\xff"], "tags": ["O"]}\n', "ner", r"g.jsonl, line 1: not UTF-8 \(byte 0xff\)"),
+    ],
+)
+def test_nul_and_bytes_that_are_not_utf8_are_refused_at_their_line(tmp_path, name, data, task, message):
+    """As training refuses them: decoded with replacement characters, they would teach the model garbage."""
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(LmforgeError, match=message):
+        read_examples(tmp_path / name, task)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "task", "line"),
+    [
+        ("a.csv", "text,label\na,1\nb,\n", "classification", 3),
+        ("b.tsv", "sentence\tlabel\na\t1\nb\t \n", "classification", 3),
+        ("c.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": ""}\n', "classification", 2),
+        ("d.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": null}\n', "classification", 2),
+        ("e.jsonl", '{"tokens": ["a"], "tags": ["O"]}\n{"tokens": ["b", "c"], "tags": ["O", ""]}\n', "ner", 2),
+        ("f.jsonl", '{"tokens": ["a"], "tags": ["O"]}\n{"tokens": ["b"], "tags": null}\n', "ner", 2),
+    ],
+)
+def test_empty_label_is_refused_at_its_line(tmp_path, name, text, task, line):
+    """An empty cell would become a class named ''."""
+    path = write(tmp_path, name, text)
+    with pytest.raises(LmforgeError, match=rf"{name}, line {line}: (empty label|\"tags\" must be a list of tags)"):
+        read_examples(path, task)
+    if task == "classification":  # predict ignores labels, given or not
+        assert len(read_examples(path, task, labelled=False)) == 2
 
 
 def test_one_label_only_is_refused(tmp_path):

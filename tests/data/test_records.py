@@ -40,6 +40,9 @@ def test_csv_skips_and_counts_or_names_the_line(tmp_path):
     assert read_csv_texts(path, "skip") == (["hello", "multi\nline", "ok"], 4)
     with pytest.raises(LmforgeError, match=r"docs.csv, line 5: 1 fields where the header has 2"):
         read_csv_texts(path, "error")
+    path.write_bytes(b"\n".join([rows[0], rows[1], rows[6]]))
+    with pytest.raises(LmforgeError, match=r"docs.csv, line 3: not UTF-8 \(byte 0xe9\)"):
+        read_csv_texts(path, "error")
     path.write_bytes(b"body\nhello\n")
     with pytest.raises(LmforgeError, match='header with a "text" column'):
         read_csv_texts(path, "skip")

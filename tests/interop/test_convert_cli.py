@@ -88,3 +88,43 @@ def test_pickle_needs_allow_pickle_on_the_command_line(hf_bert, tmp_path, capsys
     assert not (tmp_path / "run").exists()
     code, out, _ = run(capsys, "convert", "--from-hf", tmp_path, "--out", tmp_path / "run", "--allow-pickle")
     assert code == 0 and "step-000000" in out
+
+
+def test_convert_from_hf_refuses_an_out_that_holds_a_checkpoint(hf_bert, hf_gpt2, tmp_path, capsys):
+    """Writing step-000000 into a run would take over its `latest`, as a fine-tuning into it would (also refused)."""
+    run_dir = tmp_path / "run"
+    assert run(capsys, "convert", "--from-hf", hf_gpt2, "--out", run_dir)[0] == 0
+    (run_dir / "step-000000").rename(run_dir / "step-000007")  # a run's own checkpoint, as training leaves it
+    (run_dir / "latest").write_text("step-000007\n")
+    one_line_error(*run(capsys, "convert", "--from-hf", hf_bert, "--out", run_dir)[::2], "already holds a checkpoint")
+    assert (run_dir / "latest").read_text() == "step-000007\n" and not (run_dir / "step-000000").exists()
+
+
+def test_segment_ids_are_named_for_encoders_with_two_segment_types(tmp_path):
+    """transformers' fast tokenizer returns token_type_ids only when tokenizer_config.json names them."""
+    from transformers import AutoTokenizer
+
+    from lmforge.interop.hf_tokenizer import load_hf_tokenizer, write_hf_tokenizer
+
+    (tmp_path / "src").mkdir()
+    write_wordpiece_vocab(tmp_path / "src")
+    tokenizer = load_hf_tokenizer(tmp_path / "src")
+    for token_type_ids in (True, False):
+        out = tmp_path / str(token_type_ids)
+        out.mkdir()
+        write_hf_tokenizer(tokenizer, out, 32, token_type_ids=token_type_ids)
+        config = json.loads((out / "tokenizer_config.json").read_text())
+        assert ("token_type_ids" in config.get("model_input_names", [])) == token_type_ids
+        encoded = AutoTokenizer.from_pretrained(out)("the quick fox", "a red bird")
+        assert ("token_type_ids" in encoded) == token_type_ids
+
+
+def test_hf_tokenizer_files_larger_than_the_embedding_table_are_refused(hf_bert, tmp_path, capsys):
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((hf_bert / name).read_bytes())
+    words = (hf_bert / "vocab.txt").read_text().splitlines()
+    (tmp_path / "vocab.txt").write_text("\n".join([*words, "extra", "words"]) + "\n")
+    code, _, err = run(capsys, "fill-mask", tmp_path, "the [MASK] fox")
+    one_line_error(
+        code, err, f"the tokenizer has {len(words) + 2} tokens but the model has {len(words)} embedding rows"
+    )

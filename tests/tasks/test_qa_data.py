@@ -74,6 +74,14 @@ def test_bad_answers_name_the_file_and_the_record(tmp_path, name, text, message)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize(("byte", "message"), [(b"\xe9", r"not UTF-8 \(byte 0xe9\)"), (b"\x00", "a NUL byte")])
+def test_squad_json_that_is_not_utf8_text_is_refused_at_its_line(tmp_path, byte, message):
+    path = tmp_path / "d.json"
+    path.write_bytes(b'{"data": [{"paragraphs": [\n{"context": "Paris' + byte + b'", "qas": []}]}]}\n')
+    with pytest.raises(LmforgeError, match=rf"d.json, line 2: {message}"):
+        read_examples(path, "qa")
+
+
 def test_token_span_covers_the_characters():
     offsets = [(0, 5), (6, 8), (9, 12), (12, 15)]
     assert token_span(offsets, 0, 5) == (0, 0)

@@ -75,6 +75,8 @@ def test_reader_takes_three_span_layouts_and_configurable_keys(tmp_path):
         ({"text": "ab cd", "head": [0, 9], "tail": [3, 5], "label": "r"}, 'line 1: entity "head" must be'),
         ({"text": "ab cd", "head": [0, 2], "label": "r"}, "line 1: no entity 'tail' or 'obj' or 't'"),
         ({"text": "ab cd", "head": [0, 2], "tail": [3, 5]}, 'line 1: no label "label"'),
+        ({"text": "ab cd", "head": [0, 2], "tail": [3, 5], "label": ""}, 'line 1: empty label in "label"'),
+        ({"text": "ab cd", "head": [0, 2], "tail": [3, 5], "label": None}, 'line 1: empty label in "label"'),
     ],
 )
 def test_bad_records_name_file_and_line(tmp_path, record, message):

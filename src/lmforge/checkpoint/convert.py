@@ -12,9 +12,10 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from lmforge.checkpoint.files import WEIGHTS, save_checkpoint, unique_state_dict
+from lmforge.checkpoint.files import WEIGHTS, find_latest, save_checkpoint, unique_state_dict
 from lmforge.checkpoint.hub import load_hf, resolve
 from lmforge.checkpoint.loader import load
+from lmforge.checkpoint.lock import run_lock
 from lmforge.errors import LmforgeError
 from lmforge.interop.hf import family_of, hf_config, to_hf
 from lmforge.interop.hf_tokenizer import write_hf_tokenizer
@@ -23,10 +24,13 @@ from lmforge.interop.hf_tokenizer import write_hf_tokenizer
 def convert_from_hf(source: str | Path, out: str | Path, allow_pickle: bool = False) -> Path:
     """Writes an HF model directory as an lmforge checkpoint (OUT/step-000000, OUT/latest), atomically; a task
     model's checkpoint has the task section a fine-tuned one has."""
-    loaded = load_hf(resolve(source), allow_pickle)
-    loaded.config.train.out = str(out)
-    extra = {"task": dataclasses.asdict(loaded.task)} if loaded.task is not None else None
-    return save_checkpoint(out, 0, loaded.model, loaded.config, loaded.tokenizer, extra=extra)
+    with run_lock(out):
+        if find_latest(out) is not None:  # its `latest` would name the import instead of the run's own checkpoint
+            raise LmforgeError(f"{out} already holds a checkpoint: give a new --out for the imported model")
+        loaded = load_hf(resolve(source), allow_pickle)
+        loaded.config.train.out = str(out)
+        extra = {"task": dataclasses.asdict(loaded.task)} if loaded.task is not None else None
+        return save_checkpoint(out, 0, loaded.model, loaded.config, loaded.tokenizer, extra=extra)
 
 
 def convert_to_hf(checkpoint: str | Path, out: str | Path, allow_pickle: bool = False) -> Path:
@@ -51,20 +55,10 @@ def convert_to_hf(checkpoint: str | Path, out: str | Path, allow_pickle: bool = 
     try:
         save_file(weights, tmp / WEIGHTS, metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-        write_hf_tokenizer(tokenizer, tmp, backbone.cfg.max_seq_len)
-        if getattr(backbone.cfg, "type_vocab_size", 1) > 1:
-            name_segment_ids(tmp / "tokenizer_config.json")
+        write_hf_tokenizer(tokenizer, tmp, backbone.cfg.max_seq_len, getattr(backbone.cfg, "type_vocab_size", 1) > 1)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def name_segment_ids(path: Path) -> None:
-    """transformers' generic fast tokenizer returns no token_type_ids unless its config names them, and without them
-    a BERT or ALBERT reads a pair's second text (a QA context, an NLI hypothesis) as a first one."""
-    config = json.loads(path.read_text(encoding="utf-8"))
-    config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
-    path.write_text(json.dumps(config, indent=2), encoding="utf-8")

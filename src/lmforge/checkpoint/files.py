@@ -88,29 +88,52 @@ def save_checkpoint(
     out_dir.mkdir(parents=True, exist_ok=True)
     final = step_dir(out_dir, step)
     tmp = out_dir / f"{TMP}{final.name}.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale(out_dir)
     tmp.mkdir()
-    (tmp / CONFIG).write_text(yaml.safe_dump({**cfg.to_dict(), **(extra or {})}, sort_keys=False), encoding="utf-8")
-    weights = model if isinstance(model, dict) else unique_state_dict(model)
-    save_file(weights, tmp / WEIGHTS, metadata={"format": "pt", "lmforge_step": str(step)})
-    tokenizer.save(tmp / TOKENIZER)
-    if state is not None:
-        save_file(state_tensors or {}, tmp / STATE_TENSORS)
-        (tmp / STATE_JSON).write_text(json.dumps(state), encoding="utf-8")
-    for f in tmp.iterdir():
-        with open(f, "rb+") as handle:
-            os.fsync(handle.fileno())
-    fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
+    try:
+        (tmp / CONFIG).write_text(yaml.safe_dump({**cfg.to_dict(), **(extra or {})}, sort_keys=False), encoding="utf-8")
+        weights = model if isinstance(model, dict) else unique_state_dict(model)
+        save_file(weights, tmp / WEIGHTS, metadata={"format": "pt", "lmforge_step": str(step)})
+        tokenizer.save(tmp / TOKENIZER)
+        if state is not None:
+            save_file(state_tensors or {}, tmp / STATE_TENSORS)
+            (tmp / STATE_JSON).write_text(json.dumps(state), encoding="utf-8")
+        for f in tmp.iterdir():
+            with open(f, "rb+") as handle:
+                os.fsync(handle.fileno())
+        fsync_dir(tmp)
+    except BaseException:  # a full disk, an interrupt: nothing half-written stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    aside = out_dir / f"{TMP}{final.name}.old.{os.getpid()}"
+    if final.exists():  # the same step saved again: a directory cannot be renamed onto a full one
+        os.replace(final, aside)
     os.replace(tmp, final)
     fsync_dir(out_dir)
+    shutil.rmtree(aside, ignore_errors=True)
     write_text_atomic(out_dir / "latest", final.name + "\n")
     for old in sorted(out_dir.glob(f"{PREFIX}*"))[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in out_dir.glob(f"{TMP}{PREFIX}*"):  # left by a run killed while saving; ours is renamed by now
-        shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+def _remove_stale(out_dir: Path) -> None:
+    """Removes the temporary checkpoints left by this process or by dead ones (a run killed while saving); another
+    live process's are its own business."""
+    for stale in out_dir.glob(f"{TMP}{PREFIX}*"):
+        pid = stale.name.rsplit(".", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def find_latest(out_dir: str | Path) -> Path | None:
@@ -178,7 +201,18 @@ def load_checkpoint(path: str | Path, with_state: bool = False) -> Checkpoint:
     if with_state and (path / STATE_JSON).is_file():
         state_tensors = _read_safetensors(path / STATE_TENSORS)
         state = _read_state(path / STATE_JSON)
-    return Checkpoint(path, cfg, weights, Tokenizer.load(path / TOKENIZER), state_tensors, state, extra)
+    tokenizer = Tokenizer.load(path / TOKENIZER)
+    if tokenizer.vocab_size > cfg.model.vocab_size:  # its last ids would index past the embedding table
+        raise LmforgeError(
+            f"{path / TOKENIZER} has {tokenizer.vocab_size} tokens but the model has {cfg.model.vocab_size} embedding "
+            "rows: the tokenizer belongs to another model; use the checkpoint's own tokenizer.json"
+        )
+    return Checkpoint(path, cfg, weights, tokenizer, state_tensors, state, extra)
+
+
+def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:
+    """The same text to the same ids: what a resumed model must keep reading."""
+    return a.backend.to_str() == b.backend.to_str()
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

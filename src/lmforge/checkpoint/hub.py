@@ -61,6 +61,11 @@ def load_hf(path: str | Path, allow_pickle: bool = False) -> Loaded:
     except LmforgeError as e:
         raise LmforgeError(f"{path / 'config.json'}: {e}") from None
     tokenizer = load_hf_tokenizer(path)
+    if tokenizer.vocab_size > cfg.vocab_size:  # its last ids would index past the embedding table
+        raise LmforgeError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model has {cfg.vocab_size} embedding "
+            "rows: the tokenizer files belong to another model"
+        )
     run = RunConfig("gpt" if family.model_type == "gpt2" else "bert", cfg, DataConfig(tokenizer=tokenizer.kind))
     model = MODELS[run.family](cfg)
     if task_cfg is not None:
@@ -69,8 +74,6 @@ def load_hf(path: str | Path, allow_pickle: bool = False) -> Loaded:
     check_weights({k: v.shape for k, v in to_hf(family, expected, head_model, task).items()}, hf, str(path))
     weights = {k: v.float() for k, v in to_ours(family, hf, expected, head_model, task).items()}
     model.load_state_dict(weights, strict=False)
-    if tokenizer.vocab_size > cfg.vocab_size:
-        raise LmforgeError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens, the model {cfg.vocab_size}")
     return Loaded(model.eval(), tokenizer, run, task_cfg, path, pooler)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.config.fields import Checked, _positive
-from lmforge.config.overrides import apply_override, build_section, read_yaml
+from lmforge.config.overrides import apply_override, build_section, missing, read_yaml
 from lmforge.errors import LmforgeError
 
 
@@ -111,7 +111,7 @@ def load_finetune_config(
     raw = {}
     if path is not None:
         if not Path(path).is_file():
-            raise LmforgeError(f"config {path} not found: give a YAML file with the sections task and finetune")
+            raise missing(Path(path), "a YAML file with the sections task and finetune")
         raw = read_yaml(Path(path), "task, finetune")
     for assignment in overrides:
         apply_override(raw, assignment, FINETUNE_SECTIONS)

@@ -13,10 +13,41 @@ from lmforge.errors import LmforgeError
 YAML_ERRORS = (yaml.YAMLError, ValueError, RecursionError)  # ValueError: 2001-13-45 as a date; deep nesting
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A key given twice in one mapping: PyYAML would keep the last silently, and the first edit would be lost."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that raises DuplicateKey."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # <<: *defaults may be overridden, as YAML intends
+                continue
+            key, line = self.construct_object(key_node, deep=deep), key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first is not None:
+                raise DuplicateKey(f"key {key!r} appears twice (line {first}, and again on line {line})")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def missing(path: Path, what: str) -> LmforgeError:
+    """The error for a config path that is not a file: a directory is called one, anything else not found."""
+    kind = "is a directory" if path.is_dir() else "not found"
+    return LmforgeError(f"config {str(path)!r} {kind}: give {what}")
+
+
 def read_yaml(path: Path, what: str) -> dict:
     """A YAML file that must hold a mapping (`what` names its sections for the error)."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except DuplicateKey as e:
+        raise LmforgeError(f"{path}: {e}; keep one of them") from None
     except YAML_ERRORS as e:  # UnicodeDecodeError is a ValueError
         raise LmforgeError(f"{path}: not valid YAML ({(str(e) or type(e).__name__).splitlines()[0]})") from None
     if not isinstance(raw, dict):

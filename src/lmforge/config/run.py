@@ -10,8 +10,9 @@ from pathlib import Path
 
 from lmforge.config.fields import Checked, _fraction, _positive
 from lmforge.config.models import FAMILIES, BertConfig, GPTConfig
-from lmforge.config.overrides import apply_override, build_section, read_yaml
+from lmforge.config.overrides import apply_override, build_section, missing, read_yaml
 from lmforge.errors import LmforgeError
+from lmforge.tokenizer import MAX_VOCAB_SIZE, min_vocab_size
 
 
 @dataclass
@@ -21,7 +22,7 @@ class DataConfig(Checked):
     section = "data"
     path: str | None = None  # a text, .jsonl or .csv file (prepared on the fly) or a prepared directory
     tokenizer: str = "char"  # char, bpe, wordpiece, or a path to a tokenizer.json
-    vocab_size: int = 8192  # for a BPE or WordPiece tokenizer trained on the data
+    vocab_size: int = 8192  # for a BPE or WordPiece tokenizer trained on the data; char and a tokenizer.json ignore it
     val_fraction: float = 0.1
     on_bad_line: typing.Literal["error", "skip"] = "error"  # a malformed .jsonl/.csv record: stop, or skip and count
     lowercase: bool = True  # WordPiece: lower-case the text (an uncased model)
@@ -30,13 +31,25 @@ class DataConfig(Checked):
     whole_word_masking: bool = False  # MLM: select whole words, never a piece of one
 
     _ranges = {
-        "vocab_size": (
-            lambda v: v >= 260,
-            "a byte-level BPE needs at least 260 entries (256 bytes + specials)",
-        ),
         "val_fraction": (_fraction, "a fraction in [0, 1)"),
         "mlm_probability": (lambda p: 0 < p < 1, "a probability in (0, 1), usually 0.15"),
     }
+
+    def check_vocab_size(self, encoder: bool) -> None:
+        """A BPE or WordPiece trained here needs room for its base alphabet, and a size the trainer survives; an
+        encoder's BPE holds RoBERTa's five special tokens instead of one, so the run config, which knows the family,
+        calls this."""
+        if self.tokenizer not in ("bpe", "wordpiece"):
+            return
+        least = min_vocab_size(self.tokenizer, encoder)
+        if not least <= self.vocab_size <= MAX_VOCAB_SIZE:
+            holds = (
+                "all 256 bytes and its special tokens" if self.tokenizer == "bpe" else "5 special tokens + 1 character"
+            )
+            raise LmforgeError(
+                f"data.vocab_size = {self.vocab_size} is out of range for data.tokenizer = {self.tokenizer}: give "
+                f"{least} to {MAX_VOCAB_SIZE} (it holds {holds}; GPT-2 has 50257 tokens, BERT 30522)"
+            )
 
 
 @dataclass
@@ -116,6 +129,7 @@ class RunConfig:
             raise LmforgeError(
                 "data.tokenizer = char has no [CLS], [SEP] or [MASK] for an encoder: use wordpiece or bpe"
             )
+        self.data.check_vocab_size(encoder=self.family == "bert")
 
     def require_family(self, family: str, verb: str, fix: str) -> None:
         """For verbs that serve one family: a config of another is a user mistake, named with the way out."""
@@ -157,10 +171,7 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     shipped = shipped_configs()
     path = shipped.get(name_or_path) or Path(name_or_path)
     if not path.is_file():
-        raise LmforgeError(
-            f"config {name_or_path!r} not found: give a YAML file or one of {', '.join(sorted(shipped))} "
-            "(lmforge configs lists them)"
-        )
+        raise missing(path, f"a YAML file or one of {', '.join(sorted(shipped))} (lmforge configs lists them)")
     raw = read_yaml(path, "family, model, data, train")
     for assignment in overrides:
         apply_override(raw, assignment, sections_of(raw))

@@ -1,8 +1,8 @@
 """Labelled examples for fine-tuning, shared by the tasks: the example types, CSV, TSV, JSONL and CoNLL readers, the
 check of labels against a model's, and padded batches.
 
-Every mistake in a file (a missing column, an unknown label, a CoNLL line with the wrong number of columns, an
-empty file) is one LmforgeError that names the file and the line.
+Every mistake in a file (a missing column, an empty or unknown label, a CoNLL line with the wrong number of columns,
+a NUL or a byte that is not UTF-8, an empty file) is one LmforgeError that names the file and the line.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from lmforge.data.pretraining import IGNORE
-from lmforge.data.records import iter_csv, iter_jsonl, read_bytes
+from lmforge.data.records import iter_csv, iter_jsonl, read_utf8, text_fault
 from lmforge.errors import LmforgeError
 
 __all__ = ["IGNORE", "Columns", "Example", "check_labels", "collate", "read_labelled"]
@@ -44,10 +44,21 @@ class Example:
     text: str | list[str]
     pair: str | None = None
     label: str | list[str] | None = None
+    lines: list[int] | None = None  # CoNLL: each word's line, so a bad tag is named where it stands
+
+    def line_of(self, word: int) -> int:
+        """The line of a word's tag: its own in CoNLL, the example's otherwise."""
+        return self.lines[word] if self.lines else self.line
 
 
 def _fail(path: Path, line: int, why: str) -> None:
     raise LmforgeError(f"{path}, line {line}: {why}")
+
+
+def require_label(path: Path, line: int, label: object, column: str) -> None:
+    """An empty label would become a class named ''."""
+    if label is None or not str(label).strip():
+        _fail(path, line, f'empty label in "{column}": give every example its label, or remove the example')
 
 
 def _pick(where: str, words: bool, names: list[str], given: str | None, kind: str, required: bool) -> str | None:
@@ -70,10 +81,16 @@ def _read_table(path: Path, words: bool, columns: Columns, labelled: bool) -> li
     text = _pick(str(path), words, header, columns.text, "text", True)
     pair = _pick(str(path), words, header, columns.text_pair, "text", True) if columns.text_pair else None
     label = _pick(str(path), words, header, columns.label, "label", labelled)
-    return [
-        Example(line, row[header.index(text)], pair and row[header.index(pair)], label and row[header.index(label)])
-        for line, row in rows
-    ]
+    examples = []
+    for line, row in rows:
+        cells = {name: row[header.index(name)] for name in (text, pair, label) if name}
+        for cell in cells.values():
+            if why := text_fault(cell):
+                _fail(path, line, f"{why}: save the file as UTF-8 text")
+        if labelled:
+            require_label(path, line, cells[label], label)
+        examples.append(Example(line, cells[text], pair and cells[pair], label and cells[label]))
+    return examples
 
 
 def _read_jsonl(path: Path, words: bool, columns: Columns, labelled: bool) -> list[Example]:
@@ -89,26 +106,30 @@ def _read_jsonl(path: Path, words: bool, columns: Columns, labelled: bool) -> li
         if words:
             if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
                 _fail(path, line, f'"{text}" must be a list of words')
-            if tags is not None and (not isinstance(tags, list) or len(tags) != len(value)):
+            if (labelled or tags is not None) and (not isinstance(tags, list) or len(tags) != len(value)):
                 _fail(path, line, f'"{label}" must be a list of tags, one per word ({len(value)})')
+            if labelled:
+                for tag in tags:
+                    require_label(path, line, tag, label)
             examples.append(Example(line, value, None, tags and [str(t) for t in tags]))
         else:
             if not isinstance(value, str) or (pair and not isinstance(record[pair], str)):
                 _fail(path, line, f'"{text}" must be a string')
+            if labelled:
+                require_label(path, line, tags, label)
             examples.append(Example(line, value, pair and record[pair], None if tags is None else str(tags)))
     return examples
 
 
 def _read_conll(path: Path, labelled: bool) -> list[Example]:
     """Word first, tag last, one word a line, sentences separated by blank lines; -DOCSTART- lines are skipped."""
-    text = read_bytes(path).decode("utf-8-sig", errors="replace")
-    examples, words, tags, start, width = [], [], [], 0, None
-    for number, raw in enumerate([*text.splitlines(), ""], start=1):
+    examples, words, tags, lines, width = [], [], [], [], None
+    for number, raw in enumerate([*read_utf8(path).split("\n"), ""], start=1):
         fields = raw.split()
         if not fields or fields[0] == "-DOCSTART-":
             if words:
-                examples.append(Example(start, words, None, tags if labelled else None))
-            words, tags = [], []
+                examples.append(Example(lines[0], words, None, tags if labelled else None, lines))
+            words, tags, lines = [], [], []
             continue
         if width is None:
             width = (len(fields), number)
@@ -116,9 +137,9 @@ def _read_conll(path: Path, labelled: bool) -> list[Example]:
             _fail(path, number, f"{len(fields)} columns where line {width[1]} has {width[0]} (a word with a space?)")
         if labelled and len(fields) < 2:
             _fail(path, number, "a word without a tag: CoNLL lines are WORD ... TAG")
-        start = start if words else number
         words.append(fields[0])
         tags.append(fields[-1])
+        lines.append(number)
     return examples
 
 
@@ -152,10 +173,11 @@ def check_labels(examples: list[Example], labels: list[str], path: str | Path) -
     """Every label of an evaluation file must be one the model was trained on."""
     known = set(labels)
     for ex in examples:
-        for label in ex.label if isinstance(ex.label, list) else [ex.label]:
+        per_word = isinstance(ex.label, list)
+        for i, label in enumerate(ex.label if per_word else [ex.label]):
             if label not in known:
                 _fail(
-                    Path(path), ex.line,
+                    Path(path), ex.line_of(i) if per_word else ex.line,
                     f"label {label!r} is not one of the model's labels ({', '.join(labels)}); "
                     "remove the example or fine-tune with it",
                 )  # fmt: skip

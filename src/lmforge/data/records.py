@@ -67,6 +67,26 @@ def read_bytes(path: Path) -> bytes:
         raise LmforgeError(f"cannot read data file {path}: {e.strerror}") from None
 
 
+def text_fault(text: str) -> str | None:
+    """Why training refuses a text decoded with errors="surrogateescape" (None when it does not): a NUL, as binary
+    data and UTF-16 hold, or a byte that is not UTF-8 (escaped as U+DC80..U+DCFF)."""
+    if "\0" in text:
+        return "a NUL byte in the text (binary data, or UTF-16?)"
+    if found := SURROGATES.search(text):
+        return f"not UTF-8 (byte 0x{ord(found[0]) & 0xFF:02x})"
+    return None
+
+
+def read_utf8(path: Path) -> str:
+    """The text of a file read whole (CoNLL, SQuAD JSON), a BOM dropped; a NUL or a byte that is not UTF-8 is refused
+    at its line, as training refuses them."""
+    text = read_bytes(path).decode("utf-8-sig", errors="surrogateescape")
+    for number, line in enumerate(text.split("\n"), start=1):
+        if why := text_fault(line):
+            raise LmforgeError(f"{path}, line {number}: {why}: save the file as UTF-8 text")
+    return text
+
+
 def iter_jsonl(path: Path, bad_line: Callable[[int, str], None]) -> Iterator[tuple[int, object]]:
     """(line number, parsed JSON) of each non-blank line; a line that is not UTF-8 or not JSON goes to bad_line."""
     data = read_bytes(path).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM, as Windows tools write
@@ -137,10 +157,8 @@ def read_csv_texts(path: str | Path, on_bad_line: str = "error") -> tuple[list[s
         raise LmforgeError(f'{path}: the first row must be a header with a "{FIELD}" column, e.g. id,{FIELD}')
     column = header.index(FIELD)
     for first, row in rows:
-        if "\0" in row[column]:
-            records.bad_line(first, "a NUL byte in the text (binary data?)")
-        elif SURROGATES.search(row[column]):
-            records.bad_line(first, "not UTF-8")
+        if why := text_fault(row[column]):
+            records.bad_line(first, why)
         else:
             records.texts.append(row[column])
     return records.texts, records.bad

@@ -26,6 +26,7 @@ from lmforge.tokenizer import Tokenizer
 
 Target = int | tuple[int, int]  # a class index (sequence task) or (position, class index) (token task)
 UNLIMITED = 1 << 30  # a length no text reaches: encode without truncation
+MAX_STEPS = 1000  # Gauss-Legendre nodes come from an N x N eigenproblem: 100,000 steps would need 75 GiB
 
 
 def word_embedding(backbone: nn.Module) -> nn.Embedding:
@@ -217,8 +218,8 @@ def explain(
     target is the label to explain (name or index; default: the predicted one). For a token task, position is the
     token whose label is explained (default: the first non-special token).
     """
-    if steps < 1:
-        raise LmforgeError(f"--steps must be at least 1, not {steps}")
+    if not 1 <= steps <= MAX_STEPS:
+        raise LmforgeError(f"--steps {steps} is out of range: give 1 to {MAX_STEPS} (50 is usually enough)")
     model.eval()
     device = next(model.parameters()).device
     enc = encode(tokenizer, model.backbone, text, text_pair)

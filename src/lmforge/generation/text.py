@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -36,13 +37,16 @@ def check_sampling(
     repetition_penalty: float = 1.0,
     **_,
 ) -> None:
-    """Rejects sampling settings that have no meaning, naming the flag."""
+    """Rejects sampling settings that have no meaning, NaN and infinities included, naming the flag."""
     problems = [
         (max_new_tokens < 1, f"--max-new-tokens must be at least 1, not {max_new_tokens}"),
-        (temperature < 0, f"--temperature must be >= 0 (0 = greedy), not {temperature}"),
+        (not 0 <= temperature < math.inf, f"--temperature must be finite and >= 0 (0 = greedy), not {temperature}"),
         (top_k is not None and top_k < 1, f"--top-k must be at least 1, not {top_k}"),
         (top_p is not None and not 0 < top_p <= 1, f"--top-p must be in (0, 1], not {top_p}"),
-        (repetition_penalty <= 0, f"--repetition-penalty must be positive (1 = off), not {repetition_penalty}"),
+        (
+            not 0 < repetition_penalty < math.inf,
+            f"--repetition-penalty must be finite and > 0 (1 = off), not {repetition_penalty}",
+        ),
     ]
     for bad, message in problems:
         if bad:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lmforge.atomic import write_text_atomic
+from lmforge.atomic import check_output_dir, write_text_atomic
 from lmforge.checkpoint.loader import load_finetuned
-from lmforge.inference.predict import columns_of, encode, pad_id_of, predict_features
+from lmforge.data.records import check_data_file
+from lmforge.inference.predict import check_batch_size, columns_of, encode, pad_id_of, predict_features
 from lmforge.plots import plot_confusion
 from lmforge.tasks import get_task
 
@@ -48,8 +49,14 @@ def write_report(report: dict, out: Path) -> list[Path]:
 def evaluate_checkpoint(
     checkpoint: str | Path, data: str | Path, out: str | Path | None = None, batch_size: int = 64, device: str = "cpu"
 ) -> tuple[dict, list[Path]]:
-    """Scores a fine-tuned checkpoint on a labelled file and writes the report (default: CHECKPOINT/eval-STEM)."""
+    """Scores a fine-tuned checkpoint on a labelled file and writes the report (default: CHECKPOINT/eval-STEM). The
+    data, the batch size and a given out are checked before the model loads, the default out once it has loaded."""
+    check_data_file(Path(data))
+    check_batch_size(batch_size)
+    if out is not None:
+        check_output_dir(out, {"--data": data, "the checkpoint": checkpoint})
     model, tokenizer, task = load_finetuned(checkpoint, device)
+    out = check_output_dir(Path(checkpoint) / f"eval-{Path(data).stem}") if out is None else Path(out)
     kind = get_task(task.task)
     examples = kind.read(Path(data), columns_of(task))
     kind.check(examples, task.labels, data)
@@ -57,5 +64,4 @@ def evaluate_checkpoint(
     probs = predict_features(model, features, pad_id_of(tokenizer), batch_size, device, kind)
     report = {"checkpoint": str(checkpoint), "data": str(data), "task": task.task}
     report |= kind.score(task, examples, features, probs)
-    out = Path(out) if out is not None else Path(checkpoint) / f"eval-{Path(data).stem}"
     return report, write_report(report, out)

@@ -8,13 +8,20 @@ from pathlib import Path
 
 import torch
 
-from lmforge.atomic import write_text_atomic
+from lmforge.atomic import check_output_file, write_text_atomic
 from lmforge.checkpoint.loader import load_finetuned
 from lmforge.config import TaskConfig
 from lmforge.data.labelled import Columns, collate
+from lmforge.data.records import check_data_file
 from lmforge.errors import LmforgeError
 from lmforge.tasks import Task, get_task
 from lmforge.tokenizer import Tokenizer
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Checked before a model loads: 0 would fail deep in the batching, a negative size would predict nothing."""
+    if batch_size < 1:
+        raise LmforgeError(f"--batch-size must be at least 1, not {batch_size}")
 
 
 def encode(examples: list, tokenizer: Tokenizer, model, task: TaskConfig, labelled: bool) -> list[dict]:
@@ -33,8 +40,7 @@ def predict_features(
 ) -> list[torch.Tensor]:
     """Probabilities per feature, as the task gathers them ((n_labels,) for a sequence, per word for NER). Batches
     group similar lengths, so little compute goes to padding; the results come back in input order."""
-    if batch_size < 1:
-        raise LmforgeError(f"--batch-size must be at least 1, not {batch_size}")
+    check_batch_size(batch_size)
     was_training = model.training
     model.eval()
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
@@ -74,6 +80,7 @@ def predict_texts(
 ) -> list[dict]:
     """Predictions for texts given on the command line; NER splits each text into words at whitespace, relation
     reads its entities from inline markers, QA takes each text as a question about `pair`, the context."""
+    check_batch_size(batch_size)
     model, tokenizer, task = load_finetuned(checkpoint, device)
     examples = [get_task(task.task).example(t, pair, n) for n, t in enumerate(texts, start=1)]
     return predict(model, tokenizer, task, examples, batch_size, device)
@@ -82,11 +89,15 @@ def predict_texts(
 def predict_file(
     checkpoint: str | Path, input_path: str | Path, output_path: str | Path, batch_size: int = 64, device: str = "cpu"
 ) -> int:
-    """Writes one JSON line per input example to output_path (all or nothing); returns the number written."""
+    """Writes one JSON line per input example to output_path (all or nothing); returns the number written. The paths
+    and the batch size are checked before the model loads."""
+    input_path = Path(input_path)
+    check_data_file(input_path)
+    output_path = check_output_file(output_path, {"--input": input_path})
+    check_batch_size(batch_size)
     model, tokenizer, task = load_finetuned(checkpoint, device)
-    examples = get_task(task.task).read(Path(input_path), columns_of(task), labelled=False)
+    examples = get_task(task.task).read(input_path, columns_of(task), labelled=False)
     records = predict(model, tokenizer, task, examples, batch_size, device)
-    output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return len(records)

@@ -60,9 +60,13 @@ def load_hf_tokenizer(path: Path) -> Tokenizer:
     return tokenizer
 
 
-def write_hf_tokenizer(tokenizer: Tokenizer, out: Path, max_length: int) -> None:
+def write_hf_tokenizer(tokenizer: Tokenizer, out: Path, max_length: int, token_type_ids: bool = False) -> None:
     """tokenizer.json (an encoder's gets [CLS] ... [SEP] added by HF, as lmforge adds them) and tokenizer_config.json
-    naming the special tokens by role."""
+    naming the special tokens by role.
+
+    token_type_ids is for a model with two segment types (BERT, ALBERT): transformers' generic fast tokenizer returns
+    no segment ids unless its config names them, and without them the model reads a pair's second text (a QA context,
+    an NLI hypothesis) as a first one."""
     backend = tokenizers.Tokenizer.from_str(tokenizer.backend.to_str())
     cls, sep = tokenizer.cls_id, tokenizer.sep_id
     if backend.post_processor is None and cls is not None and sep is not None:
@@ -77,4 +81,6 @@ def write_hf_tokenizer(tokenizer: Tokenizer, out: Path, max_length: int) -> None
             config[f"{role}_token"] = backend.id_to_token(i)
     if tokenizer.eos_id is not None:
         config |= {"eos_token": EOS, "bos_token": EOS}
+    if token_type_ids:
+        config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")

@@ -25,11 +25,12 @@ from lmforge.errors import LmforgeError
 from lmforge.objectives.losses import causal_lm_loss, pretraining_loss
 
 
-def _prepared(cfg: RunConfig, cache_dir: Path, **builder) -> Path:
+def _prepared(cfg: RunConfig, cache_dir: Path, tokenizer: Path | None, **builder) -> Path:
+    """cfg's data prepared with cfg's tokenizer, or with `tokenizer` (a tokenizer.json) when given."""
     d = cfg.data
     return ensure_prepared(
-        d.path, d.tokenizer, d.vocab_size, d.val_fraction, cache_dir, cfg.train.progress, d.lowercase,
-        d.strip_accents, on_bad_line=d.on_bad_line, **builder,
+        d.path, str(tokenizer or d.tokenizer), d.vocab_size, d.val_fraction, cache_dir, cfg.train.progress,
+        d.lowercase, d.strip_accents, on_bad_line=d.on_bad_line, **builder,
     )  # fmt: skip
 
 
@@ -47,8 +48,8 @@ class CausalLM:
 
     perplexity_of = "loss"
 
-    def data(self, cfg: RunConfig, cache_dir: Path):
-        return load_prepared(_prepared(cfg, cache_dir))
+    def data(self, cfg: RunConfig, cache_dir: Path, tokenizer: Path | None = None):
+        return load_prepared(_prepared(cfg, cache_dir, tokenizer))
 
     def sampler(self, cfg: RunConfig, data, seed: int, rank: int = 0, world_size: int = 1) -> BatchSampler:
         return BatchSampler(data.train, cfg.train.batch_size, cfg.train.seq_len, seed, rank, world_size)
@@ -73,8 +74,8 @@ class MaskedLM:
 
     perplexity_of = "mlm_loss"
 
-    def data(self, cfg: RunConfig, cache_dir: Path):
-        return load_documents(_prepared(cfg, cache_dir, builder=prepare_documents))
+    def data(self, cfg: RunConfig, cache_dir: Path, tokenizer: Path | None = None):
+        return load_documents(_prepared(cfg, cache_dir, tokenizer, builder=prepare_documents))
 
     def sampler(self, cfg: RunConfig, data, seed: int, rank: int = 0, world_size: int = 1) -> PretrainingSampler:
         if world_size > 1:

@@ -4,6 +4,7 @@ with early stopping, the best checkpoint (by the task's metric) kept in OUT, exa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
@@ -13,15 +14,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lmforge.checkpoint.files import find_latest, load_checkpoint, save_checkpoint
+from lmforge.checkpoint.files import find_latest, load_checkpoint, same_tokenizer, save_checkpoint
 from lmforge.checkpoint.loader import load
+from lmforge.checkpoint.lock import run_lock
 from lmforge.config import DataConfig, FinetuneConfig, FinetuneRun, RunConfig, TaskConfig
 from lmforge.data.labelled import IGNORE, Columns, collate
 from lmforge.errors import LmforgeError
 from lmforge.inference.evaluate import write_report
 from lmforge.inference.predict import columns_of, pad_id_of, predict_features
 from lmforge.plots import plot_losses
-from lmforge.tasks import get_task
+from lmforge.recipes.pretrain import check_fits
+from lmforge.tasks import Task, get_task
 from lmforge.training import distributed
 from lmforge.training.callbacks import MetricsLog
 from lmforge.training.device import resolve_device
@@ -152,19 +155,28 @@ def run_finetune(run: FinetuneRun, resume: bool = False) -> FinetuneResult:
     """Fine-tunes finetune.model for the task on finetune.train; keeps the best checkpoint on finetune.eval (or the
     last one without eval data) in OUT, with metrics.jsonl, loss.png and OUT/eval/report.{json,md}. SIGINT/SIGTERM
     stop at the end of the current step, which is evaluated, and the run finishes as at its end (OUT/resume kept for
-    --resume); kill -9 loses at most the steps since the last resumable checkpoint."""
+    --resume); kill -9 loses at most the steps since the last resumable checkpoint. OUT is locked (by rank 0 under
+    torchrun) until the run ends."""
     ft, info = run.finetune, dataclasses.replace(run.task)
     for name in ("model", "train", "out"):
         if getattr(ft, name) is None:
             raise LmforgeError(f"no finetune.{name}: give --{name} (or finetune.{name} in the config)")
-    task, out = get_task(info.task), Path(ft.out)
+    task = get_task(info.task)
     if ft.class_weights and not task.class_labels:
         raise LmforgeError(f"--class-weights is for label classes; {task.name} predicts positions: leave it out")
+    device = distributed.setup(resolve_device(ft.device), ft)
+    with run_lock(ft.out) if distributed.is_main() else contextlib.nullcontext():
+        return _run_finetune(ft, info, task, device, resume)
+
+
+def _run_finetune(
+    ft: FinetuneConfig, info: TaskConfig, task: Task, device: torch.device, resume: bool
+) -> FinetuneResult:
+    out = Path(ft.out)
     existing = find_latest(out / RESUME) if resume else None
     if find_latest(out) is not None and existing is None:
         hint = "it has no resumable state: " if resume else ""
         raise LmforgeError(f"{out} already holds a checkpoint: {hint}choose another --out")
-    device = distributed.setup(resolve_device(ft.device), ft)
     train_examples = task.read(Path(ft.train), columns_of(info))
     eval_examples = task.read(Path(ft.eval), columns_of(info)) if ft.eval else None
     info.labels = task.labels(train_examples, ft.train)
@@ -182,10 +194,17 @@ def run_finetune(run: FinetuneRun, resume: bool = False) -> FinetuneResult:
     info.pooling = info.pooling or ("cls" if family == "bert" else "last")
     info.max_seq_len = min(info.max_seq_len or task.max_seq_len, backbone.cfg.max_seq_len)
     task.setup(backbone, tokenizer, info)
+    ckpt = load_checkpoint(existing, with_state=True) if existing is not None else None
+    if ckpt is not None and not same_tokenizer(ckpt.tokenizer, tokenizer):  # its weights were trained on other ids
+        raise LmforgeError(
+            f"cannot resume from {existing}: its tokenizer differs from that of {ft.model}; resume with the --model "
+            "the run started from, or choose a new --out"
+        )
     torch.manual_seed(ft.seed)  # the head's initial weights and every dropout mask
     model = task.build_head(backbone, info)
     if pooler is not None and getattr(model, "pooler", None) is not None:
         model.pooler.load_state_dict(pooler)
+    check_fits(sum(p.numel() for p in model.parameters()), device)
     model = model.to(device).train()
     train_features = task.encode(train_examples, tokenizer, family, info, labelled=True)
     eval_features = task.encode(eval_examples, tokenizer, family, info, labelled=True) if eval_examples else None
@@ -202,8 +221,7 @@ def run_finetune(run: FinetuneRun, resume: bool = False) -> FinetuneResult:
     extra = {"task": dataclasses.asdict(info), "finetune": dataclasses.asdict(ft)}
     best = {"value": -math.inf, "step": 0, "report": None, "stale": 0, "evaluated": -1}
     step = 0
-    if existing is not None:
-        ckpt = load_checkpoint(existing, with_state=True)
+    if ckpt is not None:
         step = restore_state(ckpt, run_cfg, model, optimizer, sampler)
         best = ckpt.state["best"]
         log(f"resuming from {existing} at step {step}")

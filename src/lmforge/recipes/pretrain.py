@@ -3,8 +3,10 @@ objective -> the training loop, with exact resume, checkpoints, metrics.jsonl an
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,19 +14,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge.checkpoint.files import find_latest, load_checkpoint
+from lmforge.checkpoint.files import TOKENIZER, find_latest, load_checkpoint, same_tokenizer
+from lmforge.checkpoint.lock import run_lock
 from lmforge.config import RunConfig, TrainConfig
 from lmforge.data import iter_eval_blocks
 from lmforge.errors import LmforgeError
 from lmforge.models import GPT, MODELS
 from lmforge.objectives import OBJECTIVES, CausalLM
 from lmforge.plots import plot_losses
+from lmforge.tokenizer import Tokenizer
 from lmforge.training import distributed
 from lmforge.training.callbacks import MetricsLog
 from lmforge.training.device import resolve_device
 from lmforge.training.loop import Hooks, LoopSettings, fit, log, mean_metrics
 from lmforge.training.optim import build_optimizer, lr_at
 from lmforge.training.state import restore_state, save_state
+
+TRAINING_BYTES = 16  # per parameter, in fp32: the weight, its gradient and AdamW's two moments
+ALLOW_LARGE = "LMFORGE_ALLOW_LARGE"  # =1: train a model even when check_fits says it cannot fit
 
 
 @dataclass
@@ -59,20 +66,60 @@ def eval_record(model, objective, cfg: RunConfig, data, device, step: int, metri
     return record
 
 
+def parameter_count(family: str, model_cfg) -> int:
+    """The parameters a config's model has, counted on the meta device: its shapes without its memory."""
+    with torch.device("meta"):
+        return MODELS[family](model_cfg).num_parameters()
+
+
+def device_memory(device: torch.device) -> tuple[int, str]:
+    """The bytes of memory training on device can use, and what they are."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return props.total_memory, f"{device} ({props.name})"
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine"
+
+
+def check_fits(n_parameters: int, device: torch.device, shards: int = 1) -> None:
+    """Refuses, before anything is allocated, a model whose weights, gradients and optimizer state alone exceed the
+    device's memory: it would spend minutes allocating, then fail with a raw out-of-memory error or be killed."""
+    need = TRAINING_BYTES * n_parameters / shards
+    have, where = device_memory(device)
+    if need > have and os.environ.get(ALLOW_LARGE) != "1":
+        raise LmforgeError(
+            f"the model has {n_parameters:,} parameters: training them needs {need / 1e9:.1f} GB (weights, gradients "
+            f"and AdamW state, {TRAINING_BYTES} bytes each, before activations), more than the {have / 1e9:.1f} GB of "
+            f"{where}; make it smaller (model.n_layer, model.d_model), or set {ALLOW_LARGE}=1 to try anyway"
+        )
+
+
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
-    """Trains cfg's model on cfg's data, writing checkpoints, metrics.jsonl and loss.png to cfg.train.out."""
-    t = cfg.train
-    device = distributed.setup(resolve_device(t.device), t)  # this rank's device under torchrun
-    out = Path(t.out)
+    """Trains cfg's model on cfg's data, writing checkpoints, metrics.jsonl and loss.png to cfg.train.out, which this
+    run locks (rank 0's lock under torchrun) until it ends."""
     if cfg.data.path is None:
         raise LmforgeError("no training data: pass --data with a text file or a prepared directory")
+    device = distributed.setup(resolve_device(cfg.train.device), cfg.train)  # this rank's device under torchrun
+    with run_lock(cfg.train.out) if distributed.is_main() else contextlib.nullcontext():
+        return _train(cfg, device, resume)
+
+
+def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
+    t, out = cfg.train, Path(cfg.train.out)
     existing = find_latest(out)
     if existing is not None and not resume:
         raise LmforgeError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
     objective = OBJECTIVES[cfg.family]
+    resumed = resume and existing is not None
     with distributed.main_first():  # rank 0 prepares the data; the others then find it prepared
-        data = objective.data(cfg, out / "data")
+        # a resumed model reads the ids it was trained on: its tokenizer, never one trained anew on the data
+        data = objective.data(cfg, out / "data", existing / TOKENIZER if resumed else None)
+    if resumed and not same_tokenizer(data.tokenizer, Tokenizer.load(existing / TOKENIZER)):
+        raise LmforgeError(
+            f"cannot resume from {existing}: the prepared data {data.path} was tokenized with another tokenizer; "
+            "give the text file instead (it is tokenized with the checkpoint's), or choose a new --out"
+        )
     cfg.model.vocab_size = data.tokenizer.vocab_size
+    check_fits(parameter_count(cfg.family, cfg.model), device, distributed.world_size() if t.parallel == "fsdp" else 1)
     torch.manual_seed(t.seed)
     random.seed(t.seed)
     np.random.seed(t.seed)
@@ -80,9 +127,9 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     optimizer = build_optimizer(model, t, device)
     sampler = objective.sampler(cfg, data, t.seed, distributed.rank(), distributed.world_size())
     step = 0
-    if resume and existing is not None:
+    if resumed:
         step = restore_state(load_checkpoint(existing, with_state=True), cfg, model, optimizer, sampler)
-        log(f"resuming from {existing} at step {step}")
+        log(f"resuming from {existing} at step {step}, with its tokenizer ({data.tokenizer.vocab_size} tokens)")
     elif resume:
         log(f"no checkpoint in {out}: starting from scratch")
     loss_fn = torch.compile(objective.loss) if t.compile else objective.loss

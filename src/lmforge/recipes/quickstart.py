@@ -7,6 +7,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from lmforge.atomic import check_output_dir
 from lmforge.checkpoint.loader import load_model
 from lmforge.config import load_config
 from lmforge.generation.text import generate_text
@@ -39,21 +40,20 @@ def stdlib_corpus(max_bytes: int = 3_000_000) -> str:
 
 
 def quickstart(data: str | None = None, out: str = "runs/quickstart", max_steps: int = 2500, seed: int = 1337) -> Path:
-    """Trains char-small for about two minutes on 2 CPU cores, saves it and prints samples; returns the checkpoint."""
-    out_dir = Path(out)
-    if data is None:
-        corpus = out_dir / "corpus.txt"
-        if not corpus.is_file():
-            out_dir.mkdir(parents=True, exist_ok=True)
-            print("building a corpus from the Python standard library's docstrings ...", file=sys.stderr)
-            tmp = corpus.with_name(".tmp-corpus.txt")
-            tmp.write_text(stdlib_corpus(), encoding="utf-8")
-            tmp.replace(corpus)
-        data = str(corpus)
+    """Trains char-small for about two minutes on 2 CPU cores, saves it and prints samples; returns the checkpoint.
+    The settings and out are checked before the corpus is built."""
+    out_dir = check_output_dir(out, {"--data": data})
+    corpus = Path(data) if data is not None else out_dir / "corpus.txt"
     cfg = load_config(
         "char-small",
-        [f"data.path={data}", f"train.out={out_dir / 'model'}", f"train.max_steps={max_steps}", f"train.seed={seed}"],
+        [f"data.path={corpus}", f"train.out={out_dir / 'model'}", f"train.max_steps={max_steps}", f"train.seed={seed}"],
     )
+    if data is None and not corpus.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        print("building a corpus from the Python standard library's docstrings ...", file=sys.stderr)
+        tmp = corpus.with_name(".tmp-corpus.txt")
+        tmp.write_text(stdlib_corpus(), encoding="utf-8")
+        tmp.replace(corpus)
     result = train(cfg, resume=True)
     model, tokenizer, _ = load_model(result.checkpoint)
     print(f"\ncheckpoint: {result.checkpoint}")

@@ -52,11 +52,11 @@ class TokenTagging(Task):
         return read_labelled(path, columns, labelled, words=True, task=self.name)
 
     def labels(self, examples: list[Example], path: str | Path) -> list[str]:
-        """O first, then each entity type's B- and I-; a tag that is not IOB2 is an error at its sentence."""
+        """O first, then each entity type's B- and I-; a tag that is not IOB2 is an error at its line."""
         for ex in examples:
-            for tag in ex.label:
+            for i, tag in enumerate(ex.label):
                 if tag != "O" and not (tag[:2] in ("B-", "I-") and len(tag) > 2):
-                    raise LmforgeError(f"{path}, line {ex.line}: tag {tag!r} is not IOB2 (O, B-TYPE or I-TYPE)")
+                    raise LmforgeError(f"{path}, line {ex.line_of(i)}: tag {tag!r} is not IOB2 (O, B-TYPE or I-TYPE)")
         return sorted({t for ex in examples for t in ex.label}, key=_tag_key)
 
     def encode(

@@ -17,7 +17,7 @@ from torch import nn
 
 from lmforge.config import TaskConfig
 from lmforge.data.labelled import IGNORE, Columns, nonempty
-from lmforge.data.records import iter_jsonl, read_bytes
+from lmforge.data.records import iter_jsonl, read_utf8
 from lmforge.errors import LmforgeError
 from lmforge.models.heads import SpanExtractor
 from lmforge.tasks.base import Task
@@ -99,7 +99,7 @@ def read_qa(path: Path, columns: Columns, labelled: bool) -> list[QAExample]:
     if suffix != ".json":
         raise LmforgeError(f"{path}: QA data is SQuAD .json or .jsonl (question, context, answers)")
     try:
-        squad = json.loads(read_bytes(path).decode("utf-8-sig"))
+        squad = json.loads(read_utf8(path))
         paragraphs = [p for article in squad["data"] for p in article["paragraphs"]]
         return [
             _example(

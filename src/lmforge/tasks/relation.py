@@ -14,7 +14,7 @@ from tokenizers import AddedToken
 from torch import nn
 
 from lmforge.config import TaskConfig
-from lmforge.data.labelled import IGNORE, Columns, nonempty
+from lmforge.data.labelled import IGNORE, Columns, nonempty, require_label
 from lmforge.data.records import iter_jsonl
 from lmforge.errors import LmforgeError
 from lmforge.models.heads import EntityPairClassifier
@@ -116,6 +116,8 @@ def read_relation(path: Path, columns: Columns, labelled: bool) -> list[Relation
         if head[0] < tail[1] and tail[0] < head[1]:
             fail(line, f"the entities overlap ({head} and {tail}); give two separate spans")
         label = record[label_key] if label_key else None
+        if labelled:
+            require_label(path, line, label, label_key)
         examples.append(RelationExample(line, text, head, tail, None if label is None else str(label), where))
     return examples
 

@@ -33,6 +33,7 @@ class LoopSettings:
     save_every: int = 0  # 0: the recipe saves at the end only
     max_nonfinite: int = 5
     progress: bool = True
+    section: str = "train"  # the config section whose settings an error message names
 
 
 @dataclass
@@ -96,7 +97,8 @@ def fit(
     sums their gradients and applies one update at hooks.lr(step) x each group's lr_scale (a non-finite loss or
     gradient skips the update). SIGINT/SIGTERM save at the end of the current step and stop."""
     s = settings
-    guard, memory = NonFiniteGuard(s.max_nonfinite, out, distributed.is_main()), MemoryMeter(model, optimizer, device)
+    guard = NonFiniteGuard(s.max_nonfinite, out, distributed.is_main(), s.section)
+    memory = MemoryMeter(model, optimizer, device)
     start, step_time, train_s, train_loss = time.perf_counter(), 0.0, 0.0, float("nan")
     step, stopped = start_step, False
     model.train()

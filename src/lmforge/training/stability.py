@@ -16,8 +16,8 @@ from lmforge.errors import LmforgeError
 class NonFiniteGuard:
     """ok() says whether to apply a step; `skipped` counts the skipped ones, `in_a_row` the current streak."""
 
-    def __init__(self, max_in_a_row: int, out: Path, verbose: bool = True):
-        self.max_in_a_row, self.out, self.verbose = max_in_a_row, out, verbose
+    def __init__(self, max_in_a_row: int, out: Path, verbose: bool = True, section: str = "train"):
+        self.max_in_a_row, self.out, self.verbose, self.section = max_in_a_row, out, verbose, section
         self.skipped = self.in_a_row = 0
 
     def ok(self, loss: float, grad_norm: float, step: int) -> bool:
@@ -31,7 +31,8 @@ class NonFiniteGuard:
             raise LmforgeError(
                 f"{self.in_a_row} steps in a row, the last step {step}, had a non-finite loss ({loss}) or gradient "
                 f"norm ({grad_norm}); stopped without saving (last good checkpoint: {latest or 'none'}). Lower "
-                "train.lr, raise train.warmup_steps or check the data, then --resume"
+                f"{self.section}.lr, raise {self.section}.{'warmup' if self.section == 'finetune' else 'warmup_steps'} "
+                "or check the data, then --resume"
             )
         if self.verbose:
             tqdm.write(f"step {step}: loss {loss}, gradient norm {grad_norm}: step skipped", file=sys.stderr)
