@@ -24,6 +24,12 @@ WORDS = ["good", "great", "fine", "bad", "awful", "poor", "the", "film", "was", 
 PEOPLE, PLACES = ["alice", "bob", "carol"], ["paris", "rome", "oslo"]
 
 
+def sentiment_csvs(folder, n_train: int, n_dev: int) -> None:
+    """folder/train.csv and folder/dev.csv of sentiment_rows (text,label)."""
+    for name, n, seed in (("train.csv", n_train, 0), ("dev.csv", n_dev, 1)):
+        (folder / name).write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in sentiment_rows(n, seed)))
+
+
 def sentiment_rows(n, seed=0):
     """(text, label) pairs a tiny model can learn: the label is pos when the text holds a positive word."""
     import random

@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from helpers import FAST, ner_sentences, sentiment_rows, tiny_checkpoint
+from helpers import FAST, ner_sentences, sentiment_csvs, tiny_checkpoint
 
 from lmforge.checkpoint import load_finetuned
 from lmforge.checkpoint.loader import load
@@ -24,8 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("ft")
-    (d / "train.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in sentiment_rows(240)))
-    (d / "dev.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in sentiment_rows(60, 1)))
+    sentiment_csvs(d, 240, 60)
 
     def conll(rows):
         return "".join("".join(f"{w} {t}\n" for w, t in zip(*r, strict=True)) + "\n" for r in rows)

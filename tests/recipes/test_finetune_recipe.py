@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import sentiment_rows, tiny_checkpoint
+from helpers import sentiment_csvs, tiny_checkpoint
 from safetensors.torch import load_file
 
 from lmforge.cli.main import main
@@ -29,8 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("recipe")
-    (d / "train.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in sentiment_rows(96)))
-    (d / "dev.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in sentiment_rows(24, 1)))
+    sentiment_csvs(d, 96, 24)
     tiny_checkpoint(d / "bert", "bert")  # dropout 0.1: resume must restore the random-number generators
     tiny_checkpoint(d / "bert-nodrop", "bert", dropout=0.0)  # DDP slices a batch: the same masks need no dropout
     return d

@@ -264,7 +264,7 @@ def _run_finetune(
     )  # fmt: skip
     settings = LoopSettings(
         total, ft.grad_accum_steps, ft.grad_clip, ft.dtype, ft.log_every, eval_every, ft.save_every,
-        ft.max_nonfinite, ft.progress,
+        ft.max_nonfinite, ft.progress, "finetune",
     )  # fmt: skip
     result = fit(model, optimizer, sampler, loss_fn, device, out, step, settings, hooks, metrics)
     if eval_features is None:
