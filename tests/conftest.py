@@ -27,6 +27,13 @@ def corpus(tmp_path: Path) -> Path:
     return path
 
 
+TINY_ENCODER = [
+    "model.n_layer=2", "model.n_head=2", "model.d_model=64", "model.max_seq_len=32", "model.dropout=0.0",
+    "data.vocab_size=300", "data.val_fraction=0.1", "train.batch_size=16", "train.warmup_steps=10",
+    "train.log_every=1", "train.eval_steps=8", "train.progress=false",
+]  # fmt: skip
+
+
 @pytest.fixture
 def tiny_overrides(corpus: Path, tmp_path: Path) -> list[str]:
     return [*TINY, f"data.path={corpus}", f"train.out={tmp_path / 'run'}"]
@@ -84,3 +91,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def encoder_overrides(documents, tmp_path):
+    return [*TINY_ENCODER, f"data.path={documents}", f"train.out={tmp_path / 'run'}"]

@@ -47,11 +47,17 @@ def wait_for_checkpoint(out: Path, at_least: int, proc=None, timeout: float = 12
     raise AssertionError(f"no checkpoint at step {at_least} after {timeout} s")
 
 
-def test_sigkill_at_a_random_step_then_resume_is_bitwise_exact(tiny_overrides, tmp_path):
-    settings = [*tiny_overrides, "train.max_steps=60", "train.save_every=5", "train.eval_every=0", "model.dropout=0.1"]
+@pytest.mark.parametrize(
+    "verb, config, overrides",
+    [("train", "char-small", "tiny_overrides"), ("pretrain", "bert-small", "encoder_overrides")],
+)
+def test_sigkill_at_a_random_step_then_resume_is_bitwise_exact(verb, config, overrides, tmp_path, request):
+    """Every family: a run killed anywhere and resumed ends with the weights of one never stopped (dropout on)."""
+    settings = [*request.getfixturevalue(overrides), "train.max_steps=60", "train.save_every=5", "train.eval_every=0"]
+    settings.append("model.dropout=0.1")
     killed_out, straight_out = tmp_path / "run", tmp_path / "straight"
     argv = [a for s in settings for a in ("--set", s)]
-    cmd = [sys.executable, "-m", "lmforge", "train", "--config", "char-small", *argv]
+    cmd = [sys.executable, "-m", "lmforge", verb, "--config", config, *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -67,9 +73,9 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_exact(tiny_overrides, t
     half_written = list(killed_out.glob(".tmp-step-*"))  # when the kill landed while a checkpoint was being written
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        resumed = train(load_config("char-small", settings), resume=True)
+        resumed = train(load_config(config, settings), resume=True)
     assert bool(half_written) == any("half-written" in str(w.message) for w in caught)
-    straight = train(load_config("char-small", [*settings, f"train.out={straight_out}"]))
+    straight = train(load_config(config, [*settings, f"train.out={straight_out}"]))
     assert resumed.step == straight.step == 60
     final, again = (
         load_file(straight.checkpoint / "model.safetensors"),
