@@ -17,11 +17,13 @@ from helpers import sentiment_rows, tiny_checkpoint
 
 import lmforge.checkpoint.files
 import lmforge.recipes.pretrain
+import lmforge.training.memory
 from lmforge.checkpoint import find_latest
 from lmforge.cli.main import main
 from lmforge.config import load_config, shipped_configs
 from lmforge.errors import LmforgeError
-from lmforge.recipes.pretrain import check_fits, parameter_count, train
+from lmforge.recipes.pretrain import train
+from lmforge.training.memory import check_fits, parameter_count
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -155,7 +157,7 @@ def test_finetune_resume_refuses_a_model_with_another_tokenizer(finetune_data, t
 
 
 def test_a_model_too_large_for_the_machine_is_refused_before_it_is_built(tiny_overrides, tmp_path, monkeypatch):
-    monkeypatch.setattr(lmforge.recipes.pretrain, "device_memory", lambda device: (1000, "this machine"))
+    monkeypatch.setattr(lmforge.training.memory, "device_memory", lambda device: (1000, "this machine"))
     cfg = [*tiny_overrides, "train.max_steps=2"]
     with pytest.raises(
         LmforgeError, match=r"needs 0\.\d GB .* than the 0\.0 GB of this machine.*LMFORGE_ALLOW_LARGE=1"
@@ -171,7 +173,7 @@ def test_an_absurd_size_is_refused_in_a_moment_and_every_shipped_config_fits():
     start = time.perf_counter()
     n = parameter_count(cfg.family, cfg.model)  # on the meta device: no memory allocated
     assert n > 38e9
-    if 16 * n < lmforge.recipes.pretrain.device_memory(torch.device("cpu"))[0]:
+    if 16 * n < lmforge.training.memory.device_memory(torch.device("cpu"))[0]:
         pytest.skip("this machine has the memory to train it")
     with pytest.raises(LmforgeError, match=r"needs 625\.\d GB"):
         check_fits(n, torch.device("cpu"))

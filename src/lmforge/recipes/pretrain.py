@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,9 @@ from lmforge.training import distributed
 from lmforge.training.callbacks import MetricsLog
 from lmforge.training.device import resolve_device
 from lmforge.training.loop import Hooks, LoopSettings, fit, log, mean_metrics
+from lmforge.training.memory import check_fits, parameter_count
 from lmforge.training.optim import build_optimizer, lr_at
 from lmforge.training.state import restore_state, save_state
-
-TRAINING_BYTES = 16  # per parameter, in fp32: the weight, its gradient and AdamW's two moments
-ALLOW_LARGE = "LMFORGE_ALLOW_LARGE"  # =1: train a model even when check_fits says it cannot fit
 
 
 @dataclass
@@ -64,33 +61,6 @@ def eval_record(model, objective, cfg: RunConfig, data, device, step: int, metri
     extra = "".join(f", {name} {value:.4f}" for name, value in values.items() if name != "loss")
     log(f"step {step}: val loss {values['loss']:.4f}, perplexity {ppl:.2f}{extra}")
     return record
-
-
-def parameter_count(family: str, model_cfg) -> int:
-    """The parameters a config's model has, counted on the meta device: its shapes without its memory."""
-    with torch.device("meta"):
-        return MODELS[family](model_cfg).num_parameters()
-
-
-def device_memory(device: torch.device) -> tuple[int, str]:
-    """The bytes of memory training on device can use, and what they are."""
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return props.total_memory, f"{device} ({props.name})"
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine"
-
-
-def check_fits(n_parameters: int, device: torch.device, shards: int = 1) -> None:
-    """Refuses, before anything is allocated, a model whose weights, gradients and optimizer state alone exceed the
-    device's memory: it would spend minutes allocating, then fail with a raw out-of-memory error or be killed."""
-    need = TRAINING_BYTES * n_parameters / shards
-    have, where = device_memory(device)
-    if need > have and os.environ.get(ALLOW_LARGE) != "1":
-        raise LmforgeError(
-            f"the model has {n_parameters:,} parameters: training them needs {need / 1e9:.1f} GB (weights, gradients "
-            f"and AdamW state, {TRAINING_BYTES} bytes each, before activations), more than the {have / 1e9:.1f} GB of "
-            f"{where}; make it smaller (model.n_layer, model.d_model), or set {ALLOW_LARGE}=1 to try anyway"
-        )
 
 
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
