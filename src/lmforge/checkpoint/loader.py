@@ -27,8 +27,9 @@ def load(
     family ("gpt" or "bert"), when given, is the one the caller can use; another is a user mistake."""
     source = resolve(path)
     if not source.is_dir():
+        kind = "is a file, not a directory" if source.exists() else "not found"
         raise LmforgeError(
-            f"model {source} not found: give an lmforge checkpoint, a Hugging Face model directory (config.json, "
+            f"model {source} {kind}: give an lmforge checkpoint, a Hugging Face model directory (config.json, "
             f"model.safetensors, tokenizer files) or one of {', '.join(PACKAGED)}"
         )
     loaded = load_hf(source, allow_pickle) if (source / "config.json").is_file() else from_checkpoint(source)

@@ -4,7 +4,6 @@ from lmforge.nn.attention import MultiHeadAttention, attention_mask, scaled_dot_
 from lmforge.nn.blocks import Decoder, Encoder, TransformerBlock, TransformerStack
 from lmforge.nn.cache import KVCache
 from lmforge.nn.feedforward import FeedForward
-from lmforge.nn.loss import linear_cross_entropy
 from lmforge.nn.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions, sinusoidal_table
 
 __all__ = [
@@ -19,7 +18,6 @@ __all__ = [
     "TransformerBlock",
     "TransformerStack",
     "attention_mask",
-    "linear_cross_entropy",
     "scaled_dot_product_attention",
     "sinusoidal_table",
 ]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from lmforge.data import IGNORE
 from lmforge.errors import LmforgeError
-from lmforge.nn import linear_cross_entropy
+from lmforge.kernels.cross_entropy import linear_cross_entropy
 
 
 def causal_lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

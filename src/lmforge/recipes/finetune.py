@@ -165,7 +165,8 @@ def run_finetune(run: FinetuneRun, resume: bool = False) -> FinetuneResult:
     task = get_task(info.task)
     if ft.class_weights and not task.class_labels:
         raise LmforgeError(f"--class-weights is for label classes; {task.name} predicts positions: leave it out")
-    device = distributed.setup(resolve_device(ft.device), ft)
+    device = distributed.setup(resolve_device(ft.device), ft.batch_size)
+    distributed.mute_other_ranks()
     with run_lock(ft.out) if distributed.is_main() else contextlib.nullcontext():
         return _run_finetune(ft, info, task, device, resume)
 
@@ -313,7 +314,7 @@ def _run_finetune(
     eval_every = ft.eval_every or math.ceil(len(s.train_features) / per_step)
     settings = LoopSettings(
         total, ft.grad_accum_steps, ft.grad_clip, ft.dtype, ft.log_every, eval_every, ft.save_every,
-        ft.max_nonfinite, ft.progress, "finetune",
+        ft.max_nonfinite, ft.progress and distributed.is_main(), "finetune",
     )  # fmt: skip
     result = fit(s.model, optimizer, sampler, loss_fn, device, out, step, settings, hooks, metrics)
     if s.eval_features is None:

@@ -4,6 +4,7 @@ objective -> the training loop, with exact resume, checkpoints, metrics.jsonl an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 import random
@@ -68,7 +69,8 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     run locks (rank 0's lock under torchrun) until it ends."""
     if cfg.data.path is None:
         raise LmforgeError("no training data: pass --data with a text file or a prepared directory")
-    device = distributed.setup(resolve_device(cfg.train.device), cfg.train)  # this rank's device under torchrun
+    device = distributed.setup(resolve_device(cfg.train.device), cfg.train.batch_size)  # this rank's, under torchrun
+    distributed.mute_other_ranks()
     with run_lock(cfg.train.out) if distributed.is_main() else contextlib.nullcontext():
         return _train(cfg, device, resume)
 
@@ -88,7 +90,8 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
             f"cannot resume from {existing}: the prepared data {data.path} was tokenized with another tokenizer; "
             "give the text file instead (it is tokenized with the checkpoint's), or choose a new --out"
         )
-    cfg.model.vocab_size = data.tokenizer.vocab_size
+    # the model's vocabulary is the data's tokenizer's, whatever the config said
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=data.tokenizer.vocab_size))
     check_fits(parameter_count(cfg.family, cfg.model), device, distributed.world_size() if t.parallel == "fsdp" else 1)
     torch.manual_seed(t.seed)
     random.seed(t.seed)
@@ -128,7 +131,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
     )  # fmt: skip
     settings = LoopSettings(
         t.max_steps, t.grad_accum_steps, t.grad_clip, t.dtype, t.log_every, t.eval_every, t.save_every,
-        t.max_nonfinite, t.progress,
+        t.max_nonfinite, t.progress and distributed.is_main(),
     )  # fmt: skip
     result = fit(model, optimizer, sampler, loss_fn, device, out, step, settings, hooks, metrics)
     if not result.stopped:

@@ -18,7 +18,6 @@ import torch.distributed as dist
 from torch import nn
 
 from lmforge.checkpoint.files import check_weights, load_weights, unique_state_dict
-from lmforge.config import FinetuneConfig, TrainConfig
 from lmforge.errors import LmforgeError
 
 
@@ -35,23 +34,27 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def setup(device: torch.device, t: TrainConfig | FinetuneConfig) -> torch.device:
+def setup(device: torch.device, batch_size: int) -> torch.device:
     """Joins the process group torchrun describes in RANK/WORLD_SIZE/LOCAL_RANK (gloo on CPU, NCCL on CUDA) and
     returns this rank's device; a plain process (no torchrun) is a world of one and nothing changes."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return device
-    _check_batch(t.batch_size, world)
+    _check_batch(batch_size, world)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         atexit.register(cleanup)
-    if not is_main():  # one progress bar and one set of messages; stderr stays, so every rank's errors show
-        t.progress = False
-        sys.stdout = open(os.devnull, "w")
     return device
+
+
+def mute_other_ranks() -> None:
+    """One set of results: ranks other than 0 print nothing to stdout (stderr stays, so every rank's errors show).
+    Recipes call it after setup; their progress bars are rank 0's alone too (see is_main)."""
+    if not is_main():
+        sys.stdout = open(os.devnull, "w")
 
 
 def _check_batch(batch_size: int, world: int) -> None:

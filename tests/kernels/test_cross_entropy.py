@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.nn import linear_cross_entropy
+from lmforge.kernels.cross_entropy import linear_cross_entropy
 
 N, D, V = 10, 6, 11
 
