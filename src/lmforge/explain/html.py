@@ -10,14 +10,11 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from lmforge.atomic import write_text_atomic
-
-if TYPE_CHECKING:
-    from lmforge.explain.attributions import Explanation
+from lmforge.explain.explanation import Explanation
 
 MAX_HEAD_TABLE = 128  # longer texts get only the per-layer PNGs: T x T cells per head would swamp the page
 

@@ -2,13 +2,11 @@
 
 Decoding a token is one matrix-vector product per weight matrix, so its speed is the rate at which the weights are
 read. Which fp32 CPU kernel reads them faster depends on the CPU and on the number of rows of x:
-- on AMD, torch's product (MKL, which takes its generic code path there) runs a matrix-vector product on one
-  thread; oneDNN's splits it over torch's threads and reads the weights about twice as fast on a 2-core AMD EPYC,
-  for every row count measured (1 to 8, and the 2048-row products of a GPT's LM head);
-- on Intel, MKL is faster for 1 and 2 rows (batch-1 decoding: 1.15x over a GPT-2 layer) and for thousands (a
-  training LM head: 1.1-1.3x), oneDNN for 4 to 256 rows (batched decoding and prompts: 1.1-1.3x), measured on a
-  2-core Xeon with the weights streamed from memory;
-- elsewhere torch's product runs.
+- on AMD, torch's product (MKL, on its generic code path there) runs a matrix-vector product on one thread, while
+  oneDNN's splits it over torch's threads: oneDNN for every row count;
+- on Intel, MKL for 1 and 2 rows (batch-1 decoding) and for thousands (a training LM head), oneDNN for 4 to 256
+  rows (batched decoding and prompts);
+- elsewhere torch's product. The measurements behind these choices are in docs/benchmarks.md.
 oneDNN's kernel has no backward, so training keeps F.linear; the weights, their layout and the state dict are those
 of nn.Linear.
 """
