@@ -12,10 +12,11 @@ from lmforge.checkpoint import load_finetuned
 from lmforge.checkpoint.loader import load
 from lmforge.cli.main import main
 from lmforge.config import FinetuneConfig
+from lmforge.data.sampler import class_weights
 from lmforge.inference.evaluate import evaluate_checkpoint
 from lmforge.inference.predict import predict_file, predict_texts
 from lmforge.models.heads import SequenceClassifier
-from lmforge.recipes.finetune import class_weights, finetune
+from lmforge.recipes.finetune import finetune
 from lmforge.training.optim import linear_lr, param_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")

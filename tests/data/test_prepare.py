@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lmforge.data import PreparedData, clean_text, ensure_prepared, load_prepared, prepare, read_text
-from lmforge.data.prepare import token_dtype
+from lmforge.data.prepared_folder import token_dtype
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import EOS, Tokenizer
 

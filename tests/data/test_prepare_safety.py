@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lmforge.data import ensure_prepared, load_documents, load_prepared, prepare, prepare_documents, read_text
-from lmforge.data.prepare import OWNED
+from lmforge.data.prepared_folder import OWNED
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import MAX_VOCAB_SIZE, Tokenizer
 

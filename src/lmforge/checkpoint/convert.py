@@ -17,7 +17,8 @@ from lmforge.checkpoint.hub import load_hf, resolve
 from lmforge.checkpoint.loader import load
 from lmforge.checkpoint.lock import run_lock
 from lmforge.errors import LmforgeError
-from lmforge.interop.hf import family_of, hf_config, to_hf
+from lmforge.interop.hf import to_hf
+from lmforge.interop.hf_config import family_of, hf_config
 from lmforge.interop.hf_tokenizer import write_hf_tokenizer
 
 

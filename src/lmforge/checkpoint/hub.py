@@ -8,17 +8,8 @@ from pathlib import Path
 from lmforge.checkpoint.files import Loaded, check_weights, unique_state_dict
 from lmforge.config import DataConfig, RunConfig, TaskConfig
 from lmforge.errors import LmforgeError
-from lmforge.interop.hf import (
-    IGNORED,
-    Family,
-    heads_of,
-    model_config,
-    read_config,
-    read_weights,
-    task_of,
-    to_hf,
-    to_ours,
-)
+from lmforge.interop.hf import IGNORED, Family, to_hf, to_ours
+from lmforge.interop.hf_config import heads_of, model_config, read_config, read_weights, task_of
 from lmforge.interop.hf_tokenizer import load_hf_tokenizer
 from lmforge.models import MODELS
 from lmforge.tasks import get_task

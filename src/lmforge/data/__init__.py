@@ -2,7 +2,8 @@
 
 from lmforge.data.clean import clean_text
 from lmforge.data.documents import DocumentData, DocumentSplit, load_documents, prepare_documents, read_documents
-from lmforge.data.prepare import PreparedData, ensure_prepared, load_prepared, prepare, read_text
+from lmforge.data.prepare import ensure_prepared, prepare, read_text
+from lmforge.data.prepared_folder import PreparedData, load_prepared
 from lmforge.data.pretraining import IGNORE, PretrainingSampler, mask_tokens
 from lmforge.data.sampler import BatchSampler, iter_eval_blocks
 

@@ -18,18 +18,14 @@ from tqdm import tqdm
 
 from lmforge.data.clean import clean_text
 from lmforge.data.prepare import (
-    PreparedData,
     base_meta,
-    check_out_dir,
     check_trained_vocab_size,
     input_list,
-    load_prepared,
     read_text,
     resolve_tokenizer,
-    token_dtype,
     train_tokenizer,
-    write_folder,
 )
+from lmforge.data.prepared_folder import PreparedData, check_out_dir, load_prepared, token_dtype, write_folder
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import Tokenizer
 

@@ -18,7 +18,8 @@ from lmforge.checkpoint.files import find_latest, load_checkpoint, same_tokenize
 from lmforge.checkpoint.loader import load
 from lmforge.checkpoint.lock import run_lock
 from lmforge.config import DataConfig, FinetuneConfig, FinetuneRun, RunConfig, TaskConfig
-from lmforge.data.labelled import IGNORE, Columns, collate
+from lmforge.data.labelled import IGNORE, Columns
+from lmforge.data.sampler import FeatureSampler, class_weights
 from lmforge.errors import LmforgeError
 from lmforge.inference.evaluate import write_report
 from lmforge.inference.predict import columns_of, pad_id_of, predict_features
@@ -34,71 +35,6 @@ from lmforge.training.optim import adamw, linear_lr, param_groups
 from lmforge.training.state import restore_state, save_state
 
 RESUME = "resume"  # OUT/resume holds the newest resumable state; OUT/step-NNNNNN the best model
-
-
-def class_weights(features: list[dict], n_labels: int) -> torch.Tensor:
-    """n / (n_labels * count): each class weighs as much in the loss as a balanced data set would give it."""
-    labels = torch.tensor([x for f in features for x in (f["label"] if isinstance(f["label"], list) else [f["label"]])])
-    counts = torch.bincount(labels[labels != IGNORE], minlength=n_labels).float()
-    return counts.sum() / (n_labels * counts.clamp(min=1))
-
-
-class FeatureSampler:
-    """Padded batches of encoded examples, epoch after epoch (a new order each epoch from the seed, or file order),
-    this rank's share of each global batch. Each batch carries the weight of the whole global batch's labelled
-    targets (`norm`), so that summed losses over the ranks give the one-process mean exactly."""
-
-    def __init__(self, features: list[dict], batch_size: int, pad_id: int, shuffle: bool, seed: int,
-                 weight: torch.Tensor | None = None, rank: int = 0, world_size: int = 1):  # fmt: skip
-        self.features, self.batch_size, self.pad_id, self.shuffle, self.seed = (
-            features,
-            batch_size,
-            pad_id,
-            shuffle,
-            seed,
-        )
-        self.weight, self.rank, self.world_size = weight, rank, world_size
-        self.epoch, self.position, self.rows = 0, 0, 0
-        self._generator, self._epoch_made = torch.Generator().manual_seed(seed), -1
-        self.order = self._order()
-
-    def _order(self) -> list[int]:
-        """This epoch's order: the generator draws one permutation per epoch, in turn."""
-        n = len(self.features)
-        if not self.shuffle:
-            return list(range(n))
-        while self._epoch_made < self.epoch:
-            order = torch.randperm(n, generator=self._generator).tolist()
-            self._epoch_made += 1
-        return order
-
-    def next(self) -> dict[str, torch.Tensor]:
-        if self.position >= len(self.order):
-            self.epoch, self.position = self.epoch + 1, 0
-            self.order = self._order()
-        rows = self.order[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
-        self.rows += len(rows)
-        labels = [x for i in rows for x in _targets(self.features[i])]
-        labels = torch.tensor([x for x in labels if x != IGNORE], dtype=torch.long)
-        norm = float(len(labels)) if self.weight is None else float(self.weight[labels].sum())
-        mine = rows[self.rank :: self.world_size]
-        scale = float(self.world_size) if mine else 0.0  # a rank with no row this time adds nothing
-        batch = collate([self.features[i] for i in mine or rows[:1]], self.pad_id)
-        return batch | {"norm": torch.tensor(max(norm, 1e-12)), "scale": torch.tensor(scale)}
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "rows": self.rows}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._generator, self._epoch_made = torch.Generator().manual_seed(self.seed), -1
-        self.epoch, self.position, self.rows = state["epoch"], state["position"], state["rows"]
-        self.order = self._order()
-
-
-def _targets(feature: dict) -> list[int]:
-    label = feature["label"]
-    return label if isinstance(label, list) else list(label) if isinstance(label, tuple) else [label]
 
 
 def task_loss(weight: torch.Tensor | None):
