@@ -76,15 +76,19 @@ class FeatureSampler:
     this rank's share of each global batch. Each batch carries the weight of the whole global batch's labelled
     targets (`norm`), so that summed losses over the ranks give the one-process mean exactly."""
 
-    def __init__(self, features: list[dict], batch_size: int, pad_id: int, shuffle: bool, seed: int,
-                 weight: torch.Tensor | None = None, rank: int = 0, world_size: int = 1):  # fmt: skip
-        self.features, self.batch_size, self.pad_id, self.shuffle, self.seed = (
-            features,
-            batch_size,
-            pad_id,
-            shuffle,
-            seed,
-        )
+    def __init__(
+        self,
+        features: list[dict],
+        batch_size: int,
+        pad_id: int,
+        shuffle: bool,
+        seed: int,
+        weight: torch.Tensor | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.features, self.batch_size, self.pad_id = features, batch_size, pad_id
+        self.shuffle, self.seed = shuffle, seed
         self.weight, self.rank, self.world_size = weight, rank, world_size
         self.epoch, self.position, self.rows = 0, 0, 0
         self._generator, self._epoch_made = torch.Generator().manual_seed(seed), -1
@@ -125,5 +129,6 @@ class FeatureSampler:
 
 
 def _targets(feature: dict) -> list[int]:
+    """A feature's label indices: one, one per token, or a span's (start, end)."""
     label = feature["label"]
     return label if isinstance(label, list) else list(label) if isinstance(label, tuple) else [label]
