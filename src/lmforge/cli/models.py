@@ -25,7 +25,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     sampling = dict(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-        greedy=args.greedy, seed=args.seed,
+        greedy=args.greedy, seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
     )  # fmt: skip
     check_sampling(args.max_new_tokens, **sampling)  # a mistake fails before the model loads
     model, tokenizer = from_pretrained(args.checkpoint, resolve_device(args.device), "gpt", args.allow_pickle)
@@ -93,6 +94,9 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--greedy", action="store_true")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search with N beams (sampling settings then unused)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / length**this")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="beam search: never repeat an n-gram of N")
     p.add_argument("--stop", action="append", default=[], help="stop before this string (repeatable)")
     p.add_argument("--seed", type=int)
     add_device_flag(p, "auto")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.generation.beam import beam_search
 from lmforge.generation.decoding import stream
 from lmforge.generation.detokenize import IncrementalDetokenizer
 from lmforge.tokenizer import Tokenizer
@@ -35,9 +36,12 @@ def check_sampling(
     top_k: int | None = None,
     top_p: float | None = None,
     repetition_penalty: float = 1.0,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
     **_,
 ) -> None:
-    """Rejects sampling settings that have no meaning, NaN and infinities included, naming the flag."""
+    """Rejects sampling and search settings that have no meaning, NaN and infinities included, naming the flag."""
     problems = [
         (max_new_tokens < 1, f"--max-new-tokens must be at least 1, not {max_new_tokens}"),
         (not 0 <= temperature < math.inf, f"--temperature must be finite and >= 0 (0 = greedy), not {temperature}"),
@@ -47,6 +51,9 @@ def check_sampling(
             not 0 < repetition_penalty < math.inf,
             f"--repetition-penalty must be finite and > 0 (1 = off), not {repetition_penalty}",
         ),
+        (num_beams < 1, f"--num-beams must be at least 1 (1 = no beam search), not {num_beams}"),
+        (not math.isfinite(length_penalty), f"--length-penalty must be a finite number, not {length_penalty}"),
+        (no_repeat_ngram_size < 0, f"--no-repeat-ngram-size must be >= 0 (0 = off), not {no_repeat_ngram_size}"),
     ]
     for bad, message in problems:
         if bad:
@@ -65,18 +72,33 @@ def generate_text(
     """The text generated after prompt (prompt excluded), cut before the first stop string.
 
     on_text receives each newly decodable piece as it is produced (streaming); sampling takes temperature, top_k,
-    top_p, repetition_penalty, greedy and seed (see lmforge.generation.decoding.stream).
+    top_p, repetition_penalty, greedy and seed (see lmforge.generation.decoding.stream). With num_beams > 1 the
+    text is the best hypothesis of a beam search (length_penalty, no_repeat_ngram_size; see
+    lmforge.generation.beam), within the model's context, and sampling settings do not apply.
     """
     check_sampling(max_new_tokens, **sampling)
     device = next(model.parameters()).device
     ids = torch.tensor([encode_prompt(tokenizer, prompt, model.cfg.max_seq_len)], device=device)
     detokenizer = IncrementalDetokenizer(tokenizer)
     text = _TextUntilStop([s for s in stop if s], on_text)
-    for token in stream(model, ids, max_new_tokens, eos_id=tokenizer.eos_id, **sampling):
-        if int(token[0]) == tokenizer.eos_id or text.add(detokenizer.add(int(token[0]))):
+    for token in _tokens(model, ids, max_new_tokens, tokenizer.eos_id, **sampling):
+        if token == tokenizer.eos_id or text.add(detokenizer.add(token)):
             break
     text.add(detokenizer.flush())
     return text.close()
+
+
+def _tokens(
+    model, ids: torch.Tensor, max_new_tokens: int, eos_id: int | None, num_beams: int = 1, length_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0, **sampling,
+) -> Iterator[int]:  # fmt: skip
+    """The new token ids of one prompt: streamed as decoded, or the best beam once the search ends."""
+    if num_beams == 1:
+        yield from (int(token[0]) for token in stream(model, ids, max_new_tokens, eos_id=eos_id, **sampling))
+        return
+    room = min(max_new_tokens, model.cfg.max_seq_len - ids.size(1))
+    best = beam_search(model, ids, num_beams, room, length_penalty, False, no_repeat_ngram_size, eos_id, eos_id)
+    yield from best[0, ids.size(1) :].tolist()
 
 
 class _TextUntilStop:
