@@ -188,3 +188,20 @@ def test_mha_gradcheck_with_mask(need_weights):
 
     params = [p.detach().requires_grad_() for p in mha.parameters()]
     assert torch.autograd.gradcheck(f, (x, *params), fast_mode=True)
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_unscaled_attention_with_a_bias_is_the_formula(need_weights):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 4, 8) for _ in range(3))
+    bias = torch.randn(1, 3, 4, 4)
+    mask = attention_mask(4, 4, True, None, q.device)
+    out, _ = scaled_dot_product_attention(q, k, v, mask, need_weights=need_weights, bias=bias, scale=False)
+    scores = (q @ k.transpose(-2, -1) + bias).masked_fill(~mask, float("-inf"))
+    assert torch.allclose(out, scores.softmax(-1) @ v, atol=1e-5)
+
+
+def test_mha_head_size_apart_from_d_model():
+    mha = MultiHeadAttention(d_model=12, n_head=4, d_head=5, bias=False, scale=False)
+    assert mha.qkv.weight.shape == (60, 12) and mha.out.weight.shape == (12, 20)
+    assert mha(torch.randn(2, 3, 12))[0].shape == (2, 3, 12)

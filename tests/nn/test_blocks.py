@@ -37,6 +37,17 @@ def test_feed_forward_is_two_linear_maps_around_the_activation(activation, act):
                 assert y[b, t, o].item() == pytest.approx(expected, abs=1e-12)
 
 
+def test_gated_feed_forward_multiplies_the_activated_gate_by_the_linear_half():
+    torch.manual_seed(0)
+    ffn = FeedForward(3, 5, "gelu", bias=False, gated=True).double()
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    with torch.no_grad():
+        hidden = (x @ ffn.gate.weight.T).apply_(gelu_tanh) * (x @ ffn.up.weight.T)
+        y = ffn(x)
+    assert torch.allclose(y, hidden @ ffn.down.weight.T, atol=1e-12)
+    assert FeedForward(3, 5).gate is None
+
+
 def test_feed_forward_rejects_unknown_activation():
     with pytest.raises(ValueError, match="activation"):
         FeedForward(4, 8, "swish")

@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from lmforge.nn import LearnedPositions, RotaryEmbedding, SinusoidalPositions, sinusoidal_table
+from lmforge.nn import (
+    LearnedPositions,
+    RelativePositionBias,
+    RotaryEmbedding,
+    SinusoidalPositions,
+    relative_position_bucket,
+    sinusoidal_table,
+)
 
 
 @pytest.mark.parametrize("d_model", [16, 7])
@@ -82,3 +89,21 @@ def test_rotary_start_offset_equals_slicing_a_longer_sequence():
     full = rope(x)
     torch.testing.assert_close(rope(x[:, :, 12:], start=12), full[:, :, 12:])
     torch.testing.assert_close(rope(x[:, :, 7:8], start=7), full[:, :, 7:8])
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_relative_buckets_equal_t5s(bidirectional):
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    relative = torch.arange(-300, 300)[None, :] - torch.arange(0, 40)[:, None]
+    ours = relative_position_bucket(relative, bidirectional, 32, 128)
+    assert torch.equal(ours, T5Attention._relative_position_bucket(relative, bidirectional, 32, 128))
+
+
+def test_relative_bias_after_a_cache_is_the_last_rows_of_the_full_bias():
+    torch.manual_seed(0)
+    bias = RelativePositionBias(n_head=3, num_buckets=8, max_distance=16, bidirectional=False)
+    full = bias(7, 7)
+    assert full.shape == (1, 3, 7, 7)
+    assert torch.equal(bias(2, 7, start=5), full[:, :, 5:])
+    assert torch.equal(full[0, :, 4, 4], bias.embed.weight[0])  # offset 0 is bucket 0

@@ -19,6 +19,7 @@ from lmforge.checkpoint.lock import run_lock
 from lmforge.errors import LmforgeError
 from lmforge.interop.hf import to_hf
 from lmforge.interop.hf_config import family_of, hf_config
+from lmforge.interop.hf_t5 import hf_t5_config, t5_to_hf
 from lmforge.interop.hf_tokenizer import write_hf_tokenizer
 
 
@@ -42,14 +43,17 @@ def convert_to_hf(checkpoint: str | Path, out: str | Path, allow_pickle: bool = 
     loaded = load(checkpoint, allow_pickle=allow_pickle)
     task, tokenizer = loaded.task, loaded.tokenizer
     backbone = loaded.model.backbone if task is not None else loaded.model
-    family = family_of(backbone.cfg)
+    family = family_of(backbone.cfg) if backbone.family != "t5" else None
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise LmforgeError(f"{out} exists and is not empty: give a new directory for the Hugging Face model")
-    special = {"pad": tokenizer.pad_id, "cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "eos": tokenizer.eos_id}
-    config = hf_config(family, backbone.cfg, special, task)
-    head_model = config["architectures"][0] != family.architectures[0]
-    weights = to_hf(family, unique_state_dict(loaded.model), head_model, task and task.task)
+    if family is None:  # T5 has its own table (two stacks of different layers)
+        config, weights = hf_t5_config(backbone.cfg), t5_to_hf(backbone.cfg, unique_state_dict(loaded.model))
+    else:
+        special = {"pad": tokenizer.pad_id, "cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "eos": tokenizer.eos_id}
+        config = hf_config(family, backbone.cfg, special, task)
+        head_model = config["architectures"][0] != family.architectures[0]
+        weights = to_hf(family, unique_state_dict(loaded.model), head_model, task and task.task)
     tmp = out.with_name(f".tmp-{out.name}.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

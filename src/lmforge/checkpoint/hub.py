@@ -3,6 +3,7 @@ the tokenizer files; and the installed packages that ship a model (all-MiniLM-L6
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from lmforge.checkpoint.files import Loaded, check_weights, unique_state_dict
@@ -10,6 +11,8 @@ from lmforge.config import DataConfig, RunConfig, TaskConfig
 from lmforge.errors import LmforgeError
 from lmforge.interop.hf import IGNORED, Family, to_hf, to_ours
 from lmforge.interop.hf_config import heads_of, model_config, read_config, read_weights, task_of
+from lmforge.interop.hf_t5 import ARCHITECTURES as T5_ARCHITECTURES
+from lmforge.interop.hf_t5 import t5_config, t5_tensors, t5_to_hf, t5_to_ours
 from lmforge.interop.hf_tokenizer import load_hf_tokenizer
 from lmforge.models import MODELS
 from lmforge.tasks import get_task
@@ -37,6 +40,8 @@ def load_hf(path: str | Path, allow_pickle: bool = False) -> Loaded:
     a task class (BertForSequenceClassification, ...) as our task model around its backbone, with its TaskConfig.
     An encoder's pretrained pooler that the model drops (no sentence head) comes back apart, for a classifier."""
     path = Path(path)
+    if _model_type(path) == "t5":
+        return load_hf_t5(path, allow_pickle)
     family, raw = read_config(path)
     hf = {k: v for k, v in read_weights(path, allow_pickle).items() if not IGNORED.search(k)}
     head_model, mlm, sentence = heads_of(family, set(hf))
@@ -66,6 +71,40 @@ def load_hf(path: str | Path, allow_pickle: bool = False) -> Loaded:
     weights = {k: v.float() for k, v in to_ours(family, hf, expected, head_model, task).items()}
     model.load_state_dict(weights, strict=False)
     return Loaded(model.eval(), tokenizer, run, task_cfg, path, pooler)
+
+
+def _model_type(path: Path) -> str | None:
+    """config.json's model_type, or None where it cannot be read (read_config then says why)."""
+    try:
+        return json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def load_hf_t5(path: Path, allow_pickle: bool = False) -> Loaded:
+    """A Hugging Face T5 directory (T5ForConditionalGeneration or T5Model, v1.0 or v1.1) as our T5."""
+    raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    architecture = (raw.get("architectures") or [None])[0]
+    if architecture is not None and architecture not in T5_ARCHITECTURES:
+        raise LmforgeError(f"{path}: architecture {architecture!r} is not supported; lmforge imports T5 as "
+                           f"{', '.join(T5_ARCHITECTURES)}")  # fmt: skip
+    try:
+        cfg = t5_config(raw)
+    except LmforgeError as e:
+        raise LmforgeError(f"{path / 'config.json'}: {e}") from None
+    tokenizer = load_hf_tokenizer(path)
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise LmforgeError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model has {cfg.vocab_size} embedding "
+            "rows: the tokenizer files belong to another model"
+        )
+    model = MODELS["t5"](cfg)
+    expected = unique_state_dict(model)
+    hf = t5_tensors(cfg, read_weights(path, allow_pickle))
+    check_weights({k: v.shape for k, v in t5_to_hf(cfg, expected).items()}, hf, str(path))
+    model.load_state_dict({k: v.float() for k, v in t5_to_ours(cfg, hf, expected).items()}, strict=False)
+    run = RunConfig("t5", cfg, DataConfig(tokenizer=tokenizer.kind))
+    return Loaded(model.eval(), tokenizer, run, None, path)
 
 
 def task_config(family: Family, raw: dict, task: str, context: int) -> TaskConfig:

@@ -2,7 +2,7 @@
 
 from lmforge.config.fields import Checked
 from lmforge.config.finetune import FinetuneConfig, FinetuneRun, TaskConfig, load_finetune_config
-from lmforge.config.models import FAMILIES, BertConfig, GPTConfig
+from lmforge.config.models import FAMILIES, BertConfig, GPTConfig, T5Config
 from lmforge.config.overrides import YAML_ERRORS, apply_override, build_section, read_yaml
 from lmforge.config.run import DataConfig, RunConfig, TrainConfig, load_config, sections_of, shipped_configs
 
@@ -16,6 +16,7 @@ __all__ = [
     "FinetuneRun",
     "GPTConfig",
     "RunConfig",
+    "T5Config",
     "TaskConfig",
     "TrainConfig",
     "apply_override",

@@ -102,4 +102,54 @@ class BertConfig(Checked):
             )
 
 
-FAMILIES = {"gpt": GPTConfig, "bert": BertConfig}
+@dataclass
+class T5Config(Checked):
+    """An encoder-decoder with relative position biases and RMS norms (Raffel et al., 2020); t5-small by default.
+
+    T5 v1.1 is feed_forward gated-gelu with untied embeddings; tied embeddings rescale the decoder output by
+    d_model ** -0.5 before the LM head, as T5 does."""
+
+    section = "model"
+    vocab_size: int = 32128
+    d_model: int = 512
+    d_kv: int = 64  # the head size; n_head * d_kv need not equal d_model
+    d_ff: int = 2048
+    n_layer: int = 6
+    n_decoder_layer: int | None = None  # n_layer when left out
+    n_head: int = 8
+    max_seq_len: int = 512  # the length sources and targets are used at; relative positions themselves have no limit
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    dropout: float = 0.1
+    layer_norm_eps: float = 1e-6
+    feed_forward: typing.Literal["relu", "gated-gelu"] = "relu"
+    tie_embeddings: bool = True
+    decoder_start_id: int = 0
+    pad_id: int = 0
+    eos_id: int = 1
+
+    _ranges = {
+        "vocab_size": (_positive, "needs at least one token"),
+        "d_model": (_positive, "must be positive"),
+        "d_kv": (_positive, "must be positive"),
+        "d_ff": (_positive, "must be positive"),
+        "n_layer": (_positive, "needs at least one layer"),
+        "n_head": (_positive, "needs at least one head"),
+        "max_seq_len": (_positive, "must be positive"),
+        "relative_attention_num_buckets": (lambda x: x >= 4, "needs at least 4 buckets"),
+        "relative_attention_max_distance": (_positive, "must be positive"),
+        "dropout": (_fraction, "a probability in [0, 1)"),
+        "layer_norm_eps": (_positive, "must be positive"),
+    }
+
+    def check(self) -> None:
+        if self.n_decoder_layer is None:
+            self.n_decoder_layer = self.n_layer
+        if self.n_decoder_layer <= 0:
+            raise LmforgeError(f"model.n_decoder_layer = {self.n_decoder_layer} is out of range: needs at least one")
+        for name in ("decoder_start_id", "pad_id", "eos_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise LmforgeError(f"model.{name} = {getattr(self, name)} is out of range: an id below vocab_size")
+
+
+FAMILIES = {"gpt": GPTConfig, "bert": BertConfig, "t5": T5Config}

@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from lmforge.config.fields import Checked, _fraction, _positive
-from lmforge.config.models import FAMILIES, BertConfig, GPTConfig
+from lmforge.config.models import FAMILIES, BertConfig, GPTConfig, T5Config
 from lmforge.config.overrides import apply_override, build_section, missing, read_yaml
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import MAX_VOCAB_SIZE, min_vocab_size
@@ -113,7 +113,7 @@ class RunConfig:
     """Everything a training run needs; a YAML file has the sections family, model, data and train."""
 
     family: str = "gpt"
-    model: GPTConfig | BertConfig = field(default_factory=GPTConfig)
+    model: GPTConfig | BertConfig | T5Config = field(default_factory=GPTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

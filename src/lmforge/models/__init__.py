@@ -2,7 +2,8 @@
 
 from lmforge.models.bert import Bert
 from lmforge.models.gpt import GPT
+from lmforge.models.t5 import T5
 
-MODELS = {"gpt": GPT, "bert": Bert}
+MODELS = {"gpt": GPT, "bert": Bert, "t5": T5}
 
-__all__ = ["GPT", "MODELS", "Bert"]
+__all__ = ["GPT", "MODELS", "T5", "Bert"]

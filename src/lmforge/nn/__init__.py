@@ -4,7 +4,15 @@ from lmforge.nn.attention import MultiHeadAttention, attention_mask, scaled_dot_
 from lmforge.nn.blocks import Decoder, Encoder, TransformerBlock, TransformerStack
 from lmforge.nn.cache import KVCache
 from lmforge.nn.feedforward import FeedForward
-from lmforge.nn.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions, sinusoidal_table
+from lmforge.nn.norms import RMSNorm, make_norm
+from lmforge.nn.positions import (
+    LearnedPositions,
+    RelativePositionBias,
+    RotaryEmbedding,
+    SinusoidalPositions,
+    relative_position_bucket,
+    sinusoidal_table,
+)
 
 __all__ = [
     "Decoder",
@@ -13,11 +21,15 @@ __all__ = [
     "KVCache",
     "LearnedPositions",
     "MultiHeadAttention",
+    "RMSNorm",
+    "RelativePositionBias",
     "RotaryEmbedding",
     "SinusoidalPositions",
     "TransformerBlock",
     "TransformerStack",
     "attention_mask",
+    "make_norm",
+    "relative_position_bucket",
     "scaled_dot_product_attention",
     "sinusoidal_table",
 ]

@@ -39,14 +39,22 @@ def scaled_dot_product_attention(
     mask: torch.Tensor | None = None,
     dropout_p: float = 0.0,
     need_weights: bool = False,
+    bias: torch.Tensor | None = None,
+    scale: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """softmax(QK^T / sqrt(d_k)) V over (B, n_head, T, d_head) tensors; mask is boolean, True = may attend.
+    """softmax(QK^T / sqrt(d_k) + bias) V over (B, n_head, T, d_head) tensors; mask is boolean, True = may attend.
 
-    The fused kernel runs unless the attention weights are asked for (explanations), when the explicit formula runs.
+    bias is added to the scores (T5's relative positions); scale=False leaves out 1/sqrt(d_k) (T5 folds it into the
+    initialization). The fused kernel runs unless the attention weights are asked for, when the explicit formula runs.
     """
+    factor = 1 / math.sqrt(q.size(-1)) if scale else 1.0
     if not need_weights:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, n_head, T, S)
+        if bias is not None:
+            mask = bias.to(q.dtype) if mask is None else bias.to(q.dtype).masked_fill(~mask, float("-inf"))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=factor), None
+    scores = (q @ k.transpose(-2, -1)) * factor  # (B, n_head, T, S)
+    if bias is not None:
+        scores = scores + bias
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = scores.softmax(dim=-1)
@@ -58,15 +66,27 @@ class MultiHeadAttention(nn.Module):
     """Self- or cross-attention with one fused QKV projection and an optional KV cache.
 
     Cross-attention takes queries from x and keys/values from context, using the same fused weight split in two.
+    d_head defaults to d_model / n_head; T5 sets it apart (n_head * d_head need not be d_model). scale=False leaves
+    out the 1/sqrt(d_head) of the scores (T5).
     """
 
-    def __init__(self, d_model: int, n_head: int, dropout: float = 0.0, bias: bool = True):
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        d_head: int | None = None,
+        scale: bool = True,
+    ):
         super().__init__()
-        if d_model % n_head:
+        if d_head is None and d_model % n_head:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_head ({n_head})")
-        self.n_head, self.d_head, self.dropout = n_head, d_model // n_head, dropout
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
-        self.out = nn.Linear(d_model, d_model, bias=bias)
+        self.n_head, self.d_head, self.dropout = n_head, d_head or d_model // n_head, dropout
+        self.scale = scale
+        inner = n_head * self.d_head
+        self.qkv = nn.Linear(d_model, 3 * inner, bias=bias)
+        self.out = nn.Linear(inner, d_model, bias=bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -95,8 +115,9 @@ class MultiHeadAttention(nn.Module):
         layer: int = 0,
         rope: RotaryEmbedding | None = None,
         need_weights: bool = False,
+        position_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # x: (B, T, d_model); context: (B, S, d_model) for cross-attention
+        # x: (B, T, d_model); context: (B, S, d_model) for cross-attention; position_bias: (1, n_head, T, S)
         q, k, v = self._project(x, context, cache, layer)
         if context is None:
             if rope is not None:
@@ -105,7 +126,7 @@ class MultiHeadAttention(nn.Module):
             if cache is not None:
                 k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
-        y, weights = scaled_dot_product_attention(q, k, v, mask, dropout, need_weights)
+        y, weights = scaled_dot_product_attention(q, k, v, mask, dropout, need_weights, position_bias, self.scale)
         b, _, t, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(b, t, -1)), weights
 
@@ -116,5 +137,6 @@ class MultiHeadAttention(nn.Module):
         qkv = self.qkv(x)  # (N, 3 * d_model)
         padded = qkv.new_zeros(b * t, qkv.size(-1)).index_copy(0, index, qkv).view(b, t, -1)
         q, k, v = (self._heads(z) for z in padded.chunk(3, dim=-1))
-        y, _ = scaled_dot_product_attention(q, k, v, mask, self.dropout if self.training else 0.0)
+        dropout = self.dropout if self.training else 0.0
+        y, _ = scaled_dot_product_attention(q, k, v, mask, dropout, scale=self.scale)
         return self.out(y.transpose(1, 2).reshape(b * t, -1).index_select(0, index))

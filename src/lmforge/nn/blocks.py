@@ -8,6 +8,7 @@ from torch import nn
 from lmforge.nn.attention import MultiHeadAttention, attention_mask
 from lmforge.nn.cache import KVCache
 from lmforge.nn.feedforward import FeedForward
+from lmforge.nn.norms import make_norm
 from lmforge.nn.positions import RotaryEmbedding
 
 
@@ -15,7 +16,8 @@ class TransformerBlock(nn.Module):
     """Self-attention, optional cross-attention and a feed-forward network, each in a residual + LayerNorm.
 
     norm="pre" normalizes each sublayer's input (GPT-2, stable for deep stacks); norm="post" normalizes after the
-    residual sum (the original Transformer, BERT).
+    residual sum (the original Transformer, BERT). T5 sets norm_type="rms", d_head apart from d_model / n_head,
+    scale_attention=False and gated (v1.1), and passes a position_bias to self-attention.
     """
 
     def __init__(
@@ -29,20 +31,25 @@ class TransformerBlock(nn.Module):
         norm: str = "pre",
         cross_attention: bool = False,
         layer_norm_eps: float = 1e-5,
+        norm_type: str = "layer",
+        d_head: int | None = None,
+        scale_attention: bool = True,
+        gated: bool = False,
     ):
         super().__init__()
         if norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', not {norm!r}")
         self.pre_norm = norm == "pre"
-        self.attn = MultiHeadAttention(d_model, n_head, dropout, bias)
-        self.ln_attn = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.cross = MultiHeadAttention(d_model, n_head, dropout, bias) if cross_attention else None
-        self.ln_cross = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if cross_attention else None
-        self.ffn = FeedForward(d_model, d_ff, activation, bias)
-        self.ln_ffn = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        attention = dict(dropout=dropout, bias=bias, d_head=d_head, scale=scale_attention)
+        self.attn = MultiHeadAttention(d_model, n_head, **attention)
+        self.ln_attn = make_norm(norm_type, d_model, layer_norm_eps, bias)
+        self.cross = MultiHeadAttention(d_model, n_head, **attention) if cross_attention else None
+        self.ln_cross = make_norm(norm_type, d_model, layer_norm_eps, bias) if cross_attention else None
+        self.ffn = FeedForward(d_model, d_ff, activation, bias, gated)
+        self.ln_ffn = make_norm(norm_type, d_model, layer_norm_eps, bias)
         self.drop = nn.Dropout(dropout)
 
-    def _residual(self, x: torch.Tensor, norm: nn.LayerNorm, sublayer) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _residual(self, x: torch.Tensor, norm: nn.Module, sublayer) -> tuple[torch.Tensor, torch.Tensor | None]:
         h, weights = sublayer(norm(x) if self.pre_norm else x)
         x = x + (self.drop(h) if self.training else h)  # no Dropout call at inference, where every call counts
         return (x if self.pre_norm else norm(x)), weights
@@ -57,9 +64,10 @@ class TransformerBlock(nn.Module):
         layer: int = 0,
         rope: RotaryEmbedding | None = None,
         need_weights: bool = False,
+        position_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         x, weights = self._residual(
-            x, self.ln_attn, lambda h: self.attn(h, mask, None, cache, layer, rope, need_weights)
+            x, self.ln_attn, lambda h: self.attn(h, mask, None, cache, layer, rope, need_weights, position_bias)
         )
         if self.cross is not None:
             if context is None:
@@ -94,17 +102,18 @@ class TransformerStack(nn.Module):
         *,
         norm: str = "pre",
         layer_norm_eps: float = 1e-5,
+        norm_type: str = "layer",
         share_layers: bool = False,
         **block,
     ):
         super().__init__()
         self.n_layer = n_layer
         self.blocks = nn.ModuleList(
-            TransformerBlock(d_model, norm=norm, layer_norm_eps=layer_norm_eps, **block)
+            TransformerBlock(d_model, norm=norm, layer_norm_eps=layer_norm_eps, norm_type=norm_type, **block)
             for _ in range(1 if share_layers else n_layer)
         )
         bias = block.get("bias", True)
-        self.ln_final = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias) if norm == "pre" else nn.Identity()
+        self.ln_final = make_norm(norm_type, d_model, layer_norm_eps, bias) if norm == "pre" else nn.Identity()
 
     def forward(
         self,
@@ -115,8 +124,10 @@ class TransformerStack(nn.Module):
         cache: KVCache | None = None,
         rope: RotaryEmbedding | None = None,
         need_weights: bool = False,
+        position_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """x: (B, T, d_model). padding_mask: (B, S) with True for real tokens, S counting cached tokens too.
+        position_bias: (1, n_head, T, S), added to every layer's self-attention scores (computed once: T5).
 
         A padded batch without cache, context, rotary positions or attention weights runs packed: every layer but
         attention sees only the real tokens, so padding costs (almost) nothing; padding positions come out zero."""
@@ -126,13 +137,14 @@ class TransformerStack(nn.Module):
         context_mask = None
         if context_padding_mask is not None:
             context_mask = attention_mask(t, context.size(1), False, context_padding_mask, x.device)
-        if padding_mask is not None and cache is None and context is None and rope is None and not need_weights:
+        plain = cache is None and context is None and rope is None and position_bias is None and not need_weights
+        if padding_mask is not None and plain:
             if not padding_mask.all():
                 return self._forward_packed(x, padding_mask, mask)
         attentions = []
         for i in range(self.n_layer):
             block = self.blocks[i % len(self.blocks)]
-            x, weights = block(x, mask, context, context_mask, cache, i, rope, need_weights)
+            x, weights = block(x, mask, context, context_mask, cache, i, rope, need_weights, position_bias)
             attentions.append(weights)
         if cache is not None:
             cache.advance(t)

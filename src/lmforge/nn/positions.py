@@ -1,6 +1,9 @@
-"""Positional information: sinusoidal and learned absolute encodings, and rotary embeddings (RoPE)."""
+"""Positional information: sinusoidal and learned absolute encodings, rotary embeddings (RoPE) and T5's relative
+position bias."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -54,3 +57,38 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self.cos[start : start + t].to(x.dtype), self.sin[start : start + t].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int):
+    """T5's buckets for key - query offsets: exact for small offsets, logarithmic up to max_distance, one bucket
+    beyond; bidirectional buckets keep the sign (half the buckets each), causal ones see only the past."""
+    buckets = torch.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (relative > 0).long() * num_buckets
+        distance = relative.abs()
+    else:
+        distance = (-relative).clamp(min=0)
+    max_exact = num_buckets // 2
+    log_ratio = torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact)
+    large = (max_exact + (log_ratio * (num_buckets - max_exact)).long()).clamp(max=num_buckets - 1)
+    return buckets + torch.where(distance < max_exact, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """A learned scalar per head and bucket of relative offset, added to the attention scores (Raffel et al., 2020).
+
+    Computed once per forward pass and shared by every layer of a stack, as T5 does."""
+
+    def __init__(self, n_head: int, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = True):
+        super().__init__()
+        self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
+        self.embed = nn.Embedding(num_buckets, n_head)
+
+    def forward(self, t: int, s: int, start: int = 0) -> torch.Tensor:
+        """The bias (1, n_head, t, s) for queries at positions start..start+t-1 over keys at 0..s-1."""
+        device = self.embed.weight.device
+        query = torch.arange(start, start + t, device=device)[:, None]
+        key = torch.arange(s, device=device)[None, :]
+        buckets = relative_position_bucket(key - query, self.bidirectional, self.num_buckets, self.max_distance)
+        return self.embed(buckets).permute(2, 0, 1)[None]  # (1, n_head, t, s)

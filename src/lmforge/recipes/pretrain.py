@@ -80,6 +80,8 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
     existing = find_latest(out)
     if existing is not None and not resume:
         raise LmforgeError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+    if cfg.family not in OBJECTIVES:
+        raise LmforgeError(f"a {cfg.family} model has no pretraining objective yet; pretrain {' or '.join(OBJECTIVES)}")
     objective = OBJECTIVES[cfg.family]
     resumed = resume and existing is not None
     with distributed.main_first():  # rank 0 prepares the data; the others then find it prepared
