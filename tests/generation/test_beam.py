@@ -1,11 +1,12 @@
-"""Beam search against transformers' generate(num_beams=K) on a random GPT-2: the same tokens, setting by setting."""
+"""Beam search against transformers' generate(num_beams=K) on a random GPT-2 and a random T5 (v1.0, v1.1) with padded
+sources: the same tokens, setting by setting."""
 
 import pytest
 import torch
 from helpers import write_bpe_vocab
 
 from lmforge.checkpoint import from_pretrained
-from lmforge.generation.beam import banned_ngrams, beam_search
+from lmforge.generation.beam import banned_ngrams, beam_search, seq2seq_beam_search
 from lmforge.tokenizer import EOS
 
 
@@ -73,3 +74,70 @@ def test_generate_text_and_the_cli_search_with_beams(gpt2, tmp_path, capsys):
     assert text == tokenizer.decode(best)
     assert main(["generate", str(tmp_path / "missing"), "--num-beams", "0"]) == 2
     assert "--num-beams must be at least 1" in capsys.readouterr().err
+
+
+T5_SHAPE = dict(vocab_size=120, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
+                relative_attention_num_buckets=8, relative_attention_max_distance=20, dropout_rate=0.0,
+                decoder_start_token_id=0, pad_token_id=0)  # fmt: skip
+T5_VERSIONS = {
+    "v1.0": dict(feed_forward_proj="relu"),
+    "v1.1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+}
+
+
+@pytest.fixture(scope="module", params=T5_VERSIONS)
+def t5(request):
+    """A random transformers T5 (its generation cache wants as many decoder layers as encoder layers) and ours."""
+    import transformers
+
+    from lmforge.interop.hf_t5 import t5_config, t5_to_ours
+    from lmforge.models.t5 import T5
+
+    torch.manual_seed(0)
+    hf = transformers.T5ForConditionalGeneration(transformers.T5Config(**T5_SHAPE, **T5_VERSIONS[request.param]))
+    torch.manual_seed(3)
+    with torch.no_grad():  # larger weights than T5's init, so the hypotheses differ instead of repeating one token
+        for name, p in hf.named_parameters():
+            if "layer_norm" not in name:
+                p.normal_(0, 0.5)
+    cfg = t5_config(hf.config.to_dict())
+    model = T5(cfg)
+    model.load_state_dict(t5_to_ours(cfg, hf.state_dict(), model.state_dict()))
+    return model.eval(), hf.eval()
+
+
+def padded_sources():
+    torch.manual_seed(1)
+    ids = torch.randint(2, T5_SHAPE["vocab_size"], (3, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 7:], mask[2, 4:] = 0, 0
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"num_beams": 4, "max_new_tokens": 12},
+        {"num_beams": 3, "max_new_tokens": 16, "length_penalty": 0.6, "no_repeat_ngram_size": 2},
+        {"num_beams": 4, "max_new_tokens": 16, "early_stopping": True, "length_penalty": 2.0},
+        {"num_beams": 2, "max_new_tokens": 10, "early_stopping": "never"},
+        {"num_beams": 5, "max_new_tokens": 14, "length_penalty": -0.5},
+        {"num_beams": 3, "max_new_tokens": 10, "early_stopping": "never"},  # stopping a step early changes the best
+    ],
+)
+def test_seq2seq_the_same_tokens_as_transformers_on_a_padded_batch(t5, settings):
+    model, hf = t5
+    ids, mask = padded_sources()
+
+    def reference(eos):
+        with torch.no_grad():
+            return hf.generate(input_ids=ids, attention_mask=mask, do_sample=False, eos_token_id=eos, **settings)
+
+    free = reference(T5_SHAPE["vocab_size"] - 1)
+    eos = int(free[0, 4])  # a token the search picks anyway, so hypotheses end early and the length rules matter
+    theirs = reference(eos)
+    ours = seq2seq_beam_search(model, ids, mask, eos_id=eos, **settings)
+    assert ours.tolist() == theirs.tolist()
+    assert (theirs[:, :-1] == eos).any()  # some hypothesis ended before the length limit
+    alone = [seq2seq_beam_search(model, ids[i : i + 1, : int(mask[i].sum())], eos_id=eos, **settings) for i in range(3)]
+    assert all(a[0].tolist() == ours[i, : a.size(1)].tolist() for i, a in enumerate(alone))  # padding changes nothing

@@ -61,7 +61,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from lmforge.recipes.pretrain import train
 
     cfg = training_config(args)
-    cfg.require_family("bert", "lmforge pretrain", "use bert-small, roberta-small or albert-small")
+    cfg.require_family(("bert", "t5"), "lmforge pretrain", "use bert-small, roberta-small, albert-small or t5-small")
     result = train(cfg, resume=args.resume)
     print(_saved(result))
     if result.val_metrics:
@@ -107,7 +107,9 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     add_training_flags(p)
     p.set_defaults(fn=cmd_train, checked_batch_size=lambda a: training_config(a).train.batch_size)
 
-    p = verbs.add_parser("pretrain", help="pretrain an encoder (BERT, RoBERTa, ALBERT) with MLM and NSP/SOP")
+    p = verbs.add_parser(
+        "pretrain", help="pretrain an encoder (BERT, RoBERTa, ALBERT: MLM, NSP/SOP) or a T5 (span corruption)"
+    )
     add_training_flags(p)
     p.set_defaults(fn=cmd_pretrain, checked_batch_size=lambda a: training_config(a).train.batch_size)
 

@@ -129,12 +129,17 @@ class RunConfig:
             raise LmforgeError(
                 "data.tokenizer = char has no [CLS], [SEP] or [MASK] for an encoder: use wordpiece or bpe"
             )
-        self.data.check_vocab_size(encoder=self.family == "bert")
+        if self.family == "t5" and self.data.tokenizer == "char":
+            raise LmforgeError(
+                "data.tokenizer = char has no pad, end or sentinel tokens for a t5 model: use bpe or wordpiece"
+            )
+        self.data.check_vocab_size(encoder=self.family in ("bert", "t5"))  # both train with the encoder's specials
 
-    def require_family(self, family: str, verb: str, fix: str) -> None:
-        """For verbs that serve one family: a config of another is a user mistake, named with the way out."""
-        if self.family != family:
-            raise LmforgeError(f"{verb} needs a {family} config, not a {self.family} one: {fix}")
+    def require_family(self, family: str | tuple[str, ...], verb: str, fix: str) -> None:
+        """For verbs that serve some families: a config of another is a user mistake, named with the way out."""
+        families = (family,) if isinstance(family, str) else family
+        if self.family not in families:
+            raise LmforgeError(f"{verb} needs a {' or '.join(families)} config, not a {self.family} one: {fix}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -4,9 +4,14 @@ hypotheses scored with a length penalty, as transformers' `generate(num_beams=K)
 Each source keeps K running beams and K finished hypotheses. A step scores every beam's every next token, keeps the
 2K best candidates, moves those that end (EOS, or the length limit) among the top K to the finished ones (score /
 generated_length ** length_penalty) and continues with the best K that did not end; the cache rows follow their beams.
+One loop, `search`, serves every model through a step function; `beam_search` wraps a decoder-only model (the prompt
+starts each sequence) and `seq2seq_beam_search` an encoder-decoder (the encoder reads each source once, the decoder
+starts from decoder_start_id, and only the tokens after it count in the length penalty, as in transformers).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -25,32 +30,23 @@ def banned_ngrams(seqs: torch.Tensor, n: int) -> list[list[int]]:
     return banned
 
 
-def _reorder(cache, rows: torch.Tensor) -> None:
-    """Cache rows follow their beams: row i now holds what row rows[i] held."""
-    cache.k = [k.index_select(0, rows) for k in cache.k]
-    cache.v = [v.index_select(0, rows) for v in cache.v]
-
-
-@torch.inference_mode()
-def beam_search(
-    model,
+def search(
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    reorder: Callable[[torch.Tensor], None],
     idx: torch.Tensor,
-    num_beams: int = 4,
-    max_new_tokens: int = 64,
-    length_penalty: float = 1.0,
-    early_stopping: bool | str = False,
-    no_repeat_ngram_size: int = 0,
-    eos_id: int | None = None,
-    pad_id: int | None = None,
+    num_beams: int,
+    max_length: int,
+    length_penalty: float,
+    early_stopping: bool | str,
+    no_repeat_ngram_size: int,
+    eos_id: int | None,
+    fill: int,
 ) -> torch.Tensor:
-    """Prompt ids (B, T) -> (B, T + L): each prompt followed by its best hypothesis, L the longest of them, shorter
-    ones filled with pad_id (or eos_id). early_stopping: True stops a source once it has K finished hypotheses, False
-    once no running beam can beat them (estimated at the current length), "never" when none can at any length."""
+    """The beam-search loop for any model. idx (B, T) starts every sequence; logits_of(new_ids) gives the next-token
+    logits (B K, V) after new_ids (B K, T') (first the whole start, then each beam's last token) and reorder(rows) makes
+    the model's cache follow the beams. Returns (B, T + L): the best hypotheses, shorter ones filled with fill."""
     b, t = idx.shape
-    k, max_length = num_beams, t + max_new_tokens
-    if max_length > model.cfg.max_seq_len:
-        raise ValueError(f"{t} prompt tokens + {max_new_tokens} new exceed the context of {model.cfg.max_seq_len}")
-    fill = (pad_id or eos_id) if eos_id is not None else -1
+    k = num_beams
     running = torch.full((b, k, max_length), fill, dtype=torch.long, device=idx.device)
     running[:, :, :t] = idx[:, None]
     finished = running.clone()
@@ -62,13 +58,9 @@ def beam_search(
     may_improve = torch.ones(b, 1, dtype=torch.bool, device=idx.device)
     top_k = torch.arange(2 * k, device=idx.device) < k  # only the K best candidates may finish
     batch_offset = torch.arange(b, device=idx.device)[:, None] * k
-    cache = model.new_cache(b * k, max_length)
     pending, cur_len = idx.repeat_interleave(k, dim=0), t
-    was_training = model.training
-    model.eval()
     while True:
-        hidden, _ = model.hidden(pending, cache=cache)
-        log_probs = torch.log_softmax(model.lm_head(hidden[:, -1]).float(), dim=-1)  # (B K, V)
+        log_probs = torch.log_softmax(logits_of(pending).float(), dim=-1)  # (B K, V)
         if no_repeat_ngram_size:
             for row, tokens in enumerate(banned_ngrams(running.view(b * k, -1)[:, :cur_len], no_repeat_ngram_size)):
                 log_probs[row, tokens] = float("-inf")
@@ -106,7 +98,79 @@ def beam_search(
         open_beams = not (bool(is_finished.all()) and early_stopping is True)
         if not (bool(may_improve.any()) and open_beams and not bool(ends.all())):
             break
-        _reorder(cache, parents.view(-1))
+        reorder(parents.view(-1))
         pending = running.view(b * k, -1)[:, cur_len - 1 : cur_len]
-    model.train(was_training)
     return finished[:, 0, : t + int(finished_len[:, 0].max())]
+
+
+@torch.inference_mode()
+def beam_search(
+    model,
+    idx: torch.Tensor,
+    num_beams: int = 4,
+    max_new_tokens: int = 64,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
+    no_repeat_ngram_size: int = 0,
+    eos_id: int | None = None,
+    pad_id: int | None = None,
+) -> torch.Tensor:
+    """Prompt ids (B, T) -> (B, T + L): each prompt followed by its best hypothesis, L the longest of them, shorter
+    ones filled with pad_id (or eos_id). early_stopping: True stops a source once it has K finished hypotheses, False
+    once no running beam can beat them (estimated at the current length), "never" when none can at any length."""
+    t = idx.size(1)
+    max_length = t + max_new_tokens
+    if max_length > model.cfg.max_seq_len:
+        raise ValueError(f"{t} prompt tokens + {max_new_tokens} new exceed the context of {model.cfg.max_seq_len}")
+    cache = model.new_cache(idx.size(0) * num_beams, max_length)
+
+    def logits_of(new_ids: torch.Tensor) -> torch.Tensor:
+        hidden, _ = model.hidden(new_ids, cache=cache)
+        return model.lm_head(hidden[:, -1])
+
+    fill = (pad_id or eos_id) if eos_id is not None else -1
+    was_training = model.training
+    model.eval()
+    try:
+        return search(logits_of, cache.reorder, idx, num_beams, max_length, length_penalty, early_stopping,
+                      no_repeat_ngram_size, eos_id, fill)  # fmt: skip
+    finally:
+        model.train(was_training)
+
+
+@torch.inference_mode()
+def seq2seq_beam_search(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    num_beams: int = 4,
+    max_new_tokens: int = 64,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
+    no_repeat_ngram_size: int = 0,
+    eos_id: int | None = None,
+    pad_id: int | None = None,
+) -> torch.Tensor:
+    """Source ids (B, S), attention_mask (B, S) 1 for real tokens -> (B, 1 + L): decoder_start_id and the best
+    hypothesis of each source, shorter ones filled with pad_id (or eos_id when pad_id is 0, as transformers does);
+    eos_id and pad_id default to the model's. The encoder runs once per source; its output is repeated for the K
+    beams. early_stopping as in beam_search."""
+    cfg = model.cfg
+    eos_id = cfg.eos_id if eos_id is None else eos_id
+    pad_id = cfg.pad_id if pad_id is None else pad_id
+    b, k = input_ids.size(0), num_beams
+    was_training = model.training
+    model.eval()
+    try:
+        memory = model.encode(input_ids, attention_mask).repeat_interleave(k, dim=0)  # (B K, S, d_model)
+        mask = attention_mask.repeat_interleave(k, dim=0) if attention_mask is not None else None
+        cache = model.new_cache(b * k, 1 + max_new_tokens)
+        start = torch.full((b, 1), cfg.decoder_start_id, dtype=torch.long, device=input_ids.device)
+
+        def logits_of(new_ids: torch.Tensor) -> torch.Tensor:
+            return model.decode(new_ids, memory, mask, cache)[:, -1]
+
+        return search(logits_of, cache.reorder, start, k, 1 + max_new_tokens, length_penalty, early_stopping,
+                      no_repeat_ngram_size, eos_id, pad_id or eos_id)  # fmt: skip
+    finally:
+        model.train(was_training)

@@ -28,3 +28,9 @@ class KVCache:
 
     def advance(self, n: int) -> None:
         self.length += n
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Rows follow their beams in beam search: row i now holds what row rows[i] held."""
+        self.k = [k.index_select(0, rows) for k in self.k]
+        self.v = [v.index_select(0, rows) for v in self.v]
+        self.cross = {layer: (k.index_select(0, rows), v.index_select(0, rows)) for layer, (k, v) in self.cross.items()}

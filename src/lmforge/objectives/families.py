@@ -23,6 +23,13 @@ from lmforge.data import (
 )
 from lmforge.errors import LmforgeError
 from lmforge.objectives.losses import causal_lm_loss, pretraining_loss
+from lmforge.objectives.span_corruption import (
+    SpanCorruptionSampler,
+    add_sentinels,
+    corrupted_lengths,
+    raw_length,
+    span_corruption_loss,
+)
 
 
 def _prepared(cfg: RunConfig, cache_dir: Path, tokenizer: Path | None, **builder) -> Path:
@@ -67,6 +74,11 @@ class CausalLM:
     def flops_per_token(self, model, cfg: RunConfig) -> float:
         return flops_per_token(model, cfg.train.seq_len)
 
+    @staticmethod
+    def vocabulary(tokenizer) -> dict:
+        """The model config's fields the data's tokenizer decides."""
+        return {"vocab_size": tokenizer.vocab_size}
+
 
 class MaskedLM:
     """BERT, RoBERTa, ALBERT: documents, sentence pairs masked at every draw, MLM (+ NSP or SOP) loss; evaluation on
@@ -90,6 +102,7 @@ class MaskedLM:
         )  # fmt: skip
 
     loss = staticmethod(pretraining_loss)
+    vocabulary = staticmethod(CausalLM.vocabulary)
 
     def eval_batches(self, cfg: RunConfig, data) -> Iterable | None:
         if data.val.n_documents < (2 if cfg.model.sentence_objective == "nsp" else 1):
@@ -109,4 +122,55 @@ class MaskedLM:
         return 6 * n + 12 * c.n_layer * c.d_model * cfg.train.seq_len
 
 
-OBJECTIVES = {"gpt": CausalLM(), "bert": MaskedLM()}
+class SpanCorruption:
+    """T5: documents back to back, random windows span-corrupted at every draw, the decoder's cross-entropy on the
+    targets; evaluation on the same validation windows and spans every time (a sampler with the run's seed).
+
+    The tokenizer (a byte-level BPE or WordPiece trained with encoder special tokens) gets T5's 100 sentinels
+    appended after its vocabulary, so the prepared token ids stay as they are."""
+
+    perplexity_of = "loss"
+    loss = staticmethod(span_corruption_loss)
+
+    def data(self, cfg: RunConfig, cache_dir: Path, tokenizer: Path | None = None):
+        data = load_documents(_prepared(cfg, cache_dir, tokenizer, builder=prepare_documents))
+        add_sentinels(data.tokenizer)
+        return data
+
+    def sampler(self, cfg: RunConfig, data, seed: int, rank: int = 0, world_size: int = 1) -> SpanCorruptionSampler:
+        if world_size > 1:
+            raise LmforgeError("T5 pretraining runs in one process for now: drop --nproc / torchrun")
+        return self._windows(cfg, data, data.train, seed)
+
+    @staticmethod
+    def _windows(cfg: RunConfig, data, split, seed: int) -> SpanCorruptionSampler:
+        t = cfg.train
+        return SpanCorruptionSampler(split, data.tokenizer, t.batch_size, t.seq_len, seed, cfg.model.decoder_start_id)
+
+    def eval_batches(self, cfg: RunConfig, data) -> Iterable | None:
+        if len(data.val.tokens) < 2:
+            return None
+        sampler = self._windows(cfg, data, data.val, cfg.train.seed)
+        return (sampler.next() for _ in range(cfg.train.eval_steps))
+
+    @staticmethod
+    def vocabulary(tokenizer) -> dict:
+        """The vocabulary and T5's ids: pad (which also starts the decoder) and end of sequence."""
+        pad, eos = tokenizer.special_id("pad"), tokenizer.special_id("sep")
+        if pad is None or eos is None:
+            raise LmforgeError(f"the {tokenizer.kind} tokenizer has no pad or end token for T5: use bpe or wordpiece")
+        return {"vocab_size": tokenizer.vocab_size, "pad_id": pad, "decoder_start_id": pad, "eos_id": eos}
+
+    def flops_per_token(self, model, cfg: RunConfig) -> float:
+        """Per input token: 6N for the encoder, and for the decoder and LM head on their share of target tokens,
+        plus attention's 12 * layers * inner width * the length attended over."""
+        c, s = model.cfg, cfg.train.seq_len
+        t = corrupted_lengths(raw_length(s))[1]
+        encoder = sum(p.numel() for p in model.encoder.parameters())
+        decoder = sum(p.numel() for p in model.decoder.parameters()) + c.d_model * c.vocab_size
+        inner = c.n_head * c.d_kv
+        attention = 12 * inner * (c.n_layer * s + c.n_decoder_layer * (t + s) * t / s)
+        return 6 * (encoder + decoder * t / s) + attention
+
+
+OBJECTIVES = {"gpt": CausalLM(), "bert": MaskedLM(), "t5": SpanCorruption()}

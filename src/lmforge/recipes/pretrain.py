@@ -80,8 +80,6 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
     existing = find_latest(out)
     if existing is not None and not resume:
         raise LmforgeError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
-    if cfg.family not in OBJECTIVES:
-        raise LmforgeError(f"a {cfg.family} model has no pretraining objective yet; pretrain {' or '.join(OBJECTIVES)}")
     objective = OBJECTIVES[cfg.family]
     resumed = resume and existing is not None
     with distributed.main_first():  # rank 0 prepares the data; the others then find it prepared
@@ -92,8 +90,8 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
             f"cannot resume from {existing}: the prepared data {data.path} was tokenized with another tokenizer; "
             "give the text file instead (it is tokenized with the checkpoint's), or choose a new --out"
         )
-    # the model's vocabulary is the data's tokenizer's, whatever the config said
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=data.tokenizer.vocab_size))
+    # the model's vocabulary (and a T5's special ids) is the data's tokenizer's, whatever the config said
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **objective.vocabulary(data.tokenizer)))
     check_fits(parameter_count(cfg.family, cfg.model), device, distributed.world_size() if t.parallel == "fsdp" else 1)
     torch.manual_seed(t.seed)
     random.seed(t.seed)
