@@ -128,6 +128,18 @@ def test_resume_on_new_text_keeps_the_checkpoints_tokenizer(tmp_path, capsys):
     assert second.read_text() == first
 
 
+def test_resume_on_the_same_text_reuses_its_prepared_data(tmp_path):
+    """The text the run started on is not tokenized again on resume: its cache holds the checkpoint's tokenizer."""
+    from lmforge.cli.main import main
+
+    a, out = words_corpus(tmp_path / "a.txt", "abcdefghijklm", 0), tmp_path / "r"
+    tiny = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.max_seq_len=16", "--no-progress"]
+    argv = ["train", "--config", "char-small", "--set", "data.tokenizer=bpe", "--set", "data.vocab_size=300", *tiny]
+    assert main([*argv, "--data", str(a), "--out", str(out), "--max-steps", "2"]) == 0
+    assert main([*argv, "--data", str(a), "--out", str(out), "--max-steps", "4", "--resume"]) == 0
+    assert len([d for d in (out / "data").iterdir() if (d / "meta.json").is_file()]) == 1
+
+
 def test_resume_refuses_data_prepared_with_another_tokenizer(tmp_path, tiny_overrides, corpus, capsys):
     from lmforge.cli.main import main
     from lmforge.data import prepare

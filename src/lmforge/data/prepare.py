@@ -219,12 +219,15 @@ def ensure_prepared(
     strip_accents: bool = True,
     builder: Callable[..., Path] = prepare,
     on_bad_line: str = "error",
+    started_with: str | None = None,
 ) -> Path:
     """A prepared folder as it is, or a text file prepared once into cache_dir and reused while file and settings hold.
 
     The cache key hashes the file's contents (not its name or mtime), the tokenizer (a tokenizer.json by its contents)
     and the settings that change the tokens. builder is the preparation (`prepare`, or `prepare_documents` for an
     encoder's documents), called as builder([data], tokenizer, out_dir, vocab_size, val_fraction, progress, ...).
+    started_with: when tokenizer is a resumed run's tokenizer.json, the tokenizer setting the run started with; the
+    folder that setting gave is reused when its tokenizer is that very file, so the text is not tokenized again.
     """
     data = Path(data)
     if (data / "meta.json").is_file():
@@ -235,21 +238,25 @@ def ensure_prepared(
         )
     check_data_file(data)  # before hashing it: /dev/zero never ends, and a pipe would be empty when read after
     spec = resolve_tokenizer(tokenizer)
-    tokenizer_key = spec if isinstance(spec, str) else "file:" + _sha256(Path(tokenizer))
-    settings = [
-        FORMAT,
-        _sha256(data),
-        tokenizer_key,
-        vocab_size if spec in ("bpe", "wordpiece") else None,
-        val_fraction,
-    ]
-    if spec == "wordpiece":
-        settings += [lowercase, strip_accents]
-    if builder is not prepare:
-        settings.append(builder.__name__)
     extra = {"on_bad_line": on_bad_line} if builder is prepare and is_records(data) else {}
-    settings += list(extra.values())
-    out_dir = Path(cache_dir) / f"{data.stem}-{hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]}"
+    source = _sha256(data)
+
+    def cached(spec_name: str | Tokenizer, tokenizer_file: str | Path) -> Path:
+        tokenizer_key = spec_name if isinstance(spec_name, str) else "file:" + _sha256(Path(tokenizer_file))
+        settings = [FORMAT, source, tokenizer_key, vocab_size if spec_name in ("bpe", "wordpiece") else None]
+        settings.append(val_fraction)
+        if spec_name == "wordpiece":
+            settings += [lowercase, strip_accents]
+        if builder is not prepare:
+            settings.append(builder.__name__)
+        settings += list(extra.values())
+        return Path(cache_dir) / f"{data.stem}-{hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]}"
+
+    if started_with is not None:
+        first = cached(resolve_tokenizer(started_with), started_with)
+        if (first / "meta.json").is_file() and _sha256(first / "tokenizer.json") == _sha256(Path(tokenizer)):
+            return first
+    out_dir = cached(spec, tokenizer)
     if (out_dir / "meta.json").is_file():
         return out_dir
     return builder([data], spec, out_dir, vocab_size, val_fraction, progress, lowercase, strip_accents, **extra)

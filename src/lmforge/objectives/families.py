@@ -37,7 +37,7 @@ def _prepared(cfg: RunConfig, cache_dir: Path, tokenizer: Path | None, **builder
     d = cfg.data
     return ensure_prepared(
         d.path, str(tokenizer or d.tokenizer), d.vocab_size, d.val_fraction, cache_dir, cfg.train.progress,
-        d.lowercase, d.strip_accents, on_bad_line=d.on_bad_line, **builder,
+        d.lowercase, d.strip_accents, on_bad_line=d.on_bad_line, started_with=tokenizer and d.tokenizer, **builder,
     )  # fmt: skip
 
 
