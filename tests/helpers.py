@@ -149,3 +149,32 @@ def discover_labels(examples: list, task: str, path) -> list[str]:
     from lmforge.tasks import get_task
 
     return get_task(task).labels(examples, path)
+
+
+T5_SHAPE = dict(vocab_size=120, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3, num_heads=4,
+                relative_attention_num_buckets=8, relative_attention_max_distance=20, dropout_rate=0.0,
+                decoder_start_token_id=0)  # fmt: skip
+T5_VERSIONS = {
+    "v1.0": dict(feed_forward_proj="relu"),
+    "v1.1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+}
+
+
+def t5_ours_from(hf):
+    """Our T5 with a transformers T5's weights."""
+    from lmforge.interop.hf_t5 import t5_config, t5_to_ours
+    from lmforge.models.t5 import T5
+
+    cfg = t5_config(hf.config.to_dict())
+    model = T5(cfg).eval()
+    model.load_state_dict(t5_to_ours(cfg, hf.state_dict(), model.state_dict()))
+    return model
+
+
+def t5_sources(vocab_size: int = T5_SHAPE["vocab_size"]):
+    """Three source rows, two of them padded (pad id 0), and their attention mask."""
+    torch.manual_seed(1)
+    ids = torch.randint(2, vocab_size, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 7:], mask[2, 4:] = 0, 0
+    return ids.masked_fill(mask == 0, 0), mask

@@ -3,11 +3,18 @@ sources: the same tokens, setting by setting."""
 
 import pytest
 import torch
-from helpers import write_bpe_vocab
+from helpers import T5_SHAPE, T5_VERSIONS, t5_ours_from, t5_sources, write_bpe_vocab
 
 from lmforge.checkpoint import from_pretrained
 from lmforge.generation.beam import banned_ngrams, beam_search, seq2seq_beam_search
 from lmforge.tokenizer import EOS
+
+SETTINGS = [
+    {"num_beams": 4, "max_new_tokens": 12},
+    {"num_beams": 3, "max_new_tokens": 16, "length_penalty": 0.6, "no_repeat_ngram_size": 2},
+    {"num_beams": 4, "max_new_tokens": 16, "early_stopping": True, "length_penalty": 2.0},
+    {"num_beams": 2, "max_new_tokens": 10, "early_stopping": "never"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +43,7 @@ def reference(hf, idx, eos_id, **settings):
 
 @pytest.mark.parametrize(
     "settings",
-    [
-        {"num_beams": 4, "max_new_tokens": 12},
-        {"num_beams": 3, "max_new_tokens": 16, "length_penalty": 0.6, "no_repeat_ngram_size": 2},
-        {"num_beams": 4, "max_new_tokens": 16, "early_stopping": True, "length_penalty": 2.0},
-        {"num_beams": 2, "max_new_tokens": 10, "early_stopping": "never"},
-    ],
+    SETTINGS,
 )
 def test_the_same_tokens_as_transformers(gpt2, settings):
     model, hf = gpt2
@@ -76,13 +78,7 @@ def test_generate_text_and_the_cli_search_with_beams(gpt2, tmp_path, capsys):
     assert "--num-beams must be at least 1" in capsys.readouterr().err
 
 
-T5_SHAPE = dict(vocab_size=120, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
-                relative_attention_num_buckets=8, relative_attention_max_distance=20, dropout_rate=0.0,
-                decoder_start_token_id=0, pad_token_id=0)  # fmt: skip
-T5_VERSIONS = {
-    "v1.0": dict(feed_forward_proj="relu"),
-    "v1.1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
-}
+T5_BEAM_SHAPE = T5_SHAPE | dict(num_decoder_layers=2, pad_token_id=0)  # generate() wants equal depths
 
 
 @pytest.fixture(scope="module", params=T5_VERSIONS)
@@ -90,50 +86,33 @@ def t5(request):
     """A random transformers T5 (its generation cache wants as many decoder layers as encoder layers) and ours."""
     import transformers
 
-    from lmforge.interop.hf_t5 import t5_config, t5_to_ours
-    from lmforge.models.t5 import T5
-
     torch.manual_seed(0)
-    hf = transformers.T5ForConditionalGeneration(transformers.T5Config(**T5_SHAPE, **T5_VERSIONS[request.param]))
+    hf = transformers.T5ForConditionalGeneration(transformers.T5Config(**T5_BEAM_SHAPE, **T5_VERSIONS[request.param]))
     torch.manual_seed(3)
     with torch.no_grad():  # larger weights than T5's init, so the hypotheses differ instead of repeating one token
         for name, p in hf.named_parameters():
             if "layer_norm" not in name:
                 p.normal_(0, 0.5)
-    cfg = t5_config(hf.config.to_dict())
-    model = T5(cfg)
-    model.load_state_dict(t5_to_ours(cfg, hf.state_dict(), model.state_dict()))
-    return model.eval(), hf.eval()
-
-
-def padded_sources():
-    torch.manual_seed(1)
-    ids = torch.randint(2, T5_SHAPE["vocab_size"], (3, 11))
-    mask = torch.ones_like(ids)
-    mask[1, 7:], mask[2, 4:] = 0, 0
-    return ids.masked_fill(mask == 0, 0), mask
+    return t5_ours_from(hf), hf.eval()
 
 
 @pytest.mark.parametrize(
     "settings",
     [
-        {"num_beams": 4, "max_new_tokens": 12},
-        {"num_beams": 3, "max_new_tokens": 16, "length_penalty": 0.6, "no_repeat_ngram_size": 2},
-        {"num_beams": 4, "max_new_tokens": 16, "early_stopping": True, "length_penalty": 2.0},
-        {"num_beams": 2, "max_new_tokens": 10, "early_stopping": "never"},
+        *SETTINGS,
         {"num_beams": 5, "max_new_tokens": 14, "length_penalty": -0.5},
         {"num_beams": 3, "max_new_tokens": 10, "early_stopping": "never"},  # stopping a step early changes the best
     ],
 )
 def test_seq2seq_the_same_tokens_as_transformers_on_a_padded_batch(t5, settings):
     model, hf = t5
-    ids, mask = padded_sources()
+    ids, mask = t5_sources()
 
     def reference(eos):
         with torch.no_grad():
             return hf.generate(input_ids=ids, attention_mask=mask, do_sample=False, eos_token_id=eos, **settings)
 
-    free = reference(T5_SHAPE["vocab_size"] - 1)
+    free = reference(T5_BEAM_SHAPE["vocab_size"] - 1)
     eos = int(free[0, 4])  # a token the search picks anyway, so hypotheses end early and the length rules matter
     theirs = reference(eos)
     ours = seq2seq_beam_search(model, ids, mask, eos_id=eos, **settings)

@@ -5,19 +5,13 @@ import json
 
 import pytest
 import torch
+from helpers import T5_SHAPE, T5_VERSIONS, t5_ours_from, t5_sources
 from safetensors.torch import save_file
 
 from lmforge.checkpoint import unique_state_dict
-from lmforge.interop.hf_t5 import hf_t5_config, t5_config, t5_to_hf, t5_to_ours
-from lmforge.models.t5 import T5
+from lmforge.interop.hf_t5 import hf_t5_config, t5_to_hf
 
-SHAPE = dict(vocab_size=120, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3, num_heads=4,
-             relative_attention_num_buckets=8, relative_attention_max_distance=20, dropout_rate=0.0,
-             decoder_start_token_id=0)  # fmt: skip
-VERSIONS = {
-    "v1.0": dict(feed_forward_proj="relu"),
-    "v1.1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
-}
+SHAPE, VERSIONS = T5_SHAPE, T5_VERSIONS
 
 
 def hf_model(version, architecture="T5ForConditionalGeneration", **extra):
@@ -28,19 +22,7 @@ def hf_model(version, architecture="T5ForConditionalGeneration", **extra):
     return getattr(transformers, architecture)(config).eval()
 
 
-def ours_from(hf) -> T5:
-    cfg = t5_config(hf.config.to_dict())
-    model = T5(cfg).eval()
-    model.load_state_dict(t5_to_ours(cfg, hf.state_dict(), model.state_dict()))
-    return model
-
-
-def source():
-    torch.manual_seed(1)
-    ids = torch.randint(2, SHAPE["vocab_size"], (3, 11))
-    mask = torch.ones_like(ids)
-    mask[1, 7:], mask[2, 4:] = 0, 0
-    return ids.masked_fill(mask == 0, 0), mask
+ours_from, source = t5_ours_from, t5_sources
 
 
 @pytest.mark.parametrize("version", VERSIONS)
