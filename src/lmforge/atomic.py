@@ -47,17 +47,17 @@ def check_output_file(path: str | Path, reads: Inputs | None = None, flag: str =
 def check_output_dir(path: str | Path, reads: Inputs | None = None, flag: str = "--out") -> Path:
     """check_output_file for a verb that writes a directory."""
     path = Path(path)
-    _check_not_an_input(path, reads, flag)
+    _check_not_an_input(path, reads, flag, "; it is a file: give a new directory")
     if path.exists() and not path.is_dir():
         raise LmforgeError(f"{flag} {path} is a file: give a directory (new, or one this command wrote)")
     _check_writable(path, path, flag)
     return path
 
 
-def _check_not_an_input(path: Path, reads: Inputs | None, flag: str) -> None:
+def _check_not_an_input(path: Path, reads: Inputs | None, flag: str, fix: str = ": give another path") -> None:
     for name, source in (reads or {}).items():
         if source is not None and _same(path, Path(source)):
-            raise LmforgeError(f"{flag} {path} is {name} itself: give another path, so the input is not overwritten")
+            raise LmforgeError(f"{flag} {path} is {name} itself{fix}, so the input is not overwritten")
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from lmforge.atomic import check_output_dir
 from lmforge.checkpoint.files import WEIGHTS, find_latest, save_checkpoint, unique_state_dict
 from lmforge.checkpoint.hub import load_hf, resolve
 from lmforge.checkpoint.loader import load
@@ -26,6 +27,7 @@ from lmforge.interop.hf_tokenizer import write_hf_tokenizer
 def convert_from_hf(source: str | Path, out: str | Path, allow_pickle: bool = False) -> Path:
     """Writes an HF model directory as an lmforge checkpoint (OUT/step-000000, OUT/latest), atomically; a task
     model's checkpoint has the task section a fine-tuned one has."""
+    check_output_dir(out, {"--from-hf": source})
     with run_lock(out):
         if find_latest(out) is not None:  # its `latest` would name the import instead of the run's own checkpoint
             raise LmforgeError(f"{out} already holds a checkpoint: give a new --out for the imported model")
@@ -40,6 +42,7 @@ def convert_to_hf(checkpoint: str | Path, out: str | Path, allow_pickle: bool = 
     a fine-tuned one as its task's class, which AutoModelFor<Task> loads.
 
     The directory is written under a temporary name and renamed, so it is complete or absent."""
+    check_output_dir(out, {"the checkpoint": checkpoint}, flag="--to-hf")
     loaded = load(checkpoint, allow_pickle=allow_pickle)
     task, tokenizer = loaded.task, loaded.tokenizer
     backbone = loaded.model.backbone if task is not None else loaded.model

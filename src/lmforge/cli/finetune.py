@@ -21,8 +21,7 @@ FINETUNE_FLAGS = {  # flag -> the config field it sets
 
 
 def finetune_config(args: argparse.Namespace):
-    """The fine-tuning run: --config, then --set, then the flags; its output directory checked before any work."""
-    from lmforge.atomic import check_output_dir
+    """The fine-tuning run: --config, then --set, then the flags."""
     from lmforge.config import load_finetune_config
 
     values = {key: getattr(args, flag) for flag, key in FINETUNE_FLAGS.items() if getattr(args, flag) is not None}
@@ -30,11 +29,17 @@ def finetune_config(args: argparse.Namespace):
         values["finetune.class_weights"] = True
     if args.no_progress:
         values["finetune.progress"] = False
-    run = load_finetune_config(args.config, args.overrides, values)
-    ft = run.finetune
+    return load_finetune_config(args.config, args.overrides, values)
+
+
+def checked_batch_size(args: argparse.Namespace) -> int:
+    """Before --nproc starts its workers: the config and the output directory checked once, the global batch."""
+    from lmforge.atomic import check_output_dir
+
+    ft = finetune_config(args).finetune
     if ft.out is not None:  # without one, run_finetune says what to give
         check_output_dir(ft.out, {"--model": ft.model, "--train": ft.train, "--eval": ft.eval})
-    return run
+    return ft.batch_size
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -73,11 +78,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    from lmforge.atomic import check_output_dir
     from lmforge.explain.attributions import explain_checkpoint
     from lmforge.training.device import resolve_device
 
-    check_output_dir(args.out, {"the checkpoint": args.checkpoint})
     explanation = explain_checkpoint(
         args.checkpoint, args.text, args.out, args.target, args.text_pair, args.steps, args.position,
         resolve_device(args.device),
@@ -124,7 +127,7 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--nproc", type=int, help="fine-tune on N processes (DDP; GPUs or CPU) under torchrun")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(fn=cmd_finetune, checked_batch_size=lambda a: finetune_config(a).finetune.batch_size)
+    p.set_defaults(fn=cmd_finetune, checked_batch_size=checked_batch_size)
 
     p = verbs.add_parser("evaluate", help="score a fine-tuned checkpoint on labelled data; write a report")
     p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (OUT of lmforge finetune)")

@@ -67,7 +67,6 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from lmforge.atomic import check_output_dir
     from lmforge.checkpoint.convert import convert_from_hf, convert_to_hf
 
     if (args.from_hf is None) == (args.to_hf is None):
@@ -75,12 +74,10 @@ def cmd_convert(args: argparse.Namespace) -> None:
     if args.from_hf is not None:
         if args.out is None or args.checkpoint is not None:
             raise LmforgeError("lmforge convert --from-hf DIR needs --out DIR (and no checkpoint argument)")
-        check_output_dir(args.out, {"--from-hf": args.from_hf})
         print(f"wrote {convert_from_hf(args.from_hf, args.out, args.allow_pickle)}")
     else:
         if args.checkpoint is None or args.out is not None:
             raise LmforgeError("lmforge convert CHECKPOINT --to-hf DIR needs the checkpoint (and no --out)")
-        check_output_dir(args.to_hf, {"the checkpoint": args.checkpoint}, flag="--to-hf")
         print(f"wrote {convert_to_hf(args.checkpoint, args.to_hf, args.allow_pickle)}")
 
 

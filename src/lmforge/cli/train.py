@@ -29,8 +29,7 @@ def add_training_flags(p: argparse.ArgumentParser, config_default: str | None = 
 
 
 def training_config(args: argparse.Namespace):
-    """The run config: --config, then --set, then the flags; its output directory checked before any work."""
-    from lmforge.atomic import check_output_dir
+    """The run config: --config, then --set, then the flags."""
     from lmforge.config import load_config
 
     flags = {
@@ -39,9 +38,16 @@ def training_config(args: argparse.Namespace):
         "train.compile": True if args.compile else None, "train.progress": False if args.no_progress else None,
     }  # fmt: skip
     overrides = list(args.overrides) + [f"{k}={v}" for k, v in flags.items() if v is not None]
-    cfg = load_config(args.config, overrides)
+    return load_config(args.config, overrides)
+
+
+def checked_batch_size(args: argparse.Namespace) -> int:
+    """Before --nproc starts its workers: the config and the output directory checked once, the global batch."""
+    from lmforge.atomic import check_output_dir
+
+    cfg = training_config(args)
     check_output_dir(cfg.train.out, {"--data": cfg.data.path})
-    return cfg
+    return cfg.train.batch_size
 
 
 def _saved(result) -> str:
@@ -83,11 +89,8 @@ def cmd_configs(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from lmforge.atomic import check_output_dir
     from lmforge.data import prepare, prepare_documents
 
-    for source in args.input:
-        check_output_dir(args.out, {"--input": source})
     build = prepare_documents if args.documents else prepare
     extra = {} if args.documents else {"on_bad_line": args.on_bad_line}
     out = build(args.input, args.tokenizer, args.out, args.vocab_size, args.val_fraction, not args.no_progress,
@@ -105,13 +108,13 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
 
     p = verbs.add_parser("train", help="train a causal language model (GPT) from a config")
     add_training_flags(p)
-    p.set_defaults(fn=cmd_train, checked_batch_size=lambda a: training_config(a).train.batch_size)
+    p.set_defaults(fn=cmd_train, checked_batch_size=checked_batch_size)
 
     p = verbs.add_parser(
         "pretrain", help="pretrain an encoder (BERT, RoBERTa, ALBERT: MLM, NSP/SOP) or a T5 (span corruption)"
     )
     add_training_flags(p)
-    p.set_defaults(fn=cmd_pretrain, checked_batch_size=lambda a: training_config(a).train.batch_size)
+    p.set_defaults(fn=cmd_pretrain, checked_batch_size=checked_batch_size)
 
     p = verbs.add_parser("configs", help="list the shipped configs")
     p.set_defaults(fn=cmd_configs)

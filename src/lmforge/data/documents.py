@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from lmforge.atomic import check_output_dir
 from lmforge.data.clean import clean_text
 from lmforge.data.prepare import (
     base_meta,
@@ -122,6 +123,8 @@ def prepare_documents(
     """
     inputs = input_list(inputs)
     out_dir = Path(out_dir)
+    for source in inputs:
+        check_output_dir(out_dir, {"--input": source})
     check_out_dir(out_dir)
     tok = resolve_tokenizer(tokenizer)
     check_trained_vocab_size(tok, vocab_size, encoder=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from lmforge.atomic import check_output_dir
 from lmforge.data.clean import clean_text
 from lmforge.data.prepared_folder import FORMAT, check_out_dir, token_dtype, write_folder
 from lmforge.data.records import check_data_file, is_records, read_records
@@ -148,6 +149,8 @@ def prepare(
     if not 0 <= val_fraction < 1:
         raise LmforgeError(f"val_fraction = {val_fraction} is out of range: a fraction in [0, 1)")
     out_dir = Path(out_dir)
+    for source in inputs:
+        check_output_dir(out_dir, {"--input": source})
     check_out_dir(out_dir)
     tok = resolve_tokenizer(tokenizer)
     check_trained_vocab_size(tok, vocab_size)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmforge.atomic import check_output_dir
 from lmforge.checkpoint.loader import load_finetuned
 from lmforge.data.labelled import Example
 from lmforge.errors import LmforgeError
@@ -242,5 +243,6 @@ def explain_checkpoint(
     device: str | torch.device = "cpu",
 ) -> Explanation:
     """lmforge explain: loads a fine-tuned classifier and explains its decision on one text."""
+    check_output_dir(out_dir, {"the checkpoint": path})
     model, tokenizer, task = load_finetuned(path, device)
     return explain(model, tokenizer, text, out_dir, target, text_pair, steps, task.labels, position)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lmforge.atomic import check_output_dir
 from lmforge.checkpoint.files import find_latest, load_checkpoint, same_tokenizer, save_checkpoint
 from lmforge.checkpoint.loader import load
 from lmforge.checkpoint.lock import run_lock
@@ -98,6 +99,7 @@ def run_finetune(run: FinetuneRun, resume: bool = False) -> FinetuneResult:
     for name in ("model", "train", "out"):
         if getattr(ft, name) is None:
             raise LmforgeError(f"no finetune.{name}: give --{name} (or finetune.{name} in the config)")
+    check_output_dir(ft.out, {"--model": ft.model, "--train": ft.train, "--eval": ft.eval})
     task = get_task(info.task)
     if ft.class_weights and not task.class_labels:
         raise LmforgeError(f"--class-weights is for label classes; {task.name} predicts positions: leave it out")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmforge.atomic import check_output_dir
 from lmforge.checkpoint.files import TOKENIZER, find_latest, load_checkpoint, same_tokenizer
 from lmforge.checkpoint.lock import run_lock
 from lmforge.config import RunConfig, TrainConfig
@@ -69,6 +70,7 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     run locks (rank 0's lock under torchrun) until it ends."""
     if cfg.data.path is None:
         raise LmforgeError("no training data: pass --data with a text file or a prepared directory")
+    check_output_dir(cfg.train.out, {"--data": cfg.data.path})
     device = distributed.setup(resolve_device(cfg.train.device), cfg.train.batch_size)  # this rank's, under torchrun
     distributed.mute_other_ranks()
     with run_lock(cfg.train.out) if distributed.is_main() else contextlib.nullcontext():
