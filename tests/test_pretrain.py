@@ -95,7 +95,7 @@ def test_tiny_t5_learns_span_corruption(documents, tmp_path, one_thread):
     evals = [r for r in records(tmp_path / "run") if "val_loss" in r]
     assert [r["step"] for r in evals] == [10, 20, 30, 40]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5, evals  # measured: 3.81 -> 3.17
-    assert set(result.val_metrics) == {"val_loss", "val_token_acc", "val_ppl"}
+    assert set(result.val_metrics) == {"val_loss", "val_token_acc", "val_nll", "val_ppl"}
     model, tokenizer, cfg = load_model(result.checkpoint)
     assert model.family == "t5" and tokenizer.backend.token_to_id("<extra_id_0>") == tokenizer.vocab_size - 1
     assert (cfg.model.pad_id, cfg.model.eos_id) == (tokenizer.pad_id, tokenizer.sep_id)

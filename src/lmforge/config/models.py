@@ -104,10 +104,12 @@ class BertConfig(Checked):
 
 @dataclass
 class T5Config(Checked):
-    """An encoder-decoder with relative position biases and RMS norms (Raffel et al., 2020); t5-small by default.
+    """An encoder-decoder; T5 (Raffel et al., 2020) by default, t5-small's sizes.
 
     T5 v1.1 is feed_forward gated-gelu with untied embeddings; tied embeddings rescale the decoder output by
-    d_model ** -0.5 before the LM head, as T5 does."""
+    d_model ** -0.5 before the LM head, as T5 does. The original Transformer (Vaswani et al., 2017) is position
+    sinusoidal, norm post, norm_type layer, bias true: sinusoidal positions bring its conventions with them
+    (embeddings times sqrt(d_model), attention scaled by 1/sqrt(d_kv), Xavier initialization, no output rescale)."""
 
     section = "model"
     vocab_size: int = 32128
@@ -124,6 +126,10 @@ class T5Config(Checked):
     layer_norm_eps: float = 1e-6
     feed_forward: typing.Literal["relu", "gated-gelu"] = "relu"
     tie_embeddings: bool = True
+    position: typing.Literal["relative", "sinusoidal"] = "relative"
+    norm: typing.Literal["pre", "post"] = "pre"
+    norm_type: typing.Literal["rms", "layer"] = "rms"
+    bias: bool = False
     decoder_start_id: int = 0
     pad_id: int = 0
     eos_id: int = 1

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lmforge.data.records import iter_csv, iter_jsonl, read_utf8
 from lmforge.errors import LmforgeError
+from lmforge.tokenizer import Tokenizer
 
 SPLITS = ("train", "val")
 
@@ -100,3 +101,11 @@ def read_parallel(path: str | Path, source: str, target: str) -> dict[str, Pairs
                     )
             splits[split] = read_aligned(a, b)
     return splits
+
+
+def encode_sentences(tokenizer: Tokenizer, texts: list[str], eos_id: int, max_len: int) -> tuple[list[list[int]], int]:
+    """Each text's token ids followed by eos_id, as an encoder-decoder reads a source and writes a target; a text
+    over max_len tokens (eos included) is cut to fit. Returns the ids and how many texts were cut."""
+    ids = tokenizer.encode_batch(texts)
+    cut = sum(len(x) >= max_len for x in ids)
+    return [x[: max_len - 1] + [eos_id] for x in ids], cut

@@ -70,7 +70,14 @@ def t5_config(raw: dict) -> T5Config:
 
 
 def hf_t5_config(cfg: T5Config) -> dict:
-    """config.json of T5ForConditionalGeneration for our config."""
+    """config.json of T5ForConditionalGeneration for our config; the original Transformer's settings have none."""
+    t5 = {"position": "relative", "norm": "pre", "norm_type": "rms", "bias": False}
+    other = [f"{k} {getattr(cfg, k)}" for k, v in t5.items() if getattr(cfg, k) != v]
+    if other:
+        raise LmforgeError(
+            f"Hugging Face's T5 has no model.{', model.'.join(other)}: only T5-style encoder-decoders (relative "
+            "positions, RMS pre-norms, no biases) export; keep this one as an lmforge checkpoint"
+        )
     return {
         "architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "vocab_size": cfg.vocab_size,
         "d_model": cfg.d_model, "d_kv": cfg.d_kv, "d_ff": cfg.d_ff, "num_layers": cfg.n_layer,

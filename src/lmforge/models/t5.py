@@ -1,4 +1,5 @@
-"""T5: an encoder-decoder with relative position biases, RMS norms and no biases (Raffel et al., 2020)."""
+"""The encoder-decoder: T5 (relative position biases, RMS pre-norms, no biases; Raffel et al., 2020) and, by
+configuration, the original Transformer (sinusoidal positions, post-LayerNorm, biases; Vaswani et al., 2017)."""
 
 from __future__ import annotations
 
@@ -6,31 +7,36 @@ import torch
 from torch import nn
 
 from lmforge.config import T5Config
-from lmforge.nn import Decoder, Encoder, KVCache, RelativePositionBias
+from lmforge.nn import Decoder, Encoder, KVCache, RelativePositionBias, SinusoidalPositions
 
 
 class T5(nn.Module):
     """Shared token embedding -> encoder; decoder (causal self-attention, cross-attention to the encoder) -> LM head.
 
-    Each stack computes its relative position bias once and adds it in every layer's self-attention."""
+    With relative positions each stack computes its position bias once and adds it in every layer's
+    self-attention; with sinusoidal ones the embeddings (times sqrt(d_model)) get the position's encoding added."""
 
     family = "t5"
 
     def __init__(self, cfg: T5Config):
         super().__init__()
         self.cfg = cfg
+        self.relative = cfg.position == "relative"
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         gated = cfg.feed_forward == "gated-gelu"
         block = dict(
-            norm="pre", norm_type="rms", layer_norm_eps=cfg.layer_norm_eps, n_head=cfg.n_head, d_ff=cfg.d_ff,
-            dropout=cfg.dropout, bias=False, activation="gelu" if gated else "relu", d_head=cfg.d_kv,
-            scale_attention=False, gated=gated,
+            norm=cfg.norm, norm_type=cfg.norm_type, layer_norm_eps=cfg.layer_norm_eps, n_head=cfg.n_head,
+            d_ff=cfg.d_ff, dropout=cfg.dropout, bias=cfg.bias, activation="gelu" if gated else "relu",
+            d_head=cfg.d_kv, scale_attention=not self.relative, gated=gated,
         )  # fmt: skip
         self.encoder = Encoder(cfg.n_layer, cfg.d_model, **block)
         self.decoder = Decoder(cfg.n_decoder_layer, cfg.d_model, cross_attention=True, **block)
-        buckets, distance = cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
-        self.encoder_bias = RelativePositionBias(cfg.n_head, buckets, distance, bidirectional=True)
-        self.decoder_bias = RelativePositionBias(cfg.n_head, buckets, distance, bidirectional=False)
+        if self.relative:
+            buckets, distance = cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
+            self.encoder_bias = RelativePositionBias(cfg.n_head, buckets, distance, bidirectional=True)
+            self.decoder_bias = RelativePositionBias(cfg.n_head, buckets, distance, bidirectional=False)
+        else:
+            self.positions = SinusoidalPositions(cfg.max_seq_len, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -39,8 +45,18 @@ class T5(nn.Module):
 
     @torch.no_grad()
     def _init_weights(self) -> None:
-        """T5's initialization, which stands in for the 1/sqrt(d_kv) that attention leaves out."""
+        """T5's initialization, which stands in for the 1/sqrt(d_kv) that attention leaves out; the original
+        Transformer's (fairseq's): Xavier-uniform matrices, zero biases, embeddings N(0, 1/d_model)."""
         cfg = self.cfg
+        if not self.relative:
+            for name, p in self.named_parameters():
+                if name == "tok_emb.weight" or name == "lm_head.weight":
+                    nn.init.normal_(p, std=cfg.d_model**-0.5)
+                elif p.dim() == 2:
+                    nn.init.xavier_uniform_(p)
+                elif name.endswith(".bias"):
+                    nn.init.zeros_(p)
+            return
         inner = cfg.n_head * cfg.d_kv
         nn.init.normal_(self.tok_emb.weight, std=1.0)
         if not cfg.tie_embeddings:
@@ -82,11 +98,21 @@ class T5(nn.Module):
         if cache is not None:
             raise ValueError("the T5 encoder takes no cache; the decoder's is passed to decode")
         s = input_ids.size(1)
-        bias = self.encoder_bias(s, s)
+        bias = self.encoder_bias(s, s) if self.relative else None
         x, attentions = self.encoder(
-            self.drop(self.tok_emb(input_ids)), attention_mask, need_weights=need_weights, position_bias=bias
+            self._embed(input_ids, 0), attention_mask, need_weights=need_weights, position_bias=bias
         )
         return self.drop(x), attentions
+
+    def _embed(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """Token embeddings of ids (B, T) at positions start.., with sinusoidal encodings added where configured."""
+        x = self.tok_emb(ids)
+        if not self.relative:
+            end = start + ids.size(1)
+            if end > self.cfg.max_seq_len:
+                raise ValueError(f"position {end - 1} is beyond model.max_seq_len = {self.cfg.max_seq_len}")
+            x = x * self.cfg.d_model**0.5 + self.positions.table[start:end]
+        return self.drop(x)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder output (B, S, d_model) for source ids (B, S); attention_mask (B, S) is 1 for real tokens."""
@@ -103,12 +129,12 @@ class T5(nn.Module):
         output `memory` (B, S, d_model) whose real tokens attention_mask marks."""
         start = cache.length if cache is not None else 0
         t = decoder_input_ids.size(1)
-        bias = self.decoder_bias(t, start + t, start)
+        bias = self.decoder_bias(t, start + t, start) if self.relative else None
         x, _ = self.decoder(
-            self.drop(self.tok_emb(decoder_input_ids)), None, memory, attention_mask, cache, position_bias=bias
+            self._embed(decoder_input_ids, start), None, memory, attention_mask, cache, position_bias=bias
         )
         x = self.drop(x)
-        if self.cfg.tie_embeddings:
+        if self.cfg.tie_embeddings and self.relative:
             x = x * self.cfg.d_model**-0.5
         return self.lm_head(x)
 

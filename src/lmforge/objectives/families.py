@@ -22,13 +22,12 @@ from lmforge.data import (
     prepare_documents,
 )
 from lmforge.errors import LmforgeError
-from lmforge.objectives.losses import causal_lm_loss, pretraining_loss
+from lmforge.objectives.losses import causal_lm_loss, pretraining_loss, seq2seq_loss
 from lmforge.objectives.span_corruption import (
     SpanCorruptionSampler,
     add_sentinels,
     corrupted_lengths,
     raw_length,
-    span_corruption_loss,
 )
 
 
@@ -130,7 +129,7 @@ class SpanCorruption:
     appended after its vocabulary, so the prepared token ids stay as they are."""
 
     perplexity_of = "loss"
-    loss = staticmethod(span_corruption_loss)
+    loss = staticmethod(seq2seq_loss)
 
     def data(self, cfg: RunConfig, cache_dir: Path, tokenizer: Path | None = None):
         data = load_documents(_prepared(cfg, cache_dir, tokenizer, builder=prepare_documents))

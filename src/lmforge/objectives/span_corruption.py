@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from tokenizers import AddedToken
 
-from lmforge.data import IGNORE
 from lmforge.data.documents import DocumentSplit
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import Tokenizer
@@ -149,13 +148,3 @@ class SpanCorruptionSampler:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.batches = state["batches"]
-
-
-def span_corruption_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The decoder's cross-entropy on the targets with teacher forcing, and its token accuracy."""
-    logits = model(batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"])  # (B, T, vocab_size)
-    labels = batch["labels"]
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
-    kept = labels != IGNORE
-    accuracy = ((logits.argmax(-1) == labels) & kept).sum() / kept.sum().clamp(min=1)
-    return loss, {"token_acc": accuracy.detach()}
