@@ -120,9 +120,9 @@ def test_pretrain_and_train_refuse_the_other_family(tmp_path, corpus, capsys):
     code, _, err = run(capsys, "pretrain", "--config", "char-small", "--data", str(corpus), "--out", str(tmp_path))
     assert_one_line_error(code, err, "needs a bert or t5 config", "t5-small")
     code, _, err = run(capsys, "train", "--config", "bert-small", "--data", str(corpus), "--out", str(tmp_path))
-    assert_one_line_error(code, err, "needs a gpt config", "lmforge pretrain")
+    assert_one_line_error(code, err, "needs a gpt or t5 config", "lmforge pretrain")
     code, out, _ = run(capsys, "configs")
-    assert all(name in out for name in ("bert-small", "roberta-small", "albert-small", "t5-small"))
+    assert all(name in out for name in ("bert-small", "roberta-small", "albert-small", "t5-small", "transformer-mt"))
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""T5: cached decoding equals a full pass, source padding changes nothing, the config refuses bad values by name
-(generation after eos is checked against transformers in tests/interop/test_hf_t5.py)."""
+"""The encoder-decoder, as T5 and as the original Transformer: cached decoding equals a full pass, source padding
+changes nothing, the config refuses bad values by name (generation after eos is checked against transformers in
+tests/interop/test_hf_t5.py)."""
 
 import pytest
 import torch
@@ -16,9 +17,17 @@ def small(**kw) -> T5:
     return T5(T5Config(**cfg)).eval()
 
 
-@pytest.mark.parametrize("feed_forward", ["relu", "gated-gelu"])
-def test_cached_decoding_equals_a_full_pass(feed_forward):
-    model = small(feed_forward=feed_forward, tie_embeddings=feed_forward == "relu")
+ORIGINAL = dict(position="sinusoidal", norm="post", norm_type="layer", bias=True, max_seq_len=16)  # Vaswani et al.
+VARIANTS = {
+    "t5": dict(feed_forward="relu"),
+    "t5-v1.1": dict(feed_forward="gated-gelu", tie_embeddings=False),
+    "original": ORIGINAL,
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cached_decoding_equals_a_full_pass(variant):
+    model = small(**VARIANTS[variant])
     src = torch.randint(2, 64, (2, 9))
     mask = torch.ones_like(src)
     mask[1, 6:] = 0
@@ -33,8 +42,9 @@ def test_cached_decoding_equals_a_full_pass(feed_forward):
     assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-5
 
 
-def test_source_padding_changes_nothing():
-    model = small()
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_source_padding_changes_nothing(variant):
+    model = small(**VARIANTS[variant])
     src = torch.randint(2, 64, (1, 5))
     target = torch.randint(2, 64, (1, 4))
     padded = torch.cat([src, torch.zeros(1, 3, dtype=torch.long)], dim=1)
@@ -43,6 +53,31 @@ def test_source_padding_changes_nothing():
         alone = model(src, None, target)
         assert (model(padded, mask, target) - alone).abs().max() < 1e-5
         assert torch.equal(model.generate(padded, mask, 6), model.generate(src, None, 6))
+
+
+def test_the_original_transformer_is_built_as_configured():
+    """Sinusoidal encodings added to sqrt(d_model)-scaled embeddings, LayerNorm with biases after each residual,
+    no final norm, no relative position bias, no rescaled output; and it refuses positions past max_seq_len."""
+    from lmforge.nn.positions import sinusoidal_table
+
+    model = small(**ORIGINAL)
+    names = dict(model.named_parameters())
+    assert "encoder_bias.embed.weight" not in names and "encoder.blocks.0.ln_attn.bias" in names
+    assert isinstance(model.encoder.ln_final, torch.nn.Identity) and not model.encoder.blocks[0].pre_norm
+    ids = torch.tensor([[5, 9, 3]])
+    expected = model.tok_emb(ids) * 32**0.5 + sinusoidal_table(16, 32)[:3]
+    torch.testing.assert_close(model._embed(ids, 0), expected)
+    hidden = model.decoder(model._embed(ids, 0), None, model.encode(ids), None)[0]
+    torch.testing.assert_close(model.decode(ids, model.encode(ids)), model.lm_head(hidden))
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model.encode(torch.randint(2, 64, (1, 17)))
+
+
+def test_only_t5_style_models_export_to_hugging_face():
+    from lmforge.interop.hf_t5 import hf_t5_config
+
+    with pytest.raises(LmforgeError, match="position sinusoidal, model.norm post"):
+        hf_t5_config(small(**ORIGINAL).cfg)
 
 
 def test_tied_head_shares_the_embedding_and_rescales():

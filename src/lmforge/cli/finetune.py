@@ -51,12 +51,23 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from lmforge.inference.evaluate import HEADLINE, evaluate_checkpoint
+    from lmforge.inference.evaluate import HEADLINE, evaluate_checkpoint, evaluate_seq2seq
     from lmforge.training.device import resolve_device
 
     device = resolve_device(args.device)
-    report, written = evaluate_checkpoint(args.checkpoint, args.data, args.out, args.batch_size, device)
-    print(", ".join(f"{name} {report[name]:.4f}" for name in HEADLINE if name in report))
+    if (args.source is None) != (args.target is None):
+        raise LmforgeError("give both --source and --target (the language suffixes or columns of parallel data)")
+    if args.source is not None:
+        report, written = evaluate_seq2seq(
+            args.checkpoint, args.data, args.source, args.target, args.out, args.num_beams, args.batch_size, device
+        )
+    else:
+        report, written = evaluate_checkpoint(args.checkpoint, args.data, args.out, args.batch_size, device)
+    if "bleu" in report:  # an encoder-decoder's scores, on sacreBLEU's 0-100 scale
+        print(", ".join(f"{name} {report[name]:.2f}" for name in ("bleu", "chrf", "rougeL")))
+        print(report["bleu_signature"])
+    else:
+        print(", ".join(f"{name} {report[name]:.4f}" for name in HEADLINE if name in report))
     print("wrote " + ", ".join(map(str, written)))
 
 
@@ -130,8 +141,15 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=cmd_finetune, checked_batch_size=checked_batch_size)
 
     p = verbs.add_parser("evaluate", help="score a fine-tuned checkpoint on labelled data; write a report")
-    p.add_argument("checkpoint", help="a fine-tuned checkpoint directory (OUT of lmforge finetune)")
-    p.add_argument("--data", required=True, help="labelled data in the format fine-tuning read")
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint (OUT of lmforge finetune), or an encoder-decoder")
+    p.add_argument(
+        "--data", required=True,
+        help="labelled data in the format fine-tuning read; for an encoder-decoder, parallel data: a directory of "
+        "val.SOURCE and val.TARGET files, or a .tsv / .jsonl file (columns source and target unless named)",
+    )  # fmt: skip
+    p.add_argument("--source", help="encoder-decoder: the source side's suffix or column (e.g. de); BLEU, chrF, ROUGE")
+    p.add_argument("--target", help="encoder-decoder: the target side's suffix or column (e.g. en)")
+    p.add_argument("--num-beams", type=int, default=4, help="encoder-decoder: beam search with N beams (1 = greedy)")
     p.add_argument("--out", help="report directory (default: CHECKPOINT/eval-DATA)")
     p.add_argument("--batch-size", type=int, default=64)
     add_device_flag(p, "auto")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lmforge.cli.flags import add_device_flag, add_overrides_flag
+from lmforge.errors import LmforgeError
 
 
 def add_training_flags(p: argparse.ArgumentParser, config_default: str | None = None) -> None:
@@ -17,6 +18,10 @@ def add_training_flags(p: argparse.ArgumentParser, config_default: str | None = 
     )
     add_overrides_flag(p, "train.lr=3e-4")
     p.add_argument("--data", help="a text file (prepared on the fly and cached) or a prepared directory")
+    p.add_argument(
+        "--source", help="parallel data: the source language (DIR/train.SOURCE) or column of a .tsv/.jsonl file"
+    )
+    p.add_argument("--target", help="parallel data: the target language or column (translation: source -> target)")
     p.add_argument("--out", help="output directory for checkpoints, metrics and plots")
     p.add_argument("--max-steps", type=int, help="optimizer steps to train for")
     p.add_argument("--save-every", type=int, help="save a checkpoint every N steps (the end always saves)")
@@ -33,7 +38,8 @@ def training_config(args: argparse.Namespace):
     from lmforge.config import load_config
 
     flags = {
-        "data.path": args.data, "train.out": args.out, "train.max_steps": args.max_steps,
+        "data.path": args.data, "data.source": args.source, "data.target": args.target, "train.out": args.out,
+        "train.max_steps": args.max_steps,
         "train.save_every": args.save_every, "train.seed": args.seed, "train.device": args.device,
         "train.compile": True if args.compile else None, "train.progress": False if args.no_progress else None,
     }  # fmt: skip
@@ -59,7 +65,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     from lmforge.recipes.pretrain import train
 
     cfg = training_config(args)
-    cfg.require_family("gpt", "lmforge train", "pretrain an encoder config with lmforge pretrain")
+    if cfg.family == "t5" and cfg.data.source is None:
+        raise LmforgeError(
+            "lmforge train with an encoder-decoder config trains on parallel data: give --source and --target (the "
+            "languages of DIR/train.XX files, or the columns of a .tsv/.jsonl); span-corruption pretraining is "
+            "lmforge pretrain"
+        )
+    cfg.require_family(("gpt", "t5"), "lmforge train", "pretrain an encoder config with lmforge pretrain")
     print(_saved(train(cfg, resume=args.resume)))
 
 
@@ -106,7 +118,9 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=1337)
     p.set_defaults(fn=cmd_quickstart)
 
-    p = verbs.add_parser("train", help="train a causal language model (GPT) from a config")
+    p = verbs.add_parser(
+        "train", help="train a causal language model (GPT), or an encoder-decoder on parallel data, from a config"
+    )
     add_training_flags(p)
     p.set_defaults(fn=cmd_train, checked_batch_size=checked_batch_size)
 

@@ -29,11 +29,22 @@ class DataConfig(Checked):
     strip_accents: bool = True  # WordPiece: drop accents (café -> cafe)
     mlm_probability: float = 0.15  # masked language modelling: the share of tokens to predict
     whole_word_masking: bool = False  # MLM: select whole words, never a piece of one
+    source: str | None = None  # parallel data: the source language (train.SOURCE files) or column (.tsv/.jsonl)
+    target: str | None = None  # parallel data: the target language or column; both set = sequence-to-sequence
 
     _ranges = {
         "val_fraction": (_fraction, "a fraction in [0, 1)"),
         "mlm_probability": (lambda p: 0 < p < 1, "a probability in (0, 1), usually 0.15"),
     }
+
+    def check(self) -> None:
+        if (self.source is None) != (self.target is None):
+            given, other = ("source", "target") if self.source is not None else ("target", "source")
+            raise LmforgeError(
+                f"data.{given} is set but data.{other} is not: parallel data needs both (--source, --target)"
+            )
+        if self.source is not None and self.source == self.target:
+            raise LmforgeError(f"data.source and data.target are both {self.source!r}: name two languages or columns")
 
     def check_vocab_size(self, encoder: bool) -> None:
         """A BPE or WordPiece trained here needs room for its base alphabet, and a size the trainer survives; an
@@ -54,17 +65,23 @@ class DataConfig(Checked):
 
 @dataclass
 class TrainConfig(Checked):
-    """The optimization: AdamW, linear warmup + cosine decay, clipping, accumulation, evaluation, checkpoints."""
+    """The optimization: AdamW, linear warmup + cosine (or inverse square root) decay, clipping, accumulation,
+    evaluation, checkpoints; for sequence-to-sequence data, label smoothing and batches by token count."""
 
     section = "train"
     out: str = "runs/gpt"
     batch_size: int = 8
+    batch_tokens: int = (
+        0  # parallel data: batches of sentence pairs up to this many padded tokens; 0 = batch_size pairs
+    )
     seq_len: int | None = None  # the model's max_seq_len when left out
     grad_accum_steps: int = 1
     max_steps: int = 1000
     lr: float = 6e-4
     min_lr: float = 6e-5
     warmup_steps: int = 100
+    schedule: typing.Literal["cosine", "inverse_sqrt"] = "cosine"  # inverse_sqrt: the original Transformer's
+    label_smoothing: float = 0.0  # sequence-to-sequence: the probability mass spread over the vocabulary
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -84,6 +101,8 @@ class TrainConfig(Checked):
 
     _ranges = {
         "batch_size": (_positive, "must be at least 1"),
+        "batch_tokens": (lambda v: v >= 0, "must be >= 0 (0 = batch_size pairs)"),
+        "label_smoothing": (_fraction, "a probability in [0, 1), usually 0.1"),
         "grad_accum_steps": (_positive, "must be at least 1"),
         "max_steps": (_positive, "must be at least 1"),
         "lr": (_positive, "must be positive"),

@@ -1,5 +1,6 @@
 """Training batches: random blocks of one packed token array for pretraining, consecutive blocks for its evaluation,
-and padded batches of encoded examples for fine-tuning (FeatureSampler), each with the state an exact resume needs."""
+padded batches of encoded examples for fine-tuning (FeatureSampler) and sentence pairs batched by length for
+sequence-to-sequence training (PairBatchSampler), each with the state an exact resume needs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from lmforge.data.labelled import IGNORE, collate
+from lmforge.data.parallel import TokenPairs
 from lmforge.errors import LmforgeError
 
 
@@ -132,3 +134,97 @@ def _targets(feature: dict) -> list[int]:
     """A feature's label indices: one, one per token, or a span's (start, end)."""
     label = feature["label"]
     return label if isinstance(label, list) else list(label) if isinstance(label, tuple) else [label]
+
+
+def length_batches(pairs: TokenPairs, order: np.ndarray, batch_tokens: int, batch_size: int) -> list[np.ndarray]:
+    """The pairs of `order` sorted by length (ties keep their order) and cut into batches of similar lengths, so
+    padding is small: each batch as many pairs as keep rows x (longest source + longest target) within batch_tokens,
+    or batch_size pairs when batch_tokens is 0. A pair alone over the budget is a batch of its own."""
+    source, target = pairs.lengths()
+    order = order[np.argsort((source + target)[order], kind="stable")]
+    if not batch_tokens:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, start, longest_s, longest_t = [], 0, 0, 0
+    for i, pair in enumerate(order):
+        s, t = max(longest_s, source[pair]), max(longest_t, target[pair])
+        if i > start and (i - start + 1) * (s + t) > batch_tokens:
+            batches.append(order[start:i])
+            start, s, t = i, source[pair], target[pair]
+        longest_s, longest_t = s, t
+    batches.append(order[start:])
+    return batches
+
+
+def collate_pairs(pairs: TokenPairs, rows: np.ndarray, pad_id: int, start_id: int) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask (B, S); labels (B, T), IGNORE where padded; decoder_input_ids, the labels
+    shifted right after start_id."""
+    sides = [pairs.pair(int(i)) for i in rows]
+    s, t = max(len(x) for x, _ in sides), max(len(y) for _, y in sides)
+    input_ids = torch.full((len(rows), s), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), t), IGNORE, dtype=torch.long)
+    decoder_input_ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
+    decoder_input_ids[:, 0] = start_id
+    for row, (x, y) in enumerate(sides):
+        input_ids[row, : len(x)] = torch.from_numpy(x.astype(np.int64))
+        labels[row, : len(y)] = torch.from_numpy(y.astype(np.int64))
+        decoder_input_ids[row, 1 : len(y)] = labels[row, : len(y) - 1]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": input_ids != pad_id,
+        "decoder_input_ids": decoder_input_ids,
+        "labels": labels,
+    }
+
+
+class PairBatchSampler:
+    """Batches of sentence pairs by length (length_batches), epoch after epoch: each epoch the generator draws a
+    permutation (the order among pairs of equal length) and the order of the batches. Its state is the epoch and
+    the position in it; a resume draws the epochs again from the seed, so it continues exactly."""
+
+    def __init__(self, pairs: TokenPairs, batch_tokens: int, batch_size: int, pad_id: int, start_id: int, seed: int):
+        if len(pairs) == 0:
+            raise LmforgeError("the parallel data has no sentence pairs to train on")
+        self.pairs, self.batch_tokens, self.batch_size = pairs, batch_tokens, batch_size
+        self.pad_id, self.start_id, self.seed = pad_id, start_id, seed
+        self.epoch, self.position, self.batches = 0, 0, 0
+        self._replay()
+
+    def _replay(self) -> None:
+        """Draws epochs 0..self.epoch from a fresh generator; the last one's batches are this epoch's."""
+        generator = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epoch + 1):
+            self.order = self._draw(generator)
+        self._generator = generator
+
+    def _draw(self, generator: torch.Generator) -> list[np.ndarray]:
+        order = torch.randperm(len(self.pairs), generator=generator).numpy()
+        batches = length_batches(self.pairs, order, self.batch_tokens, self.batch_size)
+        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+    @property
+    def tokens_per_batch(self) -> float:
+        """Real (not padding) source + target tokens per batch, on average over an epoch."""
+        source, target = self.pairs.lengths()
+        return float(source.sum() + target.sum()) / len(self.order)
+
+    def next(self) -> dict[str, torch.Tensor]:
+        if self.position >= len(self.order):
+            self.epoch, self.position = self.epoch + 1, 0
+            self.order = self._draw(self._generator)
+        rows = self.order[self.position]
+        self.position += 1
+        self.batches += 1
+        return collate_pairs(self.pairs, rows, self.pad_id, self.start_id)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position, self.batches = state["epoch"], state["position"], state["batches"]
+        self._replay()
+
+
+def pair_batches(pairs: TokenPairs, batch_tokens: int, batch_size: int, pad_id: int, start_id: int):
+    """Every pair once, in batches by length in a fixed order (evaluation)."""
+    for rows in length_batches(pairs, np.arange(len(pairs)), batch_tokens, batch_size):
+        yield collate_pairs(pairs, rows, pad_id, start_id)

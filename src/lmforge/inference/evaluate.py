@@ -1,5 +1,6 @@
-"""Evaluation of a fine-tuned checkpoint on labelled data, and its report: the task's metrics as JSON, markdown and
-(classification) a confusion-matrix PNG."""
+"""Evaluation of a fine-tuned checkpoint on labelled data, or of an encoder-decoder on sentence pairs, and its report:
+the task's metrics (BLEU, chrF and ROUGE for an encoder-decoder) as JSON, markdown and (classification) a
+confusion-matrix PNG."""
 
 from __future__ import annotations
 
@@ -7,13 +8,21 @@ import json
 from pathlib import Path
 
 from lmforge.atomic import check_output_dir, write_text_atomic
-from lmforge.checkpoint.loader import load_finetuned
+from lmforge.checkpoint.files import Loaded
+from lmforge.checkpoint.loader import load
+from lmforge.data.parallel import Pairs, read_aligned, read_parallel
 from lmforge.data.records import check_data_file
+from lmforge.errors import LmforgeError
+from lmforge.generation.seq2seq import as_lines, check_options, check_seq2seq, generate_seq2seq
 from lmforge.inference.predict import check_batch_size, columns_of, encode, pad_id_of, predict_features
 from lmforge.plots import plot_confusion
 from lmforge.tasks import get_task
+from lmforge.tasks.generation_metrics import bleu_chrf, rouge
 
-HEADLINE = ("accuracy", "macro_f1", "micro_f1", "exact_match", "precision", "recall", "f1")  # a report's top lines
+# a report's top lines: a task's metrics, or an encoder-decoder's
+HEADLINE = ("accuracy", "macro_f1", "micro_f1", "exact_match", "precision", "recall", "f1")
+HEADLINE += ("bleu", "chrf", "rouge1", "rouge2", "rougeL")
+SIGNATURES = ("bleu_signature", "chrf_signature")  # how sacreBLEU computed its scores
 
 
 def markdown_report(report: dict) -> str:
@@ -22,6 +31,7 @@ def markdown_report(report: dict) -> str:
     head = [k for k in HEADLINE if k in report]
     lines = [f"# Evaluation of {report['checkpoint']} on {report['data']}", ""]
     lines += [f"- {name}: {report[name]:.4f}" for name in head]
+    lines += [f"- {name}: {report[name]}" for name in SIGNATURES if name in report]
     if rows:
         lines += ["", "| label | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
     for name, v in rows.items():
@@ -50,13 +60,22 @@ def evaluate_checkpoint(
     checkpoint: str | Path, data: str | Path, out: str | Path | None = None, batch_size: int = 64, device: str = "cpu"
 ) -> tuple[dict, list[Path]]:
     """Scores a fine-tuned checkpoint on a labelled file and writes the report (default: CHECKPOINT/eval-STEM). The
-    data, the batch size and a given out are checked before the model loads, the default out once it has loaded."""
+    data, the batch size and a given out are checked before the model loads, the default out once it has loaded. A
+    pretrained encoder-decoder is scored as evaluate_seq2seq scores it, on a file's source and target columns."""
     check_data_file(Path(data))
     check_batch_size(batch_size)
     if out is not None:
         check_output_dir(out, {"--data": data, "the checkpoint": checkpoint})
-    model, tokenizer, task = load_finetuned(checkpoint, device)
-    out = check_output_dir(Path(checkpoint) / f"eval-{Path(data).stem}") if out is None else Path(out)
+    loaded = load(checkpoint, device)
+    if loaded.task is None and loaded.config.family == "t5":  # a pretrained encoder-decoder: the file holds pairs
+        pairs = seq2seq_pairs(data, "source", "target")
+        return _evaluate_seq2seq(loaded, checkpoint, data, pairs, out, 4, batch_size, device)
+    if loaded.task is None:
+        raise LmforgeError(
+            f"{loaded.path} is not fine-tuned (no task in its config): fine-tune it with lmforge finetune"
+        )
+    model, tokenizer, task = loaded.model, loaded.tokenizer, loaded.task
+    out = _default_out(checkpoint, data) if out is None else Path(out)
     kind = get_task(task.task)
     examples = kind.read(Path(data), columns_of(task))
     kind.check(examples, task.labels, data)
@@ -65,3 +84,56 @@ def evaluate_checkpoint(
     report = {"checkpoint": str(checkpoint), "data": str(data), "task": task.task}
     report |= kind.score(task, examples, features, probs)
     return report, write_report(report, out)
+
+
+def seq2seq_pairs(data: str | Path, source: str, target: str) -> Pairs:
+    """The pairs to score: a directory's val split (val.SOURCE and val.TARGET; no train files needed), else its train
+    split, or a .tsv / .jsonl file's pairs."""
+    data = Path(data)
+    if data.is_dir() and (data / f"val.{source}").exists():
+        return read_aligned(data / f"val.{source}", data / f"val.{target}")
+    if data.is_dir() and not (data / f"train.{source}").exists():
+        raise LmforgeError(f"{data} holds no val.{source}: evaluation reads val.{source} and val.{target} there")
+    splits = read_parallel(data, source, target)
+    return splits.get("val", splits["train"])
+
+
+def evaluate_seq2seq(
+    checkpoint: str | Path,
+    data: str | Path,
+    source: str,
+    target: str,
+    out: str | Path | None = None,
+    num_beams: int = 4,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> tuple[dict, list[Path]]:
+    """Scores an encoder-decoder's outputs for the sources of parallel data against their targets (BLEU, chrF,
+    ROUGE) and writes the report and hypotheses.txt (default: CHECKPOINT/eval-STEM). The data, the settings and a
+    given out are checked before the model loads."""
+    pairs = seq2seq_pairs(data, source, target)
+    check_options(num_beams=num_beams, batch_size=batch_size)
+    if out is not None:
+        check_output_dir(out, {"--data": data, "the checkpoint": checkpoint})
+    loaded = load(checkpoint, device)
+    check_seq2seq(loaded, "lmforge evaluate --source --target")
+    return _evaluate_seq2seq(loaded, checkpoint, data, pairs, out, num_beams, batch_size, device)
+
+
+def _evaluate_seq2seq(
+    loaded: Loaded, checkpoint: str | Path, data: str | Path, pairs: Pairs, out: str | Path | None, num_beams: int,
+    batch_size: int, device: str,
+) -> tuple[dict, list[Path]]:  # fmt: skip
+    out = _default_out(checkpoint, data) if out is None else Path(out)
+    hypotheses = generate_seq2seq(
+        loaded.model, loaded.tokenizer, pairs.source, num_beams=num_beams, batch_size=batch_size, device=device
+    )
+    report = {"checkpoint": str(checkpoint), "data": pairs.where, "task": "seq2seq", "examples": len(hypotheses)}
+    report |= {"num_beams": num_beams} | bleu_chrf(hypotheses, pairs.target) | rouge(hypotheses, pairs.target)
+    written = write_report(report, out)
+    write_text_atomic(out / "hypotheses.txt", as_lines(hypotheses))
+    return report, [*written, out / "hypotheses.txt"]
+
+
+def _default_out(checkpoint: str | Path, data: str | Path) -> Path:
+    return check_output_dir(Path(checkpoint) / f"eval-{Path(data).stem}")

@@ -21,6 +21,8 @@ from lmforge.data import (
     load_prepared,
     prepare_documents,
 )
+from lmforge.data.parallel import prepare_parallel
+from lmforge.data.sampler import PairBatchSampler, pair_batches
 from lmforge.errors import LmforgeError
 from lmforge.objectives.losses import causal_lm_loss, pretraining_loss, seq2seq_loss
 from lmforge.objectives.span_corruption import (
@@ -49,10 +51,16 @@ def flops_per_token(model, seq_len: int) -> float:
     return 6 * n + 12 * c.n_layer * c.d_model * seq_len
 
 
+def block_tokens(cfg: RunConfig, sampler) -> float:
+    """Tokens per batch of the samplers that draw batch_size blocks of seq_len tokens."""
+    return cfg.train.batch_size * cfg.train.seq_len
+
+
 class CausalLM:
     """GPT: one packed token stream, random blocks, next-token loss; evaluation on consecutive validation blocks."""
 
     perplexity_of = "loss"
+    tokens_per_batch = staticmethod(block_tokens)
 
     def data(self, cfg: RunConfig, cache_dir: Path, tokenizer: Path | None = None):
         return load_prepared(_prepared(cfg, cache_dir, tokenizer))
@@ -84,6 +92,7 @@ class MaskedLM:
     the same validation pairs and masks every time (a sampler of the validation split with the run's seed)."""
 
     perplexity_of = "mlm_loss"
+    tokens_per_batch = staticmethod(block_tokens)
 
     def data(self, cfg: RunConfig, cache_dir: Path, tokenizer: Path | None = None):
         return load_documents(_prepared(cfg, cache_dir, tokenizer, builder=prepare_documents))
@@ -121,6 +130,17 @@ class MaskedLM:
         return 6 * n + 12 * c.n_layer * c.d_model * cfg.train.seq_len
 
 
+def encoder_decoder_flops(model, source_len: float, target_len: float) -> float:
+    """Training FLOPs per (source + target) token: 6N for the encoder on source tokens and for the decoder and LM
+    head on target tokens, plus attention's 12 * layers * inner width * the length attended over."""
+    c = model.cfg
+    encoder = sum(p.numel() for p in model.encoder.parameters())
+    decoder = sum(p.numel() for p in model.decoder.parameters()) + c.d_model * c.vocab_size
+    inner, s, t = c.n_head * c.d_kv, source_len, target_len
+    attention = 12 * inner * (c.n_layer * s * s + c.n_decoder_layer * t * (t + s))
+    return (6 * (encoder * s + decoder * t) + attention) / (s + t)
+
+
 class SpanCorruption:
     """T5: documents back to back, random windows span-corrupted at every draw, the decoder's cross-entropy on the
     targets; evaluation on the same validation windows and spans every time (a sampler with the run's seed).
@@ -130,6 +150,7 @@ class SpanCorruption:
 
     perplexity_of = "loss"
     loss = staticmethod(seq2seq_loss)
+    tokens_per_batch = staticmethod(block_tokens)
 
     def data(self, cfg: RunConfig, cache_dir: Path, tokenizer: Path | None = None):
         data = load_documents(_prepared(cfg, cache_dir, tokenizer, builder=prepare_documents))
@@ -161,15 +182,69 @@ class SpanCorruption:
         return {"vocab_size": tokenizer.vocab_size, "pad_id": pad, "decoder_start_id": pad, "eos_id": eos}
 
     def flops_per_token(self, model, cfg: RunConfig) -> float:
-        """Per input token: 6N for the encoder, and for the decoder and LM head on their share of target tokens,
-        plus attention's 12 * layers * inner width * the length attended over."""
-        c, s = model.cfg, cfg.train.seq_len
+        """Per input token (the throughput counts input tokens): the encoder-decoder's FLOPs over source and target."""
+        s = cfg.train.seq_len
         t = corrupted_lengths(raw_length(s))[1]
-        encoder = sum(p.numel() for p in model.encoder.parameters())
-        decoder = sum(p.numel() for p in model.decoder.parameters()) + c.d_model * c.vocab_size
-        inner = c.n_head * c.d_kv
-        attention = 12 * inner * (c.n_layer * s + c.n_decoder_layer * (t + s) * t / s)
-        return 6 * (encoder + decoder * t / s) + attention
+        return encoder_decoder_flops(model, s, t) * (s + t) / s
+
+
+class Seq2Seq:
+    """Sequence-to-sequence on parallel data (translation): sentence pairs tokenized once with a tokenizer shared by
+    both sides, batched by length, the decoder's label-smoothed cross-entropy; evaluation on the validation pairs.
+
+    The model's pad id starts the decoder, as in T5; every source and target ends with the end-of-sequence id."""
+
+    perplexity_of = "nll"
+
+    def __init__(self, label_smoothing: float = 0.0):
+        self.label_smoothing = label_smoothing
+        self.lengths = (1.0, 1.0)  # the mean source and target lengths of the training pairs
+
+    def data(self, cfg: RunConfig, cache_dir: Path, tokenizer: Path | None = None):
+        d = cfg.data
+        data = prepare_parallel(
+            d.path, d.source, d.target, tokenizer or d.tokenizer, d.vocab_size, cfg.model.max_seq_len, cache_dir,
+            cfg.train.progress, started_with=tokenizer and d.tokenizer,
+        )  # fmt: skip
+        self.lengths = tuple(float(x.mean()) for x in data.train.lengths())
+        return data
+
+    def sampler(self, cfg: RunConfig, data, seed: int, rank: int = 0, world_size: int = 1) -> PairBatchSampler:
+        if world_size > 1:
+            raise LmforgeError("sequence-to-sequence training runs in one process for now: drop --nproc / torchrun")
+        t, m = cfg.train, cfg.model
+        return PairBatchSampler(data.train, t.batch_tokens, t.batch_size, m.pad_id, m.decoder_start_id, seed)
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, dict]:
+        return seq2seq_loss(model, batch, self.label_smoothing)
+
+    def eval_batches(self, cfg: RunConfig, data) -> Iterable | None:
+        if data.val is None or len(data.val) == 0:
+            return None
+        t, m = cfg.train, cfg.model
+        batches = pair_batches(data.val, t.batch_tokens, t.batch_size, m.pad_id, m.decoder_start_id)
+        return itertools.islice(batches, t.eval_steps)
+
+    vocabulary = staticmethod(SpanCorruption.vocabulary)
+
+    def flops_per_token(self, model, cfg: RunConfig) -> float:
+        return encoder_decoder_flops(model, *self.lengths)
+
+    @staticmethod
+    def tokens_per_batch(cfg: RunConfig, sampler: PairBatchSampler) -> float:
+        return sampler.tokens_per_batch
 
 
 OBJECTIVES = {"gpt": CausalLM(), "bert": MaskedLM(), "t5": SpanCorruption()}
+
+
+def objective_for(cfg: RunConfig):
+    """What cfg trains on: its family's objective, or sequence-to-sequence when the data names a source and target."""
+    if cfg.data.source is not None:
+        if cfg.family != "t5":
+            raise LmforgeError(
+                f"--source/--target train an encoder-decoder; a {cfg.family} model does not translate: use "
+                "--config transformer-mt or t5-small"
+            )
+        return Seq2Seq(cfg.train.label_smoothing)
+    return OBJECTIVES[cfg.family]

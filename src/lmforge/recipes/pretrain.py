@@ -21,7 +21,7 @@ from lmforge.config import RunConfig, TrainConfig
 from lmforge.data import iter_eval_blocks
 from lmforge.errors import LmforgeError
 from lmforge.models import GPT, MODELS
-from lmforge.objectives import OBJECTIVES, CausalLM
+from lmforge.objectives import CausalLM, objective_for
 from lmforge.plots import plot_losses
 from lmforge.tokenizer import Tokenizer
 from lmforge.training import distributed
@@ -82,7 +82,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
     existing = find_latest(out)
     if existing is not None and not resume:
         raise LmforgeError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
-    objective = OBJECTIVES[cfg.family]
+    objective = objective_for(cfg)
     resumed = resume and existing is not None
     with distributed.main_first():  # rank 0 prepares the data; the others then find it prepared
         # a resumed model reads the ids it was trained on: its tokenizer, never one trained anew on the data
@@ -110,7 +110,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
     loss_fn = torch.compile(objective.loss) if t.compile else objective.loss
     loss_fn = distributed.data_parallel(model, loss_fn, device, t.grad_accum_steps)
     metrics = MetricsLog(out / "metrics.jsonl", keep_until=step, enabled=distributed.is_main())
-    tokens_per_step = t.batch_size * t.seq_len * t.grad_accum_steps
+    tokens_per_step = objective.tokens_per_batch(cfg, sampler) * t.grad_accum_steps
     flops_per_step = objective.flops_per_token(model, cfg) * tokens_per_step
     log(
         f"model: {model.num_parameters() / 1e6:.2f}M parameters, vocab {cfg.model.vocab_size}, "

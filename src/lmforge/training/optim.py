@@ -12,9 +12,12 @@ from lmforge.config import TrainConfig
 
 
 def lr_at(step: int, t: TrainConfig) -> float:
-    """Linear warmup to lr, then cosine decay to min_lr at max_steps."""
+    """Linear warmup to lr, then cosine decay to min_lr at max_steps, or (schedule inverse_sqrt) decay as
+    lr * sqrt(warmup_steps / step), the original Transformer's schedule, never below min_lr."""
     if step < t.warmup_steps:
         return t.lr * (step + 1) / t.warmup_steps
+    if t.schedule == "inverse_sqrt":
+        return max(t.min_lr, t.lr * math.sqrt(max(1, t.warmup_steps) / (step + 1)))
     progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
     return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))) * (t.lr - t.min_lr)
 
