@@ -1,7 +1,9 @@
-"""Character-level, byte-level BPE and WordPiece tokenizers over Hugging Face `tokenizers`, one tokenizer.json each.
+"""Character-level, byte-level BPE, WordPiece and Unigram tokenizers over Hugging Face `tokenizers`, one
+tokenizer.json each.
 
 char and bpe are lossless: decode(encode(text)) == text (for a char tokenizer, when every character was seen in
-training). WordPiece is BERT's: it normalizes (lower-casing, accents) and decodes words joined by spaces.
+training). WordPiece is BERT's: it normalizes (lower-casing, accents) and decodes words joined by spaces. Unigram is
+SentencePiece's (T5, ALBERT, XLNet): NFKC-normalized words marked with a leading ▁.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from lmforge.errors import LmforgeError
 
 EOS = "<|endoftext|>"
 UNK = "<unk>"
-# the tokenizers model type -> our kind; Unigram (SentencePiece) comes only from imported checkpoints (ALBERT)
+# the tokenizers model type -> our kind
 KINDS = {"WordLevel": "char", "BPE": "bpe", "WordPiece": "wordpiece", "Unigram": "unigram"}
 WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # BERT's
 # RoBERTa's, in its id order; <mask> swallows the space before it, so "a <mask>" predicts the word with its space
@@ -48,7 +50,14 @@ def min_vocab_size(kind: str, encoder: bool = False) -> int:
         return 256 + len(ENCODER_BPE_SPECIALS if encoder else (EOS,))
     if kind == "wordpiece":
         return len(WORDPIECE_SPECIALS) + 1
-    raise ValueError(f"only bpe and wordpiece tokenizers are trained to a vocab_size, not {kind!r}")
+    if kind == "unigram":
+        return len(unigram_specials(encoder)) + 1
+    raise ValueError(f"only bpe, wordpiece and unigram tokenizers are trained to a vocab_size, not {kind!r}")
+
+
+def unigram_specials(encoder: bool) -> tuple:
+    """A Unigram's special tokens: an encoder's as a BPE's, or <|endoftext|> and the unknown token it needs."""
+    return ENCODER_BPE_SPECIALS if encoder else (EOS, UNK)
 
 
 def check_vocab_size(kind: str, vocab_size: int, least: int) -> None:
@@ -145,6 +154,24 @@ class Tokenizer:
         backend.decoder = decoders.WordPiece()
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size, special_tokens=list(WORDPIECE_SPECIALS), show_progress=progress
+        )
+        _train(backend, texts, trainer)
+        return cls(backend)
+
+    @classmethod
+    def train_unigram(
+        cls, texts: Iterable[str], vocab_size: int, progress: bool = False, encoder: bool = False
+    ) -> Tokenizer:
+        """SentencePiece's Unigram language model (Kudo, 2018), the subwords of T5 and of most translation models;
+        text is NFKC-normalized and split on spaces, each word marked with a leading ▁ so decoding restores them."""
+        specials = unigram_specials(encoder)
+        check_vocab_size("unigram", vocab_size, len(specials) + 1)
+        backend = tokenizers.Tokenizer(models.Unigram())
+        backend.normalizer = normalizers.NFKC()
+        backend.pre_tokenizer = pre_tokenizers.Metaspace()
+        backend.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size, special_tokens=list(specials), unk_token=UNK, show_progress=progress
         )
         _train(backend, texts, trainer)
         return cls(backend)

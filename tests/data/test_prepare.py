@@ -86,7 +86,7 @@ def test_tokenizer_file_and_instance_are_used_as_given(tmp_path, text_file):
     for spec in (tok, tmp_path / "tok.json", str(tmp_path / "tok.json")):
         data = load_prepared(prepare([text_file], spec, tmp_path / "out", progress=False))
         assert data.tokenizer.vocab_size == 4
-    with pytest.raises(LmforgeError, match="neither char, bpe nor"):
+    with pytest.raises(LmforgeError, match="neither char, bpe, wordpiece nor unigram"):
         prepare([text_file], "bpee", tmp_path / "other", progress=False)
 
 

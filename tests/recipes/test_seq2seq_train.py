@@ -174,3 +174,12 @@ def test_shipped_transformer_mt_config():
     assert cfg.train.schedule == "inverse_sqrt" and cfg.train.label_smoothing == 0.1 and cfg.train.batch_tokens > 0
     with pytest.raises(LmforgeError, match="label_smoothing"):
         load_config("transformer-mt", ["train.label_smoothing=1.5"])
+
+
+def test_a_unigram_tokenizer_serves_both_sides(tmp_path):
+    data = prepare_parallel(write_reversal(tmp_path, 200, 5), "src", "tgt", "unigram", 40, 32, tmp_path / "c", False)
+    tokenizer = data.tokenizer
+    assert tokenizer.kind == "unigram" and tokenizer.vocab_size <= 40
+    src, tgt = data.train.pair(3)
+    assert tokenizer.decode(src[:-1]) == read_parallel(tmp_path, "src", "tgt")["train"].source[3]
+    assert tgt[-1] == tokenizer.special_id("sep") and tokenizer.special_id("pad") is not None

@@ -137,7 +137,9 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p = data.add_parser("prepare", help="clean and tokenize text into memory-mapped train/val token files")
     p.add_argument("--input", nargs="+", required=True, metavar="FILE")
     p.add_argument(
-        "--tokenizer", default="char", help="char, bpe, wordpiece (trained on the input) or a tokenizer.json path"
+        "--tokenizer",
+        default="char",
+        help="char, bpe, wordpiece, unigram (trained on the input) or a tokenizer.json path",
     )
     p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size of a trained BPE or WordPiece")
     p.add_argument("--documents", action="store_true", help="keep documents and sentences (for an encoder)")

@@ -21,7 +21,7 @@ class DataConfig(Checked):
 
     section = "data"
     path: str | None = None  # a text, .jsonl or .csv file (prepared on the fly) or a prepared directory
-    tokenizer: str = "char"  # char, bpe, wordpiece, or a path to a tokenizer.json
+    tokenizer: str = "char"  # char, bpe, wordpiece, unigram, or a path to a tokenizer.json
     vocab_size: int = 8192  # for a BPE or WordPiece tokenizer trained on the data; char and a tokenizer.json ignore it
     val_fraction: float = 0.1
     on_bad_line: typing.Literal["error", "skip"] = "error"  # a malformed .jsonl/.csv record: stop, or skip and count
@@ -47,15 +47,17 @@ class DataConfig(Checked):
             raise LmforgeError(f"data.source and data.target are both {self.source!r}: name two languages or columns")
 
     def check_vocab_size(self, encoder: bool) -> None:
-        """A BPE or WordPiece trained here needs room for its base alphabet, and a size the trainer survives; an
+        """A BPE, WordPiece or Unigram trained here needs room for its base alphabet, and a size the trainer survives; an
         encoder's BPE holds RoBERTa's five special tokens instead of one, so the run config, which knows the family,
         calls this."""
-        if self.tokenizer not in ("bpe", "wordpiece"):
+        if self.tokenizer not in ("bpe", "wordpiece", "unigram"):
             return
         least = min_vocab_size(self.tokenizer, encoder)
         if not least <= self.vocab_size <= MAX_VOCAB_SIZE:
             holds = (
-                "all 256 bytes and its special tokens" if self.tokenizer == "bpe" else "5 special tokens + 1 character"
+                "all 256 bytes and its special tokens"
+                if self.tokenizer == "bpe"
+                else f"{least - 1} special tokens + 1 character"
             )
             raise LmforgeError(
                 f"data.vocab_size = {self.vocab_size} is out of range for data.tokenizer = {self.tokenizer}: give "

@@ -209,7 +209,7 @@ def prepare_parallel(
     contents = [_sha256(p) for p in files if path.is_file() or p.name.startswith(("train.", "val."))]
 
     def folder(spec: str | Path) -> Path:
-        key = spec if spec in ("bpe", "wordpiece") else "file:" + _sha256(Path(spec))
+        key = spec if spec in ("bpe", "wordpiece", "unigram") else "file:" + _sha256(Path(spec))
         settings = [FORMAT, contents, source, target, key, vocab_size, max_len]
         digest = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
         return Path(cache_dir) / f"{path.stem}-{source}-{target}-{digest}"

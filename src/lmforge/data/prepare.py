@@ -79,7 +79,7 @@ def _encode(tokenizer: Tokenizer, text: str, dtype: np.dtype, bar: tqdm) -> list
     return parts
 
 
-TRAINED = ("char", "bpe", "wordpiece")  # the tokenizers trained on the data itself
+TRAINED = ("char", "bpe", "wordpiece", "unigram")  # the tokenizers trained on the data itself
 
 
 def resolve_tokenizer(tokenizer: str | Path | Tokenizer) -> Tokenizer | str:
@@ -88,7 +88,7 @@ def resolve_tokenizer(tokenizer: str | Path | Tokenizer) -> Tokenizer | str:
         return tokenizer
     if not Path(tokenizer).is_file():
         raise LmforgeError(
-            f"tokenizer {str(tokenizer)!r} is neither char, bpe nor wordpiece, nor an existing tokenizer.json file"
+            f"tokenizer {str(tokenizer)!r} is neither char, bpe, wordpiece nor unigram, nor an existing tokenizer.json file"
         )
     return Tokenizer.load(tokenizer)
 
@@ -109,6 +109,8 @@ def train_tokenizer(
     chunks = (c for t in texts for c in _chunks(t))
     if kind == "bpe":
         return Tokenizer.train_bpe(chunks, vocab_size, progress, ENCODER_BPE_SPECIALS if encoder else (EOS,))
+    if kind == "unigram":
+        return Tokenizer.train_unigram(chunks, vocab_size, progress, encoder)
     return Tokenizer.train_wordpiece(chunks, vocab_size, lowercase, strip_accents, progress)
 
 
@@ -122,7 +124,7 @@ def input_list(inputs: Sequence[str | Path] | str | Path) -> list[str | Path]:
 
 def check_trained_vocab_size(tokenizer: Tokenizer | str, vocab_size: int, encoder: bool = False) -> None:
     """A vocab_size the tokenizer still to be trained cannot have is refused now, not after reading all the data."""
-    if tokenizer in ("bpe", "wordpiece"):
+    if tokenizer in ("bpe", "wordpiece", "unigram"):
         check_vocab_size(tokenizer, vocab_size, min_vocab_size(tokenizer, encoder))
 
 
@@ -246,7 +248,7 @@ def ensure_prepared(
 
     def cached(spec_name: str | Tokenizer, tokenizer_file: str | Path) -> Path:
         tokenizer_key = spec_name if isinstance(spec_name, str) else "file:" + _sha256(Path(tokenizer_file))
-        settings = [FORMAT, source, tokenizer_key, vocab_size if spec_name in ("bpe", "wordpiece") else None]
+        settings = [FORMAT, source, tokenizer_key, vocab_size if spec_name in ("bpe", "wordpiece", "unigram") else None]
         settings.append(val_fraction)
         if spec_name == "wordpiece":
             settings += [lowercase, strip_accents]
