@@ -103,7 +103,9 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("finetune", help="fine-tune a pretrained model on labelled data (classification, NER, ...)")
     p.add_argument("--config", help="a YAML file with the sections task and finetune (flags override it)")
     add_overrides_flag(p, "finetune.lr=3e-5")
-    p.add_argument("--task", help="classification (default), ner, relation, qa, or a registered task")
+    p.add_argument(
+        "--task", help="classification (default), ner, relation, qa, seq2seq, summarization, or a registered task"
+    )
     p.add_argument(
         "--model",
         help="an lmforge checkpoint (pretrained, or fine-tuned: its head is replaced) or a Hugging Face model dir",

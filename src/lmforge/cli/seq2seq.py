@@ -26,16 +26,16 @@ def cmd_seq2seq(args: argparse.Namespace) -> None:
     if args.output is not None:
         check_output_file(args.output, {"--input": args.input, "the checkpoint": args.checkpoint})
     loaded = load(args.checkpoint, device)
-    check_seq2seq(loaded, f"lmforge {args.verb}")
+    model = check_seq2seq(loaded, f"lmforge {args.verb}")
     options |= dict(device=device, progress=not args.no_progress)
     if args.input is not None:
-        n = generate_seq2seq_file(loaded.model, loaded.tokenizer, args.input, args.output, **options)
+        n = generate_seq2seq_file(model, loaded.tokenizer, args.input, args.output, **options)
         print(f"wrote {n} lines to {args.output}")
     elif len(args.text) == 1 and args.num_beams == 1:
-        generate_seq2seq(loaded.model, loaded.tokenizer, args.text, **options, on_text=_print_piece)
+        generate_seq2seq(model, loaded.tokenizer, args.text, **options, on_text=_print_piece)
         print()
     else:
-        for text in generate_seq2seq(loaded.model, loaded.tokenizer, args.text, **options):
+        for text in generate_seq2seq(model, loaded.tokenizer, args.text, **options):
             print(text)
 
 

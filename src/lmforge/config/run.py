@@ -47,9 +47,9 @@ class DataConfig(Checked):
             raise LmforgeError(f"data.source and data.target are both {self.source!r}: name two languages or columns")
 
     def check_vocab_size(self, encoder: bool) -> None:
-        """A BPE, WordPiece or Unigram trained here needs room for its base alphabet, and a size the trainer survives; an
-        encoder's BPE holds RoBERTa's five special tokens instead of one, so the run config, which knows the family,
-        calls this."""
+        """A BPE, WordPiece or Unigram trained here needs room for its base alphabet, and a size the trainer
+        survives; an encoder's BPE holds RoBERTa's five special tokens instead of one, so the run config, which
+        knows the family, calls this."""
         if self.tokenizer not in ("bpe", "wordpiece", "unigram"):
             return
         least = min_vocab_size(self.tokenizer, encoder)

@@ -88,7 +88,8 @@ def resolve_tokenizer(tokenizer: str | Path | Tokenizer) -> Tokenizer | str:
         return tokenizer
     if not Path(tokenizer).is_file():
         raise LmforgeError(
-            f"tokenizer {str(tokenizer)!r} is neither char, bpe, wordpiece nor unigram, nor an existing tokenizer.json file"
+            f"tokenizer {str(tokenizer)!r} is neither char, bpe, wordpiece nor unigram, nor an existing tokenizer.json "
+            "file"
         )
     return Tokenizer.load(tokenizer)
 

@@ -88,8 +88,9 @@ class FeatureSampler:
         weight: torch.Tensor | None = None,
         rank: int = 0,
         world_size: int = 1,
+        collate_fn=collate,
     ):
-        self.features, self.batch_size, self.pad_id = features, batch_size, pad_id
+        self.features, self.batch_size, self.pad_id, self.collate = features, batch_size, pad_id, collate_fn
         self.shuffle, self.seed = shuffle, seed
         self.weight, self.rank, self.world_size = weight, rank, world_size
         self.epoch, self.position, self.rows = 0, 0, 0
@@ -118,7 +119,7 @@ class FeatureSampler:
         norm = float(len(labels)) if self.weight is None else float(self.weight[labels].sum())
         mine = rows[self.rank :: self.world_size]
         scale = float(self.world_size) if mine else 0.0  # a rank with no row this time adds nothing
-        batch = collate([self.features[i] for i in mine or rows[:1]], self.pad_id)
+        batch = self.collate([self.features[i] for i in mine or rows[:1]], self.pad_id)
         return batch | {"norm": torch.tensor(max(norm, 1e-12)), "scale": torch.tensor(scale)}
 
     def state_dict(self) -> dict:

@@ -21,19 +21,22 @@ from lmforge.generation.text import check_sampling
 from lmforge.tokenizer import Tokenizer
 
 
-def check_seq2seq(loaded, verb: str = "lmforge translate") -> None:
-    """Refuses a model that is not a pretrained encoder-decoder: the verbs that write text from a source (verb names
-    the one asking) need one."""
+def check_seq2seq(loaded, verb: str = "lmforge translate"):
+    """The encoder-decoder a loaded checkpoint holds (pretrained, or fine-tuned for seq2seq / summarization); any
+    other model is refused, as the verbs that write text from a source (verb names the one asking) need one."""
     family = loaded.config.family
     if family != "t5":
         raise LmforgeError(
             f"{verb} needs an encoder-decoder (t5 family) checkpoint, not a {family} one: train one with "
             "lmforge train --config transformer-mt or import a Hugging Face T5"
         )
+    if loaded.task is not None and loaded.task.task in ("seq2seq", "summarization"):
+        return loaded.model.backbone
     if loaded.task is not None:
         raise LmforgeError(
             f"{loaded.path} is a fine-tuned {loaded.task.task} model: give a pretrained encoder-decoder checkpoint"
         )
+    return loaded.model
 
 
 def check_options(max_new_tokens: int | None = None, batch_size: int = 32, **sampling) -> None:

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 from lmforge.atomic import check_output_dir, write_text_atomic
-from lmforge.checkpoint.files import Loaded
 from lmforge.checkpoint.loader import load
 from lmforge.data.parallel import Pairs, read_aligned, read_parallel
 from lmforge.data.records import check_data_file
@@ -18,6 +17,7 @@ from lmforge.inference.predict import check_batch_size, columns_of, encode, pad_
 from lmforge.plots import plot_confusion
 from lmforge.tasks import get_task
 from lmforge.tasks.generation_metrics import bleu_chrf, rouge
+from lmforge.tokenizer import Tokenizer
 
 # a report's top lines: a task's metrics, or an encoder-decoder's
 HEADLINE = ("accuracy", "macro_f1", "micro_f1", "exact_match", "precision", "recall", "f1")
@@ -69,7 +69,7 @@ def evaluate_checkpoint(
     loaded = load(checkpoint, device)
     if loaded.task is None and loaded.config.family == "t5":  # a pretrained encoder-decoder: the file holds pairs
         pairs = seq2seq_pairs(data, "source", "target")
-        return _evaluate_seq2seq(loaded, checkpoint, data, pairs, out, 4, batch_size, device)
+        return _evaluate_seq2seq(loaded.model, loaded.tokenizer, checkpoint, data, pairs, out, 4, batch_size, device)
     if loaded.task is None:
         raise LmforgeError(
             f"{loaded.path} is not fine-tuned (no task in its config): fine-tune it with lmforge finetune"
@@ -80,7 +80,7 @@ def evaluate_checkpoint(
     examples = kind.read(Path(data), columns_of(task))
     kind.check(examples, task.labels, data)
     features = encode(examples, tokenizer, model, task, labelled=True)
-    probs = predict_features(model, features, pad_id_of(tokenizer), batch_size, device, kind)
+    probs = predict_features(model, features, pad_id_of(tokenizer), batch_size, device, kind, tokenizer)
     report = {"checkpoint": str(checkpoint), "data": str(data), "task": task.task}
     report |= kind.score(task, examples, features, probs)
     return report, write_report(report, out)
@@ -116,17 +116,17 @@ def evaluate_seq2seq(
     if out is not None:
         check_output_dir(out, {"--data": data, "the checkpoint": checkpoint})
     loaded = load(checkpoint, device)
-    check_seq2seq(loaded, "lmforge evaluate --source --target")
-    return _evaluate_seq2seq(loaded, checkpoint, data, pairs, out, num_beams, batch_size, device)
+    model = check_seq2seq(loaded, "lmforge evaluate --source --target")
+    return _evaluate_seq2seq(model, loaded.tokenizer, checkpoint, data, pairs, out, num_beams, batch_size, device)
 
 
 def _evaluate_seq2seq(
-    loaded: Loaded, checkpoint: str | Path, data: str | Path, pairs: Pairs, out: str | Path | None, num_beams: int,
-    batch_size: int, device: str,
+    model, tokenizer: Tokenizer, checkpoint: str | Path, data: str | Path, pairs: Pairs, out: str | Path | None,
+    num_beams: int, batch_size: int, device: str,
 ) -> tuple[dict, list[Path]]:  # fmt: skip
     out = _default_out(checkpoint, data) if out is None else Path(out)
     hypotheses = generate_seq2seq(
-        loaded.model, loaded.tokenizer, pairs.source, num_beams=num_beams, batch_size=batch_size, device=device
+        model, tokenizer, pairs.source, num_beams=num_beams, batch_size=batch_size, device=device
     )
     report = {"checkpoint": str(checkpoint), "data": pairs.where, "task": "seq2seq", "examples": len(hypotheses)}
     report |= {"num_beams": num_beams} | bleu_chrf(hypotheses, pairs.target) | rouge(hypotheses, pairs.target)

@@ -37,10 +37,14 @@ def predict_features(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     task: Task | None = None,
-) -> list[torch.Tensor]:
-    """Probabilities per feature, as the task gathers them ((n_labels,) for a sequence, per word for NER). Batches
-    group similar lengths, so little compute goes to padding; the results come back in input order."""
+    tokenizer: Tokenizer | None = None,
+) -> list:
+    """Probabilities per feature, as the task gathers them ((n_labels,) for a sequence, per word for NER), or the
+    generated text of a generating task (which needs the tokenizer). Batches group similar lengths, so little
+    compute goes to padding; the results come back in input order."""
     check_batch_size(batch_size)
+    if task is not None and task.generates:
+        return task.generate(model, tokenizer, features, batch_size, device)
     was_training = model.training
     model.eval()
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
@@ -71,7 +75,7 @@ def predict(
     """One output record per example, in order."""
     kind = get_task(task.task)
     features = encode(examples, tokenizer, model, task, labelled=False)
-    probs = predict_features(model, features, pad_id_of(tokenizer), batch_size, device, kind)
+    probs = predict_features(model, features, pad_id_of(tokenizer), batch_size, device, kind, tokenizer)
     return kind.records(task, examples, features, probs)
 
 

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lmforge.atomic import check_output_dir
 from lmforge.checkpoint.files import find_latest, load_checkpoint, same_tokenizer, save_checkpoint
 from lmforge.checkpoint.loader import load
 from lmforge.checkpoint.lock import run_lock
 from lmforge.config import DataConfig, FinetuneConfig, FinetuneRun, RunConfig, TaskConfig
-from lmforge.data.labelled import IGNORE, Columns
+from lmforge.data.labelled import Columns
 from lmforge.data.sampler import FeatureSampler, class_weights
 from lmforge.errors import LmforgeError
 from lmforge.inference.evaluate import write_report
@@ -36,21 +35,6 @@ from lmforge.training.optim import adamw, linear_lr, param_groups
 from lmforge.training.state import restore_state, save_state
 
 RESUME = "resume"  # OUT/resume holds the newest resumable state; OUT/step-NNNNNN the best model
-
-
-def task_loss(weight: torch.Tensor | None):
-    """The loss every task trains with: cross-entropy over its logits' last axis (classes, tags, or a span's
-    positions), IGNORE skipped, summed over this rank's rows and divided by the global batch's weight."""
-
-    def loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict]:
-        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        w = None if weight is None else weight.to(logits.device)
-        loss = F.cross_entropy(
-            logits.flatten(0, -2).float(), batch["labels"].flatten(), w, ignore_index=IGNORE, reduction="sum"
-        )
-        return loss * batch["scale"] / batch["norm"], {}
-
-    return loss_fn
 
 
 @dataclass
@@ -169,7 +153,9 @@ class BestKeeper:
         """Scores the model, keeps it when best; True once patience runs out."""
         s, task, best = self.setup, self.task, self.state
         pad_id = pad_id_of(s.tokenizer)
-        probs = predict_features(s.model, s.eval_features, pad_id, 2 * self.ft.batch_size, self.device, task)
+        probs = predict_features(
+            s.model, s.eval_features, pad_id, 2 * self.ft.batch_size, self.device, task, s.tokenizer
+        )
         report = task.score(self.info, s.eval_examples, s.eval_features, probs)
         self.metrics.write({"step": step, f"eval_{task.metric}": report[task.metric]})
         log(f"step {step}: eval {task.metric} {report[task.metric]:.4f}")
@@ -217,7 +203,7 @@ def _run_finetune(
     weight = class_weights(s.train_features, len(info.labels)) if ft.class_weights else None
     sampler = FeatureSampler(
         s.train_features, ft.batch_size, pad_id_of(s.tokenizer), ft.shuffle, ft.seed, weight, distributed.rank(),
-        distributed.world_size(),
+        distributed.world_size(), task.collate,
     )  # fmt: skip
     step = restore_state(ckpt, s.run_cfg, s.model, optimizer, sampler) if ckpt is not None else 0
     metrics = MetricsLog(out / "metrics.jsonl", keep_until=step, enabled=distributed.is_main())
@@ -225,7 +211,7 @@ def _run_finetune(
     if ckpt is not None:
         keeper.state = ckpt.state["best"]
         log(f"resuming from {existing} at step {step}")
-    loss_fn = distributed.data_parallel(s.model, task_loss(weight), device, ft.grad_accum_steps, find_unused=True)
+    loss_fn = distributed.data_parallel(s.model, task.loss(weight), device, ft.grad_accum_steps, find_unused=True)
     log(
         f"fine-tuning {s.run_cfg.family} ({s.model.backbone.num_parameters() / 1e6:.1f}M parameters) for "
         f"{task.name} with {len(info.labels)} labels on {len(s.train_features):,} examples: {total} steps of "

@@ -7,9 +7,11 @@ from lmforge.tasks.classification import Classification
 from lmforge.tasks.ner import TokenTagging
 from lmforge.tasks.qa import QuestionAnswering
 from lmforge.tasks.relation import Relation
+from lmforge.tasks.seq2seq import Seq2Seq, Summarization
 
 TASKS: dict[str, Task] = {
-    task.name: task for task in (Classification(), TokenTagging(), Relation(), QuestionAnswering())
+    task.name: task
+    for task in (Classification(), TokenTagging(), Relation(), QuestionAnswering(), Seq2Seq(), Summarization())
 }
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmforge.config import TaskConfig
-from lmforge.data.labelled import Columns, check_labels
+from lmforge.data.labelled import IGNORE, Columns, check_labels, collate
 from lmforge.tokenizer import Tokenizer
 
 
@@ -20,6 +21,7 @@ class Task:
     metric = "accuracy"  # the eval metric that picks the best checkpoint (higher is better)
     max_seq_len = 128  # tokens per example unless --max-seq-len says otherwise
     class_labels = True  # whether --class-weights has classes to weigh
+    generates = False  # whether predictions are generated text (generate) rather than probabilities
 
     def read(self, path: Path, columns: Columns, labelled: bool = True) -> list:
         """The examples of a file; every mistake in it is one error naming the file and the line."""
@@ -39,6 +41,33 @@ class Task:
     def encode(self, examples: list, tokenizer: Tokenizer, family: str, task: TaskConfig, labelled: bool) -> list[dict]:
         """Features: input_ids, token_type_ids (or None), label (an index, a list per token, or IGNORE) and any keys
         the task needs to map predictions back."""
+        raise NotImplementedError
+
+    def collate(self, features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+        """A padded batch of features: input_ids, attention_mask, token_type_ids, labels."""
+        return collate(features, pad_id)
+
+    def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """The task model's logits for a batch of collate."""
+        return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+
+    def loss(self, weight: torch.Tensor | None):
+        """The loss every task trains with: cross-entropy over its logits' last axis (classes, tags, a span's
+        positions, target tokens), IGNORE skipped, summed over this rank's rows and divided by the global batch's
+        weight (so data-parallel ranks add up to the one-process mean)."""
+
+        def loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict]:
+            logits = self.logits(model, batch)
+            w = None if weight is None else weight.to(logits.device)
+            loss = F.cross_entropy(
+                logits.flatten(0, -2).float(), batch["labels"].flatten(), w, ignore_index=IGNORE, reduction="sum"
+            )
+            return loss * batch["scale"] / batch["norm"], {}
+
+        return loss_fn
+
+    def generate(self, model: nn.Module, tokenizer: Tokenizer, features: list[dict], batch_size: int, device) -> list:
+        """A generating task's output per feature (generates = True)."""
         raise NotImplementedError
 
     def build_head(self, backbone: nn.Module, task: TaskConfig) -> nn.Module:
