@@ -15,6 +15,7 @@ from lmforge.config import TaskConfig
 from lmforge.data.labelled import IGNORE, Columns, Example
 from lmforge.data.parallel import encode_sentences, read_pairs_file
 from lmforge.errors import LmforgeError
+from lmforge.generation.seq2seq import generate_seq2seq
 from lmforge.tasks.base import Task
 from lmforge.tasks.generation_metrics import bleu_chrf, rouge
 from lmforge.tokenizer import Tokenizer
@@ -99,8 +100,6 @@ class Seq2Seq(Task):
 
     def generate(self, model: nn.Module, tokenizer: Tokenizer, features: list[dict], batch_size: int, device) -> list:
         """The generated text of each feature's source, by beam search."""
-        from lmforge.generation.seq2seq import generate_seq2seq
-
         sources = [f["source"] for f in features]
         return generate_seq2seq(
             model.backbone, tokenizer, sources, num_beams=self.num_beams, batch_size=batch_size, device=device,
