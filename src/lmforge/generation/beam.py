@@ -41,32 +41,42 @@ def search(
     no_repeat_ngram_size: int,
     eos_id: int | None,
     fill: int,
+    min_new_tokens: int = 0,
 ) -> torch.Tensor:
     """The beam-search loop for any model. idx (B, T) starts every sequence; logits_of(new_ids) gives the next-token
-    logits (B K, V) after new_ids (B K, T') (first the whole start, then each beam's last token) and reorder(rows) makes
-    the model's cache follow the beams. Returns (B, T + L): the best hypotheses, shorter ones filled with fill."""
+    logits (R, V) after new_ids (R, T') (first the whole start, then each beam's last token), R = K x the sources
+    still searching, and reorder(rows) makes the model's state follow the beams: row i of the next step continues
+    row rows[i] of this one. A source whose hypotheses can no longer change leaves the batch (rows gets shorter), so
+    later steps compute only the live sources. Returns (B, T + L): the best hypotheses, shorter ones filled with
+    fill."""
     b, t = idx.shape
     k = num_beams
-    running = torch.full((b, k, max_length), fill, dtype=torch.long, device=idx.device)
+    dev = idx.device
+    running = torch.full((b, k, max_length), fill, dtype=torch.long, device=dev)
     running[:, :, :t] = idx[:, None]
     finished = running.clone()
-    running_scores = torch.zeros(b, k, device=idx.device)
+    running_scores = torch.zeros(b, k, device=dev)
     running_scores[:, 1:] = NEG  # the K beams start equal: only the first may grow at the first step
-    finished_scores = torch.full((b, k), NEG, device=idx.device)
-    finished_len = torch.zeros(b, k, dtype=torch.long, device=idx.device)
-    is_finished = torch.zeros(b, k, dtype=torch.bool, device=idx.device)
-    may_improve = torch.ones(b, 1, dtype=torch.bool, device=idx.device)
-    top_k = torch.arange(2 * k, device=idx.device) < k  # only the K best candidates may finish
-    batch_offset = torch.arange(b, device=idx.device)[:, None] * k
+    finished_scores = torch.full((b, k), NEG, device=dev)
+    finished_len = torch.zeros(b, k, dtype=torch.long, device=dev)
+    is_finished = torch.zeros(b, k, dtype=torch.bool, device=dev)
+    may_improve = torch.ones(b, 1, dtype=torch.bool, device=dev)
+    top_k = torch.arange(2 * k, device=dev) < k  # only the K best candidates may finish
+    live = torch.arange(b, device=dev)  # the sources still searching, in the order of the running rows
+    best = torch.full((b, max_length), fill, dtype=torch.long, device=dev)  # a source's answer once it leaves
+    best_len = torch.zeros(b, dtype=torch.long, device=dev)
     pending, cur_len = idx.repeat_interleave(k, dim=0), t
     while True:
-        log_probs = torch.log_softmax(logits_of(pending).float(), dim=-1)  # (B K, V)
+        n = live.numel()
+        log_probs = torch.log_softmax(logits_of(pending).float(), dim=-1)  # (n K, V)
+        if eos_id is not None and cur_len - t < min_new_tokens:
+            log_probs[:, eos_id] = float("-inf")
         if no_repeat_ngram_size:
-            for row, tokens in enumerate(banned_ngrams(running.view(b * k, -1)[:, :cur_len], no_repeat_ngram_size)):
+            for row, tokens in enumerate(banned_ngrams(running.view(n * k, -1)[:, :cur_len], no_repeat_ngram_size)):
                 log_probs[row, tokens] = float("-inf")
         v = log_probs.size(-1)
-        scores = (log_probs.view(b, k, v) + running_scores[:, :, None]).view(b, k * v)
-        top_scores, top_index = scores.topk(2 * k, dim=1)  # (B, 2K)
+        scores = (log_probs.view(n, k, v) + running_scores[:, :, None]).view(n, k * v)
+        top_scores, top_index = scores.topk(2 * k, dim=1)  # (n, 2K)
         beam, token = top_index // v, top_index % v
         candidates = running.gather(1, beam[:, :, None].expand(-1, -1, max_length)).clone()
         candidates[:, :, cur_len] = token
@@ -78,7 +88,7 @@ def search(
         keep = going.topk(k, dim=1).indices
         running = candidates.gather(1, keep[:, :, None].expand(-1, -1, max_length))
         running_scores = going.gather(1, keep)
-        parents = beam.gather(1, keep) + batch_offset
+        parents = beam.gather(1, keep) + torch.arange(n, device=dev)[:, None] * k
         # the candidates that end join the finished hypotheses if they beat them
         just = ends & top_k[None, :]
         done = top_scores / ((cur_len + 1 - t) ** length_penalty)
@@ -91,16 +101,27 @@ def search(
         finished_len = torch.cat((finished_len, lengths), dim=1).gather(1, merged)
         is_finished = torch.cat((is_finished, just), dim=1).gather(1, merged)
         cur_len += 1
-        best_len = max_length - t if early_stopping == "never" and length_penalty > 0.0 else cur_len - t
-        best_running = running_scores[:, :1] / (best_len**length_penalty)
+        best_len_now = max_length - t if early_stopping == "never" and length_penalty > 0.0 else cur_len - t
+        best_running = running_scores[:, :1] / (best_len_now**length_penalty)
         worst_finished = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True).values, NEG)
         may_improve = may_improve & (best_running > worst_finished).any(dim=-1, keepdim=True)
-        open_beams = not (bool(is_finished.all()) and early_stopping is True)
-        if not (bool(may_improve.any()) and open_beams and not bool(ends.all())):
-            break
+        # a source is settled when no running beam can join its finished ones, or it has K and stops early
+        settled = ~may_improve[:, 0] | (is_finished.all(dim=-1) & (early_stopping is True))
+        if bool(ends.all()):  # the length limit (at most K of the 2K candidates can end with EOS)
+            settled = torch.ones_like(settled)
+        if bool(settled.any()):
+            gone = live[settled]
+            best[gone], best_len[gone] = finished[settled, 0], finished_len[settled, 0]
+            stay = (~settled).nonzero().squeeze(1)
+            if stay.numel() == 0:
+                break
+            live, parents = live[stay], parents[stay]
+            running, running_scores, may_improve = running[stay], running_scores[stay], may_improve[stay]
+            finished, finished_scores = finished[stay], finished_scores[stay]
+            finished_len, is_finished = finished_len[stay], is_finished[stay]
         reorder(parents.view(-1))
-        pending = running.view(b * k, -1)[:, cur_len - 1 : cur_len]
-    return finished[:, 0, : t + int(finished_len[:, 0].max())]
+        pending = running.view(live.numel() * k, -1)[:, cur_len - 1 : cur_len]
+    return best[:, : t + int(best_len.max())]
 
 
 @torch.inference_mode()
@@ -150,11 +171,12 @@ def seq2seq_beam_search(
     no_repeat_ngram_size: int = 0,
     eos_id: int | None = None,
     pad_id: int | None = None,
+    min_new_tokens: int = 0,
 ) -> torch.Tensor:
     """Source ids (B, S), attention_mask (B, S) 1 for real tokens -> (B, 1 + L): decoder_start_id and the best
     hypothesis of each source, shorter ones filled with pad_id (or eos_id when pad_id is 0, as transformers does);
     eos_id and pad_id default to the model's. The encoder runs once per source; its output is repeated for the K
-    beams. early_stopping as in beam_search."""
+    beams. early_stopping as in beam_search; EOS is forbidden before min_new_tokens (as in transformers)."""
     cfg = model.cfg
     eos_id = cfg.eos_id if eos_id is None else eos_id
     pad_id = cfg.pad_id if pad_id is None else pad_id
@@ -170,7 +192,19 @@ def seq2seq_beam_search(
         def logits_of(new_ids: torch.Tensor) -> torch.Tensor:
             return model.decode(new_ids, memory, mask, cache)[:, -1]
 
-        return search(logits_of, cache.reorder, start, k, 1 + max_new_tokens, length_penalty, early_stopping,
-                      no_repeat_ngram_size, eos_id, pad_id or eos_id)  # fmt: skip
+        def reorder(rows: torch.Tensor) -> None:
+            nonlocal memory, mask
+            if rows.numel() == memory.size(0):
+                # the K beams of a source share its memory and cross-attention keys/values: only self-attention's move
+                cross, cache.cross = cache.cross, {}
+                cache.reorder(rows)
+                cache.cross = cross
+                return
+            cache.reorder(rows)  # sources left: their rows go, cross-attention's too
+            memory = memory.index_select(0, rows)
+            mask = mask.index_select(0, rows) if mask is not None else None
+
+        return search(logits_of, reorder, start, k, 1 + max_new_tokens, length_penalty, early_stopping,
+                      no_repeat_ngram_size, eos_id, pad_id or eos_id, min_new_tokens)  # fmt: skip
     finally:
         model.train(was_training)

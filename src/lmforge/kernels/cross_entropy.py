@@ -16,7 +16,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, targets, ignore_index: int, chunk_rows: int, grad_enabled: bool, count: bool):
+    def forward(ctx, x, weight, bias, targets, ignore_index: int, chunk_rows: int, grad_enabled: bool, count: bool,
+                smoothing: float):  # fmt: skip
         acc = torch.promote_types(x.dtype, torch.float32)  # at least fp32; fp64 inputs stay fp64
         valid = targets != ignore_index
         scale = valid.to(acc) / valid.sum().clamp(min=1).to(acc)  # (N,): 1/count on counted rows, 0 elsewhere
@@ -25,20 +26,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_x = torch.empty_like(x) if want_x else None
         grad_w = torch.zeros_like(weight) if want_w else None
         grad_b = torch.zeros_like(bias) if want_b else None
-        total = torch.zeros((), dtype=acc, device=x.device)
+        nll = torch.zeros((), dtype=acc, device=x.device)
+        mean_logp = torch.zeros((), dtype=acc, device=x.device)  # sum over rows of scale * mean_v logp (smoothing)
         correct = torch.zeros((), dtype=torch.int64, device=x.device)
         for start in range(0, x.size(0), chunk_rows):
             rows = slice(start, start + chunk_rows)
             xs, ts, ss = x[rows], safe_targets[rows], scale[rows]
             logits = linear(xs, weight, bias)
             logp = torch.log_softmax(logits.to(acc), dim=-1)  # (rows, V)
-            total -= (logp.gather(1, ts[:, None]).squeeze(1) * ss).sum()
+            nll -= (logp.gather(1, ts[:, None]).squeeze(1) * ss).sum()
+            if smoothing:
+                mean_logp += (logp.mean(dim=-1) * ss).sum()
             if count:
                 correct += ((logp.argmax(dim=-1) == ts) & valid[rows]).sum()
             if not (want_x or want_w or want_b):
                 continue
-            grad = logp.exp_()  # softmax; d loss / d logits = (softmax - onehot) * scale
-            grad[torch.arange(grad.size(0), device=x.device), ts] -= 1
+            # d loss / d logits = (softmax - (1 - eps) onehot - eps / V) * scale
+            grad = logp.exp_()
+            grad[torch.arange(grad.size(0), device=x.device), ts] -= 1 - smoothing
+            if smoothing:
+                grad -= smoothing / grad.size(1)
             if want_b:
                 grad_b += (ss @ grad).to(bias.dtype)
             grad = grad.to(x.dtype)
@@ -47,13 +54,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if want_w:  # (V, d) += grad^T xs, formed as (xs^T grad)^T: the products run on oneDNN on AMD CPUs
                 grad_w += linear((xs * ss[:, None].to(x.dtype)).t(), grad.t()).t()
         ctx.save_for_backward(grad_x, grad_w, grad_b)
-        ctx.mark_non_differentiable(correct)
-        return total, correct
+        ctx.mark_non_differentiable(nll, correct)
+        total = (1 - smoothing) * nll - smoothing * mean_logp if smoothing else nll.clone()
+        return total, nll, correct
 
     @staticmethod
-    def backward(ctx, grad_out, _grad_correct):
+    def backward(ctx, grad_out, _grad_nll, _grad_correct):
         grads = tuple(None if g is None else g * grad_out for g in ctx.saved_tensors)
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
 @torch.compiler.disable
@@ -65,18 +73,24 @@ def linear_cross_entropy(
     chunk_rows: int | None = None,
     bias: torch.Tensor | None = None,
     return_correct: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    label_smoothing: float = 0.0,
+    return_nll: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Mean cross-entropy of the logits x @ weight.T (+ bias) against targets, without materializing all the logits.
 
     x: (..., d), weight: (V, d), bias: (V,) or None, targets: (...) with ignore_index marking positions that do not
     count. Equal to F.cross_entropy(F.linear(x, weight, bias), targets, ignore_index=ignore_index) up to float
     rounding. return_correct=True also returns how many counted rows have their target as the top logit (accuracy
-    for free: the logits pass by anyway). chunk_rows defaults to as many rows as keep one chunk's logits under 512 MB
-    in fp32. Kept out of torch.compile graphs: its chunk loop is already a few large matmuls.
+    for free: the logits pass by anyway). label_smoothing eps keeps 1 - eps on the target and spreads eps over the
+    vocabulary, as F.cross_entropy(label_smoothing=eps) does; return_nll=True also returns the plain (unsmoothed)
+    cross-entropy, without a gradient. Extras follow the loss in that order: (loss, correct, nll). chunk_rows
+    defaults to as many rows as keep one chunk's logits under 512 MB in fp32. Kept out of torch.compile graphs: its
+    chunk loop is already a few large matmuls.
     """
     chunk_rows = chunk_rows or max(256, 2**27 // weight.size(0))
-    loss, correct = _LinearCrossEntropy.apply(
+    loss, nll, correct = _LinearCrossEntropy.apply(
         x.reshape(-1, x.size(-1)), weight, bias, targets.reshape(-1), ignore_index, chunk_rows,
-        torch.is_grad_enabled(), return_correct,
+        torch.is_grad_enabled(), return_correct, float(label_smoothing),
     )  # fmt: skip
-    return (loss, correct) if return_correct else loss
+    extras = (correct,) * return_correct + (nll,) * return_nll
+    return (loss, *extras) if extras else loss

@@ -127,6 +127,17 @@ class T5(nn.Module):
     ) -> torch.Tensor:
         """Next-token logits (B, T, vocab_size) for target ids (B, T) after the cached ones, reading the encoder
         output `memory` (B, S, d_model) whose real tokens attention_mask marks."""
+        return self.lm_head(self.decoder_hidden(decoder_input_ids, memory, attention_mask, cache))
+
+    def decoder_hidden(
+        self,
+        decoder_input_ids: torch.Tensor,
+        memory: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """What the LM head reads (B, T, d_model): the decoder's output, rescaled by d_model ** -0.5 when the head is
+        the tied embedding (T5), so a loss can fuse the head with the cross-entropy."""
         start = cache.length if cache is not None else 0
         t = decoder_input_ids.size(1)
         bias = self.decoder_bias(t, start + t, start) if self.relative else None
@@ -136,7 +147,7 @@ class T5(nn.Module):
         x = self.drop(x)
         if self.cfg.tie_embeddings and self.relative:
             x = x * self.cfg.d_model**-0.5
-        return self.lm_head(x)
+        return x
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, decoder_input_ids: torch.Tensor

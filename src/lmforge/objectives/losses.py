@@ -54,13 +54,17 @@ def pretraining_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
 def seq2seq_loss(model, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0):
     """An encoder-decoder's cross-entropy on the targets with teacher forcing, label-smoothed when asked (the
     target keeps 1 - eps and eps is spread over the vocabulary, as torch's cross_entropy does); its token accuracy
-    and the plain negative log-likelihood, whose exp is the perplexity."""
-    logits = model(batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"])  # (B, T, vocab_size)
+    and the plain negative log-likelihood, whose exp is the perplexity.
+
+    The LM head runs on the real target positions only and is fused with the loss: the (tokens x vocabulary) logits
+    are never stored (transformers' T5 computes them at every position, padding included)."""
+    memory = model.encode(batch["input_ids"], batch["attention_mask"])
+    hidden = model.decoder_hidden(batch["decoder_input_ids"], memory, batch["attention_mask"])  # (B, T, d_model)
     labels = batch["labels"]
     kept = labels != IGNORE
-    log_probs = logits.float().log_softmax(-1)[kept]  # (N, vocab_size): the real target positions only
     targets = labels[kept]
-    nll = -log_probs.gather(1, targets[:, None]).mean()
-    loss = nll if not label_smoothing else (1 - label_smoothing) * nll - label_smoothing * log_probs.mean()
-    accuracy = (logits.detach()[kept].argmax(-1) == targets).float().mean()
-    return loss, {"token_acc": accuracy, "nll": nll.detach()}
+    loss, correct, nll = linear_cross_entropy(
+        hidden[kept], model.lm_head.weight, targets, bias=model.lm_head.bias, return_correct=True,
+        label_smoothing=label_smoothing, return_nll=True,
+    )  # fmt: skip
+    return loss, {"token_acc": correct / max(targets.numel(), 1), "nll": nll}
