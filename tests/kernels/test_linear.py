@@ -129,3 +129,36 @@ def test_apply_kernels_keeps_parameters_hooks_logits_tokens_and_training():
         m(idx).logsumexp(-1).mean().backward()
     for (name, p), q in zip(model.named_parameters(), plain_model.parameters(), strict=True):
         assert torch.equal(p.grad, q.grad), name
+
+
+def test_the_packed_weight_gives_the_same_products_and_never_outlives_a_training_step(monkeypatch):
+    """The packed copy (made after PACK_AFTER calls of 2+ rows in evaluation mode) gives oneDNN's products bit for
+    bit, and is dropped by train() and by a forward that records gradients: fused AdamW updates the weight in place
+    without bumping its version counter, so a copy kept across a step would be stale."""
+    monkeypatch.setattr(linear_module, "_onednn_linear", _onednn_or_skip())
+    monkeypatch.setattr(linear_module, "_onednn_rows", (1, 2**62))
+    monkeypatch.setattr(linear_module, "_packs", True)
+    torch.manual_seed(0)
+    layer = Linear(16, 40).eval()
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, fused=True)
+    x = torch.randn(8, 16)
+
+    def packed_output() -> torch.Tensor:
+        with torch.inference_mode():
+            for _ in range(linear_module.PACK_AFTER):
+                y = layer(x)
+        assert layer._packed is not None
+        return y
+
+    for leave_eval_mode in (True, False):
+        y = packed_output()
+        with torch.inference_mode():
+            assert torch.equal(y, linear_module._onednn_linear(x, layer.weight, layer.bias, "none", [], ""))
+        if leave_eval_mode:
+            layer.train()
+        layer(x).square().sum().backward()  # in evaluation mode too: a forward that records gradients
+        optimizer.step()
+        optimizer.zero_grad()
+        assert layer._packed is None and layer._argmax_screen is None
+        layer.eval()
+        torch.testing.assert_close(packed_output(), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)

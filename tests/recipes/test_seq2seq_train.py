@@ -171,7 +171,7 @@ def test_shipped_transformer_mt_config():
     cfg = load_config("transformer-mt")
     m = cfg.model
     assert (m.position, m.norm, m.norm_type, m.bias, m.tie_embeddings) == ("sinusoidal", "post", "layer", True, True)
-    assert cfg.train.schedule == "inverse_sqrt" and cfg.train.label_smoothing == 0.1 and cfg.train.batch_tokens > 0
+    assert cfg.train.label_smoothing == 0.1 and cfg.train.batch_tokens > 0 and cfg.data.tokenizer == "bpe"
     with pytest.raises(LmforgeError, match="label_smoothing"):
         load_config("transformer-mt", ["train.label_smoothing=1.5"])
 

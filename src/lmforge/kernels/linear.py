@@ -109,13 +109,13 @@ class Linear(nn.Linear):
         else:
             self._multi_row_calls = 0
             if self.weight.requires_grad and torch.is_grad_enabled():
-                self._packed = None  # a training step, even in evaluation mode: the weight is about to change
+                self._packed = self._argmax_screen = None  # a training step, even in eval mode: the weight will change
         return linear(x, self.weight, self.bias)
 
     def train(self, mode: bool = True) -> Linear:
-        """Drops the packed copy: training changes the weight, and the fused AdamW step leaves its version counter
-        as it was, so only leaving evaluation mode tells that the copy may be stale."""
-        self._packed, self._multi_row_calls = None, 0
+        """Drops the packed copy and the argmax screen: training changes the weight, and the fused AdamW step leaves
+        its version counter as it was, so only a change of mode tells that a copy may be stale."""
+        self._packed, self._argmax_screen, self._multi_row_calls = None, None, 0
         return super().train(mode)
 
     def __getstate__(self) -> dict:
