@@ -134,7 +134,7 @@ def test_greedy_generation_is_the_same_with_and_without_the_screen(monkeypatch):
     model = tiny_gpt(vocab_size=3000, d_model=32, max_seq_len=64)
     prompt = torch.randint(3000, (2, 5), generator=torch.Generator().manual_seed(6))
     plain = model.generate(prompt, 40, greedy=True)  # nn.Linear's head: the argmax of the logits
-    screened = apply_kernels(model).generate(prompt, 40, greedy=True)
+    screened = apply_kernels(model.eval()).generate(prompt, 40, greedy=True)  # train() would drop the screen
     assert model.lm_head._argmax_screen is not None and torch.equal(screened, plain)
     monkeypatch.setattr(argmax_module, "_int_mm_works", lambda: False)
     assert torch.equal(screened, model.generate(prompt, 40, greedy=True))

@@ -113,9 +113,11 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
     def train(self, mode: bool = True) -> Linear:
-        """Drops the packed copy and the argmax screen: training changes the weight, and the fused AdamW step leaves
-        its version counter as it was, so only a change of mode tells that a copy may be stale."""
-        self._packed, self._argmax_screen, self._multi_row_calls = None, None, 0
+        """Entering training mode drops the packed copy and the argmax screen: training changes the weight, and the
+        fused AdamW step leaves its version counter as it was, so the counter cannot tell that a copy is stale.
+        eval() keeps them, so repeated generation calls (each sets evaluation mode) reuse them."""
+        if mode:
+            self._packed, self._argmax_screen, self._multi_row_calls = None, None, 0
         return super().train(mode)
 
     def __getstate__(self) -> dict:
