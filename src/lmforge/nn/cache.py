@@ -30,7 +30,14 @@ class KVCache:
         self.length += n
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Rows follow their beams in beam search: row i now holds what row rows[i] held."""
-        self.k = [k.index_select(0, rows) for k in self.k]
-        self.v = [v.index_select(0, rows) for v in self.v]
+        """Rows follow their beams in beam search: row i now holds what row rows[i] held. Only the cached positions
+        are copied, into fresh buffers with room for the rest."""
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            out = t.new_empty((rows.numel(), *t.shape[1:]))
+            torch.index_select(t.narrow(2, 0, self.length), 0, rows, out=out.narrow(2, 0, self.length))
+            return out
+
+        self.k = [pick(k) for k in self.k]
+        self.v = [pick(v) for v in self.v]
         self.cross = {layer: (k.index_select(0, rows), v.index_select(0, rows)) for layer, (k, v) in self.cross.items()}
