@@ -82,3 +82,31 @@ def test_seq2seq_needs_an_encoder_decoder(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "fine-tunes an encoder-decoder (t5 family), not a bert model" in lines[0]
     assert not (tmp_path / "ft").exists() or not any((tmp_path / "ft").rglob("*.safetensors"))
+
+
+def test_a_hugging_face_t5_fine_tunes_and_predicts(tmp_path, capsys):
+    """A transformers T5 directory (with a Unigram tokenizer.json) as --model; the fine-tuned model then answers
+    lmforge predict with its generated text."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from lmforge.tokenizer import Tokenizer
+
+    train = write_pairs(tmp_path / "train.tsv", 40, 0)
+    texts = [line for row in train.read_text().splitlines()[1:] for line in row.split("\t")]
+    tokenizer = Tokenizer.train_unigram(texts, 40, encoder=True)
+    pad, eos = tokenizer.special_id("pad"), tokenizer.special_id("sep")
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=tokenizer.vocab_size, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                      pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad, dropout_rate=0.0)  # fmt: skip
+    T5ForConditionalGeneration(config).save_pretrained(tmp_path / "hf", safe_serialization=True)
+    tokenizer.save(tmp_path / "hf" / "tokenizer.json")
+    argv = ["finetune", "--task", "seq2seq", "--model", str(tmp_path / "hf"), "--train", str(train), "--eval",
+            str(train), "--out", str(tmp_path / "ft"), "--max-steps", "4", "--batch-size", "8",
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "ft" / "eval" / "report.json").read_text())
+    assert report["task"] == "seq2seq" and 0 <= report["bleu"] <= 100
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "ft"), "--text", "a b c", "--text", "d e"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["source"] for r in records] == ["a b c", "d e"] and all(isinstance(r["output"], str) for r in records)
