@@ -120,3 +120,20 @@ def test_bad_flags_fail_before_the_model_loads(tmp_path, capsys, flags, message)
     assert main(["summarize", str(tmp_path / "missing"), *text, *flags]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_nothing_to_translate_is_one_line_and_writes_nothing(t5_checkpoint, tmp_path, capsys):
+    """An empty --text, or an input file that is empty or blank: exit 2, one line, no output file. (A blank line
+    among others keeps its place as a blank output line, tested above.)"""
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    (tmp_path / "blank.txt").write_text("\n \n", encoding="utf-8")
+    runs = [
+        (["--text", ""], "--text is empty"),
+        (["--input", str(tmp_path / "empty.txt"), "--output", str(tmp_path / "o1.txt")], "empty.txt holds no text"),
+        (["--input", str(tmp_path / "blank.txt"), "--output", str(tmp_path / "o2.txt")], "blank.txt holds no text"),
+    ]
+    for flags, message in runs:
+        assert main(["translate", str(t5_checkpoint), *flags, "--no-progress"]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "o1.txt").exists() and not (tmp_path / "o2.txt").exists()

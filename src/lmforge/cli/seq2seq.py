@@ -11,11 +11,19 @@ from lmforge.errors import LmforgeError
 def cmd_seq2seq(args: argparse.Namespace) -> None:
     from lmforge.atomic import check_output_file
     from lmforge.checkpoint.loader import load
-    from lmforge.generation.seq2seq import check_options, check_seq2seq, generate_seq2seq, generate_seq2seq_file
+    from lmforge.generation.seq2seq import (
+        check_options,
+        check_seq2seq,
+        check_texts,
+        generate_seq2seq,
+        generate_seq2seq_file,
+    )
     from lmforge.training.device import resolve_device
 
     if (args.input is None) == (not args.text) or (args.input is None) != (args.output is None):
         raise LmforgeError(f"give --text TEXT (repeatable), or --input FILE with --output FILE, to lmforge {args.verb}")
+    if args.text:
+        check_texts(args.text, "--text")
     device = resolve_device(args.device)
     options = dict(
         num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, length_penalty=args.length_penalty,

@@ -125,12 +125,21 @@ def generate_seq2seq(
     return outputs
 
 
+def check_texts(texts: list[str], where: str) -> None:
+    """Some source must hold text: a blank one among others keeps its place as a blank output, but nothing at all to
+    translate is a mistake (where names the flag or file)."""
+    if not any(text.strip() for text in texts):
+        what = "is empty" if where.startswith("--") else "holds no text (it is empty or blank)"
+        raise LmforgeError(f"{where} {what}: give the text to translate or summarize, one source a line")
+
+
 def generate_seq2seq_file(model, tokenizer: Tokenizer, source: str | Path, output: str | Path, **options) -> int:
     """Writes output (atomically, as_lines): line i is the output of line i of source, a blank line for a blank one.
     Returns the number of lines; options as in generate_seq2seq."""
     lines = read_utf8(Path(source)).split("\n")
     if lines and lines[-1] == "":  # the newline that ends the last line
         lines.pop()
+    check_texts(lines, str(source))
     outputs = generate_seq2seq(model, tokenizer, [line.rstrip("\r") for line in lines], **options)
     write_text_atomic(Path(output), as_lines(outputs))
     return len(outputs)
