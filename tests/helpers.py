@@ -178,3 +178,21 @@ def t5_sources(vocab_size: int = T5_SHAPE["vocab_size"]):
     mask = torch.ones_like(ids)
     mask[1, 7:], mask[2, 4:] = 0, 0
     return ids.masked_fill(mask == 0, 0), mask
+
+
+def tiny_t5(texts: list[str], vocab_size: int, max_seq_len: int):
+    """A random T5 of a few thousand parameters (eval mode, seed 0) and a byte-level BPE with <pad> and </s>
+    trained on texts, its ids set in the model's config as T5 sets them."""
+    from lmforge.config import T5Config
+    from lmforge.models.t5 import T5
+    from lmforge.tokenizer import ENCODER_BPE_SPECIALS, Tokenizer
+
+    tokenizer = Tokenizer.train_bpe(texts, vocab_size, special_tokens=ENCODER_BPE_SPECIALS)
+    pad, eos = tokenizer.special_id("pad"), tokenizer.special_id("sep")
+    cfg = T5Config(
+        vocab_size=tokenizer.vocab_size, d_model=16, d_kv=4, d_ff=24, n_layer=1, n_head=2, max_seq_len=max_seq_len,
+        relative_attention_num_buckets=8, relative_attention_max_distance=max_seq_len, dropout=0.0,
+        pad_id=pad, eos_id=eos, decoder_start_id=pad,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return T5(cfg).eval(), tokenizer

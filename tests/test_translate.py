@@ -1,17 +1,14 @@
 import json
 
 import pytest
-import torch
-from helpers import tiny_checkpoint
+from helpers import tiny_checkpoint, tiny_t5
 
 from lmforge.checkpoint import save_checkpoint
 from lmforge.checkpoint.loader import load
 from lmforge.cli.main import main
-from lmforge.config import DataConfig, RunConfig, T5Config
+from lmforge.config import DataConfig, RunConfig
 from lmforge.generation.seq2seq import generate_seq2seq
-from lmforge.models.t5 import T5
 from lmforge.tasks.generation_metrics import bleu_chrf, rouge
-from lmforge.tokenizer import ENCODER_BPE_SPECIALS, Tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,16 +19,9 @@ TARGETS = ["die katze sass auf der matte", "ein hund lief", "der rote vogel sing
 @pytest.fixture(scope="module")
 def t5_checkpoint(tmp_path_factory):
     """An lmforge checkpoint of a random T5 of a few thousand parameters, its tokenizer a BPE with <pad> and </s>."""
-    tokenizer = Tokenizer.train_bpe((SOURCES + TARGETS) * 4, 300, special_tokens=ENCODER_BPE_SPECIALS)
-    pad, eos = tokenizer.special_id("pad"), tokenizer.special_id("sep")
-    cfg = T5Config(
-        vocab_size=tokenizer.vocab_size, d_model=16, d_kv=4, d_ff=24, n_layer=1, n_head=2, max_seq_len=12,
-        relative_attention_num_buckets=8, relative_attention_max_distance=12, dropout=0.0,
-        pad_id=pad, eos_id=eos, decoder_start_id=pad,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    run = RunConfig(family="t5", model=cfg, data=DataConfig(tokenizer="bpe"))
-    return save_checkpoint(tmp_path_factory.mktemp("t5") / "run", 1, T5(cfg), run, tokenizer)
+    model, tokenizer = tiny_t5((SOURCES + TARGETS) * 4, 300, 12)
+    run = RunConfig(family="t5", model=model.cfg, data=DataConfig(tokenizer="bpe"))
+    return save_checkpoint(tmp_path_factory.mktemp("t5") / "run", 1, model, run, tokenizer)
 
 
 def outputs(checkpoint, texts, **options):

@@ -3,13 +3,11 @@ from unittest.mock import patch
 
 import pytest
 import torch
+from helpers import tiny_t5
 
-from lmforge.config import T5Config
 from lmforge.errors import LmforgeError
 from lmforge.generation.beam import seq2seq_beam_search
 from lmforge.generation.seq2seq import _decode, check_seq2seq, generate_seq2seq
-from lmforge.models.t5 import T5
-from lmforge.tokenizer import ENCODER_BPE_SPECIALS, Tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,15 +17,8 @@ SOURCES = ["the cat sat on the mat", "a dog", "the red bird sings loud on the gr
 @pytest.fixture(scope="module")
 def t5_and_tokenizer():
     """A random T5 of a few thousand parameters and a byte-level BPE with <pad> and </s>."""
-    tokenizer = Tokenizer.train_bpe(SOURCES * 4, 270, special_tokens=ENCODER_BPE_SPECIALS)
-    pad, eos = tokenizer.special_id("pad"), tokenizer.special_id("sep")
-    cfg = T5Config(
-        vocab_size=tokenizer.vocab_size, d_model=16, d_kv=4, d_ff=24, n_layer=1, n_head=2, max_seq_len=16,
-        relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout=0.0,
-        pad_id=pad, eos_id=eos, decoder_start_id=pad,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = T5(cfg).eval()
+    model, tokenizer = tiny_t5(SOURCES * 4, 270, 16)
+    eos = tokenizer.special_id("sep")
     with torch.no_grad():  # large weights: peaked attention, varied outputs
         for p in model.parameters():
             torch.nn.init.normal_(p, std=0.5)
