@@ -22,6 +22,13 @@ def add_training_flags(p: argparse.ArgumentParser, config_default: str | None = 
         "--source", help="parallel data: the source language (DIR/train.SOURCE) or column of a .tsv/.jsonl file"
     )
     p.add_argument("--target", help="parallel data: the target language or column (translation: source -> target)")
+    p.add_argument(
+        "--init", help="continue pretraining from this checkpoint, Hugging Face directory or package (its weights, "
+        "tokenizer and architecture; the config gives data and training)",
+    )  # fmt: skip
+    p.add_argument(
+        "--add-tokens", metavar="FILE", help="with --init: domain tokens (one a line) added to its vocabulary"
+    )
     p.add_argument("--out", help="output directory for checkpoints, metrics and plots")
     p.add_argument("--max-steps", type=int, help="optimizer steps to train for")
     p.add_argument("--save-every", type=int, help="save a checkpoint every N steps (the end always saves)")
@@ -39,7 +46,7 @@ def training_config(args: argparse.Namespace):
 
     flags = {
         "data.path": args.data, "data.source": args.source, "data.target": args.target, "train.out": args.out,
-        "train.max_steps": args.max_steps,
+        "train.max_steps": args.max_steps, "train.init": args.init, "train.add_tokens": args.add_tokens,
         "train.save_every": args.save_every, "train.seed": args.seed, "train.device": args.device,
         "train.compile": True if args.compile else None, "train.progress": False if args.no_progress else None,
     }  # fmt: skip

@@ -95,6 +95,8 @@ class TrainConfig(Checked):
     log_every: int = 10
     seed: int = 1337
     max_nonfinite: int = 5  # steps in a row with a non-finite loss or gradient (each skipped) before the run stops
+    init: str | None = None  # continued pretraining: start from this checkpoint (its weights, tokenizer, architecture)
+    add_tokens: str | None = None  # with init: a file of domain tokens (one a line) added to its vocabulary
     parallel: typing.Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate the model, or shard it (FSDP)
     device: typing.Literal["auto", "cpu", "cuda"] = "auto"
     dtype: typing.Literal["auto", "fp32", "bf16"] = "auto"
@@ -125,6 +127,8 @@ class TrainConfig(Checked):
     }
 
     def check(self) -> None:
+        if self.add_tokens is not None and self.init is None:
+            raise LmforgeError("train.add_tokens (--add-tokens) grows a pretrained vocabulary: give --init too")
         if self.seq_len is not None and self.seq_len <= 0:
             raise LmforgeError(f"train.seq_len = {self.seq_len} is out of range: must be positive")
 

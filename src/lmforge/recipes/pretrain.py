@@ -23,6 +23,7 @@ from lmforge.errors import LmforgeError
 from lmforge.models import GPT, MODELS
 from lmforge.objectives import CausalLM, objective_for
 from lmforge.plots import plot_losses
+from lmforge.recipes.continued import start_from
 from lmforge.tokenizer import Tokenizer
 from lmforge.training import distributed
 from lmforge.training.callbacks import MetricsLog
@@ -84,9 +85,17 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
         raise LmforgeError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
     objective = objective_for(cfg)
     resumed = resume and existing is not None
+    start, tokenizer_file = None, existing / TOKENIZER if resumed else None
+    if resumed and t.init:  # the architecture is the one it started from, as its checkpoint holds it
+        cfg = dataclasses.replace(cfg, model=load_checkpoint(existing).cfg.model)
+    elif t.init:
+        cfg, start, tokenizer = start_from(cfg, device)
+        tokenizer_file = out / "data" / "init-tokenizer.json"
+        tokenizer_file.parent.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(tokenizer_file)
     with distributed.main_first():  # rank 0 prepares the data; the others then find it prepared
         # a resumed model reads the ids it was trained on: its tokenizer, never one trained anew on the data
-        data = objective.data(cfg, out / "data", existing / TOKENIZER if resumed else None)
+        data = objective.data(cfg, out / "data", tokenizer_file)
     if resumed and not same_tokenizer(data.tokenizer, Tokenizer.load(existing / TOKENIZER)):
         raise LmforgeError(
             f"cannot resume from {existing}: the prepared data {data.path} was tokenized with another tokenizer; "
@@ -98,7 +107,8 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
     torch.manual_seed(t.seed)
     random.seed(t.seed)
     np.random.seed(t.seed)
-    model = distributed.place(MODELS[cfg.family](cfg.model), device, t.parallel)  # sharded with parallel=fsdp
+    model = start if start is not None else MODELS[cfg.family](cfg.model)
+    model = distributed.place(model, device, t.parallel)  # sharded with parallel=fsdp
     optimizer = build_optimizer(model, t, device)
     sampler = objective.sampler(cfg, data, t.seed, distributed.rank(), distributed.world_size())
     step = 0
@@ -127,6 +137,8 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
             out, at, model, optimizer, sampler, cfg, data.tokenizer, t.keep_last, extra_state={"data": str(data.path)}
         )
 
+    if start is not None:  # where the pretrained model stands on this data before continuing: step 0
+        evaluate_at(0)
     hooks = Hooks(
         lr=lambda at: lr_at(at, t), save=save, evaluate=evaluate_at,
         throughput=lambda dt: {"tokens_per_s": tokens_per_step / dt, "tflops": flops_per_step / dt / 1e12},
