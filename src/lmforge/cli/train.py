@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from lmforge.cli.cleaning import add_dedup_flags
 from lmforge.cli.flags import add_device_flag, add_overrides_flag
 from lmforge.errors import LmforgeError
 
@@ -112,6 +113,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     build = prepare_documents if args.documents else prepare
     extra = {} if args.documents else {"on_bad_line": args.on_bad_line}
+    extra.update(redact_pii=args.redact_pii, dedup=args.dedup, dedup_threshold=args.dedup_threshold)
     out = build(args.input, args.tokenizer, args.out, args.vocab_size, args.val_fraction, not args.no_progress,
                 not args.cased, not args.cased, **extra)  # fmt: skip
     print(f"prepared {out}")
@@ -153,6 +155,7 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--cased", action="store_true", help="WordPiece: keep case and accents")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--on-bad-line", choices=["error", "skip"], default="error", help="a malformed .jsonl/.csv record")
+    add_dedup_flags(p)
     p.add_argument("--out", required=True)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=cmd_prepare)

@@ -31,10 +31,14 @@ class DataConfig(Checked):
     whole_word_masking: bool = False  # MLM: select whole words, never a piece of one
     source: str | None = None  # parallel data: the source language (train.SOURCE files) or column (.tsv/.jsonl)
     target: str | None = None  # parallel data: the target language or column; both set = sequence-to-sequence
+    redact_pii: bool = False  # replace e-mails, phones, IPs, card numbers, IBANs, URLs with passwords by <TYPE>
+    dedup: typing.Literal["none", "exact", "near"] = "none"  # remove duplicate documents (near: MinHash + LSH)
+    dedup_threshold: float = 0.8  # dedup near: the Jaccard similarity of word shingles that makes a duplicate
 
     _ranges = {
         "val_fraction": (_fraction, "a fraction in [0, 1)"),
         "mlm_probability": (lambda p: 0 < p < 1, "a probability in (0, 1), usually 0.15"),
+        "dedup_threshold": (lambda t: 0 < t <= 1, "a Jaccard similarity in (0, 1], usually 0.8"),
     }
 
     def check(self) -> None:

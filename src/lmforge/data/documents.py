@@ -17,7 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from lmforge.atomic import check_output_dir
-from lmforge.data.clean import clean_text
+from lmforge.data.clean import BLANK_LINE, clean_documents, clean_text
+from lmforge.data.dedup import check_dedup
 from lmforge.data.prepare import (
     base_meta,
     check_trained_vocab_size,
@@ -31,7 +32,6 @@ from lmforge.errors import LmforgeError
 from lmforge.tokenizer import Tokenizer
 
 LAYOUT = "documents"
-BLANK_LINE = re.compile(r"\n[ \t]*\n")
 # a sentence ends at a line break, after . ! ? and a space, or right after the CJK full stops 。！？
 SENTENCE_END = re.compile(r"\n|(?<=[.!?])[ \t]+|(?<=[。！？])")
 BATCH_SENTENCES = 10_000  # sentences encoded in parallel at a time
@@ -115,13 +115,17 @@ def prepare_documents(
     progress: bool = True,
     lowercase: bool = True,
     strip_accents: bool = True,
+    redact_pii: bool = False,
+    dedup: str = "none",
+    dedup_threshold: float = 0.8,
 ) -> Path:
     """Splits the files into documents and sentences, trains or loads the tokenizer, and writes a prepared folder.
 
     The last val_fraction of the documents (at least one when val_fraction > 0) is the validation split; a trained
-    byte-level BPE gets the encoder special tokens.
+    byte-level BPE gets the encoder special tokens. redact_pii, dedup and dedup_threshold: clean_documents.
     """
     inputs = input_list(inputs)
+    check_dedup(dedup, dedup_threshold)
     out_dir = Path(out_dir)
     for source in inputs:
         check_output_dir(out_dir, {"--input": source})
@@ -129,6 +133,11 @@ def prepare_documents(
     tok = resolve_tokenizer(tokenizer)
     check_trained_vocab_size(tok, vocab_size, encoder=True)
     docs = [doc for path in inputs for doc in read_documents(path)]
+    cleaning = None
+    if redact_pii or dedup != "none":
+        kept, docs, cleaning = clean_documents(docs, redact_pii, dedup, dedup_threshold, progress)
+        docs = [docs[i] for i in kept]
+        cleaning["dedup"].pop("examples", None)  # meta.json keeps the counts only
     if isinstance(tok, str):
         tok = train_tokenizer(tok, docs, vocab_size, progress, lowercase, strip_accents, encoder=True)
     sentences = [split_sentences(doc) for doc in docs]
@@ -141,6 +150,8 @@ def prepare_documents(
     splits = {"train": _tokenize(tok, sentences[: len(docs) - n_val], progress)}
     splits["val"] = _tokenize(tok, sentences[len(docs) - n_val :], progress)
     meta = {"layout": LAYOUT, **base_meta(tok, splits["train"].tokens.dtype, inputs, val_fraction)}
+    if cleaning is not None:
+        meta["cleaning"] = cleaning
     arrays = {}
     for name, split in splits.items():
         meta[f"n_{name}_tokens"] = len(split.tokens)

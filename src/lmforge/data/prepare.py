@@ -16,7 +16,8 @@ import numpy as np
 from tqdm import tqdm
 
 from lmforge.atomic import check_output_dir
-from lmforge.data.clean import clean_text
+from lmforge.data.clean import BLANK_LINE, clean_documents, clean_text
+from lmforge.data.dedup import check_dedup
 from lmforge.data.prepared_folder import FORMAT, check_out_dir, token_dtype, write_folder
 from lmforge.data.records import check_data_file, is_records, read_records
 from lmforge.errors import LmforgeError
@@ -139,6 +140,9 @@ def prepare(
     lowercase: bool = True,
     strip_accents: bool = True,
     on_bad_line: str = "error",
+    redact_pii: bool = False,
+    dedup: str = "none",
+    dedup_threshold: float = 0.8,
 ) -> Path:
     """Cleans and tokenizes the files (joined by <|endoftext|> when the tokenizer has it) into a prepared folder.
 
@@ -146,9 +150,11 @@ def prepare(
     lowercase and strip_accents for wordpiece), a tokenizer.json path or a Tokenizer. The last val_fraction of the
     token stream is the validation split, as in nanoGPT. A .jsonl or .csv file holds one document per record (its
     "text"); on_bad_line says what a malformed record does: "error" stops with its line number, "skip" skips and
-    counts it.
+    counts it. redact_pii, dedup and dedup_threshold are privacy-aware cleaning (clean_documents): to remove its
+    duplicates, a text file is split into documents at blank lines, and the ones kept are joined by a blank line.
     """
     inputs = input_list(inputs)
+    check_dedup(dedup, dedup_threshold)
     if not 0 <= val_fraction < 1:
         raise LmforgeError(f"val_fraction = {val_fraction} is out of range: a fraction in [0, 1)")
     out_dir = Path(out_dir)
@@ -157,13 +163,27 @@ def prepare(
     check_out_dir(out_dir)
     tok = resolve_tokenizer(tokenizer)
     check_trained_vocab_size(tok, vocab_size)
-    texts, records = [], []
+    texts, records, owner = [], [], []  # owner[i]: the text that document i is part of
     for p in inputs:
         docs, bad = read_records(p, on_bad_line) if is_records(p) else ([read_text(p)], None)
-        texts += [clean_text(d) for d in docs]
+        for doc in map(clean_text, docs):
+            parts = [d for d in BLANK_LINE.split(doc) if d.strip()] if dedup != "none" and bad is None else [doc]
+            owner += [len(texts)] * len(parts)
+            texts.append(parts)
         records.append(None if bad is None else {"records": len(docs), "skipped_lines": bad})
         if bad:
             print(f"{p}: skipped {bad} malformed line{'s' * (bad > 1)}", file=sys.stderr)
+    cleaning = None
+    if redact_pii or dedup != "none":
+        documents = [d for parts in texts for d in parts]
+        kept, documents, cleaning = clean_documents(documents, redact_pii, dedup, dedup_threshold, progress)
+        grouped: list[list[str]] = [[] for _ in texts]
+        for i in kept:
+            grouped[owner[i]].append(documents[i])
+        texts = ["\n\n".join(g) for g in grouped if g]
+        cleaning["dedup"].pop("examples", None)  # meta.json keeps the counts only
+    else:
+        texts = [parts[0] for parts in texts]
     if isinstance(tok, str):
         tok = train_tokenizer(tok, texts, vocab_size, progress, lowercase, strip_accents)
 
@@ -183,6 +203,8 @@ def prepare(
     }
     for source, counts in zip(meta["sources"], records, strict=True):
         source.update(counts or {})
+    if cleaning is not None:
+        meta["cleaning"] = cleaning
     write_folder(out_dir, {"train.bin": train, "val.bin": val}, tok, meta)
     return out_dir
 
@@ -226,6 +248,9 @@ def ensure_prepared(
     builder: Callable[..., Path] = prepare,
     on_bad_line: str = "error",
     started_with: str | None = None,
+    redact_pii: bool = False,
+    dedup: str = "none",
+    dedup_threshold: float = 0.8,
 ) -> Path:
     """A prepared folder as it is, or a text file prepared once into cache_dir and reused while file and settings hold.
 
@@ -234,6 +259,8 @@ def ensure_prepared(
     encoder's documents), called as builder([data], tokenizer, out_dir, vocab_size, val_fraction, progress, ...).
     started_with: when tokenizer is a resumed run's tokenizer.json, the tokenizer setting the run started with; the
     folder that setting gave is reused when its tokenizer is that very file, so the text is not tokenized again.
+    redact_pii, dedup and dedup_threshold (privacy-aware cleaning) join the key when they are not the defaults, so a
+    folder prepared without them is still found, and a changed option prepares again.
     """
     data = Path(data)
     if (data / "meta.json").is_file():
@@ -245,6 +272,9 @@ def ensure_prepared(
     check_data_file(data)  # before hashing it: /dev/zero never ends, and a pipe would be empty when read after
     spec = resolve_tokenizer(tokenizer)
     extra = {"on_bad_line": on_bad_line} if builder is prepare and is_records(data) else {}
+    cleaning: dict = {"redact_pii": True} if redact_pii else {}
+    if dedup != "none":
+        cleaning.update(dedup=dedup, dedup_threshold=dedup_threshold if dedup == "near" else 0.8)
     source = _sha256(data)
 
     def cached(spec_name: str | Tokenizer, tokenizer_file: str | Path) -> Path:
@@ -256,6 +286,8 @@ def ensure_prepared(
         if builder is not prepare:
             settings.append(builder.__name__)
         settings += list(extra.values())
+        if cleaning:
+            settings.append(sorted(cleaning.items()))
         return Path(cache_dir) / f"{data.stem}-{hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]}"
 
     if started_with is not None:
@@ -265,4 +297,6 @@ def ensure_prepared(
     out_dir = cached(spec, tokenizer)
     if (out_dir / "meta.json").is_file():
         return out_dir
-    return builder([data], spec, out_dir, vocab_size, val_fraction, progress, lowercase, strip_accents, **extra)
+    return builder(
+        [data], spec, out_dir, vocab_size, val_fraction, progress, lowercase, strip_accents, **extra, **cleaning
+    )

@@ -38,7 +38,8 @@ def _prepared(cfg: RunConfig, cache_dir: Path, tokenizer: Path | None, **builder
     d = cfg.data
     return ensure_prepared(
         d.path, str(tokenizer or d.tokenizer), d.vocab_size, d.val_fraction, cache_dir, cfg.train.progress,
-        d.lowercase, d.strip_accents, on_bad_line=d.on_bad_line, started_with=tokenizer and d.tokenizer, **builder,
+        d.lowercase, d.strip_accents, on_bad_line=d.on_bad_line, started_with=tokenizer and d.tokenizer,
+        redact_pii=d.redact_pii, dedup=d.dedup, dedup_threshold=d.dedup_threshold, **builder,
     )  # fmt: skip
 
 
