@@ -1,5 +1,7 @@
-"""Document deduplication: exact (a hash of the normalised text) and near (MinHash of word shingles, LSH-bucketed by
-datasketch, then confirmed by the estimated Jaccard similarity), keeping each document's first occurrence.
+"""Document deduplication: exact (a hash of the normalised text) and near (MinHash of word shingles, bucketed by
+locality-sensitive hashing over bands of the signature, then confirmed by the estimated Jaccard similarity), keeping
+each document's first occurrence. The signatures follow datasketch's affine32 scheme (so they can be checked against
+it); the banding runs here, vectorized, since datasketch's per-document LSH objects ran at ~1.5 MB/s.
 
 Repeated documents make a model memorise them (Lee et al. 2022, "Deduplicating Training Data Makes Language Models
 Better"); near duplicates (boilerplate, a page scraped twice with a changed date) do the same.
@@ -7,6 +9,7 @@ Better"); near duplicates (boilerplate, a page scraped twice with a changed date
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import zlib
@@ -25,6 +28,17 @@ EXAMPLE_CHARS = 80
 LSH_MARGIN = 0.75
 GROUP_SHINGLES = 1 << 13  # shingles hashed at once: (8192, NUM_PERM) uint32 is 4 MB
 _WORD = re.compile(r"\w+")
+
+
+def _permutations(num_perm: int = NUM_PERM, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine32 permutations h -> a h + b mod 2^32 (a odd) for MinHash(num_perm, seed), drawn as it draws
+    them, so these signatures equal its own (a test checks)."""
+    generator = np.random.RandomState(seed)
+    a = generator.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    return a, generator.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+
+
+PERMUTATIONS = _permutations()
 _MASK = np.uint64(0xFFFFFFFF)
 
 
@@ -50,6 +64,47 @@ def _shingles(document: str, words: dict[str, int]) -> np.ndarray:
     for j in range(min(SHINGLE, len(ids))):
         h = (h * np.uint64(1_000_003) + ids[j : j + n]) & _MASK
     return h.astype(np.uint32)
+
+
+@functools.lru_cache
+def lsh_bands(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
+    """The bands b and rows per band r (b * r <= num_perm) whose S-curve 1 - (1 - s^r)^b best separates pairs above
+    threshold from those below: the least false-positive plus false-negative area, as datasketch chooses them."""
+    s = np.linspace(0, 1, 1001)
+    best, choice = np.inf, (1, 1)
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            caught = 1 - (1 - s**r) ** b
+            error = np.trapezoid(np.where(s < threshold, caught, 1 - caught), s)
+            if error < best:
+                best, choice = error, (b, r)
+    return choice
+
+
+def _band_keys(values: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) 64-bit keys, one per band of each signature: documents that share one are candidates."""
+    v = values[:, : bands * rows].reshape(len(values), bands, rows).astype(np.uint64)
+    keys = np.zeros(v.shape[:2], np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(rows):
+            keys = keys * np.uint64(0x100000001B3) + v[:, :, j]
+    return keys
+
+
+def _shared_buckets(keys: np.ndarray) -> dict[int, list[list[int]]]:
+    """For each document that shares a band's key with another, the lists of documents (ascending) it shares them
+    with; the others, most of a corpus, have no candidate and never reach Python."""
+    buckets: dict[int, list[list[int]]] = {}
+    for band in range(keys.shape[1]):
+        _, inverse, counts = np.unique(keys[:, band], return_inverse=True, return_counts=True)
+        shared = np.flatnonzero(counts[inverse] > 1)
+        groups: dict[int, list[int]] = {}
+        for k, key in zip(shared.tolist(), inverse[shared].tolist(), strict=True):
+            groups.setdefault(key, []).append(k)
+        for members in groups.values():
+            for k in members:
+                buckets.setdefault(k, []).append(members)
+    return buckets
 
 
 def _example(kind: str, document: str, first: int) -> dict:
@@ -84,10 +139,6 @@ def signatures(documents: Sequence[str], permutations: tuple) -> np.ndarray:
             out[start:end] = np.minimum.reduceat(h * a + b, offsets, axis=0)
         start = end
     return out
-
-
-def _example(kind: str, document: str, first: int) -> dict:
-    return {"kind": kind, "text": " ".join(document.split())[:EXAMPLE_CHARS], "duplicate_of": first}
 
 
 def dedup(documents: Sequence[str], mode: str = "exact", threshold: float = 0.8) -> tuple[list[str], dict]:
@@ -128,22 +179,16 @@ def dedup_indices(
                 seen[key] = i
                 unique.append(i)
     if mode == "near" and unique:
-        from datasketch import MinHash, MinHashLSH  # ~0.5 s to import: only when needed
-
-        lsh = MinHashLSH(threshold=LSH_MARGIN * min(threshold, 0.9), num_perm=NUM_PERM)
-        permutations = MinHash(NUM_PERM).permutations
-        values = signatures([documents[i] for i in unique], permutations)
-        kept, sketches = [], {}
-        bar = tqdm(zip(unique, values, strict=True), "near duplicates", len(unique), unit="doc", disable=not progress)
-        for i, row in bar:
-            m = MinHash(hashvalues=row, permutations=permutations, scheme="affine32")
-            first = next((j for j in sorted(lsh.query(m)) if sketches[j].jaccard(m) >= threshold), None)
-            if first is None:
-                lsh.insert(i, m)
-                sketches[i] = m
-                kept.append(i)
-            else:
-                removed("near", documents[i], first)
-        unique = kept
+        values = signatures([documents[i] for i in unique], PERMUTATIONS)
+        kept = np.ones(len(unique), bool)
+        buckets = _shared_buckets(_band_keys(values, *lsh_bands(LSH_MARGIN * min(threshold, 0.9))))
+        for k in tqdm(sorted(buckets), "near duplicates", unit="doc", disable=not progress):
+            candidates = sorted({c for members in buckets[k] for c in members if c < k and kept[c]})
+            similar = (values[candidates] == values[k]).mean(axis=1) >= threshold if candidates else []
+            first = next((unique[c] for c, ok in zip(candidates, similar, strict=True) if ok), None)
+            if first is not None:
+                kept[k] = False
+                removed("near", documents[unique[k]], first)
+        unique = [i for i, keep in zip(unique, kept, strict=True) if keep]
     report["documents_out"] = len(unique)
     return unique, report

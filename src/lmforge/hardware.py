@@ -1,0 +1,152 @@
+"""What a machine can do, for `lmforge estimate`: peak FLOP/s, memory, bandwidth and power.
+
+`this` is the machine at hand, measured on the spot (a short fp32 matmul and a copy, cached per CPU model and torch
+version); the named GPUs carry their vendors' published figures; a YAML file with the same keys describes any other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from lmforge.config import YAML_ERRORS
+from lmforge.errors import LmforgeError
+
+
+@dataclass
+class Hardware:
+    """One device's figures; estimates multiply by the number of devices."""
+
+    name: str
+    fp32_tflops: float  # dense peak
+    bf16_tflops: float  # dense peak (tensor cores, fp32 accumulate); without sparsity
+    memory_gb: float
+    bandwidth_gbs: float  # memory bandwidth, GB/s
+    power_w: float  # board power (TDP) at full load
+    utilization: float = 0.4  # the share of peak a training run typically reaches (the default of --utilization)
+
+    def peak_flops(self, precision: str) -> float:
+        return 1e12 * (self.bf16_tflops if precision == "bf16" else self.fp32_tflops)
+
+
+# Vendors' datasheet figures (dense, no sparsity), SXM boards where there are several:
+# A100: NVIDIA A100 Tensor Core GPU datasheet (80GB SXM): FP32 19.5, BF16 312 TFLOPS, 2,039 GB/s, 400 W.
+# H100: NVIDIA H100 Tensor Core GPU datasheet (SXM): FP32 67, BF16 989 (1,979 with sparsity), 80 GB, 3.35 TB/s, 700 W.
+# H200: NVIDIA H200 Tensor Core GPU datasheet (SXM): FP32 67, BF16 989 (1,979 with sparsity), 141 GB, 4.8 TB/s, 700 W.
+# L4: NVIDIA L4 Tensor Core GPU datasheet: FP32 30.3, BF16 121 (242 with sparsity), 24 GB, 300 GB/s, 72 W.
+# RTX 4090: NVIDIA Ada Lovelace architecture whitepaper (appendix, GeForce RTX 4090): FP32 82.6, BF16 with FP32
+# accumulate 165.2 (330.3 with sparsity), 24 GB GDDR6X, 1,008 GB/s, 450 W total graphics power.
+PROFILES = {
+    "A100": Hardware("A100", 19.5, 312.0, 80.0, 2039.0, 400.0),
+    "H100": Hardware("H100", 67.0, 989.0, 80.0, 3350.0, 700.0),
+    "H200": Hardware("H200", 67.0, 989.0, 141.0, 4800.0, 700.0),
+    "L4": Hardware("L4", 30.3, 121.0, 24.0, 300.0, 72.0),
+    "RTX4090": Hardware("RTX4090", 82.6, 165.2, 24.0, 1008.0, 450.0),
+}
+
+WATTS_PER_CORE = 10.0  # `this`: a server or desktop CPU's TDP shared over its cores (e.g. 150-250 W / 16-24 cores)
+CPU_UTILIZATION = 0.5  # `this`: the share of the matmul probe a small model's training step reaches (docs/estimate.md)
+CACHE = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "hardware.json"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def _best(fn, reps: int = 3) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _probe() -> dict:
+    """FLOP/s of an fp32 matmul (the measure bench/common.py's MFU uses) and the bandwidth of a 64 MB copy."""
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    flops = 2 * n**3 / _best(lambda: a @ b)
+    src = torch.empty(16 * 2**20)  # 64 MB of fp32
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    bandwidth = 2 * src.nbytes / _best(lambda: dst.copy_(src))  # read and write
+    return {"tflops": flops / 1e12, "bandwidth_gbs": bandwidth / 1e9}
+
+
+def this_machine(cache: Path | None = None) -> Hardware:
+    """This machine, measured once per CPU model and torch version (the figures cached in ~/.cache/lmforge)."""
+    cache = cache or CACHE
+    key = f"{_cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict) or not isinstance(known.get(key), dict):
+        known = known if isinstance(known, dict) else {}
+        known[key] = _probe()
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(known, indent=1), encoding="utf-8")
+        except OSError:
+            pass  # a read-only home: measure again next time
+    probe = known[key]
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 1e9
+    return Hardware(
+        "this", probe["tflops"], probe["tflops"], memory, probe["bandwidth_gbs"],
+        WATTS_PER_CORE * torch.get_num_threads(), CPU_UTILIZATION,
+    )  # fmt: skip
+
+
+def read_hardware(path: Path) -> Hardware:
+    """A user's profile: a YAML mapping with Hardware's keys (name and utilization optional)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise LmforgeError(f"hardware profile {path}: cannot read it ({e.strerror})") from None
+    except YAML_ERRORS as e:
+        raise LmforgeError(f"hardware profile {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    keys = [f.name for f in fields(Hardware)]
+    needed = [k for k in keys if k not in ("name", "utilization")]
+    if not isinstance(raw, dict):
+        raise LmforgeError(f"hardware profile {path} must be a mapping with keys {', '.join(needed)}")
+    unknown = sorted(set(map(str, raw)) - set(keys))
+    if unknown:
+        raise LmforgeError(f"hardware profile {path}: unknown key {unknown[0]!r}; the keys are {', '.join(keys)}")
+    absent = [k for k in needed if k not in raw]
+    if absent:
+        raise LmforgeError(f"hardware profile {path}: missing key {absent[0]!r}; give {', '.join(needed)}")
+    for k in needed + ["utilization"] * ("utilization" in raw):
+        value = raw[k]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise LmforgeError(f"hardware profile {path}: {k} = {value!r} must be a positive number")
+    return Hardware(**{"name": path.stem, **raw})
+
+
+def hardware_profile(name: str) -> Hardware:
+    """`this`, a named GPU (case-insensitive), or a YAML file's path."""
+    if name == "this":
+        return this_machine()
+    named = {k.lower(): v for k, v in PROFILES.items()}
+    if name.lower().replace(" ", "") in named:
+        return named[name.lower().replace(" ", "")]
+    if name.endswith((".yaml", ".yml")) or Path(name).is_file():
+        return read_hardware(Path(name))
+    raise LmforgeError(f"unknown hardware {name!r}: give this, {', '.join(PROFILES)} or a YAML file with the same keys")
+
+
+def as_dict(hw: Hardware) -> dict:
+    return asdict(hw)
