@@ -15,6 +15,7 @@ from lmforge.data.records import read_utf8
 from lmforge.errors import LmforgeError
 from lmforge.models import MODELS
 from lmforge.tokenizer import Tokenizer
+from lmforge.training.loop import log
 
 
 def read_added_tokens(path: str | Path) -> list[str]:
@@ -75,6 +76,11 @@ def start_from(cfg: RunConfig, device: torch.device) -> tuple[RunConfig, torch.n
     if missing:
         raise LmforgeError(f"--init {cfg.train.init}: its weights do not fit a {family} model (no {missing[0]})")
     model.load_state_dict({k: v for k, v in weights.items() if k in expected}, strict=False)
+    if family == "bert" and not any(k.startswith("mlm_head.") for k in weights):
+        log(
+            f"{cfg.train.init} has no MLM head: a new one starts from random weights, so the first steps mostly train "
+            "it (docs/domain-adaptation.md measures what that costs)"
+        )
     tokenizer = loaded.tokenizer
     if cfg.train.add_tokens:
         add_domain_tokens(model, tokenizer, read_added_tokens(cfg.train.add_tokens))
