@@ -10,7 +10,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -51,7 +51,7 @@ PROFILES = {
 }
 
 WATTS_PER_CORE = 10.0  # `this`: a server or desktop CPU's TDP shared over its cores (e.g. 150-250 W / 16-24 cores)
-CPU_UTILIZATION = 0.5  # `this`: the share of the matmul probe a small model's training step reaches (docs/estimate.md)
+CPU_UTILIZATION = 0.6  # `this`: char-small trains at 0.66-0.72 of the matmul probe on one thread (docs/estimate.md)
 CACHE = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "hardware.json"
 
 
@@ -146,7 +146,3 @@ def hardware_profile(name: str) -> Hardware:
     if name.endswith((".yaml", ".yml")) or Path(name).is_file():
         return read_hardware(Path(name))
     raise LmforgeError(f"unknown hardware {name!r}: give this, {', '.join(PROFILES)} or a YAML file with the same keys")
-
-
-def as_dict(hw: Hardware) -> dict:
-    return asdict(hw)

@@ -1,12 +1,14 @@
 """Exact and near duplicates removed (first occurrence kept), near ones by their Jaccard similarity."""
 
 import random
+import re
+import zlib
 
 import numpy as np
 import pytest
 from datasketch import MinHash
 
-from lmforge.data.dedup import NUM_PERM, _shingles, dedup, signatures
+from lmforge.data.dedup import NUM_PERM, PERMUTATIONS, _shingles, dedup, signatures
 from lmforge.errors import LmforgeError
 
 WORDS = "the a of river stone green quick lazy farmer night rain field wheat old bank sleeps falls over".split()
@@ -44,12 +46,32 @@ def test_near_duplicates_removed_at_08_kept_at_099():
     assert dedup(docs, "none")[0] == docs and dedup(docs, "exact")[0] == docs
 
 
+def naive_shingles(doc: str) -> np.ndarray:
+    """Each 3-word window's hash, one window at a time (the whole document when shorter; "" is one window of 0)."""
+    ids = [zlib.crc32(t.encode()) | 1 for t in re.findall(r"\w+", doc.casefold())]
+    out = []
+    for i in range(max(len(ids) - 2, 1)):
+        h = 0
+        for t in ids[i : i + 3]:
+            h = (h * 1_000_003 + t) & 0xFFFFFFFF
+        out.append(h)
+    return np.array(out, np.uint32)
+
+
+def test_shingles_of_all_documents_at_once_equal_one_window_at_a_time():
+    docs = [document(1, 40), "short", "", "two words", document(2, 300)]
+    hashes, offsets = _shingles(docs)
+    for d, doc in enumerate(docs):
+        assert np.array_equal(hashes[offsets[d] : offsets[d + 1]], naive_shingles(doc)), doc[:20]
+
+
 def test_signatures_match_datasketch():
     docs = [document(1, 40), "short", document(2, 300)]
     perm = MinHash(NUM_PERM).permutations
     values = signatures(docs, perm)
+    assert np.array_equal(PERMUTATIONS[0], perm[0]) and np.array_equal(PERMUTATIONS[1], perm[1])
     for doc, row in zip(docs, values, strict=True):
-        h = _shingles(doc, {})
+        h = naive_shingles(doc)
         h ^= h >> 16
         h *= np.uint32(0x85EBCA6B)
         h ^= h >> 13

@@ -54,16 +54,27 @@ def normalise(document: str) -> str:
     return " ".join(document.split()).casefold()
 
 
-def _shingles(document: str, words: dict[str, int]) -> np.ndarray:
-    """32-bit hashes of the document's SHINGLE-word windows (the whole document when it is shorter), stable across
-    runs: each word hashed once with CRC-32, windows combined polynomially in numpy."""
-    tokens = _WORD.findall(document.casefold())
-    ids = np.fromiter((words.get(t) or words.setdefault(t, zlib.crc32(t.encode()) | 1) for t in tokens), np.uint64)
-    n = max(len(ids) - SHINGLE + 1, 1)
-    h = np.zeros(n, np.uint64)
-    for j in range(min(SHINGLE, len(ids))):
-        h = (h * np.uint64(1_000_003) + ids[j : j + n]) & _MASK
-    return h.astype(np.uint32)
+def _shingles(documents: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """32-bit hashes of every document's SHINGLE-word windows (the whole document when it is shorter), stable
+    across runs, and the offsets where each document's begin: each word hashed once with CRC-32, windows combined
+    polynomially mod 2^32 in numpy over all documents at once."""
+    words: dict[str, int] = {}
+    ids: list[int] = []
+    lengths = np.empty(len(documents), np.int64)
+    for d, document in enumerate(documents):
+        tokens = _WORD.findall(document.casefold())
+        lengths[d] = len(tokens)
+        ids.extend(words.get(t) or words.setdefault(t, zlib.crc32(t.encode()) | 1) for t in tokens)
+    counts = np.maximum(lengths - SHINGLE + 1, 1)  # an empty or short document is one shingle
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    first_word = np.repeat(starts - offsets[:-1], counts) + np.arange(offsets[-1])
+    width = np.repeat(np.minimum(lengths, SHINGLE), counts)
+    padded = np.concatenate([np.array(ids, np.uint64), np.zeros(SHINGLE, np.uint64)])
+    h = np.zeros(offsets[-1], np.uint64)
+    for j in range(SHINGLE):
+        h = np.where(j < width, (h * np.uint64(1_000_003) + padded[first_word + j]) & _MASK, h)
+    return h.astype(np.uint32), offsets
 
 
 @functools.lru_cache
@@ -124,19 +135,16 @@ def signatures(documents: Sequence[str], permutations: tuple) -> np.ndarray:
     """(n_documents, NUM_PERM) MinHash values, min over the shingles of (a * h + b) mod 2^32 as datasketch's affine32
     scheme, computed for many documents at once: per document in datasketch is ~20x slower."""
     a, b = (np.asarray(p, np.uint32) for p in permutations)
-    words: dict[str, int] = {}
-    shingles = [_shingles(doc, words) for doc in documents]
+    hashes, offsets = _shingles(documents)
+    hashes = _fmix32(hashes)
     out = np.empty((len(documents), len(a)), np.uint32)
     start = 0
-    while start < len(documents):
-        end, size = start, 0
-        while end < len(documents) and (size < GROUP_SHINGLES or end == start):
-            size += len(shingles[end])
-            end += 1
-        h = _fmix32(np.concatenate(shingles[start:end]))[:, None]
-        offsets = np.cumsum([0] + [len(s) for s in shingles[start : end - 1]])
+    while start < len(documents):  # groups of about GROUP_SHINGLES shingles: (group, NUM_PERM) stays small
+        end = max(start + 1, int(np.searchsorted(offsets, offsets[start] + GROUP_SHINGLES, side="right")) - 1)
+        end = min(end, len(documents))
+        h = hashes[offsets[start] : offsets[end], None]
         with np.errstate(over="ignore"):
-            out[start:end] = np.minimum.reduceat(h * a + b, offsets, axis=0)
+            out[start:end] = np.minimum.reduceat(h * a + b, offsets[start:end] - offsets[start], axis=0)
         start = end
     return out
 

@@ -1,0 +1,232 @@
+"""Before a run: its parameters, FLOPs, memory, time, energy and CO2, from the config and a hardware profile.
+
+The parameters are the model's own (built on the meta device: shapes, no memory); the FLOPs per token are the
+training objective's own count; memory, time and energy follow the formulas in docs/estimate.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from lmforge.config import DataConfig, RunConfig
+from lmforge.errors import LmforgeError
+from lmforge.hardware import Hardware
+from lmforge.models import MODELS
+
+BYTES = {"fp32": 4, "bf16": 2}
+# per parameter, in fp32 under bf16 autocast too (the weights stay fp32 and autocast casts them per matmul)
+WEIGHT_BYTES, GRAD_BYTES, ADAMW_BYTES = 4, 4, 8
+
+
+def model_config_of(path: str | Path) -> RunConfig:
+    """The run config of a checkpoint (a step directory or a run's OUT) or a Hugging Face directory, read without
+    loading its weights."""
+    import yaml
+
+    from lmforge.checkpoint.files import CONFIG, EXTRA_SECTIONS, find_latest
+    from lmforge.checkpoint.hub import resolve
+
+    path = resolve(path)
+    if not path.is_dir():
+        raise LmforgeError(f"--model {path}: not a directory; give a checkpoint or a Hugging Face model directory")
+    if not (path / CONFIG).is_file() and not (path / "config.json").is_file():
+        path = find_latest(path) or path
+    if (path / CONFIG).is_file():
+        raw = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))
+        for k in EXTRA_SECTIONS:
+            if isinstance(raw, dict):
+                raw.pop(k, None)
+        return RunConfig.from_dict(raw, where=str(path / CONFIG))
+    return _hf_config(path)
+
+
+def _hf_config(path: Path) -> RunConfig:
+    import json
+
+    from lmforge.interop.hf_config import heads_of, model_config, read_config, read_weights
+    from lmforge.interop.hf_t5 import t5_config
+
+    raw = json.loads((path / "config.json").read_text(encoding="utf-8")) if (path / "config.json").is_file() else {}
+    if isinstance(raw, dict) and raw.get("model_type") == "t5":
+        return RunConfig("t5", t5_config(raw), DataConfig(tokenizer="bpe"))
+    family, raw = read_config(path)
+    if (path / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path / "model.safetensors"), "pt") as f:
+            keys = set(f.keys())
+    else:
+        keys = set(read_weights(path))
+    _, mlm, sentence = heads_of(family, keys)
+    cfg = model_config(family, raw, mlm, sentence)
+    gpt = family.model_type == "gpt2"
+    return RunConfig("gpt" if gpt else "bert", cfg, DataConfig(tokenizer="char" if gpt else "bpe"))
+
+
+def flops_per_token(cfg: RunConfig, model: torch.nn.Module) -> float:
+    """Training FLOPs per token, as the run's objective counts them (its throughput and MFU use the same)."""
+    from lmforge.objectives.families import Seq2Seq, objective_for
+
+    objective = objective_for(cfg)
+    if isinstance(objective, Seq2Seq):  # the mean pair lengths come from the data; assume pairs of seq_len
+        objective.lengths = (float(cfg.train.seq_len), float(cfg.train.seq_len))
+    return objective.flops_per_token(model, cfg)
+
+
+def _layers(cfg: RunConfig) -> tuple[int, int]:
+    """(layers that hold activations in training, decoder layers that keep a KV cache in serving)."""
+    m = cfg.model
+    if cfg.family == "t5":
+        return m.n_layer + m.n_decoder_layer, m.n_decoder_layer
+    return m.n_layer, m.n_layer if cfg.family == "gpt" else 0
+
+
+def activation_bytes(cfg: RunConfig, batch: int, seq_len: int, precision: str, checkpointing: bool) -> float:
+    """Korthikanti et al. (2022): a layer holds B*T*d*(34 + 5*n_head*T/d) bytes at 16 bits; with checkpointing only
+    each layer's input stays, plus one layer recomputed at a time. The LM head adds its logits and their gradient."""
+    m = cfg.model
+    layers, _ = _layers(cfg)
+    scale = BYTES[precision] / 2
+    per_layer = batch * seq_len * m.d_model * (34 + 5 * m.n_head * seq_len / m.d_model) * scale
+    logits = 2 * batch * seq_len * m.vocab_size * 4  # the loss is computed in fp32
+    if checkpointing:
+        return layers * batch * seq_len * m.d_model * BYTES[precision] + per_layer + logits
+    return layers * per_layer + logits
+
+
+def _kv_cache_bytes(cfg: RunConfig, batch: int, seq_len: int, precision: str) -> float:
+    m = cfg.model
+    _, decoder_layers = _layers(cfg)
+    inner = m.n_head * m.d_kv if cfg.family == "t5" else m.d_model
+    return 2 * decoder_layers * inner * batch * seq_len * BYTES[precision]
+
+
+def _cost(flops: float, hw: Hardware, precision: str, devices: int, utilization: float, grid: float, least=0.0):
+    """Seconds at utilization of the devices' peak (or `least`, when memory bandwidth bounds it); kWh at their board
+    power; kg CO2 at the grid's intensity."""
+    seconds = max(flops / (hw.peak_flops(precision) * utilization * devices), least)
+    kwh = seconds / 3600 * hw.power_w * devices / 1000
+    return {"flops": flops, "seconds": seconds, "kwh": kwh, "co2_kg": kwh * grid}
+
+
+def estimate(
+    cfg: RunConfig,
+    tokens: int | None = None,
+    batch: int | None = None,
+    seq_len: int | None = None,
+    precision: str = "fp32",
+    hardware: Hardware | None = None,
+    devices: int = 1,
+    utilization: float | None = None,
+    grid_intensity: float = 0.4,
+    serve_tokens: int = 0,
+) -> dict:
+    """Parameters, FLOPs, memory, time, energy and CO2 of training cfg's model on `tokens` tokens (default: the
+    config's max_steps x batch x seq_len), and of serving `serve_tokens` more."""
+    from lmforge.hardware import this_machine
+
+    if precision not in BYTES:
+        raise LmforgeError(f"precision {precision!r}: give fp32 or bf16")
+    for name, value in (("devices", devices), ("batch", batch), ("seq_len", seq_len), ("tokens", tokens)):
+        if value is not None and value < 1:
+            raise LmforgeError(f"--{name.replace('_', '-')} = {value} is out of range: must be at least 1")
+    if grid_intensity < 0 or serve_tokens < 0:
+        raise LmforgeError("--grid-intensity and --serve-tokens must be >= 0")
+    hw = hardware or this_machine()
+    utilization = hw.utilization if utilization is None else utilization
+    if not 0 < utilization <= 1:
+        raise LmforgeError(f"--utilization = {utilization} is out of range: a share of peak in (0, 1], e.g. 0.4")
+    train = dataclasses.replace(
+        cfg.train, batch_size=batch or cfg.train.batch_size, seq_len=seq_len or cfg.train.seq_len
+    )
+    cfg = RunConfig(cfg.family, cfg.model, cfg.data, train)
+    b, t = train.batch_size, train.seq_len
+    tokens = tokens or train.max_steps * b * t
+
+    with torch.device("meta"):
+        model = MODELS[cfg.family](cfg.model)
+    n = model.num_parameters()
+    train_per_token = flops_per_token(cfg, model)
+    infer_per_token = train_per_token / 3  # forward only: 2N + attention's 4 * n_layer * d_model * T
+
+    states = {"weights": WEIGHT_BYTES * n, "gradients": GRAD_BYTES * n, "optimizer": ADAMW_BYTES * n}
+    fixed = sum(states.values())
+    per_device_batch = -(-b // devices)
+    memory = {**states}
+    for ckpt, suffix in ((False, ""), (True, "_checkpointed")):
+        memory["activations" + suffix] = activation_bytes(cfg, b, t, precision, ckpt)
+        act = activation_bytes(cfg, per_device_batch, t, precision, ckpt)
+        memory["ddp_per_device" + suffix] = fixed + act
+        memory["fsdp_per_device" + suffix] = fixed / devices + act
+    serve_memory = BYTES[precision] * n + _kv_cache_bytes(cfg, b, t, precision)
+    # decoding reads every weight once per step of `batch` tokens on each device: bandwidth bounds it from below
+    serve_floor = serve_tokens / (b * devices) * BYTES[precision] * n / (hw.bandwidth_gbs * 1e9)
+
+    run = dict(tokens=tokens, batch=b, seq_len=t, precision=precision, devices=devices, utilization=utilization)
+    return {
+        "model": {"family": cfg.family, "parameters": n},
+        "run": {**run, "grid_intensity": grid_intensity},
+        "hardware": dataclasses.asdict(hw),
+        "flops_per_token": {"train": train_per_token, "inference": infer_per_token},
+        "memory_bytes": memory,
+        "fits": memory["fsdp_per_device_checkpointed"] <= hw.memory_gb * 1e9,
+        "train": _cost(train_per_token * tokens, hw, precision, devices, utilization, grid_intensity),
+        "serve": {
+            "tokens": serve_tokens,
+            "memory_bytes": serve_memory,
+            "bandwidth_bound_seconds": serve_floor,
+            **_cost(infer_per_token * serve_tokens, hw, precision, devices, utilization, grid_intensity, serve_floor),
+        },
+    }
+
+
+def _si(x: float, unit: str = "") -> str:
+    for scale, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}".rstrip()
+
+
+def _duration(seconds: float) -> str:
+    for span, name in ((86400 * 365, "years"), (86400, "days"), (3600, "hours"), (60, "minutes")):
+        if seconds >= span:
+            return f"{seconds / span:.3g} {name}"
+    return f"{seconds:.3g} s"
+
+
+def format_estimate(e: dict) -> str:
+    """The estimate as an aligned two-column table."""
+    r, hw, m, f = e["run"], e["hardware"], e["memory_bytes"], e["flops_per_token"]
+    n, d = e["model"]["parameters"], r["devices"]
+    where = f"{d} x {hw['name']}" if d > 1 else hw["name"]
+    rows = [
+        ("model", f"{e['model']['family']}, {n:,} parameters ({_si(n)})"),
+        ("hardware", f"{where}: {hw[r['precision'] + '_tflops']:.3g} TFLOP/s {r['precision']} peak, "
+                     f"{hw['memory_gb']:.3g} GB, {hw['power_w']:.3g} W; utilization {r['utilization']:.2g}"),
+        ("run", f"{_si(r['tokens'])} tokens, batch {r['batch']} x seq_len {r['seq_len']}, {r['precision']}"),
+        ("FLOPs per token", f"training {_si(f['train'])}, inference {_si(f['inference'])}"),
+        ("training FLOPs", _si(e["train"]["flops"])),
+        ("weights", _si(m["weights"], "B")),
+        ("gradients", _si(m["gradients"], "B")),
+        ("AdamW state", _si(m["optimizer"], "B")),
+        ("activations", f"{_si(m['activations'], 'B')} ({_si(m['activations_checkpointed'], 'B')} checkpointed)"),
+        (f"per device, DDP x{d}", f"{_si(m['ddp_per_device'], 'B')} ({_si(m['ddp_per_device_checkpointed'], 'B')} "
+                                  "checkpointed)"),
+        (f"per device, FSDP x{d}", f"{_si(m['fsdp_per_device'], 'B')} "
+                                   f"({_si(m['fsdp_per_device_checkpointed'], 'B')} checkpointed)"),
+        ("fits", "yes" if e["fits"] else f"no: more than {hw['memory_gb']:.3g} GB per device even sharded"),
+        ("training time", _duration(e["train"]["seconds"])),
+        ("training energy", f"{e['train']['kwh']:.3g} kWh, {e['train']['co2_kg']:.3g} kg CO2 "
+                            f"(at {r['grid_intensity']:.3g} kg/kWh)"),
+    ]  # fmt: skip
+    s = e["serve"]
+    if s["tokens"]:
+        rows += [
+            ("serving", f"{_si(s['tokens'])} tokens: {_si(s['flops'], 'FLOP')}, {_duration(s['seconds'])}, "
+                        f"{s['kwh']:.3g} kWh, {s['co2_kg']:.3g} kg CO2; memory {_si(s['memory_bytes'], 'B')}"),
+        ]  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

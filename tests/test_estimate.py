@@ -1,0 +1,156 @@
+"""lmforge estimate: exact parameter counts, the objectives' FLOPs, memory and time by formula, hardware profiles,
+and an estimated CPU training time that matches a measured one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+import pytest
+import torch
+import yaml
+from helpers import tiny_checkpoint
+
+from lmforge.cli.estimate import add_verbs
+from lmforge.config import load_config, shipped_configs
+from lmforge.errors import LmforgeError
+from lmforge.estimate import estimate, format_estimate, model_config_of
+from lmforge.hardware import PROFILES, Hardware, hardware_profile, read_hardware, this_machine
+from lmforge.models import MODELS
+from lmforge.objectives.families import objective_for
+
+H100 = PROFILES["H100"]
+
+
+def built(cfg):
+    torch.manual_seed(0)
+    return MODELS[cfg.family](cfg.model)
+
+
+@pytest.mark.parametrize("name", sorted(shipped_configs()))
+def test_parameter_count_is_the_built_models(name):
+    cfg = load_config(name)
+    assert estimate(cfg, hardware=H100)["model"]["parameters"] == sum(p.numel() for p in built(cfg).parameters())
+
+
+def test_parameter_count_of_a_t5_and_an_albert_with_shared_layers():
+    t5 = load_config("t5-small", ["model.n_layer=2", "model.n_decoder_layer=3", "model.feed_forward=gated-gelu"])
+    albert = load_config("albert-small", ["model.n_layer=6", "model.share_layers=true", "model.embedding_size=32"])
+    unshared = load_config("albert-small", ["model.n_layer=6", "model.share_layers=false", "model.embedding_size=32"])
+    for cfg in (t5, albert):
+        assert estimate(cfg, hardware=H100)["model"]["parameters"] == sum(p.numel() for p in built(cfg).parameters())
+    layer = sum(p.numel() for p in built(albert).encoder.blocks[0].parameters())
+    counts = [estimate(c, hardware=H100)["model"]["parameters"] for c in (albert, unshared)]
+    assert counts[1] - counts[0] == 5 * layer  # one layer's weights serve all six
+
+
+@pytest.mark.parametrize("name", ["char-small", "bert-small", "albert-small", "t5-small"])
+def test_flops_per_token_are_the_objectives(name):
+    cfg = load_config(name, ["train.seq_len=32"])
+    e = estimate(cfg, hardware=H100, tokens=1000)
+    assert e["flops_per_token"]["train"] == pytest.approx(objective_for(cfg).flops_per_token(built(cfg), cfg))
+    assert e["flops_per_token"]["inference"] == pytest.approx(e["flops_per_token"]["train"] / 3)
+    assert e["train"]["flops"] == pytest.approx(1000 * e["flops_per_token"]["train"])
+
+
+def test_memory_time_and_energy_by_formula():
+    cfg = load_config("gpt-small")
+    e = estimate(cfg, tokens=10**9, precision="bf16", hardware=H100, devices=4, utilization=0.5, grid_intensity=0.3)
+    n, m = e["model"]["parameters"], e["memory_bytes"]
+    assert (m["weights"], m["gradients"], m["optimizer"]) == (4 * n, 4 * n, 8 * n)
+    assert m["fsdp_per_device"] - m["ddp_per_device"] == pytest.approx(-16 * n * 3 / 4)
+    assert m["activations_checkpointed"] < m["activations"]
+    seconds = e["train"]["flops"] / (989e12 * 0.5 * 4)
+    assert e["train"]["seconds"] == pytest.approx(seconds)
+    assert e["train"]["kwh"] == pytest.approx(seconds / 3600 * 700 * 4 / 1000)
+    assert e["train"]["co2_kg"] == pytest.approx(e["train"]["kwh"] * 0.3)
+    assert e["run"]["tokens"] == 10**9
+    default = estimate(cfg, hardware=H100)
+    assert default["run"]["tokens"] == cfg.train.max_steps * cfg.train.batch_size * cfg.train.seq_len
+    assert default["run"]["utilization"] == 0.4
+    assert "training time" in format_estimate(default)
+
+
+def test_a_user_hardware_file_round_trips_and_a_bad_one_is_one_clear_error(tmp_path):
+    fields = {"fp32_tflops": 10.0, "bf16_tflops": 100.0, "memory_gb": 16, "bandwidth_gbs": 500, "power_w": 150}
+    path = tmp_path / "my-gpu.yaml"
+    path.write_text(yaml.safe_dump(fields))
+    assert hardware_profile(str(path)) == Hardware("my-gpu", **fields)
+    e = estimate(load_config("char-small"), tokens=10**6, hardware=read_hardware(path), utilization=0.25)
+    assert e["train"]["seconds"] == pytest.approx(e["train"]["flops"] / (10e12 * 0.25))
+    for bad, message in (
+        ({**fields, "tflops": 3}, "unknown key 'tflops'"),
+        ({k: v for k, v in fields.items() if k != "power_w"}, "missing key 'power_w'"),
+        ({**fields, "memory_gb": "lots"}, "memory_gb = 'lots' must be a positive number"),
+    ):
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(LmforgeError, match=message) as error:
+            read_hardware(path)
+        assert "\n" not in str(error.value)
+    with pytest.raises(LmforgeError, match="unknown hardware 'B200'"):
+        hardware_profile("B200")
+
+
+def test_this_machine_is_measured_once_and_cached(tmp_path, monkeypatch):
+    cache = tmp_path / "hardware.json"
+    first = this_machine(cache)
+    assert first.fp32_tflops > 0 and first.bandwidth_gbs > 0 and cache.is_file()
+    monkeypatch.setattr("lmforge.hardware._probe", lambda: pytest.fail("measured again"))
+    assert this_machine(cache) == first
+
+
+def run_cli(argv, capsys) -> str:
+    parser = argparse.ArgumentParser()
+    add_verbs(parser.add_subparsers())
+    args = parser.parse_args(["estimate", *argv])
+    args.fn(args)
+    return capsys.readouterr().out
+
+
+def test_json_output_parses(capsys):
+    out = run_cli(["--config", "t5-small", "--set", "model.n_layer=2", "--hardware", "a100", "--json",
+                   "--serve-tokens", "1000", "--devices", "2"], capsys)  # fmt: skip
+    e = json.loads(out)
+    assert e["model"]["family"] == "t5" and e["hardware"]["name"] == "A100" and e["serve"]["tokens"] == 1000
+    assert e["serve"]["flops"] == pytest.approx(1000 * e["flops_per_token"]["inference"])
+    assert e["serve"]["seconds"] >= e["serve"]["bandwidth_bound_seconds"] > 0
+    assert "per device, FSDP x2" in run_cli(["--config", "char-small", "--hardware", "L4", "--devices", "2"], capsys)
+    with pytest.raises(LmforgeError, match="one of --config"):
+        run_cli(["--hardware", "L4"], capsys)
+    with pytest.raises(LmforgeError, match="not a directory"):
+        run_cli(["--model", "no/such/run", "--hardware", "L4"], capsys)
+
+
+def test_estimated_cpu_training_time_is_within_1_5x_of_the_measured(tmp_path, one_thread):
+    """char-small as shipped, 30 steps on one thread; the first 10 (warm-up) are left out of both sides."""
+    from lmforge.recipes.pretrain import train
+
+    rng = random.Random(0)
+    words = ["red", "blue", "green", "cat", "dog", "bird"]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"the {rng.choice(words)} {rng.choice(words)} sat on the mat.\n" for _ in range(2000)))
+    cfg = load_config("char-small", [
+        f"data.path={corpus}", f"train.out={tmp_path / 'run'}", "train.max_steps=30", "train.log_every=1",
+        "train.eval_every=0", "train.progress=false", "train.device=cpu",
+    ])  # fmt: skip
+    result = train(cfg)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    elapsed = {r["step"]: r["elapsed_s"] for r in records if "elapsed_s" in r}
+    measured = elapsed[30] - elapsed[10]
+    trained = model_config_of(result.checkpoint)  # the vocabulary the char tokenizer gave it
+    hardware = this_machine(tmp_path / "hardware.json")
+    e = estimate(trained, tokens=20 * cfg.train.batch_size * cfg.train.seq_len, hardware=hardware)
+    assert measured / 1.5 < e["train"]["seconds"] < measured * 1.5, (e["train"]["seconds"], measured)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt"])
+def test_a_checkpoint_and_its_hugging_face_export_count_the_loaded_models_parameters(tmp_path, family):
+    from lmforge.checkpoint.convert import convert_to_hf
+    from lmforge.checkpoint.loader import load
+
+    checkpoint = tiny_checkpoint(tmp_path / "run", family)
+    hf = convert_to_hf(checkpoint, tmp_path / "hf")
+    for path in (checkpoint, tmp_path / "run", hf):
+        n = sum(p.numel() for p in load(path).model.parameters())
+        assert estimate(model_config_of(path), hardware=H100)["model"]["parameters"] == n
