@@ -154,3 +154,24 @@ def test_a_checkpoint_and_its_hugging_face_export_count_the_loaded_models_parame
     for path in (checkpoint, tmp_path / "run", hf):
         n = sum(p.numel() for p in load(path).model.parameters())
         assert estimate(model_config_of(path), hardware=H100)["model"]["parameters"] == n
+
+
+def test_training_logs_its_energy_and_co2_so_far(tmp_path, corpus):
+    """Each log record carries energy_kwh = power x elapsed seconds (the device's power, said in energy_source) and
+    co2_kg at the run's grid intensity."""
+    from lmforge.cli.main import main
+    from lmforge.hardware import device_power
+
+    out = tmp_path / "run"
+    argv = ["train", "--config", "char-small", "--data", str(corpus), "--out", str(out), "--max-steps", "4",
+            "--no-progress", "--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.max_seq_len=16",
+            "--set", "train.batch_size=4", "--set", "train.log_every=2",
+            "--set", "train.grid_intensity=0.25"]  # fmt: skip
+    assert main(argv) == 0
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"energy_kwh"' in x]
+    watts, source = device_power(torch.device("cpu"))
+    assert [r["step"] for r in records] == [2, 4] and records[0]["energy_source"] == source
+    for r in records:
+        assert r["energy_kwh"] == pytest.approx(watts * r["elapsed_s"] / 3.6e6, rel=0.05)
+        assert r["co2_kg"] == pytest.approx(0.25 * r["energy_kwh"])
+    assert records[1]["energy_kwh"] > records[0]["energy_kwh"]

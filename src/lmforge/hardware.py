@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -107,6 +108,20 @@ def this_machine(cache: Path | None = None) -> Hardware:
         "this", probe["tflops"], probe["tflops"], memory, probe["bandwidth_gbs"],
         WATTS_PER_CORE * torch.get_num_threads(), CPU_UTILIZATION,
     )  # fmt: skip
+
+
+def device_power(device: torch.device) -> tuple[float, str]:
+    """The power a run on device draws at full load and where the figure comes from: a named GPU's board power (an
+    unknown GPU counts as 300 W), or this CPU's threads at WATTS_PER_CORE each."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device).replace("RTX 4090", "RTX4090")
+        known = next((p for key, p in PROFILES.items() if re.search(rf"\b{key}\b", name)), None)
+        if known is not None:
+            return known.power_w, f"estimated from the {known.name}'s board power, {known.power_w:.0f} W"
+        return 300.0, f"estimated for an unknown GPU ({name}) at 300 W"
+    threads = torch.get_num_threads()
+    watts = WATTS_PER_CORE * threads
+    return watts, f"estimated for {threads} CPU threads at {WATTS_PER_CORE:.0f} W each, {watts:.0f} W"
 
 
 def read_hardware(path: Path) -> Hardware:

@@ -69,8 +69,10 @@ class FinetuneConfig(Checked):
     device: typing.Literal["auto", "cpu", "cuda"] = "auto"
     dtype: typing.Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     progress: bool = True
+    grid_intensity: float = 0.4  # kg CO2 per kWh of the electricity, for the energy figures in metrics.jsonl
 
     _ranges = {
+        "grid_intensity": (lambda v: v >= 0, "kg CO2 per kWh, >= 0 (about 0.4 on average; 0.02-0.05 for hydro)"),
         "epochs": (_positive, "must be positive"),
         "max_steps": (lambda v: v is None or v > 0, "must be at least 1"),
         "batch_size": (_positive, "must be at least 1"),

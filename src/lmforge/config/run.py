@@ -99,6 +99,7 @@ class TrainConfig(Checked):
     log_every: int = 10
     seed: int = 1337
     max_nonfinite: int = 5  # steps in a row with a non-finite loss or gradient (each skipped) before the run stops
+    grid_intensity: float = 0.4  # kg CO2 per kWh of the electricity, for the energy figures in metrics.jsonl
     init: str | None = None  # continued pretraining: start from this checkpoint (its weights, tokenizer, architecture)
     add_tokens: str | None = None  # with init: a file of domain tokens (one a line) added to its vocabulary
     parallel: typing.Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate the model, or shard it (FSDP)
@@ -110,6 +111,7 @@ class TrainConfig(Checked):
     _ranges = {
         "batch_size": (_positive, "must be at least 1"),
         "batch_tokens": (lambda v: v >= 0, "must be >= 0 (0 = batch_size pairs)"),
+        "grid_intensity": (lambda v: v >= 0, "kg CO2 per kWh, >= 0 (about 0.4 on average; 0.02-0.05 for hydro)"),
         "label_smoothing": (_fraction, "a probability in [0, 1), usually 0.1"),
         "grad_accum_steps": (_positive, "must be at least 1"),
         "max_steps": (_positive, "must be at least 1"),

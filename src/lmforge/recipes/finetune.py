@@ -238,7 +238,7 @@ def _run_finetune(
     eval_every = ft.eval_every or math.ceil(len(s.train_features) / per_step)
     settings = LoopSettings(
         total, ft.grad_accum_steps, ft.grad_clip, ft.dtype, ft.log_every, eval_every, ft.save_every,
-        ft.max_nonfinite, ft.progress and distributed.is_main(), "finetune",
+        ft.max_nonfinite, ft.progress and distributed.is_main(), "finetune", ft.grid_intensity,
     )  # fmt: skip
     result = fit(s.model, optimizer, sampler, loss_fn, device, out, step, settings, hooks, metrics)
     if s.eval_features is None:

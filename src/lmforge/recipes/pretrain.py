@@ -145,7 +145,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
     )  # fmt: skip
     settings = LoopSettings(
         t.max_steps, t.grad_accum_steps, t.grad_clip, t.dtype, t.log_every, t.eval_every, t.save_every,
-        t.max_nonfinite, t.progress and distributed.is_main(),
+        t.max_nonfinite, t.progress and distributed.is_main(), grid_intensity=t.grid_intensity,
     )  # fmt: skip
     result = fit(model, optimizer, sampler, loss_fn, device, out, step, settings, hooks, metrics)
     if not result.stopped:
