@@ -9,15 +9,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-
-def best_time(fn, reps: int) -> float:
-    """The fastest of reps runs of fn, in seconds (the least disturbed by other work on the machine)."""
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+from lmforge.hardware import best_time
 
 
 def training_steps(model, optimizer, batches: Sequence, loss_of: Callable) -> Callable[[], None]:

@@ -64,7 +64,8 @@ def _cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
-def _best(fn, reps: int = 3) -> float:
+def best_time(fn, reps: int = 3) -> float:
+    """The fastest of reps runs of fn, in seconds (the least disturbed by other work on the machine)."""
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -78,11 +79,11 @@ def _probe() -> dict:
     n = 1024
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    flops = 2 * n**3 / _best(lambda: a @ b)
+    flops = 2 * n**3 / best_time(lambda: a @ b)
     src = torch.empty(16 * 2**20)  # 64 MB of fp32
     dst = torch.empty_like(src)
     dst.copy_(src)
-    bandwidth = 2 * src.nbytes / _best(lambda: dst.copy_(src))  # read and write
+    bandwidth = 2 * src.nbytes / best_time(lambda: dst.copy_(src))  # read and write
     return {"tflops": flops / 1e12, "bandwidth_gbs": bandwidth / 1e9}
 
 
