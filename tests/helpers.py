@@ -1,6 +1,7 @@
 """Builders shared by several test modules (importable because pyproject puts tests/ on pytest's pythonpath)."""
 
 import json
+import random
 from pathlib import Path
 
 import torch
@@ -196,3 +197,32 @@ def tiny_t5(texts: list[str], vocab_size: int, max_seq_len: int):
     )  # fmt: skip
     torch.manual_seed(0)
     return T5(cfg).eval(), tokenizer
+
+
+LETTERS = "abcdefghij"
+TINY = [
+    "model.n_layer=2", "model.n_decoder_layer=2", "model.d_model=64", "model.d_kv=16", "model.d_ff=256",
+    "model.dropout=0.0", "model.max_seq_len=32", "data.vocab_size=300", "train.batch_tokens=0", "train.batch_size=64",
+    "train.lr=3e-3", "train.warmup_steps=50", "train.schedule=cosine", "train.min_lr=1e-4", "train.eval_every=100",
+    "train.eval_steps=5", "train.label_smoothing=0.0",
+]  # fmt: skip
+
+
+def write_reversal(folder, n_train=4000, n_val=200, seed=0):
+    """Sequences of 3-8 letters and the same letters reversed, as train.src/train.tgt and val.src/val.tgt."""
+    rng = random.Random(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        words = [[rng.choice(LETTERS) for _ in range(rng.randint(3, 8))] for _ in range(n)]
+        (folder / f"{split}.src").write_text("".join(" ".join(w) + "\n" for w in words), encoding="utf-8")
+        (folder / f"{split}.tgt").write_text("".join(" ".join(w[::-1]) + "\n" for w in words), encoding="utf-8")
+    return folder
+
+
+def train_cli(data, out, *extra, steps=6):
+    """lmforge train --config transformer-mt, TINY-sized, on the src -> tgt pairs of data."""
+    from lmforge.cli.main import main
+
+    sets = [x for kv in TINY for x in ("--set", kv)]
+    argv = ["train", "--config", "transformer-mt", "--data", str(data), "--source", "src", "--target", "tgt",
+            "--out", str(out), "--max-steps", str(steps), "--no-progress", *sets, *extra]  # fmt: skip
+    return main(argv)

@@ -3,11 +3,11 @@ model learns a transduction, the data is read, cached and batched as documented,
 mistake is one line."""
 
 import json
-import random
 
 import numpy as np
 import pytest
 import torch
+from helpers import train_cli, write_reversal
 
 from lmforge.checkpoint.loader import load
 from lmforge.cli.main import main
@@ -16,31 +16,6 @@ from lmforge.data.parallel import encode_sentences, prepare_parallel, read_paral
 from lmforge.data.sampler import PairBatchSampler, length_batches
 from lmforge.errors import LmforgeError
 from lmforge.training.optim import lr_at
-
-LETTERS = "abcdefghij"
-TINY = [
-    "model.n_layer=2", "model.n_decoder_layer=2", "model.d_model=64", "model.d_kv=16", "model.d_ff=256",
-    "model.dropout=0.0", "model.max_seq_len=32", "data.vocab_size=300", "train.batch_tokens=0", "train.batch_size=64",
-    "train.lr=3e-3", "train.warmup_steps=50", "train.schedule=cosine", "train.min_lr=1e-4", "train.eval_every=100",
-    "train.eval_steps=5", "train.label_smoothing=0.0",
-]  # fmt: skip
-
-
-def write_reversal(folder, n_train=4000, n_val=200, seed=0):
-    """Sequences of 3-8 letters and the same letters reversed, as train.src/train.tgt and val.src/val.tgt."""
-    rng = random.Random(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
-        words = [[rng.choice(LETTERS) for _ in range(rng.randint(3, 8))] for _ in range(n)]
-        (folder / f"{split}.src").write_text("".join(" ".join(w) + "\n" for w in words), encoding="utf-8")
-        (folder / f"{split}.tgt").write_text("".join(" ".join(w[::-1]) + "\n" for w in words), encoding="utf-8")
-    return folder
-
-
-def train_cli(data, out, *extra, steps=6):
-    sets = [x for kv in TINY for x in ("--set", kv)]
-    argv = ["train", "--config", "transformer-mt", "--data", str(data), "--source", "src", "--target", "tgt",
-            "--out", str(out), "--max-steps", str(steps), "--no-progress", *sets, *extra]  # fmt: skip
-    return main(argv)
 
 
 def test_the_original_transformer_learns_to_reverse_sequences(tmp_path):

@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from helpers import train_cli, write_reversal
 
 from lmforge.checkpoint.loader import load
 from lmforge.cli.main import main
@@ -25,8 +26,6 @@ def write_pairs(path, n, seed):
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """A tiny original Transformer that has seen the letters (a few steps of the reversal task)."""
-    from tests.recipes.test_seq2seq_train import train_cli, write_reversal
-
     folder = tmp_path_factory.mktemp("pre")
     assert train_cli(write_reversal(folder, 500, 20), folder / "run", steps=20) == 0
     return folder / "run"

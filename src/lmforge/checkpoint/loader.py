@@ -88,9 +88,14 @@ def load_model(
 def load_finetuned(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, TaskConfig]:
     """`load` for a fine-tuned model: the task's model (a head with its `backbone`), its tokenizer and its TaskConfig
     (task, labels, pooling, max_seq_len, input columns)."""
-    loaded = load(path, device)
+    loaded = require_task(load(path, device))
+    return loaded.model, loaded.tokenizer, loaded.task
+
+
+def require_task(loaded: Loaded) -> Loaded:
+    """A fine-tuned model as it is; a pretrained one is a user mistake, named with the way out."""
     if loaded.task is None:
         raise LmforgeError(
             f"{loaded.path} is not fine-tuned (no task in its config): fine-tune it with lmforge finetune"
         )
-    return loaded.model, loaded.tokenizer, loaded.task
+    return loaded

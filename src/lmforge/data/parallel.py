@@ -35,7 +35,8 @@ class Pairs:
     where: str
 
 
-def _lines(path: Path) -> list[str]:
+def read_lines(path: Path) -> list[str]:
+    """A text file's lines, without their line ends (the last newline ends a line, it does not start one)."""
     text = read_utf8(path)
     lines = text.split("\n")
     if lines and lines[-1] == "":  # the newline that ends the last line
@@ -46,7 +47,7 @@ def _lines(path: Path) -> list[str]:
 def read_aligned(source: Path, target: Path) -> Pairs:
     """Line i of source is translated by line i of target; a count mismatch, an empty file, or a line empty on one
     side only (an alignment slip) is an error naming both files."""
-    src, tgt = _lines(source), _lines(target)
+    src, tgt = read_lines(source), read_lines(target)
     where = f"{source} and {target}"
     if not src or not tgt:
         empty = source if not src else target

@@ -156,18 +156,17 @@ def length_batches(pairs: TokenPairs, order: np.ndarray, batch_tokens: int, batc
     return batches
 
 
-def collate_pairs(pairs: TokenPairs, rows: np.ndarray, pad_id: int, start_id: int) -> dict[str, torch.Tensor]:
-    """input_ids and attention_mask (B, S); labels (B, T), IGNORE where padded; decoder_input_ids, the labels
-    shifted right after start_id."""
-    sides = [pairs.pair(int(i)) for i in rows]
+def pad_pairs(sides: list[tuple], pad_id: int, start_id: int) -> dict[str, torch.Tensor]:
+    """A batch of (source ids, target ids) sequences: input_ids and attention_mask (B, S); labels (B, T), IGNORE
+    where padded; decoder_input_ids, the labels shifted right after start_id (teacher forcing)."""
     s, t = max(len(x) for x, _ in sides), max(len(y) for _, y in sides)
-    input_ids = torch.full((len(rows), s), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), t), IGNORE, dtype=torch.long)
-    decoder_input_ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
+    input_ids = torch.full((len(sides), s), pad_id, dtype=torch.long)
+    labels = torch.full((len(sides), t), IGNORE, dtype=torch.long)
+    decoder_input_ids = torch.full((len(sides), t), pad_id, dtype=torch.long)
     decoder_input_ids[:, 0] = start_id
     for row, (x, y) in enumerate(sides):
-        input_ids[row, : len(x)] = torch.from_numpy(x.astype(np.int64))
-        labels[row, : len(y)] = torch.from_numpy(y.astype(np.int64))
+        input_ids[row, : len(x)] = torch.as_tensor(x, dtype=torch.long)
+        labels[row, : len(y)] = torch.as_tensor(y, dtype=torch.long)
         decoder_input_ids[row, 1 : len(y)] = labels[row, : len(y) - 1]
     return {
         "input_ids": input_ids,
@@ -175,6 +174,11 @@ def collate_pairs(pairs: TokenPairs, rows: np.ndarray, pad_id: int, start_id: in
         "decoder_input_ids": decoder_input_ids,
         "labels": labels,
     }
+
+
+def collate_pairs(pairs: TokenPairs, rows: np.ndarray, pad_id: int, start_id: int) -> dict[str, torch.Tensor]:
+    """pad_pairs of the pairs at rows."""
+    return pad_pairs([pairs.pair(int(i)) for i in rows], pad_id, start_id)
 
 
 class PairBatchSampler:

@@ -11,8 +11,7 @@ import torch
 from tqdm import tqdm
 
 from lmforge.atomic import write_text_atomic
-from lmforge.data.parallel import encode_sentences
-from lmforge.data.records import read_utf8
+from lmforge.data.parallel import encode_sentences, read_lines
 from lmforge.errors import LmforgeError
 from lmforge.generation.beam import banned_ngrams, seq2seq_beam_search
 from lmforge.generation.decoding import next_token, process_logits
@@ -136,11 +135,9 @@ def check_texts(texts: list[str], where: str) -> None:
 def generate_seq2seq_file(model, tokenizer: Tokenizer, source: str | Path, output: str | Path, **options) -> int:
     """Writes output (atomically, as_lines): line i is the output of line i of source, a blank line for a blank one.
     Returns the number of lines; options as in generate_seq2seq."""
-    lines = read_utf8(Path(source)).split("\n")
-    if lines and lines[-1] == "":  # the newline that ends the last line
-        lines.pop()
+    lines = read_lines(Path(source))
     check_texts(lines, str(source))
-    outputs = generate_seq2seq(model, tokenizer, [line.rstrip("\r") for line in lines], **options)
+    outputs = generate_seq2seq(model, tokenizer, lines, **options)
     write_text_atomic(Path(output), as_lines(outputs))
     return len(outputs)
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from lmforge.atomic import check_output_dir, write_text_atomic
-from lmforge.checkpoint.loader import load
+from lmforge.checkpoint.loader import load, require_task
 from lmforge.data.parallel import Pairs, read_aligned, read_parallel
 from lmforge.data.records import check_data_file
 from lmforge.errors import LmforgeError
@@ -70,11 +70,7 @@ def evaluate_checkpoint(
     if loaded.task is None and loaded.config.family == "t5":  # a pretrained encoder-decoder: the file holds pairs
         pairs = seq2seq_pairs(data, "source", "target")
         return _evaluate_seq2seq(loaded.model, loaded.tokenizer, checkpoint, data, pairs, out, 4, batch_size, device)
-    if loaded.task is None:
-        raise LmforgeError(
-            f"{loaded.path} is not fine-tuned (no task in its config): fine-tune it with lmforge finetune"
-        )
-    model, tokenizer, task = loaded.model, loaded.tokenizer, loaded.task
+    model, tokenizer, task = require_task(loaded).model, loaded.tokenizer, loaded.task
     out = _default_out(checkpoint, data) if out is None else Path(out)
     kind = get_task(task.task)
     examples = kind.read(Path(data), columns_of(task))

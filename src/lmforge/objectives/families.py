@@ -21,7 +21,7 @@ from lmforge.data import (
     load_prepared,
     prepare_documents,
 )
-from lmforge.data.parallel import prepare_parallel
+from lmforge.data.parallel import prepare_parallel, special_ids
 from lmforge.data.sampler import PairBatchSampler, pair_batches
 from lmforge.errors import LmforgeError
 from lmforge.objectives.losses import causal_lm_loss, pretraining_loss, seq2seq_loss
@@ -177,9 +177,7 @@ class SpanCorruption:
     @staticmethod
     def vocabulary(tokenizer) -> dict:
         """The vocabulary and T5's ids: pad (which also starts the decoder) and end of sequence."""
-        pad, eos = tokenizer.special_id("pad"), tokenizer.special_id("sep")
-        if pad is None or eos is None:
-            raise LmforgeError(f"the {tokenizer.kind} tokenizer has no pad or end token for T5: use bpe or wordpiece")
+        pad, eos = special_ids(tokenizer)
         return {"vocab_size": tokenizer.vocab_size, "pad_id": pad, "decoder_start_id": pad, "eos_id": eos}
 
     def flops_per_token(self, model, cfg: RunConfig) -> float:

@@ -12,6 +12,7 @@ import torch
 from tokenizers import AddedToken
 
 from lmforge.data.documents import DocumentSplit
+from lmforge.data.parallel import special_ids
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import Tokenizer
 
@@ -109,9 +110,7 @@ class SpanCorruptionSampler:
     def __init__(self, split: DocumentSplit, tokenizer: Tokenizer, batch_size: int, seq_len: int, seed: int,
                  decoder_start_id: int):  # fmt: skip
         self.sentinels = sentinel_ids(tokenizer)
-        self.pad, self.eos = tokenizer.special_id("pad"), tokenizer.special_id("sep")
-        if self.pad is None or self.eos is None:
-            raise LmforgeError(f"the {tokenizer.kind} tokenizer has no pad or end token: use bpe or wordpiece")
+        self.pad, self.eos = special_ids(tokenizer)
         if seq_len < 4:
             raise LmforgeError(f"train.seq_len = {seq_len} leaves no room for a corrupted span: use 4+")
         self.tokens = split.tokens

@@ -14,6 +14,7 @@ from torch import nn
 from lmforge.config import TaskConfig
 from lmforge.data.labelled import IGNORE, Columns, Example
 from lmforge.data.parallel import encode_sentences, read_pairs_file
+from lmforge.data.sampler import pad_pairs
 from lmforge.errors import LmforgeError
 from lmforge.generation.seq2seq import generate_seq2seq
 from lmforge.tasks.base import Task
@@ -81,16 +82,7 @@ class Seq2Seq(Task):
     def collate(self, features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         """Sources padded with pad (attention_mask), targets as labels (IGNORE where padded) and, shifted right
         after the start token (pad, as in T5), as decoder inputs."""
-        s = max(len(f["input_ids"]) for f in features)
-        t = max(len(f["label"]) for f in features)
-        ids = torch.full((len(features), s), pad_id, dtype=torch.long)
-        labels = torch.full((len(features), t), IGNORE, dtype=torch.long)
-        decoder = torch.full((len(features), t), pad_id, dtype=torch.long)
-        for i, f in enumerate(features):
-            ids[i, : len(f["input_ids"])] = torch.tensor(f["input_ids"])
-            labels[i, : len(f["label"])] = torch.tensor(f["label"])
-            decoder[i, 1 : len(f["label"])] = labels[i, : len(f["label"]) - 1]
-        return {"input_ids": ids, "attention_mask": ids != pad_id, "decoder_input_ids": decoder, "labels": labels}
+        return pad_pairs([(f["input_ids"], f["label"]) for f in features], pad_id, pad_id)
 
     def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["input_ids"], batch["attention_mask"], batch["decoder_input_ids"])
