@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import pytest
 
+os.environ["LMFORGE_ENERGY"] = "estimate"  # codecarbon's 1.5 s start per run; tests/training/test_energy.py measures
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 TINY = [

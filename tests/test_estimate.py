@@ -175,3 +175,40 @@ def test_training_logs_its_energy_and_co2_so_far(tmp_path, corpus):
         assert r["energy_kwh"] == pytest.approx(watts * r["elapsed_s"] / 3.6e6, rel=0.05)
         assert r["co2_kg"] == pytest.approx(0.25 * r["energy_kwh"])
     assert records[1]["energy_kwh"] > records[0]["energy_kwh"]
+
+
+def test_codecarbon_measures_the_energy_when_installed(tmp_path, corpus, monkeypatch):
+    """With the `green` extra, the log's energy comes from codecarbon's meter (positive, growing, said in
+    energy_source) and its CO2 is that energy at the run's grid intensity; LMFORGE_ENERGY=estimate skips it."""
+    pytest.importorskip("codecarbon", reason="the green extra (make test installs it)")
+    from lmforge.cli.main import main
+    from lmforge.training import energy
+
+    monkeypatch.setenv("LMFORGE_ENERGY", "auto")
+    monkeypatch.setattr(energy, "MEASURE_EVERY_S", 0.0)
+    out = tmp_path / "run"
+    argv = ["train", "--config", "char-small", "--data", str(corpus), "--out", str(out), "--max-steps", "30",
+            "--no-progress", "--set", "model.n_layer=2", "--set", "model.d_model=128", "--set", "model.max_seq_len=64",
+            "--set", "train.batch_size=16", "--set", "train.log_every=10", "--set", "train.grid_intensity=0.25",
+            "--set", "train.eval_every=0"]  # fmt: skip
+    assert main(argv) == 0
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"energy_kwh"' in x]
+    assert [r["energy_source"] for r in records] == ["measured by codecarbon"] * 3
+    kwh = [r["energy_kwh"] for r in records]
+    assert 0 < kwh[0] < kwh[1] < kwh[2] < 1e-3  # a few seconds of a CPU: millijoules to a few kJ, never a kWh
+    for r in records:
+        assert r["co2_kg"] == pytest.approx(0.25 * r["energy_kwh"])
+    monkeypatch.setenv("LMFORGE_ENERGY", "estimate")
+    assert energy.EnergyMeter(torch.device("cpu")).tracker is None
+
+
+def test_without_codecarbon_the_energy_is_estimated(monkeypatch):
+    import sys
+
+    from lmforge.training import energy
+
+    monkeypatch.setenv("LMFORGE_ENERGY", "auto")
+    monkeypatch.setitem(sys.modules, "codecarbon", None)  # import codecarbon raises ImportError
+    with energy.EnergyMeter(torch.device("cpu")) as meter:
+        assert meter.tracker is None and meter.source.startswith("estimated for")
+        assert meter.kwh() >= 0

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lmforge.hardware import device_power
 from lmforge.training import distributed
 from lmforge.training.callbacks import MetricsLog, StopRequest
 from lmforge.training.device import autocast_for, to_device
+from lmforge.training.energy import EnergyMeter
 from lmforge.training.memory import MemoryMeter, summary
 from lmforge.training.stability import NonFiniteGuard
 
@@ -101,12 +101,12 @@ def fit(
     s = settings
     guard = NonFiniteGuard(s.max_nonfinite, out, distributed.is_main(), s.section)
     memory = MemoryMeter(model, optimizer, device)
-    power_w, power_source = device_power(device)
     start, step_time, train_s, train_loss = time.perf_counter(), 0.0, 0.0, float("nan")
     step, stopped = start_step, False
     model.train()
     with (
         StopRequest() as stop,
+        EnergyMeter(device) as energy_meter,
         tqdm(total=s.max_steps, initial=step, disable=not s.progress, unit="step", dynamic_ncols=True) as bar,
     ):
         while step < s.max_steps:
@@ -135,13 +135,13 @@ def fit(
             speed = hooks.throughput(step_time)
             bar.update(1)
             tok_s = {"tok_s": f"{speed['tokens_per_s']:,.0f}"} if "tokens_per_s" in speed else {}
-            energy = power_w * (time.perf_counter() - start) * distributed.world_size() / 3.6e6  # kWh, all ranks
+            energy = energy_meter.kwh()
             bar.set_postfix(loss=f"{train_loss:.4f}", **tok_s, kWh=f"{energy:.4f}", refresh=False)
             if step % s.log_every == 0 or step == s.max_steps:
                 metrics.write({
                     "step": step, "loss": train_loss, **task_sums, "lr": lr, "grad_norm": grad_norm, **speed,
                     "elapsed_s": time.perf_counter() - start, "skipped_steps": guard.skipped, "energy_kwh": energy,
-                    "co2_kg": energy * s.grid_intensity, "energy_source": power_source,
+                    "co2_kg": energy * s.grid_intensity, "energy_source": energy_meter.source,
                     **memory.report(final=step == s.max_steps),
                 })  # fmt: skip
             stop.requested = distributed.any_rank(stop.requested)  # all ranks stop at the same step

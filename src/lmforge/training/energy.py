@@ -1,0 +1,75 @@
+"""Energy a run has used so far: measured by `codecarbon` when it is installed (the `green` extra), estimated from
+the device's power otherwise (lmforge.hardware.device_power); each log record says which.
+
+codecarbon reads RAPL counters or the GPU's own meter where the machine exposes them and falls back to its CPU
+model table where it does not; lmforge asks it for energy only, and turns energy into CO2 at the run's own grid
+intensity, so the CO2 figure of a measured run and of an estimate mean the same thing. LMFORGE_ENERGY=estimate in
+the environment skips codecarbon (it takes about 1.5 s to start, too long for a run of a few steps).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import torch
+
+from lmforge.hardware import device_power
+from lmforge.training import distributed
+
+MEASURE_EVERY_S = 5.0  # codecarbon's reading is a few system calls; the figure is logged, not steered by
+
+
+class EnergyMeter:
+    """Started with the training loop (a context manager, so codecarbon's threads stop with it); kwh() is the energy
+    used since, in kWh, by all ranks."""
+
+    def __init__(self, device: torch.device):
+        self.start = time.perf_counter()
+        self.power_w, self.source = device_power(device)
+        measure = os.environ.get("LMFORGE_ENERGY", "auto") != "estimate" and distributed.world_size() == 1
+        self.tracker = _tracker(device) if measure else None
+        if self.tracker is not None:
+            self.source = "measured by codecarbon"
+        self.last_read, self.last_kwh = 0.0, 0.0
+
+    def kwh(self) -> float:
+        now = time.perf_counter()
+        if self.tracker is None:
+            return self.power_w * (now - self.start) * distributed.world_size() / 3.6e6
+        if now - self.last_read >= MEASURE_EVERY_S:
+            self.tracker.flush()
+            self.last_read, self.last_kwh = now, float(self.tracker._total_energy.kWh)
+        return self.last_kwh
+
+    def __enter__(self) -> EnergyMeter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.tracker is not None:
+            self.tracker.stop()
+            self.tracker = None
+
+
+def _tracker(device: torch.device):
+    """An offline codecarbon tracker (no network, no files) for this process, or None when codecarbon is missing or
+    cannot start here."""
+    try:
+        from codecarbon import OfflineEmissionsTracker
+    except ImportError:
+        return None
+    logging.getLogger("codecarbon").setLevel(logging.ERROR)
+    try:
+        tracker = OfflineEmissionsTracker(
+            country_iso_code="USA",  # only its grid mix depends on this, and lmforge does not use its CO2
+            output_methods=[],  # no files, no API: lmforge logs the figures itself
+            log_level="error",
+            tracking_mode="process",
+            allow_multiple_runs=True,
+            gpu_ids=[device.index or 0] if device.type == "cuda" else [],
+        )
+        tracker.start()
+    except Exception:  # a meter that cannot start must not stop a training run
+        return None
+    return tracker if hasattr(tracker, "_total_energy") else None
