@@ -4,6 +4,7 @@ and an estimated CPU training time that matches a measured one."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 
@@ -212,3 +213,50 @@ def test_without_codecarbon_the_energy_is_estimated(monkeypatch):
     with energy.EnergyMeter(torch.device("cpu")) as meter:
         assert meter.tracker is None and meter.source.startswith("estimated for")
         assert meter.kwh() >= 0
+
+
+@pytest.fixture(scope="module")
+def long_documents(tmp_path_factory):
+    """tinyshakespeare in 20 long documents, so every encoder sequence is full, as the estimate assumes."""
+    from conftest import SHARED
+
+    source = SHARED / "tinyshakespeare.txt"
+    if not source.is_file():
+        pytest.skip(f"{source} is not there (../shared/data beside the repository)")
+    lines = [line for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    n = len(lines) // 20
+    path = tmp_path_factory.mktemp("long") / "long.txt"
+    path.write_text("\n\n".join("\n".join(lines[i * n : (i + 1) * n]) for i in range(20)), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(shipped_configs()))
+def test_estimated_peak_memory_is_within_25_percent_of_a_measured_training_step(name, long_documents, tmp_path):
+    """Two training steps of each shipped config at its own size, the live tensor bytes' peak measured (TensorPeak,
+    as CUDA's max_memory_allocated counts them) against estimate's weights + gradients + optimizer + activations."""
+    from conftest import SHARED
+
+    from lmforge.training.memory import TensorPeak
+    from lmforge.training.optim import build_optimizer
+
+    parallel = load_config(name).data.source is not None
+    data = [f"data.path={SHARED / 'translation' if parallel else long_documents}"]
+    cfg = load_config(name, [f"train.out={tmp_path}", "train.progress=false", *data])
+    objective = objective_for(cfg)
+    prepared = objective.data(cfg, tmp_path / "data")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **objective.vocabulary(prepared.tokenizer)))
+    torch.manual_seed(0)
+    model = MODELS[cfg.family](cfg.model).train()
+    optimizer = build_optimizer(model, cfg.train, torch.device("cpu"))
+    sampler = objective.sampler(cfg, prepared, 0)
+    with TensorPeak(held=sum(p.nbytes for p in model.parameters())) as meter:
+        for _ in range(2):
+            batch = sampler.next()
+            objective.loss(model, batch)[0].backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    length = batch["input_ids"].shape[1] if isinstance(batch, dict) else batch[0].shape[1]  # a pair batch's own
+    memory = estimate(cfg, hardware=H100, seq_len=length if parallel else None)["memory_bytes"]
+    estimated = sum(memory[k] for k in ("weights", "gradients", "optimizer", "activations"))
+    mb = (estimated / 2**20, meter.peak / 2**20)
+    assert 0.75 <= estimated / meter.peak <= 1.25, "estimated {:.0f} MB, measured {:.0f} MB".format(*mb)

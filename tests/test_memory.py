@@ -22,3 +22,18 @@ def test_split_counts_each_part_and_the_peak_beyond_them():
     line = summary(split, torch.device("cpu"))
     assert "\n" not in line and line.startswith("memory: peak") and "largest part: activations" in line
     assert meter.report(final=False) and not meter.report(final=False) and meter.report(final=True)
+
+
+def test_tensor_peak_counts_live_storage_from_creation_to_release():
+    from lmforge.training.memory import TensorPeak
+
+    with TensorPeak(held=MB) as meter:
+        a = torch.ones(MB // 4)  # 1 MB
+        b = a * 2  # 1 MB more: 3 MB with the held 1 MB
+        view = b[: MB // 8]  # a view is no new storage
+        del a
+        c = b + 1  # 3 MB again
+        del b, view, c
+        d = torch.ones(MB // 2)  # 2 MB, beside the held 1 MB
+    assert meter.peak == 3 * MB and meter.live == MB + 2 * MB
+    del d

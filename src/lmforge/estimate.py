@@ -43,6 +43,23 @@ def model_config_of(path: str | Path) -> RunConfig:
     return _hf_config(path)
 
 
+CHAR_VOCAB = 256  # a character tokenizer's vocabulary is its data's characters: English text has about 100
+
+
+def planned_config(cfg: RunConfig) -> RunConfig:
+    """A config as its run will build the model: the vocabulary is the tokenizer's, which training makes from the data
+    (data.vocab_size for a BPE, WordPiece or Unigram tokenizer it trains, CHAR_VOCAB at most for characters), not the
+    model section's default (50,257 for a GPT, 30,522 for a BERT)."""
+    tokenizer = cfg.data.tokenizer
+    if tokenizer in ("bpe", "wordpiece", "unigram"):
+        vocab = cfg.data.vocab_size
+    elif tokenizer == "char":
+        vocab = CHAR_VOCAB
+    else:
+        return cfg  # a tokenizer file: its vocabulary is the model config's to state
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
+
+
 def _hf_config(path: Path) -> RunConfig:
     import json
 
@@ -84,17 +101,55 @@ def _layers(cfg: RunConfig) -> tuple[int, int]:
     return m.n_layer, m.n_layer if cfg.family == "gpt" else 0
 
 
+def _lengths(cfg: RunConfig, seq_len: int) -> tuple[int, int, float]:
+    """(source length, target length, tokens the LM head predicts per sequence) of a training sequence."""
+    if cfg.family == "bert":
+        return seq_len, 0, cfg.data.mlm_probability * seq_len
+    if cfg.family == "t5" and cfg.data.source is None:  # span corruption: a raw span of text becomes both
+        from lmforge.objectives.span_corruption import corrupted_lengths, raw_length
+
+        target = corrupted_lengths(raw_length(seq_len))[1]
+        return seq_len, target, target
+    return seq_len, (seq_len if cfg.family == "t5" else 0), seq_len
+
+
+def _block_bytes(m, value: int, tokens: int, attended: int, cross_attended: int = 0) -> float:
+    """What one block keeps for backward over `tokens` query tokens, as lmforge's blocks keep it (measured with
+    training.memory.TensorPeak): the inputs of its norms and linear layers and of the activation, q, k, v and the
+    attention output, 8 d + 2 d_ff values per token (a cross-attention block 7 d more). Fused attention keeps no
+    attention matrix, but the CPU's has no dropout: with dropout the probabilities, their mask and the dropped copy
+    stay, about 16 bytes per head and attended position, and every dropout keeps a 1-byte mask."""
+    d, cross = m.d_model, cross_attended > 0
+    values = 8 * d + 2 * m.d_ff + (7 * d if cross else 0)
+    dropout = 0.0
+    if m.dropout > 0:
+        dropout = 2 * d + 16 * m.n_head * attended + ((d + 16 * m.n_head * cross_attended) if cross else 0)
+    return tokens * (values * value + dropout)
+
+
 def activation_bytes(cfg: RunConfig, batch: int, seq_len: int, precision: str, checkpointing: bool) -> float:
-    """Korthikanti et al. (2022): a layer holds B*T*d*(34 + 5*n_head*T/d) bytes at 16 bits; with checkpointing only
-    each layer's input stays, plus one layer recomputed at a time. The LM head adds its logits and their gradient."""
+    """The activations of a training step at its peak: what the blocks keep for backward (_block_bytes), what the
+    LM head keeps (its fused loss keeps about half the logits' fp32 bytes, over the predicted tokens only), and the
+    largest transient of backward: the loss's at its start (a chunk's logits and their gradient in fp32, 2 x 4 bytes
+    per predicted token and vocabulary entry), or one block's gradients, about as large as what the block keeps.
+    With checkpointing each layer keeps only its input, and one layer is recomputed at a time. Sequences are taken
+    as full (seq_len tokens); a batch of shorter ones holds less. Within 25% of the peak measured by
+    training.memory.TensorPeak for every shipped config (tests/test_estimate.py)."""
     m = cfg.model
-    layers, _ = _layers(cfg)
-    scale = BYTES[precision] / 2
-    per_layer = batch * seq_len * m.d_model * (34 + 5 * m.n_head * seq_len / m.d_model) * scale
-    logits = 2 * batch * seq_len * m.vocab_size * 4  # the loss is computed in fp32
+    value = BYTES[precision]
+    source, target, predicted = _lengths(cfg, seq_len)
+    if cfg.family == "t5":
+        encoder = _block_bytes(m, value, batch * source, source)
+        decoder = _block_bytes(m, value, batch * target, target, source)
+        blocks = [(m.n_layer, encoder, batch * source), (m.n_decoder_layer, decoder, batch * target)]
+    else:
+        blocks = [(m.n_layer, _block_bytes(m, value, batch * source, source), batch * source)]
+    head = 2 * batch * predicted * m.vocab_size
+    transient = max(2 * batch * predicted * m.vocab_size * 4, max(b for _, b, _ in blocks))
     if checkpointing:
-        return layers * batch * seq_len * m.d_model * BYTES[precision] + per_layer + logits
-    return layers * per_layer + logits
+        kept = sum(n * tokens * m.d_model * value for n, _, tokens in blocks) + max(b for _, b, _ in blocks)
+        return kept + head + transient
+    return sum(n * b for n, b, _ in blocks) + head + transient
 
 
 def _kv_cache_bytes(cfg: RunConfig, batch: int, seq_len: int, precision: str) -> float:
@@ -139,9 +194,10 @@ def estimate(
     utilization = hw.utilization if utilization is None else utilization
     if not 0 < utilization <= 1:
         raise LmforgeError(f"--utilization = {utilization} is out of range: a share of peak in (0, 1], e.g. 0.4")
-    train = dataclasses.replace(
-        cfg.train, batch_size=batch or cfg.train.batch_size, seq_len=seq_len or cfg.train.seq_len
-    )
+    seq_len = seq_len or cfg.train.seq_len
+    if batch is None and cfg.train.batch_tokens and cfg.data.source is not None:
+        batch = max(1, cfg.train.batch_tokens // (2 * seq_len))  # pairs of seq_len tokens a side in batch_tokens
+    train = dataclasses.replace(cfg.train, batch_size=batch or cfg.train.batch_size, seq_len=seq_len)
     cfg = RunConfig(cfg.family, cfg.model, cfg.data, train)
     b, t = train.batch_size, train.seq_len
     tokens = tokens or train.max_steps * b * t

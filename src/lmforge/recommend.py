@@ -15,6 +15,7 @@ import torch
 
 from lmforge.config import RunConfig, load_config
 from lmforge.errors import LmforgeError
+from lmforge.estimate import planned_config
 from lmforge.hardware import Hardware
 from lmforge.models import MODELS
 
@@ -72,9 +73,7 @@ def _resized(base: RunConfig, d_model: int) -> RunConfig:
 def sized_config(name: str, parameters: float) -> tuple[RunConfig, int]:
     """The shipped config `name` resized (_resized) to the width whose parameter count is nearest `parameters`
     (a binary search over widths of 128 to 4096, counts growing with width); returns it and its exact count."""
-    base = load_config(name)
-    if base.data.tokenizer in ("bpe", "wordpiece", "unigram"):  # the vocabulary the run's tokenizer will have
-        base = dataclasses.replace(base, model=dataclasses.replace(base.model, vocab_size=base.data.vocab_size))
+    base = planned_config(load_config(name))  # the vocabulary the run's tokenizer will have
     widths = list(range(128, 4097, 64))
     low, high = 0, len(widths) - 1
     while low < high:  # the first width whose count reaches `parameters`

@@ -12,14 +12,14 @@ def cmd_estimate(args: argparse.Namespace) -> None:
     import json
 
     from lmforge.config import load_config
-    from lmforge.estimate import estimate, format_estimate, model_config_of
+    from lmforge.estimate import estimate, format_estimate, model_config_of, planned_config
     from lmforge.hardware import hardware_profile
 
     if (args.config is None) == (args.model is None):
         raise LmforgeError("lmforge estimate needs one of --config (a config name or YAML) or --model (a directory)")
     if args.model is not None and args.overrides:
         raise LmforgeError("--set overrides a --config; a --model's architecture is fixed by its directory")
-    cfg = load_config(args.config, args.overrides) if args.config else model_config_of(args.model)
+    cfg = planned_config(load_config(args.config, args.overrides)) if args.config else model_config_of(args.model)
     result = estimate(
         cfg, args.tokens, args.batch, args.seq_len, args.precision, hardware_profile(args.hardware), args.devices,
         args.utilization, args.grid_intensity, args.serve_tokens,

@@ -100,7 +100,6 @@ def fit(
     gradient skips the update). SIGINT/SIGTERM save at the end of the current step and stop."""
     s = settings
     guard = NonFiniteGuard(s.max_nonfinite, out, distributed.is_main(), s.section)
-    memory = MemoryMeter(model, optimizer, device)
     start, step_time, train_s, train_loss = time.perf_counter(), 0.0, 0.0, float("nan")
     step, stopped = start_step, False
     model.train()
@@ -109,6 +108,7 @@ def fit(
         EnergyMeter(device) as energy_meter,
         tqdm(total=s.max_steps, initial=step, disable=not s.progress, unit="step", dynamic_ncols=True) as bar,
     ):
+        memory = MemoryMeter(model, optimizer, device)  # after codecarbon's start, whose libraries are no activations
         while step < s.max_steps:
             t0 = time.perf_counter()
             lr = hooks.lr(step)

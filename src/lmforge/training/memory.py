@@ -10,8 +10,11 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
+import weakref
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from lmforge.errors import LmforgeError
 from lmforge.models import MODELS
@@ -137,3 +140,34 @@ def check_fits(n_parameters: int, device: torch.device, shards: int = 1) -> None
             f"and AdamW state, {TRAINING_BYTES} bytes each, before activations), more than the {have / 1e9:.1f} GB of "
             f"{where}; make it smaller (model.n_layer, model.d_model), or set {ALLOW_LARGE}=1 to try anyway"
         )
+
+
+class TensorPeak(TorchDispatchMode):
+    """The peak bytes of live tensor storage while it is active, counted as CUDA's max_memory_allocated counts them:
+    every storage an operator creates (parameters, gradients, optimizer state, activations, temporaries) from its
+    creation to its release, plus `held`, what lives already. On a CPU, the process's resident set grows beyond this
+    by what the allocator keeps of freed memory and by the runtime's own buffers; this is the part a model's shape
+    decides, the one `lmforge estimate` predicts. Every operator pays a Python call: for a measuring run, not training.
+    """
+
+    def __init__(self, held: int = 0):
+        super().__init__()
+        self.live = self.peak = held
+        self.storages: set[int] = set()
+
+    def _released(self, key: int, nbytes: int) -> None:
+        self.storages.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key and key not in self.storages:
+                    self.storages.add(key)
+                    self.live += storage.nbytes()
+                    weakref.finalize(storage, self._released, key, storage.nbytes())
+        self.peak = max(self.peak, self.live)
+        return out
