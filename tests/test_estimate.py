@@ -260,3 +260,36 @@ def test_estimated_peak_memory_is_within_25_percent_of_a_measured_training_step(
     estimated = sum(memory[k] for k in ("weights", "gradients", "optimizer", "activations"))
     mb = (estimated / 2**20, meter.peak / 2**20)
     assert 0.75 <= estimated / meter.peak <= 1.25, "estimated {:.0f} MB, measured {:.0f} MB".format(*mb)
+
+
+@pytest.mark.parametrize("name", ["bert-small", "gpt-small"])
+def test_a_fine_tuning_step_is_estimated_without_the_lm_head(name, tmp_path):
+    """--finetune: FLOPs of the stack alone (6 x the blocks' parameters + attention), and the memory of a
+    classification step (the backbone's hidden states, a linear head on the first / last token) within 25%."""
+    from lmforge.estimate import planned_config
+    from lmforge.training.memory import TensorPeak
+    from lmforge.training.optim import build_optimizer
+
+    cfg = planned_config(load_config(name, ["train.batch_size=16", "train.seq_len=128"]))
+    e = estimate(cfg, hardware=H100, finetune=True)
+    model = MODELS[cfg.family](cfg.model).train()
+    stack = model.decoder if cfg.family == "gpt" else model.encoder
+    m = cfg.model
+    block = sum(p.numel() for p in stack.blocks[0].parameters())
+    assert e["flops_per_token"]["train"] == 6 * m.n_layer * block + 12 * m.n_layer * m.d_model * 128
+    assert e["flops_per_token"]["train"] < estimate(cfg, hardware=H100)["flops_per_token"]["train"]
+    assert e["run"]["kind"] == "fine-tuning"
+    head = torch.nn.Linear(m.d_model, 2)
+    optimizer = build_optimizer(model, cfg.train, torch.device("cpu"))
+    ids = torch.randint(5, m.vocab_size, (16, 128))
+    with TensorPeak(held=sum(p.nbytes for p in model.parameters())) as meter:
+        for _ in range(2):
+            hidden = model.hidden(ids, torch.ones_like(ids, dtype=torch.bool))[0]
+            logits = head(hidden[:, -1 if cfg.family == "gpt" else 0])
+            torch.nn.functional.cross_entropy(logits, torch.zeros(16, dtype=torch.long)).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    memory = e["memory_bytes"]
+    estimated = sum(memory[k] for k in ("weights", "gradients", "optimizer", "activations"))
+    mb = (estimated / 2**20, meter.peak / 2**20)
+    assert 0.75 <= estimated / meter.peak <= 1.25, "estimated {:.0f} MB, measured {:.0f} MB".format(*mb)

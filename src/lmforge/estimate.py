@@ -83,11 +83,18 @@ def _hf_config(path: Path) -> RunConfig:
     return RunConfig("gpt" if gpt else "bert", cfg, DataConfig(tokenizer="char" if gpt else "bpe"))
 
 
-def flops_per_token(cfg: RunConfig, model: torch.nn.Module) -> float:
-    """Training FLOPs per token, as the run's objective counts them (its throughput and MFU use the same)."""
+def flops_per_token(cfg: RunConfig, model: torch.nn.Module, finetune: bool = False) -> float:
+    """Training FLOPs per token, as the run's objective counts them (its throughput and MFU use the same). Fine-tuning
+    a GPT or an encoder runs its stack without the LM head: 6 x the blocks' parameters as applied (a shared ALBERT
+    block n_layer times) plus attention's 12 n_layer d_model T; a T5 fine-tunes text to text as Seq2Seq counts it."""
     from lmforge.objectives.families import Seq2Seq, objective_for
 
-    objective = objective_for(cfg)
+    if finetune and cfg.family != "t5":
+        stack = model.decoder if cfg.family == "gpt" else model.encoder
+        block = sum(p.numel() for p in stack.blocks[0].parameters())
+        m = cfg.model
+        return 6 * m.n_layer * block + 12 * m.n_layer * m.d_model * cfg.train.seq_len
+    objective = Seq2Seq() if finetune else objective_for(cfg)
     if isinstance(objective, Seq2Seq):  # the mean pair lengths come from the data; assume pairs of seq_len
         objective.lengths = (float(cfg.train.seq_len), float(cfg.train.seq_len))
     return objective.flops_per_token(model, cfg)
@@ -101,8 +108,11 @@ def _layers(cfg: RunConfig) -> tuple[int, int]:
     return m.n_layer, m.n_layer if cfg.family == "gpt" else 0
 
 
-def _lengths(cfg: RunConfig, seq_len: int) -> tuple[int, int, float]:
-    """(source length, target length, tokens the LM head predicts per sequence) of a training sequence."""
+def _lengths(cfg: RunConfig, seq_len: int, finetune: bool = False) -> tuple[int, int, float]:
+    """(source length, target length, tokens the LM head predicts per sequence) of a training sequence. Fine-tuning
+    a GPT or an encoder predicts with a small task head (no LM head); a T5 fine-tunes text to text."""
+    if finetune:
+        return (seq_len, seq_len, seq_len) if cfg.family == "t5" else (seq_len, 0, 0)
     if cfg.family == "bert":
         return seq_len, 0, cfg.data.mlm_probability * seq_len
     if cfg.family == "t5" and cfg.data.source is None:  # span corruption: a raw span of text becomes both
@@ -127,7 +137,9 @@ def _block_bytes(m, value: int, tokens: int, attended: int, cross_attended: int 
     return tokens * (values * value + dropout)
 
 
-def activation_bytes(cfg: RunConfig, batch: int, seq_len: int, precision: str, checkpointing: bool) -> float:
+def activation_bytes(
+    cfg: RunConfig, batch: int, seq_len: int, precision: str, checkpointing: bool, finetune: bool = False
+) -> float:
     """The activations of a training step at its peak: what the blocks keep for backward (_block_bytes), what the
     LM head keeps (its fused loss keeps about half the logits' fp32 bytes, over the predicted tokens only), and the
     largest transient of backward: the loss's at its start (a chunk's logits and their gradient in fp32, 2 x 4 bytes
@@ -137,7 +149,7 @@ def activation_bytes(cfg: RunConfig, batch: int, seq_len: int, precision: str, c
     training.memory.TensorPeak for every shipped config (tests/test_estimate.py)."""
     m = cfg.model
     value = BYTES[precision]
-    source, target, predicted = _lengths(cfg, seq_len)
+    source, target, predicted = _lengths(cfg, seq_len, finetune)
     if cfg.family == "t5":
         encoder = _block_bytes(m, value, batch * source, source)
         decoder = _block_bytes(m, value, batch * target, target, source)
@@ -178,9 +190,11 @@ def estimate(
     utilization: float | None = None,
     grid_intensity: float = 0.4,
     serve_tokens: int = 0,
+    finetune: bool = False,
 ) -> dict:
     """Parameters, FLOPs, memory, time, energy and CO2 of training cfg's model on `tokens` tokens (default: the
-    config's max_steps x batch x seq_len), and of serving `serve_tokens` more."""
+    config's max_steps x batch x seq_len), or of fine-tuning it on a task (`finetune`), and of serving `serve_tokens`
+    more."""
     from lmforge.hardware import this_machine
 
     if precision not in BYTES:
@@ -205,7 +219,7 @@ def estimate(
     with torch.device("meta"):
         model = MODELS[cfg.family](cfg.model)
     n = model.num_parameters()
-    train_per_token = flops_per_token(cfg, model)
+    train_per_token = flops_per_token(cfg, model, finetune)
     infer_per_token = train_per_token / 3  # forward only: 2N + attention's 4 * n_layer * d_model * T
 
     states = {"weights": WEIGHT_BYTES * n, "gradients": GRAD_BYTES * n, "optimizer": ADAMW_BYTES * n}
@@ -213,8 +227,8 @@ def estimate(
     per_device_batch = -(-b // devices)
     memory = {**states}
     for ckpt, suffix in ((False, ""), (True, "_checkpointed")):
-        memory["activations" + suffix] = activation_bytes(cfg, b, t, precision, ckpt)
-        act = activation_bytes(cfg, per_device_batch, t, precision, ckpt)
+        memory["activations" + suffix] = activation_bytes(cfg, b, t, precision, ckpt, finetune)
+        act = activation_bytes(cfg, per_device_batch, t, precision, ckpt, finetune)
         memory["ddp_per_device" + suffix] = fixed + act
         memory["fsdp_per_device" + suffix] = fixed / devices + act
     serve_memory = BYTES[precision] * n + _kv_cache_bytes(cfg, b, t, precision)
@@ -222,6 +236,7 @@ def estimate(
     serve_floor = serve_tokens / (b * devices) * BYTES[precision] * n / (hw.bandwidth_gbs * 1e9)
 
     run = dict(tokens=tokens, batch=b, seq_len=t, precision=precision, devices=devices, utilization=utilization)
+    run["kind"] = "fine-tuning" if finetune else "pretraining"
     return {
         "model": {"family": cfg.family, "parameters": n},
         "run": {**run, "grid_intensity": grid_intensity},
@@ -262,7 +277,8 @@ def format_estimate(e: dict) -> str:
         ("model", f"{e['model']['family']}, {n:,} parameters ({_si(n)})"),
         ("hardware", f"{where}: {hw[r['precision'] + '_tflops']:.3g} TFLOP/s {r['precision']} peak, "
                      f"{hw['memory_gb']:.3g} GB, {hw['power_w']:.3g} W; utilization {r['utilization']:.2g}"),
-        ("run", f"{_si(r['tokens'])} tokens, batch {r['batch']} x seq_len {r['seq_len']}, {r['precision']}"),
+        ("run", f"{r['kind']}, {_si(r['tokens'])} tokens, batch {r['batch']} x seq_len {r['seq_len']}, "
+                f"{r['precision']}"),
         ("FLOPs per token", f"training {_si(f['train'])}, inference {_si(f['inference'])}"),
         ("training FLOPs", _si(e["train"]["flops"])),
         ("weights", _si(m["weights"], "B")),

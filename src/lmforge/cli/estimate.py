@@ -22,7 +22,7 @@ def cmd_estimate(args: argparse.Namespace) -> None:
     cfg = planned_config(load_config(args.config, args.overrides)) if args.config else model_config_of(args.model)
     result = estimate(
         cfg, args.tokens, args.batch, args.seq_len, args.precision, hardware_profile(args.hardware), args.devices,
-        args.utilization, args.grid_intensity, args.serve_tokens,
+        args.utilization, args.grid_intensity, args.serve_tokens, args.finetune,
     )  # fmt: skip
     print(json.dumps(result) if args.json else format_estimate(result))
 
@@ -46,5 +46,9 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--grid-intensity", type=float, default=0.4, help="kg CO2 per kWh of the grid (default 0.4)")
     p.add_argument("--serve-tokens", type=int, default=0, help="also estimate serving (generating) this many tokens")
+    p.add_argument(
+        "--finetune", action="store_true",
+        help="fine-tuning the model on a task (a small task head, no LM head; a T5 text to text) instead of pretraining",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     p.set_defaults(fn=cmd_estimate)
