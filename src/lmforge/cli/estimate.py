@@ -48,7 +48,7 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--serve-tokens", type=int, default=0, help="also estimate serving (generating) this many tokens")
     p.add_argument(
         "--finetune", action="store_true",
-        help="fine-tuning the model on a task (a small task head, no LM head; a T5 text to text) instead of pretraining",
+        help="fine-tuning on a task (a small task head, no LM head; a T5 text to text) instead of pretraining",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     p.set_defaults(fn=cmd_estimate)
