@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -195,12 +196,32 @@ def csv_text(rows: list[dict], columns: list[str]) -> str:
     return out.getvalue()
 
 
+def _layout(graph) -> dict:
+    """Each weakly connected component laid out on its own (spring layout, seed 0, scaled to a unit circle) in a cell
+    of a grid, largest first: one layout of the whole graph lets small components overlap or collapse."""
+    import networkx as nx
+
+    parts = sorted(nx.weakly_connected_components(graph), key=lambda part: (-len(part), min(part)))
+    columns = math.ceil(math.sqrt(len(parts)))
+    positions = {}
+    for i, part in enumerate(parts):
+        local = nx.spring_layout(graph.subgraph(part), seed=0) if len(part) > 1 else {min(part): (0.0, 0.0)}
+        row, column = divmod(i, columns)
+        positions |= {node: (2.8 * column + x, -2.8 * row + y) for node, (x, y) in local.items()}
+    return positions
+
+
 def draw_graph(nodes: list[dict], edges: list[dict], png_path: Path, svg_path: Path) -> None:
-    """The graph as a picture, nodes coloured by type and edges labelled by relation; PNG and SVG whole or absent."""
+    """The graph as a picture, nodes coloured by type and edges labelled by relation; PNG and SVG whole or absent.
+    When there are edges, only the nodes they join are drawn (a title counts the others, which nodes.csv lists): a
+    crowd of lone mentions would push the graph itself into a corner."""
     import networkx as nx
 
     from lmforge.plots import pyplot
 
+    joined = {e["source"] for e in edges} | {e["target"] for e in edges}
+    alone = len(nodes) - len(joined) if edges else 0
+    nodes = [n for n in nodes if n["id"] in joined] if edges else nodes
     graph = nx.DiGraph()
     graph.add_nodes_from(n["id"] for n in nodes)
     graph.add_edges_from((e["source"], e["target"]) for e in edges)
@@ -208,7 +229,7 @@ def draw_graph(nodes: list[dict], edges: list[dict], png_path: Path, svg_path: P
     palette = pyplot().get_cmap("tab10")
     size = min(6 + 0.3 * len(nodes), 20)
     fig, ax = pyplot().subplots(figsize=(size, size * 0.75), dpi=100)
-    positions = nx.spring_layout(graph, seed=0) if nodes else {}
+    positions = _layout(graph)
     colours = [palette(types.index(n["type"]) % 10) for n in nodes]
     nx.draw_networkx_nodes(graph, positions, ax=ax, node_color=colours, node_size=900, alpha=0.85)
     nx.draw_networkx_labels(graph, positions, {n["id"]: n["name"] for n in nodes}, ax=ax, font_size=9)
@@ -223,6 +244,8 @@ def draw_graph(nodes: list[dict], edges: list[dict], png_path: Path, svg_path: P
         ax.scatter([], [], color=palette(types.index(kind) % 10), label=kind)
     if types:
         ax.legend(loc="best", fontsize=8)
+    if alone:
+        ax.set_title(f"{alone} entities without a triple are not drawn (see nodes.csv)", fontsize=9)
     ax.set_axis_off()
     fig.tight_layout()
     for path in (png_path, svg_path):
