@@ -80,7 +80,7 @@ def generate_text(
     device = next(model.parameters()).device
     ids = torch.tensor([encode_prompt(tokenizer, prompt, model.cfg.max_seq_len)], device=device)
     detokenizer = IncrementalDetokenizer(tokenizer)
-    text = _TextUntilStop([s for s in stop if s], on_text)
+    text = TextUntilStop([s for s in stop if s], on_text)
     for token in _tokens(model, ids, max_new_tokens, tokenizer.eos_id, **sampling):
         if token == tokenizer.eos_id or text.add(detokenizer.add(token)):
             break
@@ -101,7 +101,7 @@ def _tokens(
     yield from best[0, ids.size(1) :].tolist()
 
 
-class _TextUntilStop:
+class TextUntilStop:
     """Generated text as its pieces arrive, cut before the first stop string, and streamed to on_text (when given)
     up to where a stop string could still begin.
 

@@ -94,7 +94,8 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
         x = self.tok_emb(input_ids)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(start, start + t, device=input_ids.device))
+            positions = cache.positions(t, input_ids.device) if cache is not None else torch.arange(t, device=x.device)
+            x = x + self.pos_emb(positions)
         return self.decoder(self.drop(x), attention_mask, cache=cache, rope=self.rope, need_weights=need_weights)
 
     def forward(

@@ -121,8 +121,8 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self._project(x, context, cache, layer)
         if context is None:
             if rope is not None:
-                start = cache.length if cache is not None else 0
-                q, k = rope(q, start), rope(k, start)
+                positions = cache.positions(q.size(2), q.device) if cache is not None else 0
+                q, k = rope(q, positions), rope(k, positions)
             if cache is not None:
                 k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0

@@ -133,6 +133,8 @@ class TransformerStack(nn.Module):
         attention sees only the real tokens, so padding costs (almost) nothing; padding positions come out zero."""
         t = x.size(1)
         s = t + (cache.length if cache is not None else 0)
+        if cache is not None and padding_mask is None:
+            padding_mask = cache.key_padding(t)  # rows of different lengths (serving) see only their own past
         mask = attention_mask(t, s, self.causal and t > 1, padding_mask, x.device)
         context_mask = None
         if context_padding_mask is not None:

@@ -51,10 +51,13 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
-    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
-        # x: (B, n_head, T, d_head); rotates the halves (x1, x2) as in GPT-NeoX / LLaMA
-        t = x.size(-2)
-        cos, sin = self.cos[start : start + t].to(x.dtype), self.sin[start : start + t].to(x.dtype)
+    def forward(self, x: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
+        # x: (B, n_head, T, d_head); start: the first position, or the (T,) / (B, T) positions (a row each: serving)
+        # rotates the halves (x1, x2) as in GPT-NeoX / LLaMA
+        positions = torch.arange(start, start + x.size(-2), device=x.device) if isinstance(start, int) else start
+        cos, sin = self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype)
+        if positions.dim() == 2:
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, d_head / 2): the same for every head
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
