@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q -c constraints.txt
 
-.PHONY: demo test install install-dev lint format bench clean
+.PHONY: demo test install install-dev browser lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) -e '.[dev,docs,green]'
+	$(PIP) -e '.[dev,docs,green,serve]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -23,7 +23,14 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(BIN)/lmforge quickstart
 
-test: install-dev
+# the playground's browser test drives Debian's chromium (tests/serve/test_playground.py; skipped without one)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	{ command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	echo "no chromium here: the playground's browser test will be skipped"
+
+test: install-dev browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

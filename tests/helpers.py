@@ -1,7 +1,11 @@
 """Builders shared by several test modules (importable because pyproject puts tests/ on pytest's pythonpath)."""
 
+from __future__ import annotations
+
 import json
 import random
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -226,3 +230,46 @@ def train_cli(data, out, *extra, steps=6):
     argv = ["train", "--config", "transformer-mt", "--data", str(data), "--source", "src", "--target", "tgt",
             "--out", str(out), "--max-steps", str(steps), "--no-progress", *sets, *extra]  # fmt: skip
     return main(argv)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    """An lmforge server (lmforge.serve) in a thread of this process, on a free loopback port, for the length of a
+    with block."""
+
+    def __init__(self, path, **options):
+        import uvicorn
+
+        from lmforge.checkpoint.loader import load
+        from lmforge.serve.app import create_app
+
+        self.loaded = load(path)
+        self.app = create_app(self.loaded, "tiny", **options)
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Running:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def client(self, key: str = "none"):
+        import openai
+
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=30)

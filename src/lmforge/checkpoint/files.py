@@ -79,8 +79,10 @@ def save_checkpoint(
     state: dict | None = None,
     keep_last: int = 3,
     extra: dict | None = None,
+    files: dict[str, str] | None = None,
 ) -> Path:
     """Writes OUT/step-NNNNNN atomically, points OUT/latest at it and keeps the newest keep_last checkpoints.
+    files: text files of a task's own to write beside the weights (a chat model's chat_template.jinja).
 
     `model` is a module, or its full weights when they had to be gathered from shards first; `extra` holds config
     sections beyond the run's (a fine-tuned model's task and finetune)."""
@@ -95,6 +97,8 @@ def save_checkpoint(
         weights = model if isinstance(model, dict) else unique_state_dict(model)
         save_file(weights, tmp / WEIGHTS, metadata={"format": "pt", "lmforge_step": str(step)})
         tokenizer.save(tmp / TOKENIZER)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         if state is not None:
             save_file(state_tensors or {}, tmp / STATE_TENSORS)
             (tmp / STATE_JSON).write_text(json.dumps(state), encoding="utf-8")

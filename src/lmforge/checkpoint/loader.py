@@ -3,6 +3,7 @@ model directory, or the name of an installed model package), every verb gets the
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -59,8 +60,18 @@ def task_of(ckpt: Checkpoint) -> TaskConfig | None:
         raise LmforgeError(f"{ckpt.path / CONFIG}: section task is damaged ({e})") from None
 
 
+def language_model(loaded: Loaded) -> Loaded:
+    """A model fine-tuned as a language model still (a chat model) as the GPT it is, for the verbs that generate
+    from a GPT; any other model as it is."""
+    if loaded.task is not None and get_task(loaded.task.task).language_model:
+        return dataclasses.replace(loaded, model=loaded.model.backbone, task=None)
+    return loaded
+
+
 def pretrained(loaded: Loaded, use: str) -> Loaded:
-    """Refuses a fine-tuned model where a pretrained one is needed (`use` names the verb that needs it)."""
+    """Refuses a fine-tuned model where a pretrained one is needed (`use` names the verb that needs it); a fine-tuned
+    language model (chat) is one."""
+    loaded = language_model(loaded)
     if loaded.task is not None:
         raise LmforgeError(
             f"{loaded.path} is a fine-tuned {loaded.task.task} model: use lmforge predict (it cannot {use})"

@@ -7,14 +7,27 @@ import argparse
 import sys
 import warnings
 
-from lmforge.cli import bias, cleaning, estimate, finetune, models, recommend, seq2seq, show, train, triples
+from lmforge.cli import (
+    bias,
+    chat,
+    cleaning,
+    estimate,
+    finetune,
+    models,
+    recommend,
+    seq2seq,
+    serve,
+    show,
+    train,
+    triples,
+)
 from lmforge.errors import LmforgeError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmforge", description="Build, train and run Transformer language models.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for group in (train, models, finetune, seq2seq, cleaning, triples, bias, estimate, recommend, show):
+    for group in (train, models, finetune, seq2seq, chat, cleaning, triples, bias, estimate, recommend, show, serve):
         group.add_verbs(verbs)
     return parser
 

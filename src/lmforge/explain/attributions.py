@@ -168,22 +168,25 @@ def _label_index(target: int | str | None, labels: Sequence[str], predicted: int
     raise LmforgeError(f"target {target!r} is not a label of this model; its labels are {', '.join(labels)}")
 
 
-def explain(
+def baseline_of(tokenizer: Tokenizer) -> str:
+    """Integrated gradients' starting point: every token [PAD], or zero embeddings (GPT's tokenizers have no [PAD])."""
+    return "zero" if tokenizer.pad_id is None else "pad"
+
+
+def attribute(
     model: nn.Module,
     tokenizer: Tokenizer,
     text: str,
-    out_dir: str | Path,
     target: int | str | None = None,
     text_pair: str | None = None,
     steps: int = 50,
     labels: Sequence[str] | None = None,
     position: int | None = None,
-) -> Explanation:
-    """Explains the classifier's decision on one text into out_dir: explain.html, attributions.png, attention-L*.png.
-
-    target is the label to explain (name or index; default: the predicted one). For a token task, position is the
-    token whose label is explained (default: the first non-special token).
-    """
+) -> tuple[Explanation, list[torch.Tensor]]:
+    """The classifier's decision on one text, explained: integrated-gradients attributions to the target's logit
+    (a name or index; default: the predicted label) and the attention maps, written nowhere (explain writes them; the
+    server returns them). For a token task, position is the token whose label is explained (default: the first
+    non-special token)."""
     if not 1 <= steps <= MAX_STEPS:
         raise LmforgeError(f"--steps {steps} is out of range: give 1 to {MAX_STEPS} (50 is usually enough)")
     model.eval()
@@ -206,20 +209,36 @@ def explain(
     probabilities = logits.softmax(-1)
     predicted = int(probabilities.argmax())
     label = _label_index(target, labels, predicted)
-    baseline = "zero" if tokenizer.pad_id is None else "pad"  # GPT's tokenizers have no [PAD]
+    baseline = baseline_of(tokenizer)
     attributions, delta = integrated_gradients(
         model, ids, mask, label if position is None else (position, label), types, steps, baseline,
         pad_id=tokenizer.pad_id or 0, keep=keep,
     )  # fmt: skip
-    maps = attention_maps(model, ids, mask, types)
     e = Explanation(
         enc.tokens, attributions.tolist(), delta, dict(zip(labels, probabilities.tolist(), strict=True)),
         labels[predicted], labels[label], position,
     )  # fmt: skip
+    return e, attention_maps(model, ids, mask, types)
+
+
+def explain(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    text: str,
+    out_dir: str | Path,
+    target: int | str | None = None,
+    text_pair: str | None = None,
+    steps: int = 50,
+    labels: Sequence[str] | None = None,
+    position: int | None = None,
+) -> Explanation:
+    """Explains the classifier's decision on one text (attribute) into out_dir: explain.html, attributions.png,
+    attention-L*.png."""
+    e, maps = attribute(model, tokenizer, text, target, text_pair, steps, labels, position)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     e.pngs = write_pngs(e, maps, out)
-    e.html = write_html(e, maps, baseline, steps, out / "explain.html")
+    e.html = write_html(e, maps, baseline_of(tokenizer), steps, out / "explain.html")
     return e
 
 

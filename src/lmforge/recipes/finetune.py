@@ -147,7 +147,16 @@ class BestKeeper:
     def keep(self, step: int) -> None:
         s = self.setup
         if distributed.is_main():
-            save_checkpoint(self.ft.out, step, s.model, s.run_cfg, s.tokenizer, keep_last=1, extra=self.extra)
+            save_checkpoint(
+                self.ft.out,
+                step,
+                s.model,
+                s.run_cfg,
+                s.tokenizer,
+                keep_last=1,
+                extra=self.extra,
+                files=self.task.files(),
+            )
 
     def evaluate(self, step: int) -> bool:
         """Scores the model, keeps it when best; True once patience runs out."""

@@ -163,7 +163,6 @@ class Engine:
             ids = torch.tensor(list(request.counts), device=logits.device)
             counts = torch.tensor(list(request.counts.values()), dtype=logits.dtype, device=logits.device)
             logits = logits.index_add(0, ids, -(s.frequency_penalty * counts + s.presence_penalty))
-        log_probs = logits.log_softmax(-1)
         if s.temperature == 0:
             token = int(logits.argmax())
         else:
@@ -173,7 +172,7 @@ class Engine:
             request.first_token_s = time.perf_counter() - request.submitted
         request.tokens.append(token)
         request.counts[token] += 1
-        logprobs = [] if s.logprobs is None else [self._logprob(token, log_probs, s.logprobs)]
+        logprobs = [] if s.logprobs is None else [self._logprob(token, logits.log_softmax(-1), s.logprobs)]
         finish = None
         if token == self.tokenizer.eos_id:
             finish = "stop"

@@ -3,6 +3,7 @@ that --task names. Adding a task is one module and one line in TASKS (or `regist
 
 from lmforge.errors import LmforgeError
 from lmforge.tasks.base import Task
+from lmforge.tasks.chat import Chat
 from lmforge.tasks.classification import Classification
 from lmforge.tasks.ner import TokenTagging
 from lmforge.tasks.qa import QuestionAnswering
@@ -11,7 +12,15 @@ from lmforge.tasks.seq2seq import Seq2Seq, Summarization
 
 TASKS: dict[str, Task] = {
     task.name: task
-    for task in (Classification(), TokenTagging(), Relation(), QuestionAnswering(), Seq2Seq(), Summarization())
+    for task in (
+        Classification(),
+        TokenTagging(),
+        Relation(),
+        QuestionAnswering(),
+        Seq2Seq(),
+        Summarization(),
+        Chat(),
+    )  # fmt: skip
 }
 
 

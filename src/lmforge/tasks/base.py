@@ -22,6 +22,7 @@ class Task:
     max_seq_len = 128  # tokens per example unless --max-seq-len says otherwise
     class_labels = True  # whether --class-weights has classes to weigh
     generates = False  # whether predictions are generated text (generate) rather than probabilities
+    language_model = False  # whether the fine-tuned model is a language model still (chat): generate and serve it
 
     def read(self, path: Path, columns: Columns, labelled: bool = True) -> list:
         """The examples of a file; every mistake in it is one error naming the file and the line."""
@@ -37,6 +38,10 @@ class Task:
 
     def setup(self, backbone: nn.Module, tokenizer: Tokenizer, task: TaskConfig) -> None:
         """Changes a task needs in the tokenizer or the backbone before encoding (relation: entity markers)."""
+
+    def files(self) -> dict[str, str]:
+        """Text files the fine-tuned checkpoint holds beside its weights (chat: its chat_template.jinja)."""
+        return {}
 
     def encode(self, examples: list, tokenizer: Tokenizer, family: str, task: TaskConfig, labelled: bool) -> list[dict]:
         """Features: input_ids, token_type_ids (or None), label (an index, a list per token, or IGNORE) and any keys

@@ -1,0 +1,182 @@
+"""The OpenAI-compatible server, driven by the official `openai` client (and raw HTTP for what a client would not
+send), on a free loopback port: results equal lmforge's own decoding, streams equal whole answers, and every bad
+request is a 4xx in OpenAI's error shape after which the server still serves."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import httpx
+import openai
+import pytest
+import torch
+from helpers import Running, free_port, tiny_checkpoint
+
+from lmforge.generation.chat import render_chat
+from lmforge.generation.decoding import generate
+
+
+@pytest.fixture(scope="module")
+def gpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("gpt"), "gpt", max_seq_len=48)
+
+
+@pytest.fixture(scope="module")
+def server(gpt):
+    with Running(gpt, max_batch=4) as running:
+        yield running
+
+
+def greedy(loaded, prompt_ids: list[int], n: int) -> list[int]:
+    ids = torch.tensor([prompt_ids])
+    return generate(loaded.model, ids, n, greedy=True)[0, len(prompt_ids) :].tolist()
+
+
+def test_completions_whole_and_streamed_equal_lmforge_greedy_decoding(server):
+    client, tokenizer = server.client(), server.loaded.tokenizer
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    prompt = "the film was"
+    ids = tokenizer.encode(prompt)
+    expected = tokenizer.decode(greedy(server.loaded, ids, 10))
+    whole = client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0)
+    assert whole.choices[0].text == expected and whole.choices[0].finish_reason == "length"
+    assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (len(ids), 10)
+    chunks = list(client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason == "length"
+    stop = expected[3:6]
+    cut = client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0, stop=[stop])
+    assert cut.choices[0].text == expected[: expected.find(stop)] and cut.choices[0].finish_reason == "stop"
+    two = client.completions.create(model="tiny", prompt=prompt, max_tokens=6, n=2, seed=3, logprobs=2)
+    assert [c.index for c in two.choices] == [0, 1] and two.usage.completion_tokens == 12
+    assert len(two.choices[0].logprobs.token_logprobs) == 6 and all(
+        p <= 0 for p in two.choices[0].logprobs.token_logprobs
+    )
+
+
+def test_chat_completions_apply_the_template_and_stream(server):
+    client, tokenizer = server.client(), server.loaded.tokenizer
+    messages = [{"role": "user", "content": "the plot was"}]
+    ids = tokenizer.encode(render_chat(messages))
+    expected = tokenizer.decode(greedy(server.loaded, ids, 8))
+    reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0)
+    assert reply.choices[0].message.role == "assistant"
+    assert expected.startswith(reply.choices[0].message.content) and reply.usage.prompt_tokens == len(ids)
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0,
+                                                 stream=True))  # fmt: skip
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == reply.choices[0].finish_reason
+
+
+def test_concurrent_requests_are_batched_and_each_is_right(server):
+    client, tokenizer = server.client(), server.loaded.tokenizer
+    prompts = ["the", "great acting", "bad plot very", "film", "the film was fine", "poor", "very good", "awful"]
+    results = [None] * len(prompts)
+
+    def ask(i):
+        results[i] = client.completions.create(model="tiny", prompt=prompts[i], max_tokens=5 + i, temperature=0)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, prompt in enumerate(prompts):
+        assert results[i].choices[0].text == tokenizer.decode(greedy(server.loaded, tokenizer.encode(prompt), 5 + i))
+
+
+@pytest.mark.parametrize(
+    "body, status, says",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"\xff\xfe{}", 400, "not UTF-8"),
+        (b"[1, 2]", 400, "JSON object"),
+        (json.dumps({"prompt": 3}).encode(), 400, "prompt"),
+        (json.dumps({"prompt": "the", "max_tokens": -1}).encode(), 400, "max_tokens"),
+        (json.dumps({"prompt": "the", "max_tokens": 10**9}).encode(), 400, "does not fit"),
+        (json.dumps({"prompt": "the " * 200}).encode(), 400, "context"),
+        (json.dumps({"prompt": "the", "temperature": "hot"}).encode(), 400, "temperature"),
+        (json.dumps({"prompt": "the", "model": "gpt-4"}).encode(), 404, "does not exist"),
+        (json.dumps({"prompt": "x" * (2 << 20)}).encode(), 413, "at most"),
+    ],
+)
+def test_bad_requests_are_4xx_in_openai_shape_and_the_server_goes_on(server, body, status, says):
+    response = httpx.post(f"{server.url}/v1/completions", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert says in error["message"] and error["type"] and "\n" not in error["message"]
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+
+
+def test_bad_chat_messages_and_a_generation_request_to_an_encoder(server, tmp_path):
+    response = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": [{"role": "robot", "content": "x"}]})
+    assert response.status_code == 400 and "role" in response.json()["error"]["message"]
+    with Running(tiny_checkpoint(tmp_path / "bert", "bert")) as encoder:
+        client = encoder.client()
+        vectors = client.embeddings.create(model="tiny", input=["the film", "bad plot"])
+        assert len(vectors.data) == 2 and abs(sum(x * x for x in vectors.data[0].embedding) - 1) < 1e-4
+        with pytest.raises(openai.BadRequestError, match="cannot generate"):
+            client.completions.create(model="tiny", prompt="the", max_tokens=2)
+
+
+def test_an_api_key_is_required_when_set(gpt):
+    with Running(gpt, api_key="sesame") as running:
+        with pytest.raises(openai.AuthenticationError):
+            running.client("wrong").models.list()
+        assert [m.id for m in running.client("sesame").models.list()] == ["tiny"]
+        assert httpx.get(f"{running.url}/health").status_code == 200  # health needs no key
+
+
+def test_a_full_queue_answers_503_and_a_gone_client_frees_its_row(tmp_path):
+    long = tiny_checkpoint(tmp_path / "long", "gpt", max_seq_len=4096)
+    with Running(long, max_batch=1, max_queue=0) as running:
+        engine = running.app.state.server.engine
+        tokenizer = engine.tokenizer
+        engine.tokenizer = SimpleNamespace(eos_id=None, decode=tokenizer.decode)  # it runs until it is abandoned
+        client = running.client()
+        stream = client.completions.create(model="tiny", prompt="the", max_tokens=4000, temperature=0.9, stream=True)
+        next(iter(stream))  # the one row is taken
+        response = httpx.post(f"{running.url}/v1/completions", json={"prompt": "the", "max_tokens": 2})
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "busy" in response.json()["error"]["message"]
+        stream.close()  # the client goes away mid-stream
+        deadline = time.monotonic() + 10
+        while engine.live:
+            assert time.monotonic() < deadline, "the abandoned request kept its row"
+            time.sleep(0.01)
+        assert engine.steps < 3000  # it left long before its 4000 tokens
+        assert client.completions.create(model="tiny", prompt="the", max_tokens=2).choices[0].finish_reason
+        metrics = httpx.get(f"{running.url}/metrics").text
+        assert 'lmforge_requests_total{path="/v1/completions",status="503"} 1' in metrics
+        assert "lmforge_generated_tokens_total" in metrics and "lmforge_batch_size 0" in metrics
+
+
+def test_the_cli_serves_until_sigterm_then_exits_0(gpt):
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "lmforge", "serve", str(gpt), "--port", str(port), "--model-name", "tiny"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert "serving tiny on http://127.0.0.1" in process.stdout.readline()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        process.kill()
+    bad = subprocess.run([*command[:5], "--port", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a TCP port" in bad.stderr
