@@ -180,3 +180,27 @@ def test_the_cli_serves_until_sigterm_then_exits_0(gpt):
         process.kill()
     bad = subprocess.run([*command[:5], "--port", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a TCP port" in bad.stderr
+
+
+def test_an_encoder_decoder_completes_a_source(tmp_path):
+    """A T5 at /v1/completions: the same text as lmforge translate's generate_seq2seq, whole or streamed; chat and
+    logprobs are refused with a reason."""
+    from helpers import tiny_t5
+
+    from lmforge.checkpoint import save_checkpoint
+    from lmforge.config import DataConfig, RunConfig
+    from lmforge.generation.seq2seq import generate_seq2seq
+
+    model, tokenizer = tiny_t5(["the cat sat on the mat", "a dog ran in the park"] * 20, 300, 24)
+    path = save_checkpoint(tmp_path, 1, model, RunConfig("t5", model.cfg, DataConfig(tokenizer="bpe")), tokenizer)
+    expected = generate_seq2seq(model, tokenizer, ["the cat"], num_beams=1, max_new_tokens=8, temperature=0)[0]
+    with Running(path) as running:
+        client = running.client()
+        whole = client.completions.create(model="tiny", prompt="the cat", max_tokens=8, temperature=0)
+        assert whole.choices[0].text == expected and whole.choices[0].finish_reason in ("stop", "length")
+        chunks = client.completions.create(model="tiny", prompt="the cat", max_tokens=8, temperature=0, stream=True)
+        assert "".join(c.choices[0].text for c in chunks) == expected
+        with pytest.raises(openai.BadRequestError, match="encoder-decoder"):
+            client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(openai.BadRequestError, match="encoder-decoder"):
+            client.completions.create(model="tiny", prompt="the cat", max_tokens=4, logprobs=1)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, contextmanager
+from types import SimpleNamespace
 from typing import Literal
 
 from fastapi import FastAPI
@@ -22,6 +24,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lmforge.checkpoint.files import Loaded
+from lmforge.generation.text import TextUntilStop
 from lmforge.serve.engine import Engine, Event, QueueFull, Request, Sampling
 from lmforge.serve.metrics import Metrics
 
@@ -98,9 +101,14 @@ class Server:
         self.tokenizer = loaded.tokenizer
         self.context = loaded.model.cfg.max_seq_len if hasattr(loaded.model, "cfg") else 512
         self.metrics = Metrics()
-        self.engine = None
+        self.engine = self.seq2seq = None
         if self.family == "gpt" and loaded.task is None:
             self.engine = Engine(loaded.model, loaded.tokenizer, max_batch, max_queue)
+        elif self.family == "t5" and (loaded.task is None or loaded.task.task in ("seq2seq", "summarization")):
+            from lmforge.generation.seq2seq import check_seq2seq
+
+            self.seq2seq = check_seq2seq(loaded)  # an encoder-decoder completes a source, one request at a time
+            self.seq2seq_lock = threading.Lock()
         self.template = None
         if path is not None:
             from lmforge.generation.chat import read_template
@@ -113,6 +121,9 @@ class Server:
                            "invalid_request_error", "model")  # fmt: skip
 
     def generator(self) -> Engine:
+        if self.engine is None and self.seq2seq is not None:
+            raise ApiError(400, f"{self.name} is an encoder-decoder: it completes a source text at /v1/completions, "
+                                "without chat or logprobs")  # fmt: skip
         if self.engine is None:
             raise ApiError(400, f"{self.name} is a {self.family} model without a language-model head: it cannot "
                                 "generate text (use /v1/embeddings or /v1/classify)")  # fmt: skip
@@ -122,8 +133,8 @@ class Server:
         ids = self.tokenizer.encode(text) or ([self.tokenizer.eos_id] if self.tokenizer.eos_id is not None else [])
         if not ids:
             raise ApiError(400, "the prompt is empty and the tokenizer has no start token", param=param)
-        room = self.context - len(ids)
-        if room < 1:
+        room = self.context - (1 if self.seq2seq is not None else len(ids))  # a source has a context of its own
+        if len(ids) >= self.context:
             raise ApiError(400, f"the prompt is {len(ids)} tokens; this model's context is {self.context} tokens: "
                                 "shorten it", param=param)  # fmt: skip
         if max_tokens is not None and max_tokens > room:
@@ -187,6 +198,35 @@ def _submit(server: Server, prompt: list[int], sampling: Sampling) -> tuple[Requ
     except QueueFull as e:
         raise ApiError(503, f"the server is busy: {e}; retry in a moment", "server_error") from None
     return request, stream
+
+
+def _submit_seq2seq(server: Server, source: str, sampling: Sampling) -> tuple[SimpleNamespace, _Stream]:
+    """An encoder-decoder's completion of source, run in a thread (one at a time: no continuous batching for an
+    encoder-decoder yet) and reported as the engine reports: pieces as they are decoded, then the finish."""
+    from lmforge.generation.seq2seq import generate_seq2seq
+
+    stream = _Stream(asyncio.get_running_loop())
+    state = SimpleNamespace(cancelled=False, first_token_s=None, submitted=time.perf_counter())
+    text = TextUntilStop([stop for stop in sampling.stop if stop], lambda piece: stream.put(Event(piece, [])))
+
+    def run() -> None:
+        finish = Event("", [], [], "stop")  # also after a failure (on stderr), so that the client is answered
+        try:
+            with server.seq2seq_lock:
+                output = generate_seq2seq(
+                    server.seq2seq, server.tokenizer, [source], num_beams=1, max_new_tokens=sampling.max_tokens,
+                    temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                    seed=sampling.seed, device=server.seq2seq.tok_emb.weight.device, on_text=text.add,
+                )[0]  # fmt: skip
+            text.close()
+            state.first_token_s = time.perf_counter() - state.submitted
+            finish.tokens = server.tokenizer.encode(output)
+            finish.finish_reason = "length" if len(finish.tokens) >= sampling.max_tokens else "stop"
+        finally:
+            stream.put(finish)
+
+    threading.Thread(target=run, daemon=True).start()
+    return state, stream
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -266,6 +306,9 @@ def create_app(loaded: Loaded, name: str, api_key: str | None = None, max_batch:
 
     async def generate(http: HttpRequest, body: _Body, prompt: str, logprobs: int | None, chat: bool):
         server.check_model(body.model)
+        seq2seq = server.seq2seq is not None and not chat and logprobs is None
+        if not seq2seq:
+            server.generator()  # a model that cannot do this says so before its prompt is checked
         max_tokens = body.max_completion_tokens if chat and body.max_completion_tokens else body.max_tokens
         ids, max_tokens = server.prompt_ids(prompt, max_tokens, "messages" if chat else "prompt")
         if chat:
@@ -273,7 +316,10 @@ def create_app(loaded: Loaded, name: str, api_key: str | None = None, max_batch:
 
             body.stop = list({*([body.stop] if isinstance(body.stop, str) else body.stop or []),
                               *stop_strings(server.template)})  # fmt: skip
-        submitted = [_submit(server, ids, _sampling(body, max_tokens, logprobs, i)) for i in range(body.n)]
+        if seq2seq:
+            submitted = [_submit_seq2seq(server, prompt, _sampling(body, max_tokens, None, i)) for i in range(body.n)]
+        else:
+            submitted = [_submit(server, ids, _sampling(body, max_tokens, logprobs, i)) for i in range(body.n)]
         created, ident = int(time.time()), ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         kind = "chat.completion" if chat else "text_completion"
         if body.stream:
