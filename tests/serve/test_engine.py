@@ -38,8 +38,9 @@ def test_rows_of_different_lengths_decode_as_each_alone(position):
     torch.testing.assert_close(hidden[0, -1], alone[0, -1], atol=1e-5, rtol=1e-5)
 
 
-def run(engine: Engine, tokenizer, prompts: list[str], sampling: list[Sampling]) -> list[list]:
-    """Submits the prompts one after another (they join a running batch) and waits for each one's events."""
+def run(engine: Engine, tokenizer, prompts: list[str], sampling: list[Sampling], start: bool = False) -> list[list]:
+    """Submits the prompts one after another (they join a running batch; with start, they wait until the engine
+    starts and are prefilled together) and waits for each one's events."""
     events = [[] for _ in prompts]
     done = [threading.Event() for _ in prompts]
 
@@ -53,18 +54,25 @@ def run(engine: Engine, tokenizer, prompts: list[str], sampling: list[Sampling])
 
     for i, (prompt, s) in enumerate(zip(prompts, sampling, strict=True)):
         engine.submit(Request(tokenizer.encode(prompt), s, on_event(i), tokenizer))
+    if start:
+        engine.start()
     for d in done:
         assert d.wait(30)
     return events
 
 
-def test_greedy_requests_in_a_shared_batch_equal_greedy_decoding_alone(tokenizer):
+@pytest.mark.parametrize("together", [False, True])
+def test_greedy_requests_in_a_shared_batch_equal_greedy_decoding_alone(tokenizer, together):
+    """Prompts of 1 to 10 tokens, prefilled as they come or together (padded to the longest), 3 rows for 6."""
     model = tiny_gpt(max_seq_len=48)
-    engine = Engine(model, tokenizer, max_batch=3).start()
+    engine = Engine(model, tokenizer, max_batch=3, max_queue=8)
     try:
-        prompts = ["abc", "hello"[:3], "wvutsr", "a", "mnopqrstuv", "ggg"]
+        prompts = ["abc", "hel", "wvutsr", "a", "mnopqrstuv", "ggg"]
         lengths = [5, 12, 3, 20, 9, 1]
-        events = run(engine, tokenizer, prompts, [Sampling(max_tokens=n, temperature=0) for n in lengths])
+        if not together:
+            engine.start()
+        sampling = [Sampling(max_tokens=n, temperature=0) for n in lengths]
+        events = run(engine, tokenizer, prompts, sampling, start=together)
     finally:
         engine.stop()
     assert engine.steps > 0

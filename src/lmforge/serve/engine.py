@@ -1,5 +1,5 @@
-"""Continuous batching: every live request decodes in one shared forward pass per step; a new request joins at the
-next step (its prompt prefilled into a free KV-cache row) and a finished or abandoned one leaves at once.
+"""Continuous batching: every live request decodes in one shared forward pass per step; new requests join at the
+next step (their prompts prefilled together into free KV-cache rows) and a finished or abandoned one leaves at once.
 
 Each request has a row of a SlotCache, with a length of its own, so requests of different lengths share a step
 without padding or recomputation. The engine runs in a thread of its own (a forward pass holds no Python lock);
@@ -116,19 +116,27 @@ class Engine:
                     admitted = []
                     while self.waiting and len(self.live) + len(admitted) < self.max_batch:
                         admitted.append(self.waiting.popleft())
-                for request in admitted:
-                    if not request.cancelled:
-                        self._prefill(request)
+                admitted = [r for r in admitted if not r.cancelled]
+                if admitted:
+                    self._prefill(admitted)
                 if self.live:
                     self._decode()
 
-    def _prefill(self, request: Request) -> None:
-        row = len(self.live)
-        self.cache.lengths[row] = 0
-        ids = torch.tensor([request.prompt], device=self.device)
-        hidden, _ = self.model.hidden(ids, cache=self.cache.rows(1, first=row))
-        self.live.append(request)
-        self._advance([request], self.model.lm_head(hidden[:, -1]).float())
+    def _prefill(self, requests: list[Request]) -> None:
+        """The prompts of the requests admitted at this step, in one forward pass, right-padded to the longest: each
+        takes the next free row and keeps as many positions as its prompt has. A padded key is never read: attention
+        is causal, later steps see only the row's own length, and the row's next token overwrites it."""
+        first, lengths = len(self.live), [len(r.prompt) for r in requests]
+        width = max(lengths)
+        ids = torch.tensor([r.prompt + [0] * (width - len(r.prompt)) for r in requests], device=self.device)
+        for row in range(first, first + len(requests)):
+            self.cache.lengths[row] = 0
+        hidden, _ = self.model.hidden(ids, cache=self.cache.rows(len(requests), first=first))
+        for row, length in enumerate(lengths, start=first):
+            self.cache.lengths[row] = length
+        self.live.extend(requests)
+        last = hidden[torch.arange(len(requests)), torch.tensor(lengths, device=self.device) - 1]
+        self._advance(requests, self.model.lm_head(last).float())
 
     def _decode(self) -> None:
         n = len(self.live)
