@@ -248,3 +248,9 @@ def test_read_names_the_messages_column(tmp_path):
     write_jsonl(data, [{"turns": CONVERSATION}])
     (conversation,) = get_task("chat").read(data, Columns(text="turns"))
     assert conversation.messages == CONVERSATION and conversation.line == 1
+
+
+def test_a_template_writes_the_special_tokens_it_is_given():
+    template = "{{ bos_token }}{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}"
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    assert render_chat(messages, template, tokens={"bos_token": "<s>", "eos_token": "</s>"}) == "<s>hi</s>yo</s>"

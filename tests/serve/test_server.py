@@ -204,3 +204,38 @@ def test_an_encoder_decoder_completes_a_source(tmp_path):
             client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
         with pytest.raises(openai.BadRequestError, match="encoder-decoder"):
             client.completions.create(model="tiny", prompt="the cat", max_tokens=4, logprobs=1)
+
+
+def test_a_failed_step_fails_its_requests_and_the_server_goes_on(server):
+    """A forward pass that raises ends the requests in it with a 500 (an error chunk when streamed), and the next
+    request is served; tiny temperatures decode greedily instead of overflowing."""
+    engine = server.app.state.server.engine
+    decode = engine._decode
+
+    def broken():
+        engine._decode = decode
+        raise RuntimeError("simulated failure")
+
+    engine._decode = broken
+    response = httpx.post(f"{server.url}/v1/completions", json={"prompt": "the film", "max_tokens": 4}, timeout=30)
+    assert response.status_code == 500 and "simulated failure" in response.json()["error"]["message"]
+    engine._decode = broken
+    with pytest.raises(openai.APIError, match="simulated failure"):
+        list(server.client().completions.create(model="tiny", prompt="the", max_tokens=4, stream=True))
+    tiny = server.client().completions.create(model="tiny", prompt="the film", max_tokens=4, temperature=1e-40)
+    greedy = server.client().completions.create(model="tiny", prompt="the film", max_tokens=4, temperature=0)
+    assert tiny.choices[0].text == greedy.choices[0].text
+
+
+def test_chunked_bodies_seeds_and_metrics_labels_are_bounded(server):
+    def chunks():
+        for _ in range(40):
+            yield b"x" * 65536
+
+    response = httpx.post(f"{server.url}/v1/completions", content=chunks())  # no Content-Length
+    assert response.status_code == 413 and "most accepted" in response.json()["error"]["message"]
+    response = httpx.post(f"{server.url}/v1/completions", json={"prompt": "the", "seed": 2**70})
+    assert response.status_code == 400 and "seed" in response.json()["error"]["message"]
+    httpx.get(f"{server.url}/x%22%7D%201%0Afoo")
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'path="other",status="404"' in metrics and "foo" not in metrics

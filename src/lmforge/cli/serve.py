@@ -28,7 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     loaded = load(args.model, resolve_device(args.device), args.allow_pickle)
     name = args.model_name or Path(args.model.rstrip("/")).name
     app = create_app(loaded, name, args.api_key, args.max_batch, args.max_queue)
-    where = "all interfaces" if args.host in ("0.0.0.0", "::") else args.host
+    where = "all interfaces" if args.host in ("0.0.0.0", "::") else "this interface only"
     print(f"serving {name} on http://{args.host}:{args.port} ({where}); Ctrl-C stops", flush=True)
     run(app, args.host, args.port, SHUTDOWN_WAIT_S)
 

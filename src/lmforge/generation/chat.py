@@ -66,11 +66,14 @@ def check_messages(messages: object) -> None:
             raise LmforgeError(f"message {i}'s content must be a string, not {type(message['content']).__name__}")
 
 
-def render_chat(messages: list[dict], template: str | None = None, add_generation_prompt: bool = True) -> str:
+def render_chat(
+    messages: list[dict], template: str | None = None, add_generation_prompt: bool = True, tokens: dict | None = None
+) -> str:
     """The conversation as the model reads it; with add_generation_prompt, followed by the opening of the
-    assistant's turn, so the model's continuation is its reply. template None is DEFAULT_TEMPLATE."""
+    assistant's turn, so the model's continuation is its reply. template None is DEFAULT_TEMPLATE. tokens: the
+    special tokens a Hugging Face template may write (bos_token, eos_token), as transformers passes them."""
     check_messages(messages)
-    return _render(messages, template, add_generation_prompt)
+    return _render(messages, template, add_generation_prompt, tokens or {})
 
 
 @lru_cache(maxsize=8)
@@ -78,10 +81,10 @@ def _compiled(template: str) -> Template:
     return _ENV.from_string(template)  # compiling costs a hundred renderings
 
 
-def _render(messages: list[dict], template: str | None, add_generation_prompt: bool) -> str:
+def _render(messages: list[dict], template: str | None, add_generation_prompt: bool, tokens: dict | None = None) -> str:
     try:
         return _compiled(template or DEFAULT_TEMPLATE).render(
-            messages=messages, add_generation_prompt=add_generation_prompt
+            messages=messages, add_generation_prompt=add_generation_prompt, **(tokens or {})
         )
     except TemplateError as e:  # a syntax error, or the sandbox refusing an attribute (SecurityError)
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -9,6 +9,7 @@ the server goes on serving.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import threading
 import time
@@ -24,12 +25,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lmforge.checkpoint.files import Loaded
+from lmforge.errors import LmforgeError
 from lmforge.generation.text import TextUntilStop
 from lmforge.serve.engine import Engine, Event, QueueFull, Request, Sampling
 from lmforge.serve.metrics import Metrics
 
 MAX_BODY = 1 << 20  # bytes of a request body
 MAX_N = 16  # choices per request
+WATCH_S = 0.25  # how often a waiting whole-answer request checks that its client is still there
 
 
 class ApiError(Exception):
@@ -49,7 +52,7 @@ class _Body(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1 - MAX_N)
     n: int = Field(default=1, ge=1, le=MAX_N)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
@@ -109,6 +112,9 @@ class Server:
 
             self.seq2seq = check_seq2seq(loaded)  # an encoder-decoder completes a source, one request at a time
             self.seq2seq_lock = threading.Lock()
+        eos = self.tokenizer.eos_id
+        eos_token = self.tokenizer.backend.id_to_token(eos) if eos is not None else ""
+        self.special_tokens = {"eos_token": eos_token, "bos_token": ""}  # GPT-2's family has no BOS
         self.template = None
         if path is not None:
             from lmforge.generation.chat import read_template
@@ -152,11 +158,13 @@ def _sampling(body: _Body, max_tokens: int, logprobs: int | None, seed_offset: i
 
 async def _read(request, model: type[BaseModel]) -> BaseModel:
     """The request's JSON body as `model`, or an ApiError that says what is wrong with it."""
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise ApiError(413, f"the request body is {len(body):,} bytes; at most {MAX_BODY:,} are accepted")
+    body = bytearray()
+    async for piece in request.stream():  # a chunked body has no Content-Length to refuse it by
+        body += piece
+        if len(body) > MAX_BODY:
+            raise ApiError(413, f"the request body is over {MAX_BODY:,} bytes, the most accepted")
     try:
-        data = json.loads(body.decode("utf-8"))
+        data = json.loads(bytes(body).decode("utf-8"))
     except UnicodeDecodeError:
         raise ApiError(400, "the request body is not UTF-8 text") from None
     except json.JSONDecodeError as e:
@@ -229,6 +237,20 @@ def _submit_seq2seq(server: Server, source: str, sampling: Sampling) -> tuple[Si
     return state, stream
 
 
+def _cancel(submitted: list) -> None:
+    for request, _ in submitted:
+        request.cancelled = True
+
+
+async def _watch(http: HttpRequest, submitted: list) -> None:
+    """A client that goes away before its whole answer frees its rows, and ends the wait for events."""
+    while not await http.is_disconnected():
+        await asyncio.sleep(WATCH_S)
+    _cancel(submitted)
+    for _, stream in submitted:
+        stream.queue.put_nowait(Event("", [], [], "stop"))
+
+
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
     total = prompt_tokens + completion_tokens
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
@@ -273,11 +295,16 @@ def create_app(loaded: Loaded, name: str, api_key: str | None = None, max_batch:
         headers = {"Retry-After": "1"} if e.status == 503 else None
         return JSONResponse({"error": error}, status_code=e.status, headers=headers)
 
+    @app.exception_handler(LmforgeError)
+    async def lmforge_error(request, e: LmforgeError):  # e.g. a chat template's raise_exception on these messages
+        return await api_error(request, ApiError(400, str(e).replace("\n", " ")))
+
     @app.middleware("http")
     async def guard(request: HttpRequest, call_next):
         path = request.url.path
         if server.api_key and path.startswith("/v1/"):
-            if request.headers.get("authorization") != f"Bearer {server.api_key}":
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, f"Bearer {server.api_key}".encode()):
                 message = "a valid API key is needed: send the header 'Authorization: Bearer KEY'"
                 return await api_error(request, ApiError(401, message, "authentication_error"))
         length = request.headers.get("content-length")
@@ -286,7 +313,11 @@ def create_app(loaded: Loaded, name: str, api_key: str | None = None, max_batch:
             return await api_error(request, ApiError(413, message))
         start = time.perf_counter()
         response = await call_next(request)
-        server.metrics.request(path, response.status_code, time.perf_counter() - start)
+        routes = {
+            getattr(route, "path", None) for route in app.routes
+        }  # any other path is "other": the labels stay few
+        label = path if path in routes else "other"
+        server.metrics.request(label, response.status_code, time.perf_counter() - start)
         return response
 
     @app.get("/health")
@@ -316,10 +347,16 @@ def create_app(loaded: Loaded, name: str, api_key: str | None = None, max_batch:
 
             body.stop = list({*([body.stop] if isinstance(body.stop, str) else body.stop or []),
                               *stop_strings(server.template)})  # fmt: skip
-        if seq2seq:
-            submitted = [_submit_seq2seq(server, prompt, _sampling(body, max_tokens, None, i)) for i in range(body.n)]
-        else:
-            submitted = [_submit(server, ids, _sampling(body, max_tokens, logprobs, i)) for i in range(body.n)]
+        submitted = []
+        try:
+            for i in range(body.n):
+                if seq2seq:
+                    submitted.append(_submit_seq2seq(server, prompt, _sampling(body, max_tokens, None, i)))
+                else:
+                    submitted.append(_submit(server, ids, _sampling(body, max_tokens, logprobs, i)))
+        except ApiError:  # the queue filled up after some choices: no one will read those
+            _cancel(submitted)
+            raise
         created, ident = int(time.time()), ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         kind = "chat.completion" if chat else "text_completion"
         if body.stream:
@@ -328,9 +365,13 @@ def create_app(loaded: Loaded, name: str, api_key: str | None = None, max_batch:
                 media_type="text/event-stream",
             )
         choices, completion = [], 0
+        watcher = asyncio.create_task(_watch(http, submitted))
         try:
             for index, (_, stream) in enumerate(submitted):
                 events = [event async for event in stream.events()]
+                if events[-1].finish_reason == "error":
+                    _cancel(submitted)
+                    raise ApiError(500, events[-1].error, "server_error")
                 text, completion = "".join(e.text for e in events), completion + sum(len(e.tokens) for e in events)
                 choice = {"index": index, "finish_reason": events[-1].finish_reason}
                 if chat:
@@ -341,9 +382,10 @@ def create_app(loaded: Loaded, name: str, api_key: str | None = None, max_batch:
                     choice["logprobs"] = _completion_logprobs(events) if logprobs is not None else None
                 choices.append(choice)
         except asyncio.CancelledError:
-            for request, _ in submitted:
-                request.cancelled = True
+            _cancel(submitted)
             raise
+        finally:
+            watcher.cancel()
         server.metrics.tokens(len(ids) * body.n, completion, [r.first_token_s for r, _ in submitted])
         return {"id": ident, "object": kind, "created": created, "model": server.name, "choices": choices,
                 "usage": _usage(len(ids) * body.n, completion)}  # fmt: skip
@@ -366,6 +408,9 @@ def create_app(loaded: Loaded, name: str, api_key: str | None = None, max_batch:
                     yield _chunk(ident, kind, created, server.name, first)
             while finished < len(submitted):
                 index, event = await queue.get()
+                if event.finish_reason == "error":  # OpenAI's clients raise on an error chunk
+                    yield f"data: {json.dumps({'error': {'message': event.error, 'type': 'server_error'}})}\n\n"
+                    return
                 completion += len(event.tokens)
                 if chat:
                     choice = {"index": index, "delta": {"content": event.text} if event.text else {},
@@ -380,8 +425,7 @@ def create_app(loaded: Loaded, name: str, api_key: str | None = None, max_batch:
             server.metrics.tokens(0, completion, [r.first_token_s for r, _ in submitted])
             yield "data: [DONE]\n\n"
         finally:
-            for request, _ in submitted:
-                request.cancelled = True  # a no-op for finished ones
+            _cancel(submitted)  # a no-op for finished ones
             for task in tasks:
                 task.cancel()
 
@@ -399,7 +443,7 @@ def create_app(loaded: Loaded, name: str, api_key: str | None = None, max_batch:
         from lmforge.generation.chat import render_chat
 
         body = await _read(http, ChatBody)
-        prompt = render_chat([m.model_dump() for m in body.messages], server.template)
+        prompt = render_chat([m.model_dump() for m in body.messages], server.template, tokens=server.special_tokens)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         return await generate(http, body, prompt, logprobs, chat=True)
 

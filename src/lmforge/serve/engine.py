@@ -9,6 +9,7 @@ callers submit() requests from any thread and receive Events through the callbac
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from lmforge.generation.decoding import process_logits
 from lmforge.generation.detokenize import IncrementalDetokenizer
 from lmforge.generation.text import TextUntilStop
 from lmforge.nn.cache import SlotCache
+
+MIN_TEMPERATURE = 1e-4  # below it, sampling is greedy decoding
 
 
 class QueueFull(Exception):
@@ -48,7 +51,8 @@ class Event:
     text: str
     tokens: list[int]
     logprobs: list[dict] = field(default_factory=list)  # per token: token, logprob, top (token -> logprob)
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # "error" when the model failed on it: `error` says how
+    error: str | None = None
 
 
 class Request:
@@ -61,7 +65,7 @@ class Request:
         self.detokenizer = IncrementalDetokenizer(tokenizer)
         self.pieces: list[str] = []
         self.text = TextUntilStop([s for s in sampling.stop if s], self.pieces.append)
-        self.generator = None if sampling.seed is None else torch.Generator().manual_seed(sampling.seed)
+        self.generator: torch.Generator | None = None  # on the model's device, made at admission (seeded requests)
         self.cancelled = False  # set by the caller (a client that went away): the request leaves at the next step
         self.submitted = time.perf_counter()
         self.first_token_s: float | None = None
@@ -96,6 +100,8 @@ class Engine:
 
     def submit(self, request: Request) -> None:
         with self.wake:
+            if any(r.cancelled for r in self.waiting):  # a client gone while waiting holds no place
+                self.waiting = collections.deque(r for r in self.waiting if not r.cancelled)
             if len(self.waiting) >= self.max_queue + self.max_batch - len(self.live):  # rows free now take some
                 raise QueueFull(f"{len(self.waiting)} requests are waiting, the most this server queues")
             self.waiting.append(request)
@@ -117,10 +123,22 @@ class Engine:
                     while self.waiting and len(self.live) + len(admitted) < self.max_batch:
                         admitted.append(self.waiting.popleft())
                 admitted = [r for r in admitted if not r.cancelled]
-                if admitted:
-                    self._prefill(admitted)
-                if self.live:
-                    self._decode()
+                try:
+                    if admitted:
+                        self._prefill(admitted)
+                    if self.live:
+                        self._decode()
+                except Exception as e:  # a failed step ends its requests, never the server
+                    self._fail([*self.live, *(r for r in admitted if r not in self.live)], e)
+
+    def _fail(self, requests: list[Request], error: Exception) -> None:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"lmforge serve: a decoding step failed ({type(error).__name__}: {message})", file=sys.stderr)
+        for request in requests:
+            request.on_event(Event("", [], [], "error", f"the model failed on this request: {message}"))
+        for row in range(len(self.live)):
+            self.cache.lengths[row] = 0
+        self.live.clear()
 
     def _prefill(self, requests: list[Request]) -> None:
         """The prompts of the requests admitted at this step, in one forward pass, right-padded to the longest: each
@@ -129,8 +147,10 @@ class Engine:
         first, lengths = len(self.live), [len(r.prompt) for r in requests]
         width = max(lengths)
         ids = torch.tensor([r.prompt + [0] * (width - len(r.prompt)) for r in requests], device=self.device)
-        for row in range(first, first + len(requests)):
+        for row, request in enumerate(requests, start=first):
             self.cache.lengths[row] = 0
+            if request.sampling.seed is not None:
+                request.generator = torch.Generator(device=self.device).manual_seed(request.sampling.seed)
         hidden, _ = self.model.hidden(ids, cache=self.cache.rows(len(requests), first=first))
         for row, length in enumerate(lengths, start=first):
             self.cache.lengths[row] = length
@@ -171,7 +191,7 @@ class Engine:
             ids = torch.tensor(list(request.counts), device=logits.device)
             counts = torch.tensor(list(request.counts.values()), dtype=logits.dtype, device=logits.device)
             logits = logits.index_add(0, ids, -(s.frequency_penalty * counts + s.presence_penalty))
-        if s.temperature == 0:
+        if s.temperature < MIN_TEMPERATURE:  # logits / 1e-40 overflow: what tiny temperatures tend to anyway
             token = int(logits.argmax())
         else:
             filtered = process_logits(logits[None], None, s.temperature, s.top_k, s.top_p)[0]
