@@ -87,10 +87,13 @@ class SlotRows:
         self.length = max(self.starts)  # keys 0..length-1 hold something for some row
         self.max_len = cache.max_len
         self.cross: dict = {}
+        self._positions: dict[int, torch.Tensor] = {}  # by t: every layer of the pass asks for the same ones
 
     def positions(self, t: int, device: torch.device) -> torch.Tensor:
         """(n, t): each row's next t positions."""
-        return torch.tensor(self.starts, device=device)[:, None] + torch.arange(t, device=device)
+        if t not in self._positions:
+            self._positions[t] = torch.tensor(self.starts, device=device)[:, None] + torch.arange(t, device=device)
+        return self._positions[t]
 
     def key_padding(self, t: int) -> torch.Tensor:
         """(n, length + t): a row sees its own cached keys and its t new ones, not the other rows' longer past."""
@@ -104,13 +107,19 @@ class SlotRows:
         if self.length + t > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {self.length + t} were asked for")
         positions = self.positions(t, k.device)
-        rows = torch.arange(self.first, self.first + self.n, device=k.device)[:, None].expand_as(positions)
+        rows = self._rows(positions)
         keys, values = self.cache.k[layer], self.cache.v[layer]
         keys[rows, :, positions] = k.transpose(1, 2)
         values[rows, :, positions] = v.transpose(1, 2)
         end = self.length + t
         span = slice(self.first, self.first + self.n)
         return keys[span, :, :end], values[span, :, :end]
+
+    def _rows(self, positions: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "_row_index", None) is None or self._row_index.shape != positions.shape:
+            rows = torch.arange(self.first, self.first + self.n, device=positions.device)
+            self._row_index = rows[:, None].expand_as(positions)
+        return self._row_index
 
     def advance(self, t: int) -> None:
         for i in range(self.first, self.first + self.n):
