@@ -107,19 +107,13 @@ class SlotRows:
         if self.length + t > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {self.length + t} were asked for")
         positions = self.positions(t, k.device)
-        rows = self._rows(positions)
+        rows = torch.arange(self.first, self.first + self.n, device=k.device)[:, None].expand_as(positions)
         keys, values = self.cache.k[layer], self.cache.v[layer]
         keys[rows, :, positions] = k.transpose(1, 2)
         values[rows, :, positions] = v.transpose(1, 2)
         end = self.length + t
         span = slice(self.first, self.first + self.n)
         return keys[span, :, :end], values[span, :, :end]
-
-    def _rows(self, positions: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "_row_index", None) is None or self._row_index.shape != positions.shape:
-            rows = torch.arange(self.first, self.first + self.n, device=positions.device)
-            self._row_index = rows[:, None].expand_as(positions)
-        return self._row_index
 
     def advance(self, t: int) -> None:
         for i in range(self.first, self.first + self.n):

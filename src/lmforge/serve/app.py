@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lmforge.checkpoint.files import Loaded
 from lmforge.errors import LmforgeError
-from lmforge.generation.text import TextUntilStop
+from lmforge.generation.text import TextUntilStop, encode_prompt
 from lmforge.serve.engine import Engine, Event, QueueFull, Request, Sampling
 from lmforge.serve.metrics import Metrics
 
@@ -136,13 +136,11 @@ class Server:
         return self.engine
 
     def prompt_ids(self, text: str, max_tokens: int | None, param: str) -> tuple[list[int], int]:
-        ids = self.tokenizer.encode(text) or ([self.tokenizer.eos_id] if self.tokenizer.eos_id is not None else [])
-        if not ids:
-            raise ApiError(400, "the prompt is empty and the tokenizer has no start token", param=param)
+        try:  # lmforge generate's rules: an empty prompt starts from a separator, a long one is refused
+            ids = encode_prompt(self.tokenizer, text, self.context)
+        except LmforgeError as e:
+            raise ApiError(400, str(e), param=param) from None
         room = self.context - (1 if self.seq2seq is not None else len(ids))  # a source has a context of its own
-        if len(ids) >= self.context:
-            raise ApiError(400, f"the prompt is {len(ids)} tokens; this model's context is {self.context} tokens: "
-                                "shorten it", param=param)  # fmt: skip
         if max_tokens is not None and max_tokens > room:
             raise ApiError(400, f"max_tokens = {max_tokens} does not fit: the prompt is {len(ids)} tokens of a "
                                 f"{self.context}-token context, so at most {room}", param="max_tokens")  # fmt: skip
@@ -313,10 +311,7 @@ def create_app(loaded: Loaded, name: str, api_key: str | None = None, max_batch:
             return await api_error(request, ApiError(413, message))
         start = time.perf_counter()
         response = await call_next(request)
-        routes = {
-            getattr(route, "path", None) for route in app.routes
-        }  # any other path is "other": the labels stay few
-        label = path if path in routes else "other"
+        label = path if path in routes else "other"  # few labels, whatever paths clients ask for
         server.metrics.request(label, response.status_code, time.perf_counter() - start)
         return response
 
@@ -467,6 +462,7 @@ def create_app(loaded: Loaded, name: str, api_key: str | None = None, max_batch:
     from lmforge.serve.playground import add_playground  # it builds on this module's Server and errors
 
     add_playground(app, server)
+    routes = {getattr(route, "path", None) for route in app.routes}  # the metrics' path labels
     return app
 
 

@@ -147,8 +147,7 @@ class Engine:
         first, lengths = len(self.live), [len(r.prompt) for r in requests]
         width = max(lengths)
         ids = torch.tensor([r.prompt + [0] * (width - len(r.prompt)) for r in requests], device=self.device)
-        for row, request in enumerate(requests, start=first):
-            self.cache.lengths[row] = 0
+        for request in requests:  # (a free row's length is 0: leaving and failing reset it)
             if request.sampling.seed is not None:
                 request.generator = torch.Generator(device=self.device).manual_seed(request.sampling.seed)
         hidden, _ = self.model.hidden(ids, cache=self.cache.rows(len(requests), first=first))
