@@ -28,7 +28,7 @@ CONFIG, WEIGHTS, TOKENIZER = "config.yaml", "model.safetensors", "tokenizer.json
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 REQUIRED = (CONFIG, WEIGHTS, TOKENIZER)
 PREFIX = "step-"
-EXTRA_SECTIONS = ("task", "finetune")
+EXTRA_SECTIONS = ("task", "finetune", "quantization")
 
 
 def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -166,6 +166,7 @@ class Loaded:
     task: TaskConfig | None = None  # what a fine-tuned model predicts; None for a pretrained one
     path: Path | None = None  # the checkpoint directory read (OUT/step-NNNNNN for a run)
     pooler: dict[str, torch.Tensor] | None = None  # a BERT pooler the model does not hold: a classifier starts there
+    dtype: str = "fp32"  # the linear layers' weights: fp32, or int8 / bf16 (lmforge quantize, or --dtype)
 
 
 @dataclass
@@ -176,7 +177,7 @@ class Checkpoint:
     tokenizer: Tokenizer
     state_tensors: dict[str, torch.Tensor]
     state: dict | None
-    extra: dict  # the sections beyond the run's: task and finetune in a fine-tuned checkpoint
+    extra: dict  # the sections beyond the run's: task and finetune in a fine-tuned one, quantization in a quantized one
 
 
 def load_checkpoint(path: str | Path, with_state: bool = False) -> Checkpoint:
@@ -253,6 +254,13 @@ def check_weights(expected: dict[str, torch.Size], weights: dict[str, torch.Tens
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
-    """Loads weights strictly, after check_weights."""
-    check_weights({k: v.shape for k, v in unique_state_dict(model).items()}, weights, where)
+    """Loads weights strictly, after check_weights; a quantized layer's int8 or bf16 tensor must come as such (a
+    copy would convert anything silently)."""
+    expected = unique_state_dict(model)
+    check_weights({k: v.shape for k, v in expected.items()}, weights, where)
+    for name, tensor in expected.items():
+        if tensor.dtype != torch.float32 and weights[name].dtype != tensor.dtype:
+            raise LmforgeError(
+                f"{where}: tensor {name!r} is {weights[name].dtype}, expected {tensor.dtype}; the file is damaged"
+            )
     model.load_state_dict(weights, strict=False)

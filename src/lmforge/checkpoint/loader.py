@@ -4,6 +4,7 @@ model directory, or the name of an installed model package), every verb gets the
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import torch
@@ -14,18 +15,25 @@ from lmforge.checkpoint.hub import PACKAGED, load_hf, resolve
 from lmforge.config import RunConfig, TaskConfig
 from lmforge.errors import LmforgeError
 from lmforge.kernels import apply_kernels
+from lmforge.kernels.bf16 import bf16_supported
+from lmforge.kernels.quantize import Quantization, check_dtype, quantize_model
 from lmforge.models import GPT, MODELS, Bert
 from lmforge.tasks import get_task
 from lmforge.tokenizer import Tokenizer
 
 
 def load(
-    path: str | Path, device: str | torch.device = "cpu", allow_pickle: bool = False, family: str | None = None
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    allow_pickle: bool = False,
+    family: str | None = None,
+    dtype: str | None = None,
 ) -> Loaded:
     """The model (eval mode, on device, with lmforge.kernels applied), tokenizer, run config and task (None unless
     fine-tuned) that path holds.
 
-    family ("gpt" or "bert"), when given, is the one the caller can use; another is a user mistake."""
+    family ("gpt" or "bert"), when given, is the one the caller can use; another is a user mistake. dtype (fp32,
+    bf16, int8; None: as stored) quantizes an fp32 model's linear layers on the fly (lmforge.kernels.quantize)."""
     source = resolve(path)
     if not source.is_dir():
         kind = "is a file, not a directory" if source.exists() else "not found"
@@ -36,6 +44,15 @@ def load(
     loaded = load_hf(source, allow_pickle) if (source / "config.json").is_file() else from_checkpoint(source)
     if family is not None and loaded.config.family != family:
         raise LmforgeError(f"{loaded.path or source} holds a {loaded.config.family} model; this needs a {family} one")
+    if dtype is not None and dtype != loaded.dtype:
+        check_dtype(dtype)
+        if loaded.dtype != "fp32":
+            raise LmforgeError(
+                f"{loaded.path or source} holds {loaded.dtype} weights: --dtype {dtype} needs the fp32 model it was "
+                "quantized from"
+            )
+        quantize_model(loaded.model, Quantization(dtype))
+        loaded.dtype = dtype
     loaded.model = apply_kernels(loaded.model.to(device).eval())  # the CPU's faster kernels for inference
     return loaded
 
@@ -46,8 +63,28 @@ def from_checkpoint(path: str | Path) -> Loaded:
     backbone = MODELS[ckpt.cfg.family](ckpt.cfg.model)
     task = task_of(ckpt)
     model = get_task(task.task).build_head(backbone, task) if task is not None else backbone
+    quantization = quantization_of(ckpt)
+    if quantization is not None:
+        quantize_model(model, quantization, empty=True)
     load_weights(model, ckpt.weights, str(ckpt.path / WEIGHTS))
-    return Loaded(model.eval(), ckpt.tokenizer, ckpt.cfg, task, ckpt.path)
+    dtype = quantization.dtype if quantization else "fp32"
+    return Loaded(model.eval(), ckpt.tokenizer, ckpt.cfg, task, ckpt.path, dtype=dtype)
+
+
+def quantization_of(ckpt: Checkpoint) -> Quantization | None:
+    """How a quantized checkpoint's layers were quantized, checked; None for an fp32 one. A bf16 checkpoint on a
+    CPU without native bf16 arithmetic runs its products in fp32 (from the same bf16 weights), said once here."""
+    if "quantization" not in ckpt.extra:
+        return None
+    try:
+        quantization = Quantization(**ckpt.extra["quantization"])
+    except (LmforgeError, TypeError) as e:
+        raise LmforgeError(f"{ckpt.path / CONFIG}: section quantization is damaged ({e})") from None
+    if quantization.dtype == "bf16" and not bf16_supported():
+        print(
+            f"note: this CPU has no native bf16 arithmetic; {ckpt.path} runs its bf16 weights in fp32", file=sys.stderr
+        )
+    return quantization
 
 
 def task_of(ckpt: Checkpoint) -> TaskConfig | None:
@@ -68,6 +105,16 @@ def language_model(loaded: Loaded) -> Loaded:
     return loaded
 
 
+def trainable(loaded: Loaded, use: str) -> Loaded:
+    """Refuses a quantized model where weights must train (`use` names what would train them)."""
+    if loaded.dtype != "fp32":
+        raise LmforgeError(
+            f"{loaded.path} holds {loaded.dtype} weights for inference: {use} needs the fp32 model it was "
+            "quantized from"
+        )
+    return loaded
+
+
 def pretrained(loaded: Loaded, use: str) -> Loaded:
     """Refuses a fine-tuned model where a pretrained one is needed (`use` names the verb that needs it); a fine-tuned
     language model (chat) is one."""
@@ -80,11 +127,15 @@ def pretrained(loaded: Loaded, use: str) -> Loaded:
 
 
 def from_pretrained(
-    path: str | Path, device: str | torch.device = "cpu", family: str | None = None, allow_pickle: bool = False
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    family: str | None = None,
+    allow_pickle: bool = False,
+    dtype: str | None = None,
 ) -> tuple[GPT | Bert, Tokenizer]:
     """`load` for a pretrained model: an inference-ready (eval) model and its tokenizer from an lmforge checkpoint or
     a local HF model directory; "all-MiniLM-L6-v2" names the installed package's copy."""
-    loaded = pretrained(load(path, device, allow_pickle, family), "serve as a pretrained model")
+    loaded = pretrained(load(path, device, allow_pickle, family, dtype), "serve as a pretrained model")
     return loaded.model, loaded.tokenizer
 
 
@@ -96,10 +147,12 @@ def load_model(
     return loaded.model, loaded.tokenizer, loaded.config
 
 
-def load_finetuned(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, TaskConfig]:
+def load_finetuned(
+    path: str | Path, device: str | torch.device = "cpu", dtype: str | None = None
+) -> tuple[nn.Module, Tokenizer, TaskConfig]:
     """`load` for a fine-tuned model: the task's model (a head with its `backbone`), its tokenizer and its TaskConfig
     (task, labels, pooling, max_seq_len, input columns)."""
-    loaded = require_task(load(path, device))
+    loaded = require_task(load(path, device, dtype=dtype))
     return loaded.model, loaded.tokenizer, loaded.task
 
 

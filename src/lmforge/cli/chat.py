@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Iterator
 
-from lmforge.cli.flags import add_device_flag
+from lmforge.cli.flags import add_device_flag, add_dtype_flag
 
 
 def _typed_lines() -> Iterator[str]:
@@ -29,7 +29,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     check_sampling(args.max_new_tokens, **sampling)  # a mistake fails before the model loads
-    model, tokenizer, template = load_chat_model(args.checkpoint, resolve_device(args.device))
+    model, tokenizer, template = load_chat_model(args.checkpoint, resolve_device(args.device), args.dtype)
     dialogue = Dialogue(model, tokenizer, template, args.system, args.max_new_tokens, **sampling)
     if sys.stdin.isatty():
         print("lmforge chat: /reset starts a new conversation, /exit (or Ctrl-D) ends it", file=sys.stderr)
@@ -48,4 +48,5 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float)
     p.add_argument("--seed", type=int)
     add_device_flag(p, "auto")
+    add_dtype_flag(p)
     p.set_defaults(fn=cmd_chat)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmforge.cli.flags import add_device_flag, add_overrides_flag
+from lmforge.cli.flags import add_device_flag, add_dtype_flag, add_overrides_flag
 from lmforge.errors import LmforgeError
 
 FINETUNE_FLAGS = {  # flag -> the config field it sets
@@ -59,15 +59,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise LmforgeError("give both --source and --target (the language suffixes or columns of parallel data)")
     if args.source is not None:
         report, written = evaluate_seq2seq(
-            args.checkpoint, args.data, args.source, args.target, args.out, args.num_beams, args.batch_size, device
-        )
+            args.checkpoint, args.data, args.source, args.target, args.out, args.num_beams, args.batch_size, device,
+            args.dtype, args.compare,
+        )  # fmt: skip
     else:
-        report, written = evaluate_checkpoint(args.checkpoint, args.data, args.out, args.batch_size, device)
+        report, written = evaluate_checkpoint(
+            args.checkpoint, args.data, args.out, args.batch_size, device, args.dtype, args.compare
+        )
     if "bleu" in report:  # an encoder-decoder's scores, on sacreBLEU's 0-100 scale
         print(", ".join(f"{name} {report[name]:.2f}" for name in ("bleu", "chrf", "rougeL")))
         print(report["bleu_signature"])
     else:
         print(", ".join(f"{name} {report[name]:.4f}" for name in HEADLINE if name in report))
+    for other, scores in report.get("compare", {}).items():
+        shown = [name for name in HEADLINE if name in scores]
+        print(f"{other}: " + ", ".join(f"{name} {scores[name]:.4f}" for name in shown) + f" ({report['dtype']} above)")
     print("wrote " + ", ".join(map(str, written)))
 
 
@@ -81,10 +87,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if (args.input is None) == (not args.text) or (args.input is None) != (args.output is None):
         raise LmforgeError("give --text TEXT (repeatable), or --input FILE with --output FILE")
     if args.input:
-        n = predict_file(args.checkpoint, args.input, args.output, args.batch_size, device)
+        n = predict_file(args.checkpoint, args.input, args.output, args.batch_size, device, args.dtype)
         print(f"wrote {n} predictions to {args.output}")
         return
-    for record in predict_texts(args.checkpoint, args.text, args.text_pair, args.batch_size, device):
+    for record in predict_texts(args.checkpoint, args.text, args.text_pair, args.batch_size, device, args.dtype):
         print(json.dumps(record, ensure_ascii=False))
 
 
@@ -155,6 +161,11 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="report directory (default: CHECKPOINT/eval-DATA)")
     p.add_argument("--batch-size", type=int, default=64)
     add_device_flag(p, "auto")
+    add_dtype_flag(p)
+    p.add_argument(
+        "--compare", choices=["fp32", "bf16", "int8"],
+        help="score the model in this precision too and report both (e.g. --dtype int8 --compare fp32)",
+    )  # fmt: skip
     p.set_defaults(fn=cmd_evaluate)
 
     p = verbs.add_parser("predict", help="labels with probabilities from a fine-tuned checkpoint")
@@ -168,6 +179,7 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="where to write one JSON line per example")
     p.add_argument("--batch-size", type=int, default=64)
     add_device_flag(p, "auto")
+    add_dtype_flag(p)
     p.set_defaults(fn=cmd_predict)
 
     p = verbs.add_parser("explain", help="why a fine-tuned classifier decided: token attributions and attention maps")

@@ -18,3 +18,11 @@ def add_overrides_flag(p: argparse.ArgumentParser, example: str) -> None:
         metavar="KEY=VALUE",
         help=f"override a config value, e.g. --set {example} (repeatable)",
     )
+
+
+def add_dtype_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "int8"],
+        help="run the linear layers in this precision, quantized on the fly (default: as the model is stored)",
+    )

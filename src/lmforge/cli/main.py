@@ -14,6 +14,7 @@ from lmforge.cli import (
     estimate,
     finetune,
     models,
+    quantize,
     recommend,
     seq2seq,
     serve,
@@ -27,7 +28,9 @@ from lmforge.errors import LmforgeError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmforge", description="Build, train and run Transformer language models.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for group in (train, models, finetune, seq2seq, chat, cleaning, triples, bias, estimate, recommend, show, serve):
+    for group in (
+        train, models, finetune, seq2seq, quantize, chat, cleaning, triples, bias, estimate, recommend, show, serve,
+    ):  # fmt: skip
         group.add_verbs(verbs)
     return parser
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmforge.cli.flags import add_device_flag
+from lmforge.cli.flags import add_device_flag, add_dtype_flag
 from lmforge.errors import LmforgeError
 
 HF_DIR = ", or a Hugging Face model directory (config.json, model.safetensors, tokenizer files)"
@@ -29,7 +29,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
         no_repeat_ngram_size=args.no_repeat_ngram_size,
     )  # fmt: skip
     check_sampling(args.max_new_tokens, **sampling)  # a mistake fails before the model loads
-    model, tokenizer = from_pretrained(args.checkpoint, resolve_device(args.device), "gpt", args.allow_pickle)
+    model, tokenizer = from_pretrained(
+        args.checkpoint, resolve_device(args.device), "gpt", args.allow_pickle, args.dtype
+    )
     encode_prompt(tokenizer, args.prompt, model.cfg.max_seq_len)  # and before anything is printed
     stream = None if args.no_stream else (lambda piece: print(piece, end="", flush=True))
     if stream:
@@ -43,7 +45,9 @@ def cmd_fill_mask(args: argparse.Namespace) -> None:
     from lmforge.inference.fill_mask import fill_mask
     from lmforge.training.device import resolve_device
 
-    model, tokenizer = from_pretrained(args.checkpoint, resolve_device(args.device), "bert", args.allow_pickle)
+    model, tokenizer = from_pretrained(
+        args.checkpoint, resolve_device(args.device), "bert", args.allow_pickle, args.dtype
+    )
     masks = fill_mask(model, tokenizer, args.text, args.top_k)
     for n, fillers in enumerate(masks, start=1):
         if len(masks) > 1:
@@ -57,7 +61,14 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from lmforge.training.device import resolve_device
 
     texts, vectors = embed_checkpoint(
-        args.model, args.text, args.input, args.output, args.batch_size, resolve_device(args.device), args.allow_pickle
+        args.model,
+        args.text,
+        args.input,
+        args.output,
+        args.batch_size,
+        resolve_device(args.device),
+        args.allow_pickle,
+        args.dtype,
     )
     if args.output is not None:
         print(f"wrote {len(texts)} embeddings of size {vectors.size(1)} to {args.output}")
@@ -97,6 +108,7 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop before this string (repeatable)")
     p.add_argument("--seed", type=int)
     add_device_flag(p, "auto")
+    add_dtype_flag(p)
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of token by token")
     add_pickle_flag(p)
     p.set_defaults(fn=cmd_generate)
@@ -106,6 +118,7 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("text", help='text with one or more [MASK], e.g. "the cat [MASK] on the mat"')
     p.add_argument("--top-k", type=int, default=5, help="fillers to show per [MASK]")
     add_device_flag(p, "auto")
+    add_dtype_flag(p)
     add_pickle_flag(p)
     p.set_defaults(fn=cmd_fill_mask)
 
@@ -122,6 +135,7 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--output", metavar="FILE", help="write .npy (an N x d array) or JSON lines instead of printing")
     p.add_argument("--batch-size", type=int, default=32)
     add_device_flag(p, "cpu")
+    add_dtype_flag(p)
     add_pickle_flag(p)
     p.set_defaults(fn=cmd_embed)
 

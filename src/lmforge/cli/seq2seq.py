@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmforge.cli.flags import add_device_flag
+from lmforge.cli.flags import add_device_flag, add_dtype_flag
 from lmforge.errors import LmforgeError
 
 
@@ -33,7 +33,7 @@ def cmd_seq2seq(args: argparse.Namespace) -> None:
     check_options(**options)  # a mistake fails before the model loads
     if args.output is not None:
         check_output_file(args.output, {"--input": args.input, "the checkpoint": args.checkpoint})
-    loaded = load(args.checkpoint, device)
+    loaded = load(args.checkpoint, device, dtype=args.dtype)
     model = check_seq2seq(loaded, f"lmforge {args.verb}")
     options |= dict(device=device, progress=not args.no_progress)
     if args.input is not None:
@@ -70,6 +70,7 @@ def add_seq2seq_verb(verbs: argparse._SubParsersAction, verb: str, help: str, no
     p.add_argument("--seed", type=int, help="sampling: makes the output reproducible")
     p.add_argument("--batch-size", type=int, default=32, help="sources decoded together")
     add_device_flag(p, "auto")
+    add_dtype_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_seq2seq)
 

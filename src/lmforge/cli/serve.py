@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lmforge.cli.flags import add_device_flag
+from lmforge.cli.flags import add_device_flag, add_dtype_flag
 from lmforge.cli.models import add_pickle_flag
 from lmforge.errors import LmforgeError
 
@@ -25,7 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except ImportError as e:
         message = f"lmforge serve needs the serve extra ({e.name} is missing): pip install 'lmforge[serve]'"
         raise LmforgeError(message) from None
-    loaded = load(args.model, resolve_device(args.device), args.allow_pickle)
+    loaded = load(args.model, resolve_device(args.device), args.allow_pickle, dtype=args.dtype)
     name = args.model_name or Path(args.model.rstrip("/")).name
     app = create_app(loaded, name, args.api_key, args.max_batch, args.max_queue)
     where = "all interfaces" if args.host in ("0.0.0.0", "::") else "this interface only"
@@ -44,5 +44,6 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond those; then 503 (default 64)")
     p.add_argument("--model-name", help="the name clients give as `model` (default: the directory's name)")
     add_device_flag(p, "auto")
+    add_dtype_flag(p)
     add_pickle_flag(p)
     p.set_defaults(fn=cmd_serve)

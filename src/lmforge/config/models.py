@@ -158,4 +158,55 @@ class T5Config(Checked):
                 raise LmforgeError(f"model.{name} = {getattr(self, name)} is out of range: an id below vocab_size")
 
 
+@dataclass
+class XLNetConfig(Checked):
+    """XLNet (Yang et al., 2019): a Transformer-XL stack with two-stream attention, pretrained by permutation language
+    modelling; xlnet-base-cased's sizes by default.
+
+    The stack: relative sinusoidal positions (clamp_len caps the distance; bi_data runs the second half of a batch
+    with positions reversed), segment recurrence that keeps the last mem_len content states of each layer (None:
+    all of them; reuse_len: only the first reuse_len positions of a segment are kept), attn_type bi (bidirectional)
+    or uni (causal; same_length gives every query the same number of keys). untie_r false shares the attention's
+    r_w, r_r and r_s biases across the layers, as the original code can.
+
+    The permutation objective: each sequence gets a random factorization order and the last 1/predict_fraction_k of
+    it is predicted (partial prediction, K in the paper); span_prediction predicts spans of up to max_span tokens
+    instead of single positions."""
+
+    section = "model"
+    vocab_size: int = 32000
+    n_layer: int = 12
+    n_head: int = 12
+    d_model: int = 768
+    d_ff: int | None = None  # 4 * d_model when left out (HF's d_inner)
+    max_seq_len: int = 512  # the length sequences are trained at; relative positions themselves have no limit
+    dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    activation: typing.Literal["gelu", "gelu_exact", "relu"] = "gelu_exact"  # HF's ff_activation "gelu" is exact
+    mem_len: int | None = None
+    reuse_len: int | None = None
+    bi_data: bool = False
+    clamp_len: int = -1  # -1: no clamping
+    same_length: bool = False
+    attn_type: typing.Literal["bi", "uni"] = "bi"
+    untie_r: bool = True
+    predict_fraction_k: int = 6
+    span_prediction: bool = False
+    max_span: int = 5
+
+    _ranges = {
+        **_STACK_RANGES,
+        "mem_len": (lambda x: x is None or x > 0, "a positive number of states, or null to keep them all"),
+        "reuse_len": (lambda x: x is None or x > 0, "a positive number of positions, or null to keep them all"),
+        "clamp_len": (lambda x: x == -1 or x > 0, "-1 (no clamping) or a positive distance"),
+        "predict_fraction_k": (lambda x: x >= 2, "at least 2: K = 1 would predict every token, leaving no context"),
+        "max_span": (_positive, "a span needs at least one token"),
+    }
+
+    def check(self) -> None:
+        _check_widths(self)
+        if self.same_length and self.attn_type != "uni":
+            raise LmforgeError("model.same_length applies to causal attention only: set model.attn_type to uni")
+
+
 FAMILIES = {"gpt": GPTConfig, "bert": BertConfig, "t5": T5Config}

@@ -19,10 +19,12 @@ from lmforge.tokenizer import Tokenizer
 RESET, EXIT = "/reset", "/exit"
 
 
-def load_chat_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, str | None]:
+def load_chat_model(
+    path: str | Path, device: str | torch.device = "cpu", dtype: str | None = None
+) -> tuple[nn.Module, Tokenizer, str | None]:
     """A GPT to chat with (pretrained, or fine-tuned with --task chat), its tokenizer and its chat template (None:
     lmforge's default)."""
-    loaded = load(path, device, family="gpt")
+    loaded = load(path, device, family="gpt", dtype=dtype)
     model = pretrained(loaded, "chat").model  # a chat fine-tune is a GPT still; another fine-tune is refused
     return model, loaded.tokenizer, read_template(loaded.path or resolve(path))
 

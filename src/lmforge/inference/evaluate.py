@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from lmforge.atomic import check_output_dir, write_text_atomic
+from lmforge.checkpoint.files import Loaded
 from lmforge.checkpoint.loader import load, require_task
 from lmforge.data.parallel import Pairs, read_aligned, read_parallel
 from lmforge.data.records import check_data_file
@@ -17,7 +18,6 @@ from lmforge.inference.predict import check_batch_size, columns_of, encode, pad_
 from lmforge.plots import plot_confusion
 from lmforge.tasks import get_task
 from lmforge.tasks.generation_metrics import bleu_chrf, rouge
-from lmforge.tokenizer import Tokenizer
 
 # a report's top lines: a task's metrics, or an encoder-decoder's
 HEADLINE = ("accuracy", "macro_f1", "micro_f1", "exact_match", "precision", "recall", "f1")
@@ -57,29 +57,46 @@ def write_report(report: dict, out: Path) -> list[Path]:
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path, data: str | Path, out: str | Path | None = None, batch_size: int = 64, device: str = "cpu"
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    dtype: str | None = None,
+    compare: str | None = None,
 ) -> tuple[dict, list[Path]]:
     """Scores a fine-tuned checkpoint on a labelled file and writes the report (default: CHECKPOINT/eval-STEM). The
     data, the batch size and a given out are checked before the model loads, the default out once it has loaded. A
-    pretrained encoder-decoder is scored as evaluate_seq2seq scores it, on a file's source and target columns."""
+    pretrained encoder-decoder is scored as evaluate_seq2seq scores it, on a file's source and target columns.
+
+    dtype runs the model quantized on the fly; compare (e.g. "fp32") scores it a second time in that precision and
+    puts those scores in the report's `compare` section, so the report shows what the precision costs."""
     check_data_file(Path(data))
     check_batch_size(batch_size)
     if out is not None:
         check_output_dir(out, {"--data": data, "the checkpoint": checkpoint})
-    loaded = load(checkpoint, device)
+    loaded = load(checkpoint, device, dtype=dtype)
     if loaded.task is None and loaded.config.family == "t5":  # a pretrained encoder-decoder: the file holds pairs
         pairs = seq2seq_pairs(data, "source", "target")
-        return _evaluate_seq2seq(loaded.model, loaded.tokenizer, checkpoint, data, pairs, out, 4, batch_size, device)
-    model, tokenizer, task = require_task(loaded).model, loaded.tokenizer, loaded.task
+        return _evaluate_seq2seq(loaded, checkpoint, data, pairs, out, 4, batch_size, device, compare)
     out = _default_out(checkpoint, data) if out is None else Path(out)
+    report = {"checkpoint": str(checkpoint), "data": str(data), "task": require_task(loaded).task.task}
+    report |= score_task(loaded, data, batch_size, device)
+    if compare is not None:
+        report["dtype"] = loaded.dtype
+        report["compare"] = {compare: score_task(load(checkpoint, device, dtype=compare), data, batch_size, device)}
+    return report, write_report(report, out)
+
+
+def score_task(loaded: Loaded, data: str | Path, batch_size: int, device: str) -> dict:
+    """A fine-tuned model's task metrics on a labelled file."""
+    model, tokenizer, task = loaded.model, loaded.tokenizer, loaded.task
     kind = get_task(task.task)
     examples = kind.read(Path(data), columns_of(task))
     kind.check(examples, task.labels, data)
     features = encode(examples, tokenizer, model, task, labelled=True)
     probs = predict_features(model, features, pad_id_of(tokenizer), batch_size, device, kind, tokenizer)
-    report = {"checkpoint": str(checkpoint), "data": str(data), "task": task.task}
-    report |= kind.score(task, examples, features, probs)
-    return report, write_report(report, out)
+    return kind.score(task, examples, features, probs)
 
 
 def seq2seq_pairs(data: str | Path, source: str, target: str) -> Pairs:
@@ -103,32 +120,47 @@ def evaluate_seq2seq(
     num_beams: int = 4,
     batch_size: int = 32,
     device: str = "cpu",
+    dtype: str | None = None,
+    compare: str | None = None,
 ) -> tuple[dict, list[Path]]:
     """Scores an encoder-decoder's outputs for the sources of parallel data against their targets (BLEU, chrF,
     ROUGE) and writes the report and hypotheses.txt (default: CHECKPOINT/eval-STEM). The data, the settings and a
-    given out are checked before the model loads."""
+    given out are checked before the model loads. dtype and compare as evaluate_checkpoint's."""
     pairs = seq2seq_pairs(data, source, target)
     check_options(num_beams=num_beams, batch_size=batch_size)
     if out is not None:
         check_output_dir(out, {"--data": data, "the checkpoint": checkpoint})
-    loaded = load(checkpoint, device)
-    model = check_seq2seq(loaded, "lmforge evaluate --source --target")
-    return _evaluate_seq2seq(model, loaded.tokenizer, checkpoint, data, pairs, out, num_beams, batch_size, device)
+    loaded = load(checkpoint, device, dtype=dtype)
+    check_seq2seq(loaded, "lmforge evaluate --source --target")
+    return _evaluate_seq2seq(loaded, checkpoint, data, pairs, out, num_beams, batch_size, device, compare)
 
 
 def _evaluate_seq2seq(
-    model, tokenizer: Tokenizer, checkpoint: str | Path, data: str | Path, pairs: Pairs, out: str | Path | None,
-    num_beams: int, batch_size: int, device: str,
+    loaded: Loaded, checkpoint: str | Path, data: str | Path, pairs: Pairs, out: str | Path | None,
+    num_beams: int, batch_size: int, device: str, compare: str | None,
 ) -> tuple[dict, list[Path]]:  # fmt: skip
     out = _default_out(checkpoint, data) if out is None else Path(out)
-    hypotheses = generate_seq2seq(
-        model, tokenizer, pairs.source, num_beams=num_beams, batch_size=batch_size, device=device
-    )
+    hypotheses, scores = _seq2seq_scores(loaded, pairs, num_beams, batch_size, device)
     report = {"checkpoint": str(checkpoint), "data": pairs.where, "task": "seq2seq", "examples": len(hypotheses)}
-    report |= {"num_beams": num_beams} | bleu_chrf(hypotheses, pairs.target) | rouge(hypotheses, pairs.target)
+    report |= {"num_beams": num_beams} | scores
+    if compare is not None:
+        other = load(checkpoint, device, dtype=compare)
+        report |= {
+            "dtype": loaded.dtype,
+            "compare": {compare: _seq2seq_scores(other, pairs, num_beams, batch_size, device)[1]},
+        }
     written = write_report(report, out)
     write_text_atomic(out / "hypotheses.txt", as_lines(hypotheses))
     return report, [*written, out / "hypotheses.txt"]
+
+
+def _seq2seq_scores(
+    loaded: Loaded, pairs: Pairs, num_beams: int, batch_size: int, device: str
+) -> tuple[list[str], dict]:
+    hypotheses = generate_seq2seq(
+        check_seq2seq(loaded), loaded.tokenizer, pairs.source, num_beams=num_beams, batch_size=batch_size, device=device
+    )
+    return hypotheses, bleu_chrf(hypotheses, pairs.target) | rouge(hypotheses, pairs.target)
 
 
 def _default_out(checkpoint: str | Path, data: str | Path) -> Path:

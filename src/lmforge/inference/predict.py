@@ -80,18 +80,28 @@ def predict(
 
 
 def predict_texts(
-    checkpoint: str | Path, texts: list[str], pair: str | None = None, batch_size: int = 64, device: str = "cpu"
+    checkpoint: str | Path,
+    texts: list[str],
+    pair: str | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    dtype: str | None = None,
 ) -> list[dict]:
     """Predictions for texts given on the command line; NER splits each text into words at whitespace, relation
     reads its entities from inline markers, QA takes each text as a question about `pair`, the context."""
     check_batch_size(batch_size)
-    model, tokenizer, task = load_finetuned(checkpoint, device)
+    model, tokenizer, task = load_finetuned(checkpoint, device, dtype)
     examples = [get_task(task.task).example(t, pair, n) for n, t in enumerate(texts, start=1)]
     return predict(model, tokenizer, task, examples, batch_size, device)
 
 
 def predict_file(
-    checkpoint: str | Path, input_path: str | Path, output_path: str | Path, batch_size: int = 64, device: str = "cpu"
+    checkpoint: str | Path,
+    input_path: str | Path,
+    output_path: str | Path,
+    batch_size: int = 64,
+    device: str = "cpu",
+    dtype: str | None = None,
 ) -> int:
     """Writes one JSON line per input example to output_path (all or nothing); returns the number written. The paths
     and the batch size are checked before the model loads."""
@@ -99,7 +109,7 @@ def predict_file(
     check_data_file(input_path)
     output_path = check_output_file(output_path, {"--input": input_path})
     check_batch_size(batch_size)
-    model, tokenizer, task = load_finetuned(checkpoint, device)
+    model, tokenizer, task = load_finetuned(checkpoint, device, dtype)
     examples = get_task(task.task).read(input_path, columns_of(task), labelled=False)
     records = predict(model, tokenizer, task, examples, batch_size, device)
     output_path.parent.mkdir(parents=True, exist_ok=True)

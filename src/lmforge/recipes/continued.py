@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.checkpoint.loader import load
+from lmforge.checkpoint.loader import load, trainable
 from lmforge.config import RunConfig
 from lmforge.data.records import read_utf8
 from lmforge.errors import LmforgeError
@@ -51,7 +51,7 @@ def add_domain_tokens(model: torch.nn.Module, tokenizer: Tokenizer, tokens: list
 def start_from(cfg: RunConfig, device: torch.device) -> tuple[RunConfig, torch.nn.Module, Tokenizer]:
     """cfg with the architecture of cfg.train.init, a model holding its weights (an encoder gets an MLM head if it
     had none, and keeps a sentence head only if it had one), and its tokenizer, with train.add_tokens added."""
-    loaded = load(cfg.train.init, device)
+    loaded = trainable(load(cfg.train.init, device), "continued pretraining")
     if loaded.task is not None:
         raise LmforgeError(
             f"--init {cfg.train.init} is fine-tuned for {loaded.task.task}: continue pretraining from a pretrained "

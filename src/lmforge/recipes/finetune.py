@@ -15,7 +15,7 @@ import torch
 
 from lmforge.atomic import check_output_dir
 from lmforge.checkpoint.files import find_latest, load_checkpoint, same_tokenizer, save_checkpoint
-from lmforge.checkpoint.loader import load
+from lmforge.checkpoint.loader import load, trainable
 from lmforge.checkpoint.lock import run_lock
 from lmforge.config import DataConfig, FinetuneConfig, FinetuneRun, RunConfig, TaskConfig
 from lmforge.data.labelled import Columns
@@ -113,7 +113,7 @@ def set_up(ft: FinetuneConfig, info: TaskConfig, task: Task, device: torch.devic
     info.labels = task.labels(train_examples, ft.train)
     if eval_examples:
         task.check(eval_examples, info.labels, ft.eval)
-    loaded = load(ft.model, device)
+    loaded = trainable(load(ft.model, device), "fine-tuning")
     backbone = loaded.model.backbone if loaded.task is not None else loaded.model
     pooler = loaded.pooler
     if loaded.task is not None and getattr(loaded.model, "pooler", None) is not None:

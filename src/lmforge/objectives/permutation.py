@@ -1,0 +1,98 @@
+"""XLNet's permutation language modelling (Yang et al., 2019): each sequence gets a random factorization order, and
+the tokens at the end of it are predicted, each from the tokens before it in the order, on both sides of it in
+the text. Only the last 1/K of the order is predicted (partial prediction: the first tokens have too little context
+to learn from); span prediction chooses the predicted tokens as spans of up to max_span neighbours instead.
+
+The order is the context (the positions not predicted) in a random order, then the predicted positions in a random
+order; with single-token prediction the predicted set is uniform, so this is the last 1/K of a uniformly random
+permutation. Everything is drawn from a torch.Generator, so a seed gives the same batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lmforge.errors import LmforgeError
+
+
+def num_predict(length: int, predict_fraction_k: int) -> int:
+    """Predicted tokens in a sequence of `length`: length / K, at least one, and one token of context left."""
+    return min(max(length // predict_fraction_k, 1), length - 1)
+
+
+def span_targets(
+    length: int, n: int, predict_fraction_k: int, max_span: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """n positions of a sequence of `length`, as spans (XLNet's _sample_mask): lengths L in 1..max_span drawn with
+    P(L) proportional to 1/L, each placed at random in a stretch of about K * L tokens after the previous one; the
+    last span is cut to reach n, and positions drawn at random fill any shortfall."""
+    chosen = torch.zeros(length, dtype=torch.bool)
+    weights = 1 / torch.arange(1, max_span + 1, dtype=torch.float)
+    cur = 0
+    while int(chosen.sum()) < n:
+        span = int(torch.multinomial(weights, 1, generator=generator)) + 1
+        context = round(span * predict_fraction_k)
+        begin = cur + int(torch.randint(0, context - span + 1, (1,), generator=generator))
+        if begin >= length:
+            break
+        end = min(begin + span, length, begin + n - int(chosen.sum()))
+        chosen[begin:end] = True
+        cur = begin + span
+    rest = (~chosen).nonzero().flatten()
+    missing = n - int(chosen.sum())
+    chosen[rest[torch.randperm(len(rest), generator=generator)[:missing]]] = True
+    return chosen.nonzero().flatten()
+
+
+def permutation_batch(
+    tokens: torch.Tensor,
+    predict_fraction_k: int = 6,
+    span_prediction: bool = False,
+    max_span: int = 5,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """A permutation-LM batch from token ids (B, T):
+
+    input_ids (B, T) the tokens themselves (the content stream sees them; the query stream never its own);
+    perm_mask (B, T, T) 1 where position i may not see j, i.e. j is not before i in the order (the model lets the
+    content stream see itself); target_mapping (B, num_predict, T) one-hot rows, the predictions in their order;
+    labels (B, num_predict) the tokens to predict; order (B, T) the positions in factorization order.
+    """
+    b, t = tokens.shape
+    if t < 2:
+        raise LmforgeError(f"permutation language modelling needs sequences of at least 2 tokens, not {t}")
+    n = num_predict(t, predict_fraction_k)
+    orders = []
+    for _ in range(b):
+        if span_prediction:
+            targets = span_targets(t, n, predict_fraction_k, max_span, generator)
+        else:
+            targets = torch.randperm(t, generator=generator)[:n]
+        predicted = torch.zeros(t, dtype=torch.bool)
+        predicted[targets] = True
+        context, targets = (~predicted).nonzero().flatten(), predicted.nonzero().flatten()
+        context = context[torch.randperm(len(context), generator=generator)]
+        orders.append(torch.cat([context, targets[torch.randperm(n, generator=generator)]]))
+    order = torch.stack(orders).to(tokens.device)  # (B, T)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(t, device=tokens.device).expand(b, t))
+    perm_mask = (rank[:, None, :] >= rank[:, :, None]).float()  # (B, T, T): key j not before query i
+    predicted_positions = order[:, t - n :]  # (B, n)
+    target_mapping = F.one_hot(predicted_positions, t).float()
+    return {
+        "input_ids": tokens,
+        "perm_mask": perm_mask,
+        "target_mapping": target_mapping,
+        "labels": tokens.gather(1, predicted_positions),
+        "order": order,
+    }
+
+
+def permutation_lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy of the query stream's predictions against the labels, and the metrics plm_loss and plm_acc
+    (the share of predicted tokens whose most likely id is the label)."""
+    logits, _ = model(batch["input_ids"], perm_mask=batch["perm_mask"], target_mapping=batch["target_mapping"])
+    labels = batch["labels"]
+    loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+    accuracy = (logits.argmax(dim=-1) == labels).float().mean()
+    return loss, {"plm_loss": loss.detach(), "plm_acc": accuracy}

@@ -1,0 +1,121 @@
+"""int8 and bf16 layers against the formula computed naively, and which layers quantize_model replaces."""
+
+import pytest
+import torch
+from helpers import tiny_gpt
+from torch import nn
+
+from lmforge.errors import LmforgeError
+from lmforge.kernels import apply_kernels
+from lmforge.kernels.bf16 import Bf16Embedding, Bf16Linear, bf16_supported
+from lmforge.kernels.int8 import Int8Embedding, Int8Linear, quantize_activations, quantize_rows
+from lmforge.kernels.quantize import Quantization, quantize_model
+
+
+def naive_int8(x, w, b):
+    """Each row of x and of w rounded to int8 with its own absmax scale, the products summed in float64."""
+    x, w = x.double(), w.double()
+    s_x = x.abs().amax(1, keepdim=True) / 127
+    s_w = w.abs().amax(1, keepdim=True) / 127
+    return (torch.round(x / s_x) * s_x) @ (torch.round(w / s_w) * s_w).T + b.double()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_int8_linear_is_the_rounded_product(rows):
+    torch.manual_seed(0)
+    layer = nn.Linear(96, 40)
+    x = torch.randn(2, rows, 96)
+    y = Int8Linear.from_linear(layer)(x)
+    assert y.shape == (2, rows, 40) and y.dtype == torch.float32
+    expected = naive_int8(x.reshape(-1, 96), layer.weight.detach(), layer.bias.detach())
+    assert torch.allclose(y.reshape(-1, 40).double(), expected, rtol=1e-5, atol=1e-5)
+    exact = layer(x).detach()
+    assert (y - exact).norm() / exact.norm() < 0.02  # what 8 bits cost, far from a wrong product
+
+
+def test_activation_rounding_equals_row_rounding():
+    x = torch.randn(7, 33) * torch.logspace(-3, 3, 7)[:, None]
+    x[3] = 0  # an all-zero row keeps a finite scale
+    q, s = quantize_rows(x)
+    q2, s2 = quantize_activations(x)
+    assert torch.equal(q, q2) and torch.allclose(s[x.any(1)], s2.squeeze(1)[x.any(1)], rtol=1e-6, atol=0)
+    assert torch.isfinite(s2).all() and s2[3] > 0
+
+
+def test_int8_layer_without_bias_and_on_empty_input():
+    layer = nn.Linear(16, 8, bias=False)
+    q = Int8Linear.from_linear(layer)
+    assert q.bias is None and q(torch.randn(0, 16)).shape == (0, 8)
+    x = torch.randn(4, 16)
+    assert torch.allclose(q(x).double(), naive_int8(x, layer.weight.detach(), torch.zeros(8)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_bf16_linear_is_the_bf16_product_accumulated_in_fp32(rows):
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 24)
+    x = torch.randn(rows, 64)
+    y = Bf16Linear.from_linear(layer)(x)
+    products = x.bfloat16().double() @ layer.weight.detach().bfloat16().double().T
+    expected = products + layer.bias.detach().double()
+    # the product is rounded to bf16 once (8 bits: 2^-8 of its size) before the fp32 bias is added
+    assert torch.allclose(y.double(), expected, rtol=0, atol=float(products.abs().max()) * 2**-8 + 1e-6)
+    assert Bf16Linear.from_linear(layer).state_dict()["weight"].dtype == torch.bfloat16
+
+
+def test_bf16_without_native_support_multiplies_in_fp32(monkeypatch):
+    layer = nn.Linear(32, 8)
+    q = Bf16Linear.from_linear(layer)
+    monkeypatch.setattr("lmforge.kernels.bf16.bf16_supported", lambda: False)
+    x = torch.randn(3, 32)
+    expected = x @ layer.weight.detach().bfloat16().float().T + layer.bias.detach()
+    assert torch.allclose(q(x), expected, atol=1e-5)
+
+
+def test_embeddings_round_rows():
+    table = nn.Embedding(50, 12)
+    ids = torch.tensor([[0, 7, 49]])
+    q, s = quantize_rows(table.weight.detach())
+    assert torch.allclose(Int8Embedding.from_embedding(table)(ids), (q * s[:, None])[ids])
+    assert torch.equal(Bf16Embedding.from_embedding(table)(ids), table.weight.detach().bfloat16().float()[ids])
+
+
+def test_quantize_model_replaces_linears_but_keeps_a_tied_head_and_named_layers():
+    model = apply_kernels(tiny_gpt(d_model=32))
+    quantize_model(model, Quantization("int8", keep_fp32=["blocks.0.ffn.*"]))
+    names = {name: type(m).__name__ for name, m in model.named_modules()}
+    assert names["decoder.blocks.1.attn.qkv"] == "Int8Linear"
+    assert names["decoder.blocks.0.attn.qkv"] == "Int8Linear"
+    assert names["decoder.blocks.0.ffn.up"] == "Linear"  # kept by the glob
+    assert names["lm_head"] == "Linear" and model.lm_head.weight is model.tok_emb.weight  # tied: stays fp32
+    assert names["tok_emb"] == "Embedding"  # embeddings only when asked
+    with pytest.raises(LmforgeError, match="already quantized"):
+        quantize_model(model, Quantization("int8"))
+
+
+def test_quantize_model_embeddings_and_untied_head():
+    model = tiny_gpt(d_model=32, tie_embeddings=False)
+    quantize_model(model, Quantization("bf16", embeddings=True))
+    assert isinstance(model.lm_head, Bf16Linear) and isinstance(model.tok_emb, Bf16Embedding)
+    assert isinstance(model.pos_emb, nn.Module)
+
+
+def test_quantized_model_stays_close_to_fp32():
+    model = tiny_gpt(gpt2_init=True, d_model=64, n_head=4)
+    idx = torch.randint(0, 23, (2, 16))
+    with torch.no_grad():
+        exact = model(idx)
+        for dtype, tolerance in (("int8", 0.05), ("bf16", 0.02)):
+            q = quantize_model(tiny_gpt(gpt2_init=True, d_model=64, n_head=4), Quantization(dtype))
+            assert (q(idx) - exact).norm() / exact.norm() < tolerance
+
+
+def test_nothing_to_quantize_is_refused():
+    with pytest.raises(LmforgeError, match="no linear layers to quantize"):
+        quantize_model(nn.Sequential(nn.LayerNorm(4)), Quantization("int8"))
+    with pytest.raises(LmforgeError, match="outside --keep-fp32"):
+        quantize_model(nn.Sequential(nn.Linear(4, 4)), Quantization("int8", keep_fp32=["0"]))
+
+
+def test_bf16_support_is_detected_without_error():
+    assert isinstance(bf16_supported(), bool)
