@@ -5,7 +5,11 @@ vectors: tokenization, the encoder forward, mean pooling over real tokens and L2
 runs the texts longest first, so each batch pads little (sentence-transformers does the same); transformers is timed
 twice, in the given order (what a plain AutoModel loop does) and longest first like lmforge, so `ratio` includes the
 sorting and `ratio_same_order` isolates the model. Prints progress on stderr and one JSON line on stdout.
-Usage: python bench/encode.py [--rounds 5] [--sentences 512] [--batch-size 32]
+
+With --dtype int8 or bf16, lmforge's quantized model (`lmforge embed --dtype`) runs against lmforge in fp32
+(`ratio`) and against transformers with torch.ao.quantization.quantize_dynamic (qint8 linears, longest first like
+lmforge: `ratio_quantized_peer`); `min_cosine` is then the quantized vectors' against lmforge fp32's.
+Usage: python bench/encode.py [--rounds 5] [--sentences 512] [--batch-size 32] [--dtype fp32|int8|bf16]
 """
 
 from __future__ import annotations
@@ -46,14 +50,53 @@ def transformers_embed(model, tokenizer, texts: list[str], batch_size: int, long
     return out
 
 
+def quantized(args: argparse.Namespace, path: Path, texts: list[str]) -> None:
+    """The --dtype int8 / bf16 run: lmforge quantized against lmforge fp32 and transformers' quantize_dynamic."""
+    b = args.batch_size
+    fp32, tokenizer = from_pretrained(path)
+    ours, _ = from_pretrained(path, dtype=args.dtype)
+    hf = torch.ao.quantization.quantize_dynamic(AutoModel.from_pretrained(path).eval(), {torch.nn.Linear}, torch.qint8)
+    hf_tokenizer = AutoTokenizer.from_pretrained(path)
+    log(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(texts)} sentences, batch {b}, {args.dtype}"
+    )
+    vectors = {}
+
+    def run(name, fn):
+        def go():
+            vectors[name] = fn()
+
+        return go
+
+    ours_run = run("ours", lambda: embed(ours, tokenizer, texts, b))
+    ours_sps, fp32_sps = alternating_rounds(ours_run, run("fp32", lambda: embed(fp32, tokenizer, texts, b)),
+                                            args.rounds, len(texts))  # fmt: skip
+    peer = run("peer", lambda: transformers_embed(hf, hf_tokenizer, texts, b, longest_first=True))
+    ours_sps2, peer_sps = alternating_rounds(ours_run, peer, args.rounds, len(texts))
+    ours_sps = max(ours_sps, ours_sps2)
+    cosine = (vectors["ours"] * vectors["fp32"]).sum(-1).min().item()
+    peer_cosine = (vectors["peer"] * vectors["fp32"]).sum(-1).min().item()
+    emit({
+        "dtype": args.dtype, "lmforge_sentences_per_s": ours_sps, "lmforge_fp32_sentences_per_s": fp32_sps,
+        "ratio": ours_sps / fp32_sps, "quantized_peer_sentences_per_s": peer_sps,
+        "ratio_quantized_peer": ours_sps / peer_sps, "min_cosine": cosine, "quantized_peer_min_cosine": peer_cosine,
+        "sentences": len(texts), "batch_size": b, "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[0],
+    })  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per side; the best counts")
     parser.add_argument("--sentences", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "int8", "bf16"], help="lmforge's linear layers")
     args = parser.parse_args()
 
     path = resolve("all-MiniLM-L6-v2")
+    if args.dtype != "fp32":
+        quantized(args, path, sentences(args.sentences))
+        return
     texts, b = sentences(args.sentences), args.batch_size
     ours, tokenizer = from_pretrained(path)
     hf, hf_tokenizer = AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)

@@ -8,12 +8,20 @@ decoding reads its LM head (a third of the bytes here) as an int8 screen and con
 with torch's x @ W.T (MKL) and with lmforge's `linear` (oneDNN on AMD CPUs, MKL for one row on Intel ones), and the
 faster counts: on AMD, MKL runs a matrix-vector product on one thread and oneDNN on all of torch's threads. Each is
 timed as new_tokens passes in a row, like the generation it bounds; every figure is the best of --reps rounds.
-Usage: python bench/generate.py [--reps 5] [--new-tokens 128] [--quiet-wait 10]
+
+With --dtype int8 or bf16, lmforge runs its quantized linear layers (lmforge.kernels.quantize, as `--dtype` does on
+every verb) against transformers in fp32 (`ratio`) and, for int8, against transformers with
+torch.ao.quantization.quantize_dynamic (qint8 linears: `ratio_quantized_peer`). GPT-2 keeps its projections in
+transformers' Conv1D, which quantize_dynamic does not touch; the peer gets them as nn.Linear first, so that it is
+quantized whole. The bound is then the measured memory bandwidth over the bytes each token reads (the quantized
+weights, the fp32 ones left, and the LM head's int8 screen).
+Usage: python bench/generate.py [--reps 5] [--new-tokens 128] [--quiet-wait 10] [--dtype fp32|int8|bf16]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -26,7 +34,10 @@ from lmforge.checkpoint import unique_state_dict
 from lmforge.config import GPTConfig
 from lmforge.interop.hf import FAMILIES, to_ours
 from lmforge.kernels import apply_kernels
+from lmforge.kernels.bf16 import Bf16Linear
+from lmforge.kernels.int8 import Int8Linear
 from lmforge.kernels.linear import linear
+from lmforge.kernels.quantize import Quantization, check_dtype, quantize_model
 from lmforge.models.gpt import GPT
 
 VOCAB, N_LAYER, N_HEAD, D_MODEL, CONTEXT = 50257, 12, 12, 768, 1024
@@ -119,6 +130,85 @@ def generators(ours: GPT, hf: GPT2LMHeadModel, prompt: torch.Tensor, new_tokens:
     return {"lmforge": run_ours, "transformers": run_hf}
 
 
+def linear_peer(hf: GPT2LMHeadModel) -> GPT2LMHeadModel:
+    """hf with each Conv1D (y = x W + b, W stored (in, out)) as the nn.Linear that computes the same, so that
+    quantize_dynamic, which quantizes nn.Linear only, reaches every projection."""
+    from transformers.pytorch_utils import Conv1D
+
+    for name, module in list(hf.named_modules()):
+        if isinstance(module, Conv1D):
+            layer = torch.nn.Linear(*module.weight.shape)
+            layer.weight.data, layer.bias.data = module.weight.data.t().contiguous(), module.bias.data.clone()
+            parent, _, child = name.rpartition(".")
+            setattr(hf.get_submodule(parent), child, layer)
+    return hf
+
+
+def memory_bandwidth(reps: int = 5) -> float:
+    """Bytes per second that a sum over 512 MB (far beyond any cache) reads, the best of reps."""
+    x = torch.ones(2**27)
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - start)
+    return x.numel() * 4 / best
+
+
+def bytes_per_token(model: GPT) -> int:
+    """What greedy decoding of one token reads: every linear layer's weights as stored (int8 with their scales,
+    bf16 or fp32), and an fp32 LM head tied to the embedding through its int8 screen (a byte a weight; the few rows
+    confirmed in fp32 are left out)."""
+    total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, Int8Linear):
+            total += module.weight.numel() + 4 * module.weight_scale.numel()
+        elif isinstance(module, Bf16Linear | torch.nn.Linear):
+            w = module.weight
+            total += w.numel() if name == "lm_head" else w.numel() * w.element_size()
+    return total
+
+
+def quantized(args: argparse.Namespace) -> None:
+    """The --dtype int8 / bf16 run: lmforge quantized against transformers fp32 and (int8) quantize_dynamic."""
+    check_dtype(args.dtype)
+    ours, hf = build_models(args.seed)
+    quantize_model(ours, Quantization(args.dtype))
+    n = args.new_tokens
+    g = torch.Generator().manual_seed(args.seed)
+    prompt = torch.randint(VOCAB - 1, (1, args.prompt_len), generator=g)
+    prompts8 = torch.randint(VOCAB - 1, (8, args.prompt_len), generator=g)
+    peers = {"transformers": hf}
+    if args.dtype == "int8":
+        peer = linear_peer(copy.deepcopy(hf))
+        peers["quantize_dynamic"] = torch.ao.quantization.quantize_dynamic(peer, {torch.nn.Linear}, torch.qint8)
+    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; lmforge in {args.dtype}")
+    record: dict = {"dtype": args.dtype}
+    for batch, prompts in ((1, prompt), (8, prompts8)):
+        runs = {"lmforge": lambda p=prompts: ours.generate(p, n, greedy=True)}
+        for name, model in peers.items():
+            runs[name] = generators(ours, model, prompts, n)["transformers"]
+        times = race(runs, args.reps, args.quiet_wait)
+        tps = {name: batch * n / t for name, (t, _) in times.items()}
+        agree = (times["lmforge"][1] == times["transformers"][1]).float().mean().item()
+        prefix = "" if batch == 1 else "batch8_"
+        record |= {f"{prefix}lmforge_tokens_per_s": tps["lmforge"], f"{prefix}transformers_tokens_per_s":
+                   tps["transformers"], f"{prefix}ratio": tps["lmforge"] / tps["transformers"]}  # fmt: skip
+        if "quantize_dynamic" in tps:
+            record[f"{prefix}quantized_peer_tokens_per_s"] = tps["quantize_dynamic"]
+            record[f"{prefix}ratio_quantized_peer"] = tps["lmforge"] / tps["quantize_dynamic"]
+        record[f"{prefix}tokens_equal_to_fp32"] = round(agree, 3)
+        log(f"batch {batch}: " + ", ".join(f"{k} {v:.1f} tokens/s" for k, v in tps.items()) + f"; {agree:.0%} of "
+            "tokens as transformers fp32 chose them")  # fmt: skip
+    bandwidth, per_token = memory_bandwidth(), bytes_per_token(ours)
+    bound = bandwidth / per_token
+    share = 100 * record["lmforge_tokens_per_s"] / bound
+    record |= {"bytes_per_token": per_token, "bandwidth_gb_s": round(bandwidth / 1e9, 1),
+               "bound_tokens_per_s": bound, "pct_of_bound": round(share, 1)}  # fmt: skip
+    log(f"bound: {bandwidth / 1e9:.1f} GB/s over {per_token / 1e6:.1f} MB a token = {bound:.1f} tokens/s")
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in record.items()}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per side; the best counts")
@@ -128,7 +218,11 @@ def main() -> None:
     parser.add_argument(
         "--quiet-wait", type=float, default=10.0, help="seconds to wait for an idle CPU before each timed run"
     )
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "int8", "bf16"], help="lmforge's linear layers")
     args = parser.parse_args()
+    if args.dtype != "fp32":
+        quantized(args)
+        return
 
     ours, hf = build_models(args.seed)
     n = args.new_tokens

@@ -84,6 +84,11 @@ def tiny_checkpoint(out, family="bert", seed=0, **overrides):
     if family == "bert":
         tokenizer = Tokenizer.train_wordpiece(texts, 200)
         model_cfg = BertConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, d_model=32, max_seq_len=32)
+    elif family == "xlnet":  # a Unigram with the encoder's special tokens, as xlnet-small pretrains with
+        from lmforge.config.models import XLNetConfig
+
+        tokenizer = Tokenizer.train_unigram(texts, 200, encoder=True)
+        model_cfg = XLNetConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, d_model=32, max_seq_len=32)
     else:
         tokenizer = Tokenizer.train_bpe(texts, 300)
         model_cfg = GPTConfig(vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, d_model=32, max_seq_len=32)
@@ -91,7 +96,9 @@ def tiny_checkpoint(out, family="bert", seed=0, **overrides):
         setattr(model_cfg, key, value)
     torch.manual_seed(seed)
     cfg = RunConfig(
-        family=family, model=model_cfg, data=DataConfig(tokenizer="wordpiece" if family == "bert" else "bpe")
+        family=family,
+        model=model_cfg,
+        data=DataConfig(tokenizer={"bert": "wordpiece", "xlnet": "unigram"}.get(family, "bpe")),
     )
     return save_checkpoint(out, 1, MODELS[family](model_cfg), cfg, tokenizer)
 
@@ -273,3 +280,23 @@ class Running:
         import openai
 
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=30)
+
+
+XLNET_SPECIALS = ["<unk>", "<s>", "</s>", "<cls>", "<sep>", "<pad>", "<mask>", "<eod>", "<eop>"]
+
+
+def write_xlnet_tokenizer(path) -> None:
+    """A SentencePiece-style Unigram tokenizer.json in XLNet's layout (its special tokens first, A <sep> <cls>)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    pieces = [(s, 0.0) for s in XLNET_SPECIALS] + [("▁" + w, -2.0) for w in "the a cat dog sat on mat".split()]
+    pieces += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    backend = Tokenizer(models.Unigram(pieces, unk_id=0))
+    backend.add_special_tokens(XLNET_SPECIALS)
+    backend.pre_tokenizer, backend.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A:0 <sep>:0 <cls>:2",
+        pair="$A:0 <sep>:0 $B:1 <sep>:1 <cls>:2",
+        special_tokens=[("<sep>", 4), ("<cls>", 3)],
+    )
+    backend.save(str(path / "tokenizer.json"))

@@ -118,11 +118,14 @@ def test_pretrain_resume_and_fill_mask(tmp_path, mixed_documents, capsys):
 
 def test_pretrain_and_train_refuse_the_other_family(tmp_path, corpus, capsys):
     code, _, err = run(capsys, "pretrain", "--config", "char-small", "--data", str(corpus), "--out", str(tmp_path))
-    assert_one_line_error(code, err, "needs a bert or t5 config", "t5-small")
+    assert_one_line_error(code, err, "needs a bert or t5 or xlnet config", "xlnet-small")
     code, _, err = run(capsys, "train", "--config", "bert-small", "--data", str(corpus), "--out", str(tmp_path))
     assert_one_line_error(code, err, "needs a gpt or t5 config", "lmforge pretrain")
     code, out, _ = run(capsys, "configs")
-    assert all(name in out for name in ("bert-small", "roberta-small", "albert-small", "t5-small", "transformer-mt"))
+    assert all(
+        name in out
+        for name in ("bert-small", "roberta-small", "albert-small", "t5-small", "transformer-mt", "xlnet-small")
+    )
 
 
 @pytest.fixture

@@ -124,3 +124,35 @@ def test_the_text_is_that_of_decoding_everything_at_each_step(data):
         with patch.object(Tokenizer, "eos_id", eos_id):
             text = generate_text(model, tokenizer, "Hello", 60, stop=stop, on_text=streamed.append)
     assert text == quadratic_generate_text(tokenizer, tokens, stop, eos_id) == "".join(streamed) and all(streamed)
+
+
+def test_xlnet_greedy_generation_matches_transformers_and_runs_from_the_cli(tmp_path, capsys):
+    """An XLNet saved by transformers, loaded by lmforge: greedy tokens equal transformers' generate (no mems, each
+    next token predicted from the whole sequence through the permutation mask), and lmforge generate prints them."""
+    import transformers
+    from helpers import write_xlnet_tokenizer
+
+    from lmforge.checkpoint.loader import from_pretrained
+    from lmforge.cli.main import main
+    from lmforge.generation.text import _tokens
+
+    write_xlnet_tokenizer(tmp_path)
+    vocab = Tokenizer.load(tmp_path / "tokenizer.json").vocab_size
+    torch.manual_seed(0)
+    shape = dict(vocab_size=vocab, d_model=32, n_layer=2, n_head=4, d_inner=37, pad_token_id=5, eos_token_id=2)
+    hf = transformers.XLNetLMHeadModel(transformers.XLNetConfig(**shape)).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "layer_norm" not in name:
+                p.normal_(0, 0.5)
+    hf.save_pretrained(tmp_path)
+    model, tokenizer = from_pretrained(tmp_path)
+    ids = torch.tensor([tokenizer.encode("the cat sat on")])
+    ref = hf.generate(input_ids=ids, do_sample=False, num_beams=1, max_new_tokens=8, use_mems=False)
+    ours = list(_tokens(model, ids, 8, None, greedy=True))
+    assert ours == ref[0, ids.size(1) :].tolist()
+    assert main(["generate", str(tmp_path), "--prompt", "the cat sat on", "--greedy", "--max-new-tokens", "8",
+                 "--no-stream"]) in (0, None)  # fmt: skip
+    assert capsys.readouterr().out.strip() == tokenizer.decode(ref[0].tolist()).strip()
+    with pytest.raises(LmforgeError, match="--num-beams"):
+        generate_text(model, tokenizer, "the cat", 4, num_beams=2)

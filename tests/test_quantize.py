@@ -113,6 +113,23 @@ def test_encoder_embeddings_stay_aligned(models, tmp_path):
     assert main(["embed", str(tmp_path / "b"), "--text", "the film was good"]) == 0
 
 
+def test_calibration_smooths_and_round_trips(models, tmp_path, capsys):
+    texts = [t for t, _ in __import__("helpers").sentiment_rows(40, 5)]
+    (tmp_path / "calib.txt").write_text("\n".join(texts) + "\n")
+    out = tmp_path / "s"
+    assert main(["quantize", str(models / "sst"), "--out", str(out), "--dtype", "int8", "--calibrate",
+                 str(tmp_path / "calib.txt"), "--alpha", "0.6"]) == 0  # fmt: skip
+    cfg = yaml.safe_load((sorted(out.glob("step-*"))[0] / "config.yaml").read_text())["quantization"]
+    assert cfg["alpha"] == 0.6 and "backbone.encoder.blocks.0.attn.qkv" in cfg["smoothed"]
+    assert "classifier" not in " ".join(cfg["smoothed"])  # the head is not run by calibration: not smoothed
+    layer = load(out).model.backbone.encoder.blocks[0].attn.qkv
+    assert layer.input_scale is not None and not torch.equal(layer.input_scale, torch.ones_like(layer.input_scale))
+    capsys.readouterr()
+    code, err = run(["quantize", str(models / "sst"), "--out", str(tmp_path / "b"), "--dtype", "bf16",
+                     "--calibrate", str(tmp_path / "calib.txt")], capsys)  # fmt: skip
+    assert code == 2 and "--calibrate smooths int8 layers" in err
+
+
 def run(argv, capsys):
     code = main(argv)
     err = capsys.readouterr().err

@@ -90,7 +90,7 @@ def flops_per_token(cfg: RunConfig, model: torch.nn.Module, finetune: bool = Fal
     from lmforge.objectives.families import Seq2Seq, objective_for
 
     if finetune and cfg.family != "t5":
-        stack = model.decoder if cfg.family == "gpt" else model.encoder
+        stack = model if cfg.family == "xlnet" else model.decoder if cfg.family == "gpt" else model.encoder
         block = sum(p.numel() for p in stack.blocks[0].parameters())
         m = cfg.model
         return 6 * m.n_layer * block + 12 * m.n_layer * m.d_model * cfg.train.seq_len
@@ -120,6 +120,10 @@ def _lengths(cfg: RunConfig, seq_len: int, finetune: bool = False) -> tuple[int,
 
         target = corrupted_lengths(raw_length(seq_len))[1]
         return seq_len, target, target
+    if cfg.family == "xlnet":  # permutation LM: the query stream and the LM head run on the predicted tokens only
+        from lmforge.objectives.permutation import num_predict
+
+        return seq_len, 0, num_predict(seq_len, cfg.model.predict_fraction_k)
     return seq_len, (seq_len if cfg.family == "t5" else 0), seq_len
 
 
@@ -154,6 +158,11 @@ def activation_bytes(
         encoder = _block_bytes(m, value, batch * source, source)
         decoder = _block_bytes(m, value, batch * target, target, source)
         blocks = [(m.n_layer, encoder, batch * source), (m.n_decoder_layer, decoder, batch * target)]
+    elif cfg.family == "xlnet":  # the content stream on every token, the query stream on the predicted ones; each
+        # builds its scores itself (positions over 2T distances, the shifted bias, the probabilities): 4 per key
+        tokens = batch * (source + predicted)
+        both = _block_bytes(m, value, tokens, source) + tokens * 4 * value * m.n_head * source
+        blocks = [(m.n_layer, both, tokens)]
     else:
         blocks = [(m.n_layer, _block_bytes(m, value, batch * source, source), batch * source)]
     head = 2 * batch * predicted * m.vocab_size

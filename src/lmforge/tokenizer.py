@@ -28,13 +28,13 @@ KINDS = {"WordLevel": "char", "BPE": "bpe", "WordPiece": "wordpiece", "Unigram":
 WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # BERT's
 # RoBERTa's, in its id order; <mask> swallows the space before it, so "a <mask>" predicts the word with its space
 ENCODER_BPE_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", AddedToken("<mask>", lstrip=True, special=True))
-# An encoder's special tokens by role: BERT's name first, then RoBERTa's (a byte-level BPE has <s> where BERT has
-# [CLS]). A role the tokenizer lacks has id None.
+# An encoder's special tokens by role: BERT's name first, then XLNet's (whose vocabulary also has <s> and </s>), then
+# RoBERTa's (a byte-level BPE has <s> where BERT has [CLS]). A role the tokenizer lacks has id None.
 ROLES = {
     "pad": ("[PAD]", "<pad>"),
     "unk": ("[UNK]", UNK),
-    "cls": ("[CLS]", "<s>"),
-    "sep": ("[SEP]", "</s>"),
+    "cls": ("[CLS]", "<cls>", "<s>"),
+    "sep": ("[SEP]", "<sep>", "</s>"),
     "mask": ("[MASK]", "<mask>"),
 }
 SURROGATES = re.compile("[\ud800-\udfff]")  # what undecodable bytes become under errors="surrogateescape"

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from helpers import write_xlnet_tokenizer
 from safetensors.torch import save_file
 
 from lmforge.checkpoint import unique_state_dict
@@ -140,3 +141,55 @@ def test_next_token_logits_match_transformers_generation():
         for _ in range(8):
             tokens = torch.cat([tokens, model.next_token_logits(tokens).argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(tokens, ref)
+
+
+@pytest.mark.parametrize("architecture", ["XLNetLMHeadModel", "XLNetModel"])
+def test_a_saved_transformers_directory_loads_through_lmforge_load(tmp_path, architecture):
+    import lmforge
+
+    hf = hf_model(architecture)
+    hf.save_pretrained(tmp_path)
+    write_xlnet_tokenizer(tmp_path)
+    loaded = lmforge.load(tmp_path)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    assert loaded.config.family == "xlnet" and model.family == "xlnet"
+    assert (tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id, tokenizer.kind) == (3, 4, 5, "unigram")
+    ids, segments, mask, perm_mask, target_mapping = inputs()
+    with torch.no_grad():
+        if architecture == "XLNetModel":
+            ref = hf(ids, token_type_ids=segments, attention_mask=mask).last_hidden_state
+            assert max_diff(model.hidden(ids, mask, segments)[0], ref) < 1e-4
+            return
+        ref = hf(ids, perm_mask=perm_mask, target_mapping=target_mapping, token_type_ids=segments).logits
+        assert max_diff(model(ids, segments, perm_mask=perm_mask, target_mapping=target_mapping)[0], ref) < 1e-4
+
+
+def test_convert_to_hf_writes_a_directory_transformers_loads_with_the_same_logits(tmp_path):
+    import transformers
+    from helpers import tiny_checkpoint
+
+    from lmforge.checkpoint import save_checkpoint
+    from lmforge.checkpoint.convert import convert_from_hf, convert_to_hf
+    from lmforge.checkpoint.loader import load
+
+    ours = load(tiny_checkpoint(tmp_path / "run", family="xlnet"))
+    with torch.no_grad():
+        for p in ours.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # weights far from the init, so the comparison means something
+    checkpoint = save_checkpoint(tmp_path / "run", 2, ours.model, ours.config, ours.tokenizer)
+    out = convert_to_hf(checkpoint, tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert isinstance(hf, transformers.XLNetLMHeadModel)
+    encoded = hf_tokenizer(["the film was good", "bad"], padding=True, return_tensors="pt")
+    tok = ours.tokenizer
+    assert encoded["input_ids"][0, -2:].tolist() == [tok.sep_id, tok.cls_id]  # XLNet's A <sep> <cls>
+    assert encoded["input_ids"][1, 0].item() == tok.pad_id  # padded on the left
+    assert encoded["token_type_ids"][0, -1].item() == 2
+    ids, segments, mask = encoded["input_ids"], encoded["token_type_ids"], encoded["attention_mask"]
+    with torch.no_grad():
+        ref = hf(ids, token_type_ids=segments, attention_mask=mask).logits
+        assert max_diff(ours.model(ids, segments, mask)[0], ref) < 1e-4
+    back = load(convert_from_hf(out, tmp_path / "back"))  # and back again
+    with torch.no_grad():
+        assert max_diff(back.model(ids, segments, mask)[0], ref) < 1e-4

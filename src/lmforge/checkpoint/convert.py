@@ -22,6 +22,7 @@ from lmforge.interop.hf import to_hf
 from lmforge.interop.hf_config import family_of, hf_config
 from lmforge.interop.hf_t5 import hf_t5_config, t5_to_hf
 from lmforge.interop.hf_tokenizer import write_hf_tokenizer
+from lmforge.interop.hf_xlnet import hf_xlnet_config, xlnet_to_hf
 
 
 def convert_from_hf(source: str | Path, out: str | Path, allow_pickle: bool = False) -> Path:
@@ -46,12 +47,19 @@ def convert_to_hf(checkpoint: str | Path, out: str | Path, allow_pickle: bool = 
     loaded = load(checkpoint, allow_pickle=allow_pickle)
     task, tokenizer = loaded.task, loaded.tokenizer
     backbone = loaded.model.backbone if task is not None else loaded.model
-    family = family_of(backbone.cfg) if backbone.family != "t5" else None
+    family = family_of(backbone.cfg) if backbone.family not in ("t5", "xlnet") else None
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise LmforgeError(f"{out} exists and is not empty: give a new directory for the Hugging Face model")
-    if family is None:  # T5 has its own table (two stacks of different layers)
+    if backbone.family == "xlnet" and task is not None:
+        raise LmforgeError(f"{checkpoint} is a fine-tuned XLNet: lmforge exports a pretrained XLNet only")
+    if backbone.family == "t5":  # T5 and XLNet have tables of their own
         config, weights = hf_t5_config(backbone.cfg), t5_to_hf(backbone.cfg, unique_state_dict(loaded.model))
+    elif backbone.family == "xlnet":
+        config, weights = hf_xlnet_config(backbone.cfg), xlnet_to_hf(backbone.cfg, unique_state_dict(loaded.model))
+        token_id = tokenizer.backend.token_to_id
+        special = {"pad": tokenizer.pad_id, "bos": token_id("<s>"), "eos": token_id("</s>")}
+        config |= {f"{role}_token_id": i for role, i in special.items() if i is not None}
     else:
         special = {"pad": tokenizer.pad_id, "cls": tokenizer.cls_id, "sep": tokenizer.sep_id, "eos": tokenizer.eos_id}
         config = hf_config(family, backbone.cfg, special, task)
@@ -63,7 +71,8 @@ def convert_to_hf(checkpoint: str | Path, out: str | Path, allow_pickle: bool = 
     try:
         save_file(weights, tmp / WEIGHTS, metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-        write_hf_tokenizer(tokenizer, tmp, backbone.cfg.max_seq_len, getattr(backbone.cfg, "type_vocab_size", 1) > 1)
+        segments = getattr(backbone.cfg, "type_vocab_size", 1) > 1 or backbone.family == "xlnet"
+        write_hf_tokenizer(tokenizer, tmp, backbone.cfg.max_seq_len, segments, cls_last=backbone.family == "xlnet")
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

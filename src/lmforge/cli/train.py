@@ -87,7 +87,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from lmforge.recipes.pretrain import train
 
     cfg = training_config(args)
-    cfg.require_family(("bert", "t5"), "lmforge pretrain", "use bert-small, roberta-small, albert-small or t5-small")
+    fix = "use bert-small, roberta-small, albert-small, t5-small or xlnet-small"
+    cfg.require_family(("bert", "t5", "xlnet"), "lmforge pretrain", fix)
     result = train(cfg, resume=args.resume)
     print(_saved(result))
     if result.val_metrics:
@@ -134,7 +135,9 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=cmd_train, checked_batch_size=checked_batch_size)
 
     p = verbs.add_parser(
-        "pretrain", help="pretrain an encoder (BERT, RoBERTa, ALBERT: MLM, NSP/SOP) or a T5 (span corruption)"
+        "pretrain",
+        help="pretrain an encoder (BERT, RoBERTa, ALBERT: MLM, NSP/SOP), a T5 (span corruption) or an XLNet "
+        "(permutation LM)",
     )
     add_training_flags(p)
     p.set_defaults(fn=cmd_pretrain, checked_batch_size=checked_batch_size)

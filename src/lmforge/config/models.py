@@ -209,4 +209,4 @@ class XLNetConfig(Checked):
             raise LmforgeError("model.same_length applies to causal attention only: set model.attn_type to uni")
 
 
-FAMILIES = {"gpt": GPTConfig, "bert": BertConfig, "t5": T5Config}
+FAMILIES = {"gpt": GPTConfig, "bert": BertConfig, "t5": T5Config, "xlnet": XLNetConfig}

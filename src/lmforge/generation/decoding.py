@@ -1,4 +1,5 @@
-"""Autoregressive decoding on token ids with a KV cache, and the common sampling controls."""
+"""Autoregressive decoding on token ids with a KV cache (or, for a model without one, the whole sequence each step),
+and the common sampling controls."""
 
 from __future__ import annotations
 
@@ -97,6 +98,41 @@ def stream(
         seq[:, n] = token
         pending = seq[:, n : n + 1]
         n += 1
+
+
+@torch.inference_mode()
+def stream_without_cache(
+    model,
+    idx: torch.Tensor,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    greedy: bool = False,
+    eos_id: int | None = None,
+    seed: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """stream's tokens for a model without a KV cache (XLNet): each step runs the whole sequence, its last
+    max_seq_len - 1 tokens, through model.next_token_logits (the next position predicted from all the others)."""
+    greedy = greedy or temperature == 0
+    if greedy:
+        temperature, top_k, top_p = 1.0, None, None
+    generator = torch.Generator(device=idx.device).manual_seed(seed) if seed is not None else None
+    seq = idx
+    finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device) if eos_id is not None else None
+    for _ in range(max_new_tokens):
+        logits = model.next_token_logits(seq[:, -(model.cfg.max_seq_len - 1) :]).float()
+        token = next_token(
+            process_logits(logits, seq, temperature, top_k, top_p, repetition_penalty), greedy, generator
+        )
+        if finished is not None:
+            token = token.masked_fill(finished, eos_id)
+            finished |= token == eos_id
+        yield token
+        if finished is not None and bool(finished.all()):
+            return
+        seq = torch.cat([seq, token[:, None]], dim=1)
 
 
 def generate(

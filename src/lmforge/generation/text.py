@@ -9,7 +9,7 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.generation.beam import beam_search
-from lmforge.generation.decoding import stream
+from lmforge.generation.decoding import stream, stream_without_cache
 from lmforge.generation.detokenize import IncrementalDetokenizer
 from lmforge.tokenizer import Tokenizer
 
@@ -92,10 +92,14 @@ def _tokens(
     model, ids: torch.Tensor, max_new_tokens: int, eos_id: int | None, num_beams: int = 1, length_penalty: float = 1.0,
     no_repeat_ngram_size: int = 0, **sampling,
 ) -> Iterator[int]:  # fmt: skip
-    """The new token ids of one prompt: streamed as decoded, or the best beam once the search ends."""
+    """The new token ids of one prompt: streamed as decoded, or the best beam once the search ends. A model without
+    a KV cache (XLNet) decodes without one, and does not beam-search."""
     if num_beams == 1:
-        yield from (int(token[0]) for token in stream(model, ids, max_new_tokens, eos_id=eos_id, **sampling))
+        decode = stream if hasattr(model, "new_cache") else stream_without_cache
+        yield from (int(token[0]) for token in decode(model, ids, max_new_tokens, eos_id=eos_id, **sampling))
         return
+    if not hasattr(model, "new_cache"):
+        raise LmforgeError(f"--num-beams searches with a GPT's KV cache; a {model.family} model generates with 1")
     room = min(max_new_tokens, model.cfg.max_seq_len - ids.size(1))
     best = beam_search(model, ids, num_beams, room, length_penalty, False, no_repeat_ngram_size, eos_id, eos_id)
     yield from best[0, ids.size(1) :].tolist()

@@ -60,22 +60,30 @@ def load_hf_tokenizer(path: Path) -> Tokenizer:
     return tokenizer
 
 
-def write_hf_tokenizer(tokenizer: Tokenizer, out: Path, max_length: int, token_type_ids: bool = False) -> None:
+def write_hf_tokenizer(
+    tokenizer: Tokenizer, out: Path, max_length: int, token_type_ids: bool = False, cls_last: bool = False
+) -> None:
     """tokenizer.json (an encoder's gets [CLS] ... [SEP] added by HF, as lmforge adds them) and tokenizer_config.json
     naming the special tokens by role.
 
     token_type_ids is for a model with two segment types (BERT, ALBERT): transformers' generic fast tokenizer returns
     no segment ids unless its config names them, and without them the model reads a pair's second text (a QA context,
-    an NLI hypothesis) as a first one."""
+    an NLI hypothesis) as a first one. cls_last is XLNet's layout, A <sep> B <sep> <cls> (segments 0, 1 and 2),
+    padded on the left as XLNet's tokenizer pads."""
     backend = tokenizers.Tokenizer.from_str(tokenizer.backend.to_str())
     cls, sep = tokenizer.cls_id, tokenizer.sep_id
     if backend.post_processor is None and cls is not None and sep is not None:
         c, s = backend.id_to_token(cls), backend.id_to_token(sep)
+        single, pair = f"{c} $A {s}", f"{c} $A {s} $B:1 {s}:1"
+        if cls_last:
+            single, pair = f"$A {s} {c}:2", f"$A {s} $B:1 {s}:1 {c}:2"
         backend.post_processor = processors.TemplateProcessing(
-            single=f"{c} $A {s}", pair=f"{c} $A {s} $B:1 {s}:1", special_tokens=[(c, cls), (s, sep)]
+            single=single, pair=pair, special_tokens=[(c, cls), (s, sep)]
         )
     Tokenizer(backend, tokenizer.max_length).save(out / "tokenizer.json")
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": tokenizer.max_length or max_length}
+    if cls_last:
+        config["padding_side"] = "left"
     for role in ROLES:
         if (i := tokenizer.special_id(role)) is not None:
             config[f"{role}_token"] = backend.id_to_token(i)

@@ -1,11 +1,20 @@
 """int8 weights and activations (W8A8, dynamic): a linear layer that reads a quarter of fp32's bytes.
 
 Decoding on a CPU is bound by reading the weights. Each output channel (row of W) is rounded to int8 with a scale of
-its own, W ~= s_w[:, None] * q, once, when the model is quantized; each row (token) of x is rounded the same way when
-it arrives, x ~= s_x[:, None] * x_q. Then x W^T ~= s_x s_w^T * (x_q q^T), where x_q q^T is exact in int32 and runs
-on the CPU's int8 dot-product instructions (AVX-512 VNNI through oneDNN's torch._int_mm). Rounding each side to
-8 bits costs about 0.5% of a product's size; norms, softmax and the residual stream stay in fp32, outside these
-layers.
+its own, W ~= s_w[:, None] * q, once, when the model is quantized. Each row (token) of x is rounded when it arrives,
+asymmetrically: its range [min, max] (0 included) is cut into 255 steps, x ~= s_x (x_q + o_x) with x_q int8 and o_x
+an offset per row. Activations are often one-signed (a GELU's output is >= -0.17), and a symmetric grid would spend
+half its levels on values that never occur. Then
+
+    x W^T ~= s_x s_w^T * (x_q q^T + o_x (sum_i q_i)^T),
+
+where x_q q^T is exact in int32 and runs on the CPU's int8 dot-product instructions (AVX-512 VNNI through oneDNN's
+torch._int_mm). Norms, softmax and the residual stream stay in fp32, outside these layers.
+
+Smoothing (SmoothQuant, Xiao et al., 2023), when calibrated: a few input channels carry most of an activation's
+range, which then sets every channel's rounding step. Dividing channel j of x by c_j and multiplying column j of W by
+c_j leaves the product unchanged and moves that range into the weights, which are rounded per row;
+c_j = max|x_j|^a / max|W_j|^(1-a), max|x_j| measured on calibration text.
 """
 
 from __future__ import annotations
@@ -36,11 +45,14 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
 
 
-def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """quantize_rows for activations, in fewer passes over x (it is rounded at every call): (x_q int8, scale (B, 1)).
-    |x| * 127 / max|x| <= 127 and rounds to at most 127, so no clamp is needed."""
-    peak = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
-    return x.mul(127 / peak).round_().to(torch.int8), peak.div_(127)
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric int8 rounding of each row of x (B, d): (x_q int8, scale (B, 1), offset (B, 1)) with
+    x ~= scale * (x_q + offset). The grid spans [min(x, 0), max(x, 0)] in 255 steps, so 0 is exact."""
+    lo, hi = torch.aminmax(x, dim=1, keepdim=True)
+    scale = (hi.clamp_(min=0) - lo.clamp_(max=0)).clamp_min_(torch.finfo(torch.float32).tiny).div_(255)
+    steps = torch.round(x / scale)
+    offset = torch.round(lo / scale).add_(128)  # the lowest step maps to -128
+    return steps.sub_(offset).clamp_(-128, 127).to(torch.int8), scale, offset
 
 
 def int8_product(x_q: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -55,33 +67,48 @@ class Int8Linear(nn.Module):
     """y = x W^T + b with W held as int8 rows and their fp32 scales and x rounded per row at run time.
 
     The state dict keeps nn.Linear's names: `weight` (int8), `bias` (fp32), plus `weight_scale` (fp32, one per
-    output channel). Inference only: nothing here records a gradient."""
+    output channel), `weight_sum` (fp32, each row's sum of int8 values: the offset's term) and, when smoothed,
+    `input_scale` (fp32, c per input channel). Inference only: nothing here records a gradient."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, smoothed: bool = False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features))
+        self.register_buffer("weight_sum", torch.zeros(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("input_scale", torch.ones(in_features) if smoothed else None)
 
     @classmethod
     @torch.no_grad()
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        """The layer with linear's weights rounded to int8 (and its bias as it is)."""
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
-        layer.weight, layer.weight_scale = quantize_rows(linear.weight.detach().float())
+    def from_linear(cls, linear: nn.Linear, input_max: torch.Tensor | None = None, alpha: float = 0.5) -> Int8Linear:
+        """The layer with linear's weights rounded to int8 (and its bias as it is); given input_max (the largest
+        |x_j| seen per input channel in calibration), smoothed with exponent alpha."""
+        w = linear.weight.detach().float()
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, input_max is not None)
+        if input_max is not None:
+            tiny = 1e-5
+            c = input_max.float().clamp_min(tiny) ** alpha / w.abs().amax(0).clamp_min(tiny) ** (1 - alpha)
+            layer.input_scale = c.clamp_min(tiny).to(w.device)
+            w = w * layer.input_scale
+        layer.weight, layer.weight_scale = quantize_rows(w)
+        layer.weight_sum = layer.weight.sum(1, dtype=torch.int32).float()
         if linear.bias is not None:
             layer.bias = linear.bias.detach().float().clone()
         return layer.to(linear.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_q, s_x = quantize_activations(x.reshape(-1, self.in_features).float())
-        y = int8_product(x_q, self.weight).mul(s_x)  # int32 times fp32: fp32
+        rows = x.reshape(-1, self.in_features).float()
+        if self.input_scale is not None:
+            rows = rows / self.input_scale
+        x_q, s_x, offset = quantize_activations(rows)
+        y = torch.addcmul(int8_product(x_q, self.weight), offset, self.weight_sum).mul_(s_x)
         y = y.mul_(self.weight_scale) if self.bias is None else torch.addcmul(self.bias, y, self.weight_scale)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
+        kind = "int8, smoothed" if self.input_scale is not None else "int8"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, {kind}"
 
 
 class Int8Embedding(nn.Module):

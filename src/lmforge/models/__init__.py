@@ -3,7 +3,8 @@
 from lmforge.models.bert import Bert
 from lmforge.models.gpt import GPT
 from lmforge.models.t5 import T5
+from lmforge.models.xlnet import XLNet
 
-MODELS = {"gpt": GPT, "bert": Bert, "t5": T5}
+MODELS = {"gpt": GPT, "bert": Bert, "t5": T5, "xlnet": XLNet}
 
-__all__ = ["GPT", "MODELS", "T5", "Bert"]
+__all__ = ["GPT", "MODELS", "T5", "Bert", "XLNet"]

@@ -4,8 +4,9 @@ relation classification from entity markers, and extractive QA's span logits.
 Like Hugging Face's BertForSequenceClassification / BertForTokenClassification: dropout, then one linear layer; a
 BERT's [CLS] state goes through a pooler (tanh(W h + b)): the backbone's pretrained one, else the head's own (as
 transformers adds a fresh one to an encoder saved without it). A GPT sees only the tokens before it, so it
-classifies from its last real token. Relation classification reads the final states at the entity start markers
-(Baldini Soares et al., 2019); QA has a start and an end logit per token (BertForQuestionAnswering's qa_outputs).
+classifies from its last real token; so does an XLNet, whose <cls> comes last (XLNet's "last" summary). Relation
+classification reads the final states at the entity start markers (Baldini Soares et al., 2019); QA has a start and
+an end logit per token (BertForQuestionAnswering's qa_outputs).
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ class SequenceClassifier(nn.Module):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
-        if pooling == "cls" and backbone.family == "gpt":
-            raise ValueError("a GPT has no [CLS] token: pool its last token ('last') or the mean ('mean')")
+        if pooling == "cls" and backbone.family in ("gpt", "xlnet"):  # an XLNet's <cls> is its last token
+            raise ValueError(
+                f"a {backbone.family} model has no leading [CLS]: pool its last token ('last') or the mean"
+            )
         self.backbone, self.pooling = backbone, pooling
         own = pooling == "cls" and getattr(backbone, "pooler", False) is None  # an encoder without one (RoBERTa)
         self.pooler = _linear(backbone.cfg.d_model, backbone.cfg.d_model) if own else None

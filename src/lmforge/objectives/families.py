@@ -25,6 +25,7 @@ from lmforge.data.parallel import prepare_parallel, special_ids
 from lmforge.data.sampler import PairBatchSampler, pair_batches
 from lmforge.errors import LmforgeError
 from lmforge.objectives.losses import causal_lm_loss, pretraining_loss, seq2seq_loss
+from lmforge.objectives.permutation import PermutationSampler, num_predict, permutation_lm_loss
 from lmforge.objectives.span_corruption import (
     SpanCorruptionSampler,
     add_sentinels,
@@ -234,7 +235,49 @@ class Seq2Seq:
         return sampler.tokens_per_batch
 
 
-OBJECTIVES = {"gpt": CausalLM(), "bert": MaskedLM(), "t5": SpanCorruption()}
+class PermutationLM:
+    """XLNet: documents back to back (a Unigram or BPE tokenizer with the encoder's special tokens, which fine-tuning's
+    <sep> and <cls> need), random windows given a new factorization order at every draw, the query stream's
+    cross-entropy on the last 1/K of each order; evaluation on the same validation windows and orders every time."""
+
+    perplexity_of = "loss"
+    loss = staticmethod(permutation_lm_loss)
+    tokens_per_batch = staticmethod(block_tokens)
+    vocabulary = staticmethod(CausalLM.vocabulary)
+
+    def data(self, cfg: RunConfig, cache_dir: Path, tokenizer: Path | None = None):
+        return load_documents(_prepared(cfg, cache_dir, tokenizer, builder=prepare_documents))
+
+    def sampler(self, cfg: RunConfig, data, seed: int, rank: int = 0, world_size: int = 1) -> PermutationSampler:
+        if world_size > 1:
+            raise LmforgeError("XLNet pretraining runs in one process for now: drop --nproc / torchrun")
+        return self._windows(cfg, data.train, seed)
+
+    @staticmethod
+    def _windows(cfg: RunConfig, split, seed: int) -> PermutationSampler:
+        m = cfg.model
+        return PermutationSampler(split.tokens, cfg.train.batch_size, cfg.train.seq_len, seed, m.predict_fraction_k,
+                                  m.span_prediction, m.max_span)  # fmt: skip
+
+    def eval_batches(self, cfg: RunConfig, data) -> Iterable | None:
+        if len(data.val.tokens) < 2:
+            return None
+        sampler = self._windows(cfg, data.val, cfg.train.seed)
+        return (sampler.next() for _ in range(cfg.train.eval_steps))
+
+    def flops_per_token(self, model, cfg: RunConfig) -> float:
+        """Per input token: 6N over the blocks for the content stream, the query stream's share (its q, output and
+        feed-forward on the predicted tokens), the relative-position projection over 2T distances, the LM head on
+        the predicted tokens; attention 3 x 2 d_model (T keys + 2T distances + T values) per layer and query."""
+        c, t = model.cfg, cfg.train.seq_len
+        share = num_predict(t, c.predict_fraction_k) / t
+        layer = sum(p.numel() for p in model.blocks[0].parameters())
+        kvr = 3 * c.d_model * c.d_model  # k, v and r: the query stream reuses the content stream's keys and values
+        n = c.n_layer * (layer + share * (layer - kvr) + 2 * c.d_model * c.d_model) + share * c.d_model * c.vocab_size
+        return 6 * n + 24 * c.n_layer * c.d_model * t * (1 + share)
+
+
+OBJECTIVES = {"gpt": CausalLM(), "bert": MaskedLM(), "t5": SpanCorruption(), "xlnet": PermutationLM()}
 
 
 def objective_for(cfg: RunConfig):

@@ -96,3 +96,31 @@ def permutation_lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
     accuracy = (logits.argmax(dim=-1) == labels).float().mean()
     return loss, {"plm_loss": loss.detach(), "plm_acc": accuracy}
+
+
+class PermutationSampler:
+    """Random windows of seq_len tokens from a split (documents back to back), each given a new factorization order
+    at every draw from a private generator; the BatchSampler interface (next, state_dict, load_state_dict)."""
+
+    def __init__(self, tokens, batch_size: int, seq_len: int, seed: int, predict_fraction_k: int = 6,
+                 span_prediction: bool = False, max_span: int = 5):  # fmt: skip
+        if len(tokens) < 2:
+            raise LmforgeError(f"the split has {len(tokens)} token(s): permutation LM needs 2; use more text")
+        self.tokens, self.batch_size, self.length = tokens, batch_size, min(seq_len, len(tokens))
+        self.options = {"predict_fraction_k": predict_fraction_k, "span_prediction": span_prediction,
+                        "max_span": max_span}  # fmt: skip
+        self.generator = torch.Generator().manual_seed(seed)
+        self.batches = 0
+
+    def next(self) -> dict[str, torch.Tensor]:
+        starts = torch.randint(len(self.tokens) - self.length + 1, (self.batch_size,), generator=self.generator)
+        windows = [torch.from_numpy(self.tokens[s : s + self.length].astype("int64")) for s in starts.tolist()]
+        self.batches += 1
+        return permutation_batch(torch.stack(windows), generator=self.generator, **self.options)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.batches = state["batches"]

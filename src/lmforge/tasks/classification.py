@@ -25,7 +25,8 @@ def _truncate(a: list[int], b: list[int], budget: int) -> None:
 def encode_classification(
     examples: list[Example], tokenizer: Tokenizer, family: str, max_seq_len: int, labels: list[str] | None
 ) -> list[dict]:
-    """Token ids per example: [CLS] A [SEP] (B [SEP]) with segment ids for an encoder, A (<eos> B) for a GPT."""
+    """Token ids per example: [CLS] A [SEP] (B [SEP]) with segment ids for an encoder, A <sep> (B <sep>) <cls> with
+    segments 0, 1 and 2 for an XLNet (its <cls> last, where the pooling reads it), A (<eos> B) for a GPT."""
     firsts = tokenizer.encode_batch([ex.text for ex in examples])
     pairs = tokenizer.encode_batch([ex.pair or "" for ex in examples])
     index = {label: i for i, label in enumerate(labels or [])}
@@ -35,6 +36,10 @@ def encode_classification(
             _truncate(a, b, max_seq_len - (3 if b else 2))
             ids = [tokenizer.cls_id, *a, tokenizer.sep_id] + ([*b, tokenizer.sep_id] if b else [])
             types = [0] * (len(a) + 2) + [1] * (len(ids) - len(a) - 2)
+        elif family == "xlnet":
+            _truncate(a, b, max_seq_len - (3 if b else 2))
+            ids = [*a, tokenizer.sep_id] + ([*b, tokenizer.sep_id] if b else []) + [tokenizer.cls_id]
+            types = [0] * (len(a) + 1) + [1] * (len(b) + 1 if b else 0) + [2]
         else:
             sep = [tokenizer.eos_id] if b and tokenizer.eos_id is not None else []
             _truncate(a, b, max_seq_len - len(sep))

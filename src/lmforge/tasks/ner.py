@@ -21,14 +21,14 @@ def encode_tokens(
 ) -> list[dict]:
     """Token ids per sentence with each word's tag on its first subword (IGNORE on the rest), and `words`: the
     position of each word's first subword (-1 for a word cut off by max_seq_len, or that has no subword)."""
-    lead = 1 if family == "bert" else 0  # [CLS]
+    lead = 1 if family == "bert" else 0  # [CLS]; an XLNet's <sep> <cls> come after the words
     space = tokenizer.kind == "bpe"  # byte-level BPE marks a word start by its leading space
     batch = [[w if i == 0 or not space else " " + w for i, w in enumerate(ex.text)] for ex in examples]
     encodings = tokenizer.backend.encode_batch(batch, is_pretokenized=True, add_special_tokens=False)
     index = {label: i for i, label in enumerate(labels or [])}
     features = []
     for ex, enc in zip(examples, encodings, strict=True):
-        budget = max_seq_len - 2 * lead
+        budget = max_seq_len - (2 if family in ("bert", "xlnet") else 0)
         ids, word_ids = enc.ids[:budget], enc.word_ids[:budget]
         targets, words = [IGNORE] * len(ids), [-1] * len(ex.text)
         for pos, w in enumerate(word_ids):
@@ -37,6 +37,8 @@ def encode_tokens(
                 targets[pos] = index.get(ex.label[w], IGNORE) if ex.label else IGNORE
         if lead:
             ids, targets = [tokenizer.cls_id, *ids, tokenizer.sep_id], [IGNORE, *targets, IGNORE]
+        elif family == "xlnet":
+            ids, targets = [*ids, tokenizer.sep_id, tokenizer.cls_id], [*targets, IGNORE, IGNORE]
         features.append({"input_ids": ids, "token_type_ids": None, "label": targets, "words": words})
     return features
 

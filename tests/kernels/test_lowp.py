@@ -12,10 +12,14 @@ from lmforge.kernels.int8 import Int8Embedding, Int8Linear, quantize_activations
 from lmforge.kernels.quantize import Quantization, quantize_model
 
 
-def naive_int8(x, w, b):
-    """Each row of x and of w rounded to int8 with its own absmax scale, the products summed in float64."""
+def naive_int8(x, w, b, c=None):
+    """Each row of x rounded to 256 levels spanning [min(x, 0), max(x, 0)], each row of w to int8 with its own absmax
+    scale (after smoothing by c, when given), the products summed in float64."""
     x, w = x.double(), w.double()
-    s_x = x.abs().amax(1, keepdim=True) / 127
+    if c is not None:
+        x, w = x / c.double(), w * c.double()
+    lo, hi = x.amin(1, keepdim=True).clamp(max=0), x.amax(1, keepdim=True).clamp(min=0)
+    s_x = (hi - lo) / 255
     s_w = w.abs().amax(1, keepdim=True) / 127
     return (torch.round(x / s_x) * s_x) @ (torch.round(w / s_w) * s_w).T + b.double()
 
@@ -33,13 +37,31 @@ def test_int8_linear_is_the_rounded_product(rows):
     assert (y - exact).norm() / exact.norm() < 0.02  # what 8 bits cost, far from a wrong product
 
 
-def test_activation_rounding_equals_row_rounding():
+def test_activations_round_to_256_levels_over_their_own_range():
     x = torch.randn(7, 33) * torch.logspace(-3, 3, 7)[:, None]
     x[3] = 0  # an all-zero row keeps a finite scale
-    q, s = quantize_rows(x)
-    q2, s2 = quantize_activations(x)
-    assert torch.equal(q, q2) and torch.allclose(s[x.any(1)], s2.squeeze(1)[x.any(1)], rtol=1e-6, atol=0)
-    assert torch.isfinite(s2).all() and s2[3] > 0
+    x[4] = x[4].abs()  # one-signed: every level lands on [0, max]
+    q, scale, offset = quantize_activations(x.clone())
+    assert q.dtype == torch.int8 and torch.isfinite(scale).all() and (scale > 0).all()
+    assert (x - scale * (q.float() + offset)).abs().max(1).values.le(scale.squeeze(1) * 0.5001).all()
+    # a one-signed row's 256 levels all lie on [0, max]: a step half a symmetric grid's
+    assert scale[4] == pytest.approx(x[4].max().item() / 255) and q[4].max() == 127 and offset[4] == 128
+
+
+def test_smoothing_leaves_the_product_and_moves_range_into_the_weights():
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 16)
+    x = torch.randn(5, 64)
+    x[:, 3] *= 50  # an outlier channel that sets every channel's rounding step
+    input_max = x.abs().amax(0)
+    smoothed = Int8Linear.from_linear(layer, input_max, alpha=0.5)
+    c = input_max**0.5 / layer.weight.detach().abs().amax(0) ** 0.5
+    assert torch.allclose(smoothed.input_scale, c, rtol=1e-5)
+    expected = naive_int8(x, layer.weight.detach(), layer.bias.detach(), c)
+    assert torch.allclose(smoothed(x).double(), expected, rtol=1e-4, atol=1e-4)
+    exact = layer(x).detach()
+    error = lambda q: ((q(x) - exact).norm() / exact.norm()).item()  # noqa: E731
+    assert error(smoothed) < error(Int8Linear.from_linear(layer))
 
 
 def test_int8_layer_without_bias_and_on_empty_input():
