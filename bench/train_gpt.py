@@ -2,24 +2,77 @@
 
 6 layers, 6 heads, d_model 384, context 256, batch 8, vocabulary 50257; AdamW steps on the same random batches.
 lmforge runs its training step as `lmforge train --compile` does: torch.compile and the fused LM-head loss.
+
+With --precision bf16 both sides run under bf16 autocast (`train.precision=bf16`: fp32 master weights), lmforge in
+fp32 runs as a third contender (`ratio_fp32`), and a second part trains a character model on Shakespeare for
+--loss-steps steps in fp32 and in bf16 from the same weights on the same batches, and reports both held-out losses.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import alternating_rounds, emit, matmul_peak_flops, training_steps  # noqa: E402
+from common import alternating_rounds, emit, log, matmul_peak_flops, training_steps  # noqa: E402
 
 from lmforge.config import GPTConfig, TrainConfig  # noqa: E402
 from lmforge.models import GPT  # noqa: E402
 from lmforge.objectives.families import flops_per_token  # noqa: E402
 from lmforge.objectives.losses import causal_lm_loss  # noqa: E402
+from lmforge.training.device import autocast_for  # noqa: E402
 from lmforge.training.optim import build_optimizer  # noqa: E402
+
+SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared/data/tinyshakespeare.txt"
+
+
+def under(context, step):
+    """step, run inside a fresh context manager (autocast) each call."""
+
+    def run(*args):
+        with context():
+            return step(*args)
+
+    return run
+
+
+def shakespeare_losses(steps: int, seed: int = 0) -> dict[str, float]:
+    """Held-out loss of a character GPT (4 layers, d_model 256, context 128, batch 32) after `steps` AdamW steps in
+    fp32 and in bf16 autocast, from the same initial weights on the same batches; evaluation in fp32 for both."""
+    text = SHAKESPEARE.read_bytes()
+    data = torch.tensor(list(text), dtype=torch.long)
+    split = int(0.9 * len(data))
+    g = torch.Generator().manual_seed(seed)
+    t, b = 128, 32
+
+    def batch(start: int, end: int) -> torch.Tensor:
+        i = torch.randint(start, end - t - 1, (b,), generator=g)
+        return torch.stack([data[j : j + t + 1] for j in i.tolist()])
+
+    train = [batch(0, split) for _ in range(steps)]
+    held_out = [batch(split, len(data)) for _ in range(8)]
+    cfg = GPTConfig(vocab_size=256, n_layer=4, n_head=4, d_model=256, max_seq_len=t, dropout=0.0)
+    torch.manual_seed(seed)
+    init = GPT(cfg).state_dict()
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        model = GPT(cfg)
+        model.load_state_dict(init)
+        opt = build_optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.1), torch.device("cpu"))
+        for x in train:
+            with autocast_for(torch.device("cpu"), precision):
+                loss = causal_lm_loss(model, x[:, :-1], x[:, 1:])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            losses[precision] = sum(causal_lm_loss(model, x[:, :-1], x[:, 1:]).item() for x in held_out) / 8
+        log(f"{precision}: held-out loss {losses[precision]:.4f} after {steps} steps")
+    return losses
 
 
 def main() -> None:
@@ -27,6 +80,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="timed optimizer steps per round")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best round of each side counts")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast on both sides")
+    ap.add_argument("--loss-steps", type=int, default=200, help="bf16: steps of the fp32/bf16 loss comparison")
     args = ap.parse_args()
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -55,16 +110,29 @@ def main() -> None:
     hf.train()
     hf_opt = torch.optim.AdamW(hf.parameters(), lr=3e-4, weight_decay=0.1, fused=True)  # as transformers.Trainer
 
-    ours_steps = training_steps(ours, ours_opt, batches, lambda batch: loss_fn(ours, batch[:, :-1], batch[:, 1:]))
-    hf_steps = training_steps(hf, hf_opt, batches, lambda batch: hf(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss)
+    context = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.precision == "bf16" else nullcontext
+    ours_loss = under(context, lambda batch: loss_fn(ours, batch[:, :-1], batch[:, 1:]))
+    ours_steps = training_steps(ours, ours_opt, batches, ours_loss)
+    hf_loss = under(context, lambda batch: hf(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss)
+    hf_steps = training_steps(hf, hf_opt, batches, hf_loss)
     ours_tps, hf_tps = alternating_rounds(ours_steps, hf_steps, args.rounds, b * t * args.steps)
     peak = matmul_peak_flops()
     per_token = flops_per_token(ours, t)
-    emit({
-        "benchmark": "train_gpt", "lmforge_tokens_per_s": ours_tps, "transformers_tokens_per_s": hf_tps,
-        "ratio": ours_tps / hf_tps, "lmforge_mfu": ours_tps * per_token / peak,
+    record = {
+        "benchmark": "train_gpt", "precision": args.precision, "lmforge_tokens_per_s": ours_tps,
+        "transformers_tokens_per_s": hf_tps, "ratio": ours_tps / hf_tps, "lmforge_mfu": ours_tps * per_token / peak,
         "transformers_mfu": hf_tps * per_token / peak, "peak_gflops": peak / 1e9, "compiled": not args.no_compile,
-    })  # fmt: skip
+    }  # fmt: skip
+    if args.precision == "bf16":
+        fp32_steps = training_steps(ours, ours_opt, batches, lambda batch: loss_fn(ours, batch[:, :-1], batch[:, 1:]))
+        bf16_tps, fp32_tps = alternating_rounds(ours_steps, fp32_steps, args.rounds, b * t * args.steps)
+        losses = shakespeare_losses(args.loss_steps)
+        record |= {
+            "lmforge_fp32_tokens_per_s": fp32_tps, "ratio_fp32": bf16_tps / fp32_tps, "loss_steps": args.loss_steps,
+            "loss_fp32": losses["fp32"], "loss_bf16": losses["bf16"],
+            "loss_rel_diff": abs(losses["bf16"] - losses["fp32"]) / losses["fp32"],
+        }  # fmt: skip
+    emit(record)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def test_tiny_bert_learns_mlm_and_nsp_well_above_chance(encoder_overrides, tmp_p
     cfg = load_config("bert-small", overrides)
     result = train(cfg)
     evals = [r for r in records(tmp_path / "run") if "val_loss" in r]
-    assert [r["step"] for r in evals] == [100, 200, 300] and evals[-1]["val_ppl"] < evals[0]["val_ppl"]
+    assert [r["step"] for r in evals] == [50, 100, 150] and evals[-1]["val_ppl"] < evals[0]["val_ppl"]
     # chance: NSP 0.5; MLM the share of the most common masked token ("the") in the same validation batches
     task = OBJECTIVES["bert"]
     counts = collections.Counter()
@@ -160,6 +160,12 @@ def test_xlnet_resume_is_exact(documents, tmp_path, one_thread, span):
     resumed = load_file(train(load_config("xlnet-small", overrides), resume=True).checkpoint / "model.safetensors")
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+
+
+def test_xlnet_needs_a_tokenizer_with_sep_and_cls(documents, tmp_path):
+    overrides = [*TINY_XLNET, f"data.path={documents}", f"train.out={tmp_path / 'run'}", "data.tokenizer=char"]
+    with pytest.raises(LmforgeError, match="has no <cls> or <sep>"):
+        train(load_config("xlnet-small", overrides))
 
 
 def test_lmforge_pretrain_accepts_an_xlnet_config(documents, tmp_path, capsys, one_thread):

@@ -65,10 +65,13 @@ def _hf_config(path: Path) -> RunConfig:
 
     from lmforge.interop.hf_config import heads_of, model_config, read_config, read_weights
     from lmforge.interop.hf_t5 import t5_config
+    from lmforge.interop.hf_xlnet import xlnet_config
 
     raw = json.loads((path / "config.json").read_text(encoding="utf-8")) if (path / "config.json").is_file() else {}
     if isinstance(raw, dict) and raw.get("model_type") == "t5":
         return RunConfig("t5", t5_config(raw), DataConfig(tokenizer="bpe"))
+    if isinstance(raw, dict) and raw.get("model_type") == "xlnet":
+        return RunConfig("xlnet", xlnet_config(raw), DataConfig(tokenizer="unigram"))
     family, raw = read_config(path)
     if (path / "model.safetensors").is_file():
         from safetensors import safe_open

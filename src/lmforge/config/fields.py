@@ -58,6 +58,18 @@ class Checked:
         """Cross-field rules of a family; the default has none."""
 
 
+def merge_precision(cfg) -> None:
+    """`precision` is another name for a training section's `dtype` (the one lmforge estimate uses): given, it sets
+    dtype; the two naming different precisions is a mistake."""
+    if cfg.precision is None:
+        return
+    if cfg.dtype not in ("auto", cfg.precision):
+        raise LmforgeError(
+            f"{cfg.section}.precision = {cfg.precision} and {cfg.section}.dtype = {cfg.dtype} disagree: give one"
+        )
+    cfg.dtype, cfg.precision = cfg.precision, None
+
+
 def _positive(x):
     return x > 0
 

@@ -7,7 +7,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmforge.config.fields import Checked, _positive
+from lmforge.config.fields import Checked, _positive, merge_precision
 from lmforge.config.overrides import apply_override, build_section, missing, read_yaml
 from lmforge.errors import LmforgeError
 
@@ -68,6 +68,7 @@ class FinetuneConfig(Checked):
     max_nonfinite: int = 5  # steps in a row with a non-finite loss or gradient (each skipped) before the run stops
     device: typing.Literal["auto", "cpu", "cuda"] = "auto"
     dtype: typing.Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: typing.Literal["auto", "fp32", "bf16"] | None = None  # another name for dtype; given, it sets dtype
     progress: bool = True
     grid_intensity: float = 0.4  # kg CO2 per kWh of the electricity, for the energy figures in metrics.jsonl
 
@@ -89,6 +90,9 @@ class FinetuneConfig(Checked):
         "log_every": (_positive, "must be at least 1"),
         "max_nonfinite": (_positive, "must be at least 1"),
     }
+
+    def check(self) -> None:
+        merge_precision(self)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from lmforge.config.fields import Checked, _fraction, _positive
+from lmforge.config.fields import Checked, _fraction, _positive, merge_precision
 from lmforge.config.models import FAMILIES, BertConfig, GPTConfig, T5Config
 from lmforge.config.overrides import apply_override, build_section, missing, read_yaml
 from lmforge.errors import LmforgeError
@@ -104,7 +104,8 @@ class TrainConfig(Checked):
     add_tokens: str | None = None  # with init: a file of domain tokens (one a line) added to its vocabulary
     parallel: typing.Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate the model, or shard it (FSDP)
     device: typing.Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: typing.Literal["auto", "fp32", "bf16"] = "auto"
+    dtype: typing.Literal["auto", "fp32", "bf16"] = "auto"  # bf16: autocast, fp32 master weights (CPU: AVX-512 BF16)
+    precision: typing.Literal["auto", "fp32", "bf16"] | None = None  # another name for dtype; given, it sets dtype
     compile: bool = False
     progress: bool = True
 
@@ -133,6 +134,7 @@ class TrainConfig(Checked):
     }
 
     def check(self) -> None:
+        merge_precision(self)
         if self.add_tokens is not None and self.init is None:
             raise LmforgeError("train.add_tokens (--add-tokens) grows a pretrained vocabulary: give --init too")
         if self.seq_len is not None and self.seq_len <= 0:

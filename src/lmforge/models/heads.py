@@ -37,7 +37,7 @@ class SequenceClassifier(nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
         if pooling == "cls" and backbone.family in ("gpt", "xlnet"):  # an XLNet's <cls> is its last token
             raise ValueError(
-                f"a {backbone.family} model has no leading [CLS]: pool its last token ('last') or the mean"
+                f"a {backbone.family} model has no [CLS] token first: pool its last token ('last') or the mean"
             )
         self.backbone, self.pooling = backbone, pooling
         own = pooling == "cls" and getattr(backbone, "pooler", False) is None  # an encoder without one (RoBERTa)

@@ -246,7 +246,13 @@ class PermutationLM:
     vocabulary = staticmethod(CausalLM.vocabulary)
 
     def data(self, cfg: RunConfig, cache_dir: Path, tokenizer: Path | None = None):
-        return load_documents(_prepared(cfg, cache_dir, tokenizer, builder=prepare_documents))
+        data = load_documents(_prepared(cfg, cache_dir, tokenizer, builder=prepare_documents))
+        if data.tokenizer.cls_id is None or data.tokenizer.sep_id is None:
+            raise LmforgeError(
+                f"data.tokenizer = {cfg.data.tokenizer} has no <cls> or <sep> for an XLNet to fine-tune with: use "
+                "unigram or bpe"
+            )
+        return data
 
     def sampler(self, cfg: RunConfig, data, seed: int, rank: int = 0, world_size: int = 1) -> PermutationSampler:
         if world_size > 1:

@@ -7,6 +7,7 @@ from contextlib import nullcontext
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.kernels.bf16 import bf16_supported
 
 
 def resolve_device(name: str) -> torch.device:
@@ -18,8 +19,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_for(device: torch.device, dtype: str):
-    """bf16 autocast on devices that support it (CUDA by default); fp32 otherwise."""
+    """bf16 autocast (products in bf16, weights and their updates in fp32) when asked, and by default on a CUDA GPU
+    that has it; fp32 otherwise. A CPU without native bf16 arithmetic would run bf16 slower than fp32: refused."""
     use_bf16 = dtype == "bf16" or (dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    if use_bf16 and device.type == "cpu" and not bf16_supported():
+        raise LmforgeError(
+            "train.precision bf16: this CPU has no native bf16 arithmetic (AVX-512 BF16 or AMX); use fp32"
+        )
     return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
 
