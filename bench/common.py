@@ -39,9 +39,10 @@ def alternating_rounds(ours: Callable, peer: Callable, rounds: int, tokens: int)
     return tokens / ours_s, tokens / peer_s
 
 
-def matmul_peak_flops(n: int = 2048, reps: int = 5) -> float:
-    """FLOP/s of a large fp32 matmul on this machine: the practical peak that MFU is measured against."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_flops(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of a large matmul (fp32 unless told) on this machine: the practical peak that MFU is measured
+    against."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     return 2 * n**3 / best_time(lambda: a @ b, reps)
 

@@ -13,8 +13,10 @@ With --dtype int8 or bf16, lmforge runs its quantized linear layers (lmforge.ker
 every verb) against transformers in fp32 (`ratio`) and, for int8, against transformers with
 torch.ao.quantization.quantize_dynamic (qint8 linears: `ratio_quantized_peer`). GPT-2 keeps its projections in
 transformers' Conv1D, which quantize_dynamic does not touch; the peer gets them as nn.Linear first, so that it is
-quantized whole. The bound is then the measured memory bandwidth over the bytes each token reads (the quantized
-weights, the fp32 ones left, and the LM head's int8 screen).
+quantized whole. The weights are random, so the logits are nearly flat and rounding changes which token wins
+within a few steps: quality is measured on trained models (docs/quantization.md), not here. The bound is then the
+measured memory bandwidth over the bytes each token reads (the quantized weights, the fp32 ones left, and the LM
+head's int8 screen).
 Usage: python bench/generate.py [--reps 5] [--new-tokens 128] [--quiet-wait 10] [--dtype fp32|int8|bf16]
 """
 
@@ -190,16 +192,13 @@ def quantized(args: argparse.Namespace) -> None:
             runs[name] = generators(ours, model, prompts, n)["transformers"]
         times = race(runs, args.reps, args.quiet_wait)
         tps = {name: batch * n / t for name, (t, _) in times.items()}
-        agree = (times["lmforge"][1] == times["transformers"][1]).float().mean().item()
         prefix = "" if batch == 1 else "batch8_"
         record |= {f"{prefix}lmforge_tokens_per_s": tps["lmforge"], f"{prefix}transformers_tokens_per_s":
                    tps["transformers"], f"{prefix}ratio": tps["lmforge"] / tps["transformers"]}  # fmt: skip
         if "quantize_dynamic" in tps:
             record[f"{prefix}quantized_peer_tokens_per_s"] = tps["quantize_dynamic"]
             record[f"{prefix}ratio_quantized_peer"] = tps["lmforge"] / tps["quantize_dynamic"]
-        record[f"{prefix}tokens_equal_to_fp32"] = round(agree, 3)
-        log(f"batch {batch}: " + ", ".join(f"{k} {v:.1f} tokens/s" for k, v in tps.items()) + f"; {agree:.0%} of "
-            "tokens as transformers fp32 chose them")  # fmt: skip
+        log(f"batch {batch}: " + ", ".join(f"{k} {v:.1f} tokens/s" for k, v in tps.items()))
     bandwidth, per_token = memory_bandwidth(), bytes_per_token(ours)
     bound = bandwidth / per_token
     share = 100 * record["lmforge_tokens_per_s"] / bound

@@ -4,15 +4,16 @@
 lmforge runs its training step as `lmforge train --compile` does: torch.compile and the fused LM-head loss.
 
 With --precision bf16 both sides run under bf16 autocast (`train.precision=bf16`: fp32 master weights), lmforge in
-fp32 runs as a third contender (`ratio_fp32`), and a second part trains a character model on Shakespeare for
---loss-steps steps in fp32 and in bf16 from the same weights on the same batches, and reports both held-out losses.
+fp32 runs as a third contender (`ratio_fp32`), MFU is against the bf16 matmul peak, and a second part runs
+`lmforge train --config char-small` on Shakespeare for --loss-steps steps in fp32 and in bf16 (same seed) and reports
+both validation losses.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import nullcontext
+import tempfile
 from pathlib import Path
 
 import torch
@@ -40,38 +41,21 @@ def under(context, step):
     return run
 
 
-def shakespeare_losses(steps: int, seed: int = 0) -> dict[str, float]:
-    """Held-out loss of a character GPT (4 layers, d_model 256, context 128, batch 32) after `steps` AdamW steps in
-    fp32 and in bf16 autocast, from the same initial weights on the same batches; evaluation in fp32 for both."""
-    text = SHAKESPEARE.read_bytes()
-    data = torch.tensor(list(text), dtype=torch.long)
-    split = int(0.9 * len(data))
-    g = torch.Generator().manual_seed(seed)
-    t, b = 128, 32
+def shakespeare_losses(steps: int) -> dict[str, float]:
+    """Validation loss of `lmforge train --config char-small` on Shakespeare after `steps` steps, with
+    train.precision fp32 and bf16: the same seed, so the same initial weights and batches."""
+    from lmforge.config import load_config
+    from lmforge.recipes.pretrain import train
 
-    def batch(start: int, end: int) -> torch.Tensor:
-        i = torch.randint(start, end - t - 1, (b,), generator=g)
-        return torch.stack([data[j : j + t + 1] for j in i.tolist()])
-
-    train = [batch(0, split) for _ in range(steps)]
-    held_out = [batch(split, len(data)) for _ in range(8)]
-    cfg = GPTConfig(vocab_size=256, n_layer=4, n_head=4, d_model=256, max_seq_len=t, dropout=0.0)
-    torch.manual_seed(seed)
-    init = GPT(cfg).state_dict()
     losses = {}
-    for precision in ("fp32", "bf16"):
-        model = GPT(cfg)
-        model.load_state_dict(init)
-        opt = build_optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.1), torch.device("cpu"))
-        for x in train:
-            with autocast_for(torch.device("cpu"), precision):
-                loss = causal_lm_loss(model, x[:, :-1], x[:, 1:])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            losses[precision] = sum(causal_lm_loss(model, x[:, :-1], x[:, 1:]).item() for x in held_out) / 8
-        log(f"{precision}: held-out loss {losses[precision]:.4f} after {steps} steps")
+    with tempfile.TemporaryDirectory() as out:
+        for precision in ("fp32", "bf16"):
+            cfg = load_config("char-small", [
+                f"data.path={SHAKESPEARE}", f"train.out={out}/{precision}", f"train.max_steps={steps}",
+                f"train.eval_every={steps}", f"train.precision={precision}", "train.progress=false",
+            ])  # fmt: skip
+            losses[precision] = train(cfg).val_loss
+            log(f"{precision}: val loss {losses[precision]:.4f} after {steps} steps of char-small")
     return losses
 
 
@@ -110,13 +94,15 @@ def main() -> None:
     hf.train()
     hf_opt = torch.optim.AdamW(hf.parameters(), lr=3e-4, weight_decay=0.1, fused=True)  # as transformers.Trainer
 
-    context = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.precision == "bf16" else nullcontext
+    def context():
+        return autocast_for(torch.device("cpu"), args.precision)  # as train.precision sets it
+
     ours_loss = under(context, lambda batch: loss_fn(ours, batch[:, :-1], batch[:, 1:]))
     ours_steps = training_steps(ours, ours_opt, batches, ours_loss)
     hf_loss = under(context, lambda batch: hf(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss)
     hf_steps = training_steps(hf, hf_opt, batches, hf_loss)
     ours_tps, hf_tps = alternating_rounds(ours_steps, hf_steps, args.rounds, b * t * args.steps)
-    peak = matmul_peak_flops()
+    peak = matmul_peak_flops(dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32)
     per_token = flops_per_token(ours, t)
     record = {
         "benchmark": "train_gpt", "precision": args.precision, "lmforge_tokens_per_s": ours_tps,
