@@ -17,9 +17,11 @@ there (GPT-2 small shape), `scaling_16` lmforge at 16 over lmforge at 1, `failed
 every server; `same_text_*` the share of texts lmforge and transformers agree on at the lowest level. A server that
 does not start or fails its warm-up is reported {"available": false}, not measured. On a shared machine give
 --threads 1: a server with a thread on every core slows by far more than its share when another process runs.
+With --dtype bf16 both serve bf16 weights (lmforge: bf16 linear layers, fp32 around them; transformers: the whole
+model in bfloat16).
 Usage: python bench/serve_load.py [--requests 64] [--max-tokens 16] [--levels 1,4,16,32] [--level-seconds 20]
                                   [--timeout 300] [--threads 0] [--models gpt2-small,char-small]
-                                  [--servers lmforge,transformers,transformers-cb]
+                                  [--servers lmforge,transformers,transformers-cb] [--dtype fp32|bf16]
 """
 
 from __future__ import annotations
@@ -260,14 +262,15 @@ async def level(load: Load, concurrency: int) -> tuple[dict, dict[int, str]]:
     return record, {i: r.text for i, r in results.items() if r.error is None}
 
 
-def servers(path: Path, port: int, name: str, max_batch: int) -> dict[str, tuple[list[str], str]]:
-    """Each contender's command line and the model name its requests carry."""
+def servers(path: Path, port: int, name: str, max_batch: int, dtype: str) -> dict[str, tuple[list[str], str]]:
+    """Each contender's command line and the model name its requests carry; both sides at the same precision."""
     bin_dir = Path(sys.executable).parent
     lmforge = [sys.executable, "-m", "lmforge", "serve", str(path), "--host", "127.0.0.1", "--port", str(port),
                "--max-batch", str(max_batch), "--max-queue", "256", "--model-name", name,
-               "--device", "cpu"]  # fmt: skip
+               "--device", "cpu", "--dtype", dtype]  # fmt: skip
     peer = [str(bin_dir / "transformers"), "serve", str(path), "--host", "127.0.0.1", "--port", str(port),
-            "--device", "cpu", "--dtype", "float32", "--log-level", "error"]  # fmt: skip
+            "--device", "cpu", "--dtype", {"fp32": "float32", "bf16": "bfloat16"}[dtype],
+            "--log-level", "error"]  # fmt: skip
     return {
         "lmforge": (lmforge, name),
         "transformers": ([*peer, "--no-continuous-batching"], str(path)),
@@ -314,6 +317,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="OMP/MKL threads of every server (default: torch's choice, one per core)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                        help="both servers' weights: lmforge serve --dtype, transformers serve --dtype")  # fmt: skip
     args = parser.parse_args()
     args.levels = sorted({int(c) for c in args.levels.split(",")})
     models, labels = args.models.split(","), args.servers.split(",")
@@ -334,7 +339,7 @@ def main() -> None:
             runs = {}
             for label in labels:
                 port = free_port()
-                command, model = servers(path, port, name, max(args.levels))[label]
+                command, model = servers(path, port, name, max(args.levels), args.dtype)[label]
                 load = Load(port, model, texts, args.requests, args.max_tokens, args.level_seconds, args.timeout)
                 runs[label] = run_server(label, command, load, args.levels, Path(tmp), args.threads)
                 for record, _ in runs[label] or [({"available": False}, None)]:
@@ -343,7 +348,7 @@ def main() -> None:
             summary["failed"] += sum(r["failed"] for records in runs.values() for r, _ in records or [])
             summary["peer_unavailable"] += [f"{name}/{label}" for label, records in runs.items() if records is None]
     summary["ratio"], summary["scaling_16"] = summary.get(f"ratio_{models[0]}"), summary.get(f"scaling_16_{models[0]}")
-    summary["headline_model"] = models[0]
+    summary["headline_model"], summary["dtype"] = models[0], args.dtype
     emit({"summary": True, **summary})
 
 

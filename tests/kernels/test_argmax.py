@@ -6,10 +6,11 @@ from helpers import tiny_gpt
 
 from lmforge.kernels import apply_kernels
 from lmforge.kernels import argmax as argmax_module
-from lmforge.kernels.argmax import ArgmaxScreen, _quantize_rows
+from lmforge.kernels.argmax import ArgmaxScreen
+from lmforge.kernels.int8 import quantize_rows
 from lmforge.kernels.linear import Linear
 
-pytestmark = pytest.mark.skipif(not argmax_module._int_mm_works(), reason="no CPU torch._int_mm in this torch")
+pytestmark = pytest.mark.skipif(not argmax_module.int_mm_works(), reason="no CPU torch._int_mm in this torch")
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +36,7 @@ def test_the_bound_holds_for_every_row():
     x = torch.randn(6, 96, generator=g) * torch.tensor([1e-3, 0.1, 1.0, 1.0, 10.0, 300.0])[:, None]
     x[3, :48] = 0  # a row with many exact zeros
     screen = ArgmaxScreen(w)
-    x_q, s_x = _quantize_rows(x)
+    x_q, s_x = quantize_rows(x)
     approx = (x_q.double() @ screen.q.double().t()) * s_x.double()[:, None] * screen.scale.double()
     a = (s_x * x_q.float().norm(dim=1)).double()[:, None]
     e = (x - x_q * s_x[:, None]).double().norm(dim=1, keepdim=True)
@@ -136,5 +137,5 @@ def test_greedy_generation_is_the_same_with_and_without_the_screen(monkeypatch):
     plain = model.generate(prompt, 40, greedy=True)  # nn.Linear's head: the argmax of the logits
     screened = apply_kernels(model.eval()).generate(prompt, 40, greedy=True)  # train() would drop the screen
     assert model.lm_head._argmax_screen is not None and torch.equal(screened, plain)
-    monkeypatch.setattr(argmax_module, "_int_mm_works", lambda: False)
+    monkeypatch.setattr(argmax_module, "int_mm_works", lambda: False)
     assert torch.equal(screened, model.generate(prompt, 40, greedy=True))

@@ -15,33 +15,15 @@ fp32 products and of the bound's own arithmetic can add up to, covers it.
 
 from __future__ import annotations
 
-import functools
 import weakref
 
 import torch
 
+from lmforge.kernels.int8 import int_mm_works, quantize_rows
+
 SCREEN_MIN_NUMEL = 2**22  # smaller heads (16 MB in fp32) are read from cache: the full product is as fast
 CONFIRM_MAX_SHARE = 8  # more than 1/8 of the rows left to confirm: the full product is cheaper
 _CHUNK = 256  # rows quantized at a time, so that the build works in L2 (70 ms for GPT-2 small's head, 180 in one go)
-
-
-@functools.cache
-def _int_mm_works() -> bool:
-    """torch._int_mm on the CPU, run by oneDNN (without it the product is a plain loop); checked once, on a tiny
-    product, when a screen is first considered (not at import)."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        a = torch.ones(1, 8, dtype=torch.int8)
-        return bool(torch._int_mm(a, a.t()).item() == 8)
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-
-
-def _quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 rounding of each row: (q int8, scale fp32) with w ~= scale[:, None] * q."""
-    scale = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
-    return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
 
 
 class ArgmaxScreen:
@@ -57,7 +39,7 @@ class ArgmaxScreen:
         self.scale, self.w_norm, self.d_norm = (torch.empty(n) for _ in range(3))
         for start in range(0, n, _CHUNK):
             w = weight[start : start + _CHUNK]
-            q, scale = _quantize_rows(w)
+            q, scale = quantize_rows(w)
             rows = slice(start, start + len(w))
             self.q[rows], self.scale[rows] = q, scale
             self.w_norm[rows] = w.norm(dim=1)
@@ -74,7 +56,7 @@ class ArgmaxScreen:
         are so many that the full product is cheaper (or x is not finite: no bound holds)."""
         if not torch.isfinite(x).all():
             return None
-        x_q, s_x = _quantize_rows(x)
+        x_q, s_x = quantize_rows(x)
         e_norm = (x - x_q * s_x[:, None]).norm(dim=1, keepdim=True)
         approx = torch._int_mm(x_q, self.q.t()).float().mul_(s_x[:, None] * self.scale)
         a = (s_x * x_q.float().norm(dim=1))[:, None]
@@ -98,4 +80,4 @@ def screens(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False
     # an inference tensor keeps no version counter to tell an update by
-    return not weight.is_inference() and _int_mm_works()
+    return not weight.is_inference() and int_mm_works()
