@@ -19,11 +19,25 @@ from lmforge.models.vocab import grow_table
 from lmforge.nn import FeedForward, scaled_dot_product_attention
 
 
-def relative_shift(x: torch.Tensor, klen: int) -> torch.Tensor:
+def relative_shift(x: torch.Tensor, klen: int, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Transformer-XL's relative shift: scores (B, n, T, R) against the positions klen, klen - 1, ... -> (B, n, T,
-    klen) against the keys, out[..., i, j] = x[..., i, j + T - i], the distance (klen - T + i) - j."""
+    klen) against the keys, out[..., i, j] = x[..., i, j + T - i], the distance (klen - T + i) - j. With rows (B, M),
+    x's M rows are queries at those positions of the T-long segment (T = R - klen for bidirectional positions), read
+    with a gather; entries a causal mask hides (past the last distance) are clamped, not computed."""
     b, n, t, r = x.shape
-    return x.reshape(b, n, r, t)[:, :, 1:].reshape(b, n, t, r - 1)[..., :klen]
+    if rows is None:
+        return x.reshape(b, n, r, t)[:, :, 1:].reshape(b, n, t, r - 1)[..., :klen]
+    seq = r - klen
+    index = torch.arange(klen, device=x.device) + seq - rows[..., None]  # (B, M, klen)
+    return x.gather(-1, index.clamp_(0, r - 1)[:, None].expand(-1, n, -1, -1))
+
+
+def _rows_of(mask: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    """mask's (B or 1, T, klen) rows at the positions rows (B, M): (B, M, klen)."""
+    if mask is None:
+        return None
+    mask = mask.expand(rows.size(0), -1, -1)
+    return mask.gather(1, rows[..., None].expand(-1, -1, mask.size(-1)))
 
 
 class RelativeAttention(nn.Module):
@@ -44,10 +58,11 @@ class RelativeAttention(nn.Module):
     def heads(self, proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         return proj(x).unflatten(-1, (self.n_head, self.d_head)).transpose(1, 2)  # (B, n_head, L, d_head)
 
-    def forward(self, q, k, v, r, segment, blocked, need_weights=False):
-        # q: (B, n_head, T, d_head) at sequence positions; k, v: (B, n_head, klen, d_head); r: (B', n_head, R, d_head)
-        # segment: (B, T, klen) True where i and j are in different segments; blocked: (B, T, klen) True = hidden
-        position = relative_shift((q + self.r_r_bias[:, None]) @ r.transpose(-2, -1), k.size(2))
+    def forward(self, q, k, v, r, segment, blocked, need_weights=False, rows=None):
+        # q: (B, n_head, T, d_head) at sequence positions, or (B, n_head, M, d_head) at the positions rows (B, M);
+        # k, v: (B, n_head, klen, d_head); r: (B', n_head, R, d_head); segment: (B, T or M, klen) True where query and
+        # key are in different segments; blocked: (B, T or M, klen) True = hidden
+        position = relative_shift((q + self.r_r_bias[:, None]) @ r.transpose(-2, -1), k.size(2), rows)
         if segment is not None:
             scores = (q + self.r_s_bias[:, None]) @ self.seg_embed.permute(1, 2, 0)  # (B, n_head, T, 2)
             position = position + torch.where(segment[:, None], scores[..., 1:], scores[..., :1])
@@ -74,16 +89,17 @@ class XLNetBlock(nn.Module):
         x = self.ln_attn(x + self.drop(self.attn.out(attended.transpose(1, 2).flatten(2))))
         return self.ln_ffn(x + self.drop(self.ffn(x)))
 
-    def forward(self, h, g, mem, r, segment, blocked_h, blocked_g, target_mapping, need_weights=False):
-        # h: (B, T, d_model); g: (B, num_predict, d_model) or None; mem: (B, mlen, d_model) or None
+    def forward(self, h, g, mem, r, segment, blocked_h, query=None, need_weights=False):
+        # h: (B, T, d_model); g: (B, num_predict, d_model) or None; mem: (B, mlen, d_model) or None; query: the
+        # predicted positions (B, num_predict) and their rows of segment and of the query stream's mask
         attn = self.attn
         context = h if mem is None else torch.cat([mem, h], dim=1)
         k, v, r = attn.heads(attn.k, context), attn.heads(attn.v, context), attn.heads(attn.r, r)
         attended, weights = attn(attn.heads(attn.q, h), k, v, r, segment, blocked_h, need_weights)
-        if g is not None:  # queries placed at their positions, attended, and gathered back
-            q = torch.einsum("bnmd,bml->bnld", attn.heads(attn.q, g), target_mapping)
-            attended_g, _ = attn(q, k, v, r, segment, blocked_g)
-            g = self.sublayers(g, torch.einsum("bnld,bml->bnmd", attended_g, target_mapping))
+        if g is not None:  # only the predicted positions' queries: num_predict rows, not T
+            rows, segment_g, blocked_g = query
+            attended_g, _ = attn(attn.heads(attn.q, g), k, v, r, segment_g, blocked_g, rows=rows)
+            g = self.sublayers(g, attended_g)
         return self.sublayers(h, attended), g, weights
 
 
@@ -188,16 +204,17 @@ class XLNet(nn.Module):
             keys = F.pad(token_type_ids, (mlen, 0), value=0)
             segment = token_type_ids[:, :, None] != keys[:, None, :]
         h = self.drop(self.tok_emb(input_ids))
-        g = None
-        if target_mapping is not None:
-            target_mapping = target_mapping.to(h.dtype)
-            g = self.drop(self.mask_emb.expand(b, target_mapping.size(1), -1))
+        g = query = None
+        if target_mapping is not None:  # one-hot rows, as XLNet builds them: prediction m is at position rows[:, m]
+            rows = target_mapping.argmax(-1)
+            g = self.drop(self.mask_emb.expand(b, rows.size(1), -1))
+            query = (rows, _rows_of(segment, rows), _rows_of(blocked_g, rows))
         r = self.drop(self.relative_positions(t, mlen + t, b, input_ids.device).to(h.dtype))
         new_mems, attentions = [], []
         for i, block in enumerate(self.blocks):
             mem = mems[i] if mems is not None else None
             new_mems.append(self._remember(h, mem))
-            h, g, weights = block(h, g, mem, r, segment, blocked_h, blocked_g, target_mapping, need_weights)
+            h, g, weights = block(h, g, mem, r, segment, blocked_h, query, need_weights)
             attentions.append(weights)
         return self.drop(h if g is None else g), new_mems, attentions
 
