@@ -7,6 +7,7 @@ import torch
 from helpers import tiny_gpt
 
 from lmforge.generation.decoding import generate
+from lmforge.kernels import apply_kernels
 from lmforge.nn.cache import SlotCache
 from lmforge.serve.engine import Engine, QueueFull, Request, Sampling
 from lmforge.tokenizer import Tokenizer
@@ -62,9 +63,15 @@ def run(engine: Engine, tokenizer, prompts: list[str], sampling: list[Sampling],
 
 
 @pytest.mark.parametrize("together", [False, True])
-def test_greedy_requests_in_a_shared_batch_equal_greedy_decoding_alone(tokenizer, together):
-    """Prompts of 1 to 10 tokens, prefilled as they come or together (padded to the longest), 3 rows for 6."""
+@pytest.mark.parametrize("screen", [False, True])
+def test_greedy_requests_in_a_shared_batch_equal_greedy_decoding_alone(tokenizer, together, screen, monkeypatch):
+    """Prompts of 1 to 10 tokens, prefilled as they come or together (padded to the longest), 3 rows for 6; with
+    screen, the batch's greedy tokens come from the LM head's int8 screen (lmforge.kernels.argmax), made to apply to
+    this tiny head, and must still be fp32's."""
     model = tiny_gpt(max_seq_len=48)
+    if screen:
+        monkeypatch.setattr("lmforge.kernels.argmax.SCREEN_MIN_NUMEL", 0)
+        model = apply_kernels(model)
     engine = Engine(model, tokenizer, max_batch=3, max_queue=8)
     try:
         prompts = ["abc", "hel", "wvutsr", "a", "mnopqrstuv", "ggg"]
@@ -76,6 +83,7 @@ def test_greedy_requests_in_a_shared_batch_equal_greedy_decoding_alone(tokenizer
     finally:
         engine.stop()
     assert engine.steps > 0
+    assert (getattr(model.lm_head, "_argmax_screen", None) is not None) == screen  # the head was asked for argmaxes
     for prompt, n, got in zip(prompts, lengths, events, strict=True):
         ids = torch.tensor([tokenizer.encode(prompt)])
         expected = generate(model, ids, n, greedy=True)[0, ids.size(1) :].tolist()

@@ -155,24 +155,24 @@ class Engine:
             self.cache.lengths[row] = length
         self.live.extend(requests)
         last = hidden[torch.arange(len(requests)), torch.tensor(lengths, device=self.device) - 1]
-        self._advance(requests, self.model.lm_head(last).float())
+        self._advance(requests, last)
 
     def _decode(self) -> None:
         n = len(self.live)
         ids = torch.tensor([[r.tokens[-1]] for r in self.live], device=self.device)
         hidden, _ = self.model.hidden(ids, cache=self.cache.rows(n))
-        self._advance(self.live, self.model.lm_head(hidden[:, -1]).float())
+        self._advance(self.live, hidden[:, -1])
         self.steps += 1
 
-    def _advance(self, requests: list[Request], logits: torch.Tensor) -> None:
-        """Samples each request's next token, reports it, and lets finished requests go (the last live row moves
-        into a freed one, so the live rows stay 0..n-1)."""
+    def _advance(self, requests: list[Request], hidden: torch.Tensor) -> None:
+        """Picks each request's next token from its row of hidden (B, d_model), reports it, and lets finished requests
+        go (the last live row moves into a freed one, so the live rows stay 0..n-1)."""
         done = []
-        for request, row_logits in zip(requests, logits, strict=True):
+        for request, (token, logits) in zip(requests, self._heads(requests, hidden), strict=True):
             if request.cancelled:
                 done.append(request)
                 continue
-            event = self._next(request, row_logits)
+            event = self._next(request, logits, token)
             request.on_event(event)
             if event.finish_reason is not None:
                 done.append(request)
@@ -184,17 +184,28 @@ class Engine:
             self.live[row] = self.live[last]
             self.live.pop()
 
-    def _next(self, request: Request, logits: torch.Tensor) -> Event:
+    def _heads(self, requests: list[Request], hidden: torch.Tensor) -> list[tuple[int | None, torch.Tensor | None]]:
+        """Per request, (token, None) where plain greedy decoding needs only the largest logit's index, read by the
+        LM head's int8 screen when it has one (lmforge.kernels.argmax: fp32's token without every fp32 logit), else
+        (None, its fp32 logits)."""
+        head = self.model.lm_head
+        plain = [i for i, r in enumerate(requests) if hasattr(head, "argmax") and _plain_greedy(r)]
+        out: list[tuple[int | None, torch.Tensor | None]] = [(None, None)] * len(requests)
+        if plain:
+            for i, token in zip(plain, head.argmax(hidden[plain]).tolist(), strict=True):
+                out[i] = (token, None)
+        rest = [i for i in range(len(requests)) if i not in set(plain)]
+        if rest:
+            for i, logits in zip(rest, head(hidden[rest]).float(), strict=True):
+                out[i] = (None, logits)
+        return out
+
+    def _next(self, request: Request, logits: torch.Tensor | None, token: int | None = None) -> Event:
+        """The event of one request's next token: token when already chosen (plain greedy), else drawn from logits."""
         s = request.sampling
-        if request.counts and (s.presence_penalty or s.frequency_penalty):  # OpenAI's: on the tokens generated
-            ids = torch.tensor(list(request.counts), device=logits.device)
-            counts = torch.tensor(list(request.counts.values()), dtype=logits.dtype, device=logits.device)
-            logits = logits.index_add(0, ids, -(s.frequency_penalty * counts + s.presence_penalty))
-        if s.temperature < MIN_TEMPERATURE:  # logits / 1e-40 overflow: what tiny temperatures tend to anyway
-            token = int(logits.argmax())
-        else:
-            filtered = process_logits(logits[None], None, s.temperature, s.top_k, s.top_p)[0]
-            token = int(torch.multinomial(filtered.softmax(-1), 1, generator=request.generator))
+        if token is None:
+            logits = _penalized(request, logits)
+            token = _choose(request, logits)
         if request.first_token_s is None:
             request.first_token_s = time.perf_counter() - request.submitted
         request.tokens.append(token)
@@ -221,3 +232,28 @@ class Engine:
             values, ids = log_probs.topk(top)
             entry["top"] = {self.tokenizer.decode([i]): float(v) for v, i in zip(values, ids.tolist(), strict=True)}
         return entry
+
+
+def _plain_greedy(request: Request) -> bool:
+    """Greedy decoding that needs no logit but the largest: no penalty to apply, no log-probabilities to report."""
+    s = request.sampling
+    return s.temperature < MIN_TEMPERATURE and not (s.presence_penalty or s.frequency_penalty) and s.logprobs is None
+
+
+def _penalized(request: Request, logits: torch.Tensor) -> torch.Tensor:
+    """logits less the request's presence and frequency penalties (OpenAI's: on the tokens generated so far)."""
+    s = request.sampling
+    if not request.counts or not (s.presence_penalty or s.frequency_penalty):
+        return logits
+    ids = torch.tensor(list(request.counts), device=logits.device)
+    counts = torch.tensor(list(request.counts.values()), dtype=logits.dtype, device=logits.device)
+    return logits.index_add(0, ids, -(s.frequency_penalty * counts + s.presence_penalty))
+
+
+def _choose(request: Request, logits: torch.Tensor) -> int:
+    """The next token from a request's fp32 logits: greedy or sampled."""
+    s = request.sampling
+    if s.temperature < MIN_TEMPERATURE:  # logits / 1e-40 overflow: what tiny temperatures tend to anyway
+        return int(logits.argmax())
+    filtered = process_logits(logits[None], None, s.temperature, s.top_k, s.top_p)[0]
+    return int(torch.multinomial(filtered.softmax(-1), 1, generator=request.generator))
