@@ -255,8 +255,22 @@ class XLNet(nn.Module):
         """Logits and the new mems (per layer (B, mlen, d_model)). With target_mapping (B, num_predict, T) the logits
         are the query stream's (B, num_predict, vocab_size), the head run on those positions only; else the content
         stream's (B, T, vocab_size)."""
-        x, new_mems, _ = self._run(input_ids, token_type_ids, attention_mask, perm_mask, target_mapping, mems, False)
+        x, new_mems = self.predicted(input_ids, token_type_ids, attention_mask, perm_mask, target_mapping, mems)
         return self.lm_head(x), new_mems
+
+    def predicted(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        perm_mask: torch.Tensor | None = None,
+        target_mapping: torch.Tensor | None = None,
+        mems: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """forward's final states before the LM head, (B, num_predict or T, d_model), and the new mems: what the
+        pretraining loss reads, fused with the head so that the logits never exist whole."""
+        x, new_mems, _ = self._run(input_ids, token_type_ids, attention_mask, perm_mask, target_mapping, mems, False)
+        return x, new_mems
 
     def next_token_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Logits (B, vocab_size) of the token after input_ids (B, T), as transformers' XLNet generates: a dummy token

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.errors import LmforgeError
+from lmforge.kernels.cross_entropy import linear_cross_entropy
 
 
 def num_predict(length: int, predict_fraction_k: int) -> int:
@@ -91,11 +92,10 @@ def permutation_batch(
 def permutation_lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy of the query stream's predictions against the labels, and the metrics plm_loss and plm_acc
     (the share of predicted tokens whose most likely id is the label)."""
-    logits, _ = model(batch["input_ids"], perm_mask=batch["perm_mask"], target_mapping=batch["target_mapping"])
-    labels = batch["labels"]
-    loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
-    accuracy = (logits.argmax(dim=-1) == labels).float().mean()
-    return loss, {"plm_loss": loss.detach(), "plm_acc": accuracy}
+    x, _ = model.predicted(batch["input_ids"], perm_mask=batch["perm_mask"], target_mapping=batch["target_mapping"])
+    labels, head = batch["labels"], model.lm_head
+    loss, correct = linear_cross_entropy(x, head.weight, labels, bias=head.bias, return_correct=True)
+    return loss, {"plm_loss": loss.detach(), "plm_acc": correct / labels.numel()}
 
 
 class PermutationSampler:
