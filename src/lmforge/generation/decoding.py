@@ -56,7 +56,8 @@ def stream(
     """Yields the next token ids (B,) one step at a time; the KV cache makes each step cost one token's forward.
 
     When the context window fills, the cache is rebuilt from the newest half of the window (a sliding window).
-    temperature 0 or greedy=True picks the most likely token.
+    temperature 0 or greedy=True picks the most likely token. A model without a KV cache (XLNet: no new_cache) runs
+    its last max_seq_len - 1 tokens through model.next_token_logits at every step instead.
     """
     b, t = idx.shape
     window = model.cfg.max_seq_len
@@ -66,25 +67,29 @@ def stream(
     if greedy:  # only the repetition penalty can change which logit is largest
         temperature, top_k, top_p = 1.0, None, None
     # a head through lmforge.kernels.apply_kernels has an argmax (an int8 screen); a plain nn.Linear's logits are read
-    head_argmax = greedy and repetition_penalty == 1.0 and hasattr(model.lm_head, "argmax")
+    cached = hasattr(model, "new_cache")
+    head_argmax = cached and greedy and repetition_penalty == 1.0 and hasattr(model.lm_head, "argmax")
     generator = None
     if seed is not None:
         generator = torch.Generator(device=idx.device).manual_seed(seed)
     seq = idx.new_empty(b, t + min(max_new_tokens, window))  # every id so far, written in place; doubled when full
     seq[:, :t] = idx
     n = t
-    cache = model.new_cache(b, min(window, t + max_new_tokens))
+    cache = model.new_cache(b, min(window, t + max_new_tokens)) if cached else None
     pending = idx
     finished = torch.zeros(b, dtype=torch.bool, device=idx.device) if eos_id is not None else None
     for _ in range(max_new_tokens):
-        if cache.length + pending.size(1) > cache.max_len:
-            cache = model.new_cache(b, window)
-            pending = seq[:, n - window // 2 : n]
-        hidden, _ = model.hidden(pending, cache=cache)
-        if head_argmax:  # the largest logit's index, without every logit (lmforge.kernels.argmax)
+        if cache is None:  # no KV cache (XLNet): the window run whole, its next position predicted from the others
+            logits = model.next_token_logits(seq[:, max(0, n - window + 1) : n]).float()
+        else:
+            if cache.length + pending.size(1) > cache.max_len:
+                cache = model.new_cache(b, window)
+                pending = seq[:, n - window // 2 : n]
+            hidden, _ = model.hidden(pending, cache=cache)
+            logits = None if head_argmax else model.lm_head(hidden[:, -1]).float()
+        if logits is None:  # the largest logit's index, without every logit (lmforge.kernels.argmax)
             token = model.lm_head.argmax(hidden[:, -1])
         else:
-            logits = model.lm_head(hidden[:, -1]).float()
             logits = process_logits(logits, seq[:, :n], temperature, top_k, top_p, repetition_penalty)
             token = next_token(logits, greedy, generator)
         if finished is not None:
@@ -98,41 +103,6 @@ def stream(
         seq[:, n] = token
         pending = seq[:, n : n + 1]
         n += 1
-
-
-@torch.inference_mode()
-def stream_without_cache(
-    model,
-    idx: torch.Tensor,
-    max_new_tokens: int = 128,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    repetition_penalty: float = 1.0,
-    greedy: bool = False,
-    eos_id: int | None = None,
-    seed: int | None = None,
-) -> Iterator[torch.Tensor]:
-    """stream's tokens for a model without a KV cache (XLNet): each step runs the whole sequence, its last
-    max_seq_len - 1 tokens, through model.next_token_logits (the next position predicted from all the others)."""
-    greedy = greedy or temperature == 0
-    if greedy:
-        temperature, top_k, top_p = 1.0, None, None
-    generator = torch.Generator(device=idx.device).manual_seed(seed) if seed is not None else None
-    seq = idx
-    finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device) if eos_id is not None else None
-    for _ in range(max_new_tokens):
-        logits = model.next_token_logits(seq[:, -(model.cfg.max_seq_len - 1) :]).float()
-        token = next_token(
-            process_logits(logits, seq, temperature, top_k, top_p, repetition_penalty), greedy, generator
-        )
-        if finished is not None:
-            token = token.masked_fill(finished, eos_id)
-            finished |= token == eos_id
-        yield token
-        if finished is not None and bool(finished.all()):
-            return
-        seq = torch.cat([seq, token[:, None]], dim=1)
 
 
 def generate(

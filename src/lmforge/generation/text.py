@@ -9,7 +9,7 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.generation.beam import beam_search
-from lmforge.generation.decoding import stream, stream_without_cache
+from lmforge.generation.decoding import stream
 from lmforge.generation.detokenize import IncrementalDetokenizer
 from lmforge.tokenizer import Tokenizer
 
@@ -95,8 +95,7 @@ def _tokens(
     """The new token ids of one prompt: streamed as decoded, or the best beam once the search ends. A model without
     a KV cache (XLNet) decodes without one, and does not beam-search."""
     if num_beams == 1:
-        decode = stream if hasattr(model, "new_cache") else stream_without_cache
-        yield from (int(token[0]) for token in decode(model, ids, max_new_tokens, eos_id=eos_id, **sampling))
+        yield from (int(token[0]) for token in stream(model, ids, max_new_tokens, eos_id=eos_id, **sampling))
         return
     if not hasattr(model, "new_cache"):
         raise LmforgeError(f"--num-beams searches with a GPT's KV cache; a {model.family} model generates with 1")
