@@ -109,3 +109,21 @@ def test_correct_counts_counted_rows_whose_target_is_the_top_logit(chunk_rows):
     assert correct.dtype == torch.int64 and int(correct) == expected >= 4
     loss.backward()  # the count does not get in the way of the gradient
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("chunk_rows", [3, None])
+def test_bf16_autocast_equals_autocast_cross_entropy_on_logits(chunk_rows):
+    """Under bf16 autocast the products run in bf16 (the gradient cast once), the softmax in fp32: the loss and
+    gradients of F.cross_entropy on autocast's bf16 logits, within bf16 rounding."""
+    x, weight, targets = inputs(dtype=torch.float32)
+    x, weight = (x * 3).detach().requires_grad_(), weight.detach().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(x, weight, targets, chunk_rows=chunk_rows)
+    loss.backward()
+    x2, w2 = x.detach().requires_grad_(), weight.detach().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = F.cross_entropy(F.linear(x2, w2).float(), targets)
+    expected.backward()
+    assert loss.dtype == torch.float32 and abs(loss.item() - expected.item()) < 1e-5 * max(1, expected.item())
+    torch.testing.assert_close(x.grad, x2.grad, rtol=2e-2, atol=2e-2 * x2.grad.abs().max().item())
+    torch.testing.assert_close(weight.grad, w2.grad, rtol=2e-2, atol=2e-2 * w2.grad.abs().max().item())

@@ -23,6 +23,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         scale = valid.to(acc) / valid.sum().clamp(min=1).to(acc)  # (N,): 1/count on counted rows, 0 elsewhere
         safe_targets = targets.masked_fill(~valid, 0)  # ignore_index may lie outside the vocabulary
         want_x, want_w, want_b = (grad_enabled and need for need in ctx.needs_input_grad[:3])  # no work under no_grad
+        # the gradient products' dtype: under autocast its (bf16), cast once here rather than once in each product
+        device = x.device.type
+        product = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         grad_x = torch.empty_like(x) if want_x else None
         grad_w = torch.zeros_like(weight) if want_w else None
         grad_b = torch.zeros_like(bias) if want_b else None
@@ -33,7 +36,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             rows = slice(start, start + chunk_rows)
             xs, ts, ss = x[rows], safe_targets[rows], scale[rows]
             logits = linear(xs, weight, bias)
-            logp = torch.log_softmax(logits.to(acc), dim=-1)  # (rows, V)
+            logp = torch.log_softmax(logits, dim=-1, dtype=acc)  # (rows, V); bf16 logits read once, as fp32
             nll -= (logp.gather(1, ts[:, None]).squeeze(1) * ss).sum()
             if smoothing:
                 mean_logp += (logp.mean(dim=-1) * ss).sum()
@@ -48,7 +51,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad -= smoothing / grad.size(1)
             if want_b:
                 grad_b += (ss @ grad).to(bias.dtype)
-            grad = grad.to(x.dtype)
+            grad = grad.to(product)
             if want_x:
                 grad_x[rows] = linear(grad, weight.t()) * ss[:, None].to(x.dtype)
             if want_w:  # (V, d) += grad^T xs, formed as (xs^T grad)^T: the products run on oneDNN on AMD CPUs
