@@ -114,7 +114,8 @@ def main() -> None:
         bf16_tps, fp32_tps = alternating_rounds(ours_steps, fp32_steps, args.rounds, b * t * args.steps)
         losses = shakespeare_losses(args.loss_steps)
         record |= {
-            "lmforge_fp32_tokens_per_s": fp32_tps, "ratio_fp32": bf16_tps / fp32_tps, "loss_steps": args.loss_steps,
+            "lmforge_fp32_tokens_per_s": fp32_tps, "lmforge_bf16_tokens_per_s_beside_fp32": bf16_tps,
+            "ratio_fp32": bf16_tps / fp32_tps, "loss_steps": args.loss_steps,
             "loss_fp32": losses["fp32"], "loss_bf16": losses["bf16"],
             "loss_rel_diff": abs(losses["bf16"] - losses["fp32"]) / losses["fp32"],
         }  # fmt: skip
