@@ -144,6 +144,8 @@ def test_bad_input_is_one_line_exit_2(models, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "qq").exists()
     code, err = run(["predict", str(q), "--text", "good", "--dtype", "bf16"], capsys)
     assert code == 2 and "holds int8 weights" in err
+    code, err = run(["explain", str(q), "--text", "good", "--out", str(tmp_path / "ex")], capsys)
+    assert code == 2 and "integrated gradients need the fp32 model" in err and not (tmp_path / "ex").exists()
     code, err = run(["finetune", "--model", str(q), "--train", str(models / "train.csv"), "--out",
                      str(tmp_path / "ft"), "--no-progress"], capsys)  # fmt: skip
     assert code == 2 and "needs the fp32 model" in err

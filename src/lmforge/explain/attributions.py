@@ -22,6 +22,7 @@ from lmforge.data.labelled import Example
 from lmforge.errors import LmforgeError
 from lmforge.explain.explanation import Explanation
 from lmforge.explain.html import write_html
+from lmforge.kernels.quantize import is_quantized
 from lmforge.plots import plot_attention, plot_attributions
 from lmforge.tasks.classification import encode_classification
 from lmforge.tokenizer import Tokenizer
@@ -173,6 +174,16 @@ def baseline_of(tokenizer: Tokenizer) -> str:
     return "zero" if tokenizer.pad_id is None else "pad"
 
 
+def check_explainable(model: nn.Module) -> None:
+    """Integrated gradients follow the gradient through every layer; a quantized layer rounds its input, which has
+    none."""
+    if is_quantized(model):
+        raise LmforgeError(
+            "this model's linear layers are quantized (int8 or bf16): integrated gradients need the fp32 model it "
+            "was quantized from; explain that one"
+        )
+
+
 def attribute(
     model: nn.Module,
     tokenizer: Tokenizer,
@@ -189,6 +200,7 @@ def attribute(
     non-special token)."""
     if not 1 <= steps <= MAX_STEPS:
         raise LmforgeError(f"--steps {steps} is out of range: give 1 to {MAX_STEPS} (50 is usually enough)")
+    check_explainable(model)
     model.eval()
     device = next(model.parameters()).device
     enc = encode(tokenizer, model.backbone, text, text_pair)

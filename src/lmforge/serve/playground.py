@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmforge.errors import LmforgeError
-from lmforge.explain.attributions import attention_maps, attribute, encode
+from lmforge.explain.attributions import attention_maps, attribute, check_explainable, encode
 from lmforge.serve.app import ApiError, Server, _read
 
 STATIC = Path(__file__).parent / "static"
@@ -123,6 +123,10 @@ def attributions(server: Server, body: AttributionsBody) -> dict:
     target's (default: the predicted label's) logit; special tokens keep their embedding, so their attribution is 0."""
     model, task = _classifier(server, "/v1/attributions")
     _encoded(server, body.input, "input")  # the same checks as /v1/attention: a text that fits, not empty
+    try:
+        check_explainable(model)
+    except LmforgeError as error:
+        raise ApiError(400, f"{server.name}: {error}") from None
     try:
         e, _ = attribute(model, server.tokenizer, body.input, body.target, steps=body.steps, labels=task.labels)
     except LmforgeError as error:
