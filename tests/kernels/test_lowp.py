@@ -141,3 +141,36 @@ def test_nothing_to_quantize_is_refused():
 
 def test_bf16_support_is_detected_without_error():
     assert isinstance(bf16_supported(), bool)
+
+
+@pytest.mark.parametrize("cls", [Int8Linear, Bf16Linear])
+def test_rows_are_the_layers_outputs_in_that_range(cls):
+    """Cross-attention reads q, and k and v, from one fused layer: rows(x, s) must equal forward(x)[..., s]."""
+    torch.manual_seed(0)
+    layer = cls.from_linear(nn.Linear(32, 96))
+    x = torch.randn(2, 5, 32)
+    full = layer(x)
+    for rows in (slice(0, 32), slice(32, None)):
+        torch.testing.assert_close(
+            layer.rows(x, rows),
+            full[..., rows],
+            rtol=1e-2 if cls is Bf16Linear else 0,
+            atol=1e-2 if cls is Bf16Linear else 1e-6,
+        )
+
+
+@pytest.mark.parametrize("dtype", ["int8", "bf16"])
+def test_an_encoder_decoder_quantizes_cross_attention_included(dtype):
+    from lmforge.config import T5Config
+    from lmforge.models.t5 import T5
+
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=50, d_model=32, d_kv=8, d_ff=64, n_layer=2, n_head=4, dropout=0.0)
+    model = T5(cfg).eval()
+    src, tgt = torch.randint(2, 50, (2, 7)), torch.randint(2, 50, (2, 5))
+    with torch.no_grad():
+        exact = model.decode(tgt, model.encode(src))
+        quantize_model(model, Quantization(dtype))
+        assert isinstance(model.decoder.blocks[0].cross.qkv, Int8Linear | Bf16Linear)
+        rounded = model.decode(tgt, model.encode(src))
+    assert (rounded - exact).norm() / exact.norm() < 0.05

@@ -56,6 +56,19 @@ class Bf16Linear(nn.Module):
             y += self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
+    def rows(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
+        """forward(x)[..., rows], computing only those outputs (cross-attention reads q, and k and v, from one
+        fused layer); from the plain bf16 weight: a slice of the blocked copy is no weight oneDNN can read."""
+        flat = x.reshape(-1, self.in_features)
+        weight = self.weight[rows]
+        if flat.device.type == "cpu" and not bf16_supported():
+            y = F.linear(flat.float(), weight.float())
+        else:
+            y = F.linear(flat.to(torch.bfloat16), weight).float()
+        if self.bias is not None:
+            y += self.bias[rows]
+        return y.reshape(*x.shape[:-1], weight.size(0)).to(x.dtype)
+
     def _packed_weight(self) -> torch.Tensor:
         key = (self.weight.data_ptr(), self.weight._version)
         if self._packed is None or self._packed[0] != key:

@@ -100,21 +100,31 @@ class Int8Linear(nn.Module):
         return layer.to(linear.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).float()
-        if rows.size(0) <= CHUNK_ROWS:
-            y = self._rows(rows)
-        else:  # a long prompt or a batch of sentences: a chunk's temporaries stay in cache
-            y = torch.empty(rows.size(0), self.out_features, device=rows.device)
-            for start in range(0, rows.size(0), CHUNK_ROWS):
-                y[start : start + CHUNK_ROWS] = self._rows(rows[start : start + CHUNK_ROWS])
-        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return self._outputs(x, self.weight, self.weight_scale, self.weight_sum, self.bias)
 
-    def _rows(self, rows: torch.Tensor) -> torch.Tensor:
+    def rows(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
+        """forward(x)[..., rows], computing only those outputs (cross-attention reads q, and k and v, from one
+        fused layer)."""
+        bias = None if self.bias is None else self.bias[rows]
+        return self._outputs(x, self.weight[rows], self.weight_scale[rows], self.weight_sum[rows], bias)
+
+    def _outputs(self, x, weight, weight_scale, weight_sum, bias) -> torch.Tensor:
+        flat, n = x.reshape(-1, self.in_features).float(), weight.size(0)
+        if flat.size(0) <= CHUNK_ROWS:
+            y = self._product(flat, weight, weight_scale, weight_sum, bias)
+        else:  # a long prompt or a batch of sentences: a chunk's temporaries stay in cache
+            y = torch.empty(flat.size(0), n, device=flat.device)
+            for start in range(0, flat.size(0), CHUNK_ROWS):
+                chunk = flat[start : start + CHUNK_ROWS]
+                y[start : start + CHUNK_ROWS] = self._product(chunk, weight, weight_scale, weight_sum, bias)
+        return y.reshape(*x.shape[:-1], n).to(x.dtype)
+
+    def _product(self, rows, weight, weight_scale, weight_sum, bias) -> torch.Tensor:
         if self.input_scale is not None:
             rows = rows / self.input_scale
         x_q, s_x, offset = quantize_activations(rows)
-        y = int8_product(x_q, self.weight).float().addcmul_(offset, self.weight_sum).mul_(s_x)
-        return y.mul_(self.weight_scale) if self.bias is None else torch.addcmul(self.bias, y, self.weight_scale)
+        y = int8_product(x_q, weight).float().addcmul_(offset, weight_sum).mul_(s_x)
+        return y.mul_(weight_scale) if bias is None else torch.addcmul(bias, y, weight_scale)
 
     def extra_repr(self) -> str:
         kind = "int8, smoothed" if self.input_scale is not None else "int8"

@@ -96,11 +96,11 @@ class MultiHeadAttention(nn.Module):
         if context is None:
             return tuple(self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
         d = self.out.in_features
-        q = F.linear(x, self.qkv.weight[:d], None if self.qkv.bias is None else self.qkv.bias[:d])
+        q = _outputs(self.qkv, x, slice(0, d))
         if cache is not None and layer in cache.cross:
             k, v = cache.cross[layer]
         else:
-            kv = F.linear(context, self.qkv.weight[d:], None if self.qkv.bias is None else self.qkv.bias[d:])
+            kv = _outputs(self.qkv, context, slice(d, None))
             k, v = (self._heads(t) for t in kv.chunk(2, dim=-1))
             if cache is not None:
                 cache.cross[layer] = (k, v)
@@ -140,3 +140,11 @@ class MultiHeadAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         y, _ = scaled_dot_product_attention(q, k, v, mask, dropout, scale=self.scale)
         return self.out(y.transpose(1, 2).reshape(b * t, -1).index_select(0, index))
+
+
+def _outputs(layer: nn.Module, x: torch.Tensor, rows: slice) -> torch.Tensor:
+    """layer(x)[..., rows], computing only those outputs: from a slice of an nn.Linear's weight; a quantized layer
+    (lmforge.kernels: int8, bf16) slices its own weights in its `rows`."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, layer.weight[rows], None if layer.bias is None else layer.bias[rows])
+    return layer.rows(x, rows)
