@@ -182,3 +182,11 @@ def test_tampered_int8_checkpoint_is_refused(models, tmp_path, capsys, damage):
 def test_library_refuses_fp32_as_a_target(models, tmp_path):
     with pytest.raises(LmforgeError, match="give int8 or bf16"):
         quantize(models / "bert", tmp_path / "x", "fp32")
+
+
+def test_a_report_that_cannot_be_made_leaves_nothing(models, tmp_path, capsys):
+    (tmp_path / "short.txt").write_text("to be\n")  # fewer tokens than one context of the GPT
+    code, err = run(["quantize", str(models / "gpt"), "--out", str(tmp_path / "q"), "--dtype", "int8", "--report",
+                     str(tmp_path / "short.txt")], capsys)  # fmt: skip
+    assert code == 2 and "the loss needs at least" in err and err.count("\n") == 1
+    assert not (tmp_path / "q").exists()

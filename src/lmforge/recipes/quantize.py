@@ -70,15 +70,17 @@ def quantize(
         extra = {"quantization": q.to_dict()}
         if loaded.task is not None:
             extra = {"task": dataclasses.asdict(loaded.task), **extra}
-        template = read_template(loaded.path or resolve(source))
-        step = _step_of(loaded.path)
-        loaded.config.train.out = str(out)
-        files = {TEMPLATE_FILE: template} if template is not None else None
-        checkpoint = save_checkpoint(out, step, loaded.model, loaded.config, loaded.tokenizer, extra=extra, files=files)
         report = None
-        if fp32 is not None:
+        if fp32 is not None:  # before anything is written: data the report cannot read leaves no checkpoint behind
             report = {"model": str(source), "data": str(report_data), "quantization": q.to_dict()}
             report |= compare_quality(fp32, loaded, report_data)
+        template = read_template(loaded.path or resolve(source))
+        loaded.config.train.out = str(out)
+        files = {TEMPLATE_FILE: template} if template is not None else None
+        checkpoint = save_checkpoint(
+            out, _step_of(loaded.path), loaded.model, loaded.config, loaded.tokenizer, extra=extra, files=files
+        )
+        if report is not None:
             write_text_atomic(Path(out) / REPORT, json.dumps(report, indent=2) + "\n")
     return Quantized(checkpoint, report)
 
