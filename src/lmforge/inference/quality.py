@@ -37,9 +37,14 @@ def compare_quality(
         a, b = (embed(x.model, x.tokenizer, texts, batch_size) for x in (fp32, quantized))
         cosine = F.cosine_similarity(a, b, dim=-1)
         return {"sentences": len(texts), "cosine_min": cosine.min().item(), "cosine_mean": cosine.mean().item()}
+    if family == "t5":
+        raise LmforgeError(
+            f"--report on an encoder-decoder: use lmforge evaluate --source S --target T --dtype {quantized.dtype} "
+            "--compare fp32 on parallel data"
+        )
     raise LmforgeError(
-        f"a quality report for a {family} model: use lmforge evaluate --source S --target T --dtype "
-        f"{quantized.dtype} --compare fp32 on parallel data"
+        f"--report scores GPTs, encoders and fine-tuned models; for this {family} model, report on a model "
+        "fine-tuned from it (labelled data)"
     )
 
 
