@@ -34,6 +34,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from lmforge.checkpoint import unique_state_dict
 from lmforge.config import GPTConfig
+from lmforge.hardware import best_time
 from lmforge.interop.hf import FAMILIES, to_ours
 from lmforge.kernels import apply_kernels
 from lmforge.kernels.bf16 import Bf16Linear
@@ -149,12 +150,7 @@ def linear_peer(hf: GPT2LMHeadModel) -> GPT2LMHeadModel:
 def memory_bandwidth(reps: int = 5) -> float:
     """Bytes per second that a sum over 512 MB (far beyond any cache) reads, the best of reps."""
     x = torch.ones(2**27)
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - start)
-    return x.numel() * 4 / best
+    return x.numel() * 4 / best_time(x.sum, reps)
 
 
 def bytes_per_token(model: GPT) -> int:

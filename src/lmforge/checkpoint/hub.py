@@ -4,10 +4,12 @@ the tokenizer files; and the installed packages that ship a model (all-MiniLM-L6
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from lmforge.checkpoint.files import Loaded, check_weights, unique_state_dict
 from lmforge.config import DataConfig, RunConfig, TaskConfig
+from lmforge.config.fields import Checked
 from lmforge.errors import LmforgeError
 from lmforge.interop.hf import IGNORED, Family, to_hf, to_ours
 from lmforge.interop.hf_config import heads_of, model_config, read_config, read_weights, task_of
@@ -84,15 +86,7 @@ def _model_type(path: Path) -> str | None:
 
 def load_hf_t5(path: Path, allow_pickle: bool = False) -> Loaded:
     """A Hugging Face T5 directory (T5ForConditionalGeneration or T5Model, v1.0 or v1.1) as our T5."""
-    raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    architecture = (raw.get("architectures") or [None])[0]
-    if architecture is not None and architecture not in T5_ARCHITECTURES:
-        raise LmforgeError(f"{path}: architecture {architecture!r} is not supported; lmforge imports T5 as "
-                           f"{', '.join(T5_ARCHITECTURES)}")  # fmt: skip
-    try:
-        cfg = t5_config(raw)
-    except LmforgeError as e:
-        raise LmforgeError(f"{path / 'config.json'}: {e}") from None
+    cfg = _own_config(path, "T5", T5_ARCHITECTURES, t5_config)
     tokenizer = _checked_tokenizer(path, cfg.vocab_size)
     model = MODELS["t5"](cfg)
     expected = unique_state_dict(model)
@@ -101,6 +95,20 @@ def load_hf_t5(path: Path, allow_pickle: bool = False) -> Loaded:
     model.load_state_dict({k: v.float() for k, v in t5_to_ours(cfg, hf, expected).items()}, strict=False)
     run = RunConfig("t5", cfg, DataConfig(tokenizer=tokenizer.kind))
     return Loaded(model.eval(), tokenizer, run, None, path)
+
+
+def _own_config(path: Path, name: str, architectures: tuple[str, ...], translate: Callable[[dict], Checked]) -> Checked:
+    """The config of a family with a table of its own (T5, XLNet): config.json's architecture checked against the
+    ones lmforge imports, then translated, each mistake named with its file."""
+    raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    architecture = (raw.get("architectures") or [None])[0]
+    if architecture is not None and architecture not in architectures:
+        raise LmforgeError(f"{path}: architecture {architecture!r} is not supported; lmforge imports {name} as "
+                           f"{', '.join(architectures)}")  # fmt: skip
+    try:
+        return translate(raw)
+    except LmforgeError as e:
+        raise LmforgeError(f"{path / 'config.json'}: {e}") from None
 
 
 def _checked_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
@@ -117,15 +125,7 @@ def _checked_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
 def load_hf_xlnet(path: Path, allow_pickle: bool = False) -> Loaded:
     """A Hugging Face XLNet directory (XLNetLMHeadModel, or a bare XLNetModel whose LM-head bias starts at zero) as
     our XLNet; its tokenizer (SentencePiece's Unigram) from tokenizer.json."""
-    raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    architecture = (raw.get("architectures") or [None])[0]
-    if architecture is not None and architecture not in XLNET_ARCHITECTURES:
-        raise LmforgeError(f"{path}: architecture {architecture!r} is not supported; lmforge imports XLNet as "
-                           f"{', '.join(XLNET_ARCHITECTURES)}")  # fmt: skip
-    try:
-        cfg = xlnet_config(raw)
-    except LmforgeError as e:
-        raise LmforgeError(f"{path / 'config.json'}: {e}") from None
+    cfg = _own_config(path, "XLNet", XLNET_ARCHITECTURES, xlnet_config)
     tokenizer = _checked_tokenizer(path, cfg.vocab_size)
     model = MODELS["xlnet"](cfg)
     expected = unique_state_dict(model)

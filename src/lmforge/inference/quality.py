@@ -9,15 +9,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lmforge.checkpoint.files import Loaded
 from lmforge.checkpoint.loader import language_model
 from lmforge.data.records import read_utf8
+from lmforge.data.sampler import iter_eval_blocks
 from lmforge.errors import LmforgeError
 from lmforge.inference.embed import embed, read_texts
 from lmforge.inference.evaluate import score_task
+from lmforge.training.loop import mean_metrics
 
 MAX_TOKENS = 2**16  # a language model's loss is measured on the text's first MAX_TOKENS tokens
 
@@ -31,7 +34,7 @@ def compare_quality(
         return {dtype: score_task(loaded, data, batch_size, device) for dtype, loaded in _pair(fp32, quantized)}
     family = fp32.config.family
     if family == "gpt":
-        return {dtype: text_loss(loaded, data, batch_size) for dtype, loaded in _pair(fp32, quantized)}
+        return {dtype: text_loss(loaded, data, batch_size, device) for dtype, loaded in _pair(fp32, quantized)}
     if family == "bert":
         texts = read_texts(data)
         a, b = (embed(x.model, x.tokenizer, texts, batch_size) for x in (fp32, quantized))
@@ -52,21 +55,20 @@ def _pair(fp32: Loaded, quantized: Loaded) -> list[tuple[str, Loaded]]:
     return [("fp32", fp32), (quantized.dtype, quantized)]
 
 
-@torch.no_grad()
-def text_loss(loaded: Loaded, path: str | Path, batch_size: int = 32) -> dict:
-    """A language model's mean next-token loss (nats) and perplexity on a text file's first MAX_TOKENS tokens, read
-    in windows of its context length that do not overlap."""
+def text_loss(loaded: Loaded, path: str | Path, batch_size: int = 32, device: str | torch.device = "cpu") -> dict:
+    """A language model's mean next-token loss (nats) and perplexity on a text file's first MAX_TOKENS tokens, in
+    the consecutive blocks of its context length that pretraining's evaluation reads (data.iter_eval_blocks). The
+    logits come from the model's own LM head, quantized or not."""
     model, tokenizer = loaded.model, loaded.tokenizer
-    ids = torch.tensor(tokenizer.encode(read_utf8(Path(path)))[:MAX_TOKENS])
-    window = model.cfg.max_seq_len + 1  # inputs and their next tokens
-    n = len(ids) // window
-    if n == 0:
-        raise LmforgeError(f"{path} holds {len(ids)} tokens: the loss needs at least {window} (one context)")
-    windows = ids[: n * window].view(n, window)
-    total = 0.0
-    for start in range(0, n, batch_size):
-        batch = windows[start : start + batch_size]
-        logits = model(batch[:, :-1])
-        total += F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum").item()
-    loss = total / (n * (window - 1))
-    return {"tokens": n * (window - 1), "loss": loss, "perplexity": math.exp(loss)}
+    ids = np.asarray(tokenizer.encode(read_utf8(Path(path)))[:MAX_TOKENS])
+    context = model.cfg.max_seq_len
+    if len(ids) <= context:
+        raise LmforgeError(f"{path} holds {len(ids)} tokens: the loss needs at least {context + 1} (one context)")
+    blocks = iter_eval_blocks(ids, batch_size, context)
+    loss = mean_metrics(model, blocks, _next_token_loss, torch.device(device), "fp32")["loss"]
+    return {"tokens": (len(ids) - 1) // context * context, "loss": loss, "perplexity": math.exp(loss)}
+
+
+def _next_token_loss(model, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    x, y = batch
+    return F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten()), {}

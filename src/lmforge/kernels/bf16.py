@@ -45,24 +45,19 @@ class Bf16Linear(nn.Module):
         return layer.to(linear.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
-        if rows.device.type != "cpu":
-            y = F.linear(rows.to(torch.bfloat16), self.weight).float()
-        elif bf16_supported() and rows.size(0):
-            y = torch.ops.mkldnn._linear_pointwise(rows.bfloat16(), self._packed_weight(), None, "none", [], "").float()
-        else:  # no native bf16 here: the same weights, multiplied in fp32
-            y = F.linear(rows.float(), self.weight.float())
-        if self.bias is not None:
-            y += self.bias
-        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return self._outputs(x, slice(None), packed=True)
 
     def rows(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
         """forward(x)[..., rows], computing only those outputs (cross-attention reads q, and k and v, from one
         fused layer); from the plain bf16 weight: a slice of the blocked copy is no weight oneDNN can read."""
-        flat = x.reshape(-1, self.in_features)
-        weight = self.weight[rows]
-        if flat.device.type == "cpu" and not bf16_supported():
+        return self._outputs(x, rows, packed=False)
+
+    def _outputs(self, x: torch.Tensor, rows: slice, packed: bool) -> torch.Tensor:
+        flat, weight = x.reshape(-1, self.in_features), self.weight[rows]
+        if flat.device.type == "cpu" and not bf16_supported():  # no native bf16 here: the same weights, in fp32
             y = F.linear(flat.float(), weight.float())
+        elif packed and flat.device.type == "cpu" and flat.size(0):
+            y = torch.ops.mkldnn._linear_pointwise(flat.bfloat16(), self._packed_weight(), None, "none", [], "").float()
         else:
             y = F.linear(flat.to(torch.bfloat16), weight).float()
         if self.bias is not None:

@@ -189,14 +189,14 @@ class Engine:
         LM head's int8 screen when it has one (lmforge.kernels.argmax: fp32's token without every fp32 logit), else
         (None, its fp32 logits)."""
         head = self.model.lm_head
-        plain = [i for i, r in enumerate(requests) if hasattr(head, "argmax") and _plain_greedy(r)]
+        greedy = [i for i, r in enumerate(requests) if hasattr(head, "argmax") and _plain_greedy(r)]
+        others = sorted(set(range(len(requests))) - set(greedy))
         out: list[tuple[int | None, torch.Tensor | None]] = [(None, None)] * len(requests)
-        if plain:
-            for i, token in zip(plain, head.argmax(hidden[plain]).tolist(), strict=True):
+        if greedy:
+            for i, token in zip(greedy, head.argmax(hidden[greedy]).tolist(), strict=True):
                 out[i] = (token, None)
-        rest = [i for i in range(len(requests)) if i not in set(plain)]
-        if rest:
-            for i, logits in zip(rest, head(hidden[rest]).float(), strict=True):
+        if others:
+            for i, logits in zip(others, head(hidden[others]).float(), strict=True):
                 out[i] = (None, logits)
         return out
 
