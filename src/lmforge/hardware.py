@@ -74,28 +74,44 @@ def best_time(fn, reps: int = 3) -> float:
     return best
 
 
+def matmul_peak_flops(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of an n x n matrix product, the faster of torch's (MKL on x86) and oneDNN's (what lmforge's linear
+    layers run on AMD, where MKL takes its AVX2 path at half oneDNN's speed): the practical peak MFU is measured
+    against, by the benchmarks and by a training run's log alike."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    products = [lambda: a @ b]
+    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        products.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))
+    best = float("inf")
+    for product in products:
+        product()
+        best = min(best, best_time(product, reps))
+    return 2 * n**3 / best
+
+
 def _probe() -> dict:
-    """FLOP/s of an fp32 matmul (the measure bench/common.py's MFU uses) and the bandwidth of a 64 MB copy."""
-    n = 1024
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    flops = 2 * n**3 / best_time(lambda: a @ b)
+    """Peak FLOP/s (fp32, and bf16 where the CPU has it) and the bandwidth of a 64 MB copy."""
+    from lmforge.kernels.bf16 import bf16_supported
+
+    fp32 = matmul_peak_flops(reps=3)
+    bf16 = matmul_peak_flops(reps=3, dtype=torch.bfloat16) if bf16_supported() else fp32
     src = torch.empty(16 * 2**20)  # 64 MB of fp32
     dst = torch.empty_like(src)
     dst.copy_(src)
     bandwidth = 2 * src.nbytes / best_time(lambda: dst.copy_(src))  # read and write
-    return {"tflops": flops / 1e12, "bandwidth_gbs": bandwidth / 1e9}
+    return {"tflops": fp32 / 1e12, "bf16_tflops": bf16 / 1e12, "bandwidth_gbs": bandwidth / 1e9}
 
 
-def this_machine(cache: Path | None = None) -> Hardware:
-    """This machine, measured once per CPU model and torch version (the figures cached in ~/.cache/lmforge)."""
+def this_machine(cache: Path | None = None, measure: bool = False) -> Hardware:
+    """This machine, measured once per CPU model and torch version (the figures cached in ~/.cache/lmforge), or now
+    with measure=True (the benchmarks: the cache then holds their figure, which a training run's MFU uses)."""
     cache = cache or CACHE
-    key = f"{_cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    key = f"{_cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | probe 2"
     try:
         known = json.loads(cache.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         known = {}
-    if not isinstance(known, dict) or not isinstance(known.get(key), dict):
+    if measure or not isinstance(known, dict) or not isinstance(known.get(key), dict):
         known = known if isinstance(known, dict) else {}
         known[key] = _probe()
         try:
@@ -106,9 +122,25 @@ def this_machine(cache: Path | None = None) -> Hardware:
     probe = known[key]
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 1e9
     return Hardware(
-        "this", probe["tflops"], probe["tflops"], memory, probe["bandwidth_gbs"],
+        "this", probe["tflops"], probe.get("bf16_tflops", probe["tflops"]), memory, probe["bandwidth_gbs"],
         WATTS_PER_CORE * torch.get_num_threads(), CPU_UTILIZATION,
     )  # fmt: skip
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """The peak a run's MFU is measured against: this CPU's measured one, a named GPU's datasheet figure, else None."""
+    if device.type == "cpu":
+        return this_machine().peak_flops(precision)
+    if device.type == "cuda":
+        known = _gpu_profile(device)
+        return known.peak_flops(precision) if known is not None else None
+    return None
+
+
+def _gpu_profile(device: torch.device) -> Hardware | None:
+    """The named profile of a CUDA device (PROFILES' key as a word of its name), or None."""
+    name = torch.cuda.get_device_name(device).replace("RTX 4090", "RTX4090")
+    return next((p for key, p in PROFILES.items() if re.search(rf"\b{key}\b", name)), None)
 
 
 def device_power(device: torch.device) -> tuple[float, str]:
@@ -116,7 +148,7 @@ def device_power(device: torch.device) -> tuple[float, str]:
     unknown GPU counts as 300 W), or this CPU's threads at WATTS_PER_CORE each."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device).replace("RTX 4090", "RTX4090")
-        known = next((p for key, p in PROFILES.items() if re.search(rf"\b{key}\b", name)), None)
+        known = _gpu_profile(device)
         if known is not None:
             return known.power_w, f"estimated from the {known.name}'s board power, {known.power_w:.0f} W"
         return 300.0, f"estimated for an unknown GPU ({name}) at 300 W"

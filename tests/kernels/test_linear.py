@@ -73,16 +73,50 @@ def test_onednn_runs_on_the_cpus_and_row_counts_it_is_faster_for(monkeypatch):
         assert linear_module._onednn_applies(torch.randn(2, 4, 10), w, None)  # rows count every leading dimension
 
 
-def test_inference_takes_onednn_and_training_keeps_autograd(monkeypatch):
+def test_training_takes_onednn_with_the_gradients_of_the_affine_map(monkeypatch):
+    """The input's, the weight's and the bias's gradients, computed by hand in float64, for contiguous, strided and
+    3-D inputs and both orders of the weight-gradient product (wider output side first)."""
     monkeypatch.setattr(linear_module, "_onednn_linear", _onednn_or_skip())
     monkeypatch.setattr(linear_module, "_onednn_rows", (1, 2**62))
-    x, w, b = torch.randn(2, 10), torch.randn(24, 10, requires_grad=True), torch.randn(24)
-    assert not linear_module._onednn_applies(x, w, b)  # w needs its gradient
-    with torch.no_grad():
-        assert linear_module._onednn_applies(x, w, b)
+    calls = []
+    real = linear_module.onednn_linear
+    monkeypatch.setattr(linear_module, "onednn_linear", lambda *a: calls.append(1) or real(*a))
+    g = torch.Generator().manual_seed(0)
+    for x, (out, inp) in [
+        (torch.randn(2, 5, 10, generator=g), (24, 10)),  # wider output: (x^T grad)^T
+        (torch.randn(6, 40, generator=g), (8, 40)),  # wider input: grad^T x
+        (torch.randn(4, 7, 10, generator=g)[:, -1], (24, 10)),  # a strided input
+    ]:
+        calls.clear()
+        x = x.requires_grad_()
+        w = torch.randn(out, inp, generator=g, requires_grad=True)
+        b = torch.randn(out, generator=g, requires_grad=True)
+        upstream = torch.randn(*x.shape[:-1], out, generator=g)
+        (linear(x, w, b) * upstream).sum().backward()
+        assert calls, "the training product ran on torch's kernel"
+        gy = upstream.double().reshape(-1, out)
+        xd = x.detach().double().reshape(-1, inp)
+        torch.testing.assert_close(x.grad.double(), (gy @ w.detach().double()).view(x.shape), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(w.grad.double(), gy.t() @ xd, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b.grad.double(), gy.sum(0), atol=1e-5, rtol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
-        assert not linear_module._onednn_applies(x, w, b)
-        assert linear(x, w, b).dtype == torch.bfloat16
+        x, w = torch.randn(2, 10), torch.randn(24, 10)
+        assert not linear_module._onednn_applies(x, w, None)
+        assert linear(x, w).dtype == torch.bfloat16
+
+
+def test_onednn_linear_compiles_as_one_opaque_call_with_its_gradient(monkeypatch):
+    monkeypatch.setattr(linear_module, "_onednn_linear", _onednn_or_skip())
+    monkeypatch.setattr(linear_module, "_onednn_rows", (1, 2**62))
+    torch.manual_seed(0)
+    layer = Linear(10, 24)
+    x = torch.randn(3, 10)
+    compiled = torch.compile(lambda x: torch.nn.functional.gelu(layer(x)).sum(), backend="aot_eager", fullgraph=True)
+    compiled(x).backward()
+    grad = layer.weight.grad.clone()
+    layer.weight.grad = None
+    torch.nn.functional.gelu(F.linear(x, layer.weight, layer.bias)).sum().backward()
+    torch.testing.assert_close(grad, layer.weight.grad, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.usefixtures("kernel")
@@ -124,11 +158,11 @@ def test_apply_kernels_keeps_parameters_hooks_logits_tokens_and_training():
     assert hooked
     assert torch.equal(model.generate(idx[:, :4], 20, greedy=True), tokens)
 
-    for m in (model, plain_model):  # training records gradients, so F.linear runs: the same bits as before
+    for m in (model, plain_model):  # training: oneDNN's products where they apply, with their gradients
         m.train()
         m(idx).logsumexp(-1).mean().backward()
     for (name, p), q in zip(model.named_parameters(), plain_model.parameters(), strict=True):
-        assert torch.equal(p.grad, q.grad), name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_the_packed_weight_gives_the_same_products_and_never_outlives_a_training_step(monkeypatch):

@@ -1,4 +1,4 @@
-"""The affine map y = x W^T + b, run by oneDNN where it beats torch's own product and nothing needs a gradient.
+"""The affine map y = x W^T + b, run by oneDNN where it beats torch's own product, in inference and training.
 
 Decoding a token is one matrix-vector product per weight matrix, so its speed is the rate at which the weights are
 read. Which fp32 CPU kernel reads them faster depends on the CPU and on the number of rows of x:
@@ -7,11 +7,14 @@ read. Which fp32 CPU kernel reads them faster depends on the CPU and on the numb
 - on Intel, MKL for 1 and 2 rows (batch-1 decoding) and for thousands (a training LM head), oneDNN for 4 to 256
   rows (batched decoding and prompts);
 - elsewhere torch's product. The measurements behind these choices are in docs/benchmarks.md.
-oneDNN's kernel has no backward, so training keeps F.linear; the weights, their layout and the state dict are those
-of nn.Linear. A layer in evaluation mode that keeps being called with 2 rows or more (batched decoding, beam
-search) on AMD also keeps oneDNN's blocked copy of its weight, so that oneDNN stops reordering the weight at every
-call: the same products, bit for bit, in about half the time for 4 to 128 rows (a T5's LM head, 32 rows: 2.5 -> 1.3
-ms), at the price of a second copy of that weight in memory; train() drops the copy.
+Training runs the same choice: oneDNN's kernel has no backward, so `onednn_linear` below is an operator with one (the
+input's gradient and the weight's are two more oneDNN products), which torch.compile keeps as one opaque call. On AMD
+it doubles the fp32 products of a training step (AVX-512, where MKL takes its AVX2 path: 210 -> 480 GFLOP/s), with
+the same sums on char-small's shapes (its losses are bit for bit those of torch's product). The weights, their layout
+and the state dict are those of nn.Linear. A layer in evaluation mode that keeps being called with 2 rows or more
+(batched decoding, beam search) on AMD also keeps oneDNN's blocked copy of its weight, so that oneDNN stops reordering
+the weight at every call: the same products, bit for bit, in about half the time for 4 to 128 rows (a T5's LM head,
+32 rows: 2.5 -> 1.3 ms), at the price of a second copy of that weight in memory; train() drops the copy.
 """
 
 from __future__ import annotations
@@ -59,8 +62,7 @@ _packs = cpu_vendor() in PACK_VENDORS and _onednn_linear is not None
 
 
 def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """fp32 CPU tensors (any strides, but a contiguous bias: the op ignores a bias's strides), no gradient to record,
-    no autocast, and not under compile (Inductor lowers the op only for frozen weights)."""
+    """fp32 CPU tensors (any strides, but a contiguous bias: the op ignores a bias's strides) and no autocast."""
     if _onednn_linear is None or x.dim() < 2:
         return False
     first, last = _onednn_rows  # set wherever _onednn_linear is; checked first: it rules out batch-1 decoding on Intel
@@ -70,15 +72,59 @@ def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         return False
     if bias is not None and not bias.is_contiguous():
         return False
+    return not torch.is_autocast_enabled("cpu")
+
+
+def _records_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     tracked = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    if tracked and torch.is_grad_enabled():
-        return False
-    return not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+    return tracked and torch.is_grad_enabled()
+
+
+@torch.library.custom_op("lmforge::onednn_linear", mutates_args=())
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x W^T + b on oneDNN, as an operator with a gradient (training) that torch.compile keeps whole."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@onednn_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.size(0)))
+
+
+def _save(ctx, inputs: tuple, output: torch.Tensor) -> None:
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """grad^T x, (out, in), as oneDNN's product whose output side is the wider one (measured 1.2-1.4x faster)."""
+    if grad.size(1) >= x.size(1):
+        return onednn_linear(x.t(), grad.t(), None).t()
+    return onednn_linear(grad.t(), x.t(), None)
+
+
+def _backward(ctx, grad: torch.Tensor) -> tuple:
+    x, weight = ctx.saved_tensors
+    grad = grad.reshape(-1, grad.size(-1))
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = onednn_linear(grad, weight.t(), None).view(x.shape)
+    if ctx.needs_input_grad[1]:
+        grad_w = _weight_grad(grad, x.reshape(-1, x.size(-1)))
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_b = grad.sum(0)
+    return grad_x, grad_w, grad_b
+
+
+onednn_linear.register_autograd(_backward, setup_context=_save)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias), on oneDNN where it applies."""
     if _onednn_applies(x, weight, bias):
+        if _records_grad(x, weight, bias) or torch.compiler.is_compiling():
+            return onednn_linear(x, weight, bias)
         return _onednn_linear(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
@@ -97,19 +143,21 @@ class Linear(nn.Linear):
     _multi_row_calls = 0  # consecutive calls with 2+ rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
+        if _records_grad(x, self.weight, self.bias):
+            self._packed, self._argmax_screen = None, None  # a training step, even in eval mode: the weight will change
+            self._multi_row_calls = 0
+        elif (
             _packs
             and not self.training
             and x.numel() >= 2 * x.size(-1) > 0
             and _onednn_applies(x, self.weight, self.bias)
+            and not torch.compiler.is_compiling()
         ):
             packed = self._packed_weight()
             if packed is not None:
                 return _onednn_linear(x, packed, self.bias, "none", [], "")
         else:
             self._multi_row_calls = 0
-            if self.weight.requires_grad and torch.is_grad_enabled():
-                self._packed = self._argmax_screen = None  # a training step, even in eval mode: the weight will change
         return linear(x, self.weight, self.bias)
 
     def train(self, mode: bool = True) -> Linear:

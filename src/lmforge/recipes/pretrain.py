@@ -20,6 +20,7 @@ from lmforge.checkpoint.lock import run_lock
 from lmforge.config import RunConfig, TrainConfig
 from lmforge.data import iter_eval_blocks
 from lmforge.errors import LmforgeError
+from lmforge.hardware import peak_flops
 from lmforge.models import GPT, MODELS
 from lmforge.objectives import CausalLM, objective_for
 from lmforge.plots import plot_losses
@@ -27,7 +28,7 @@ from lmforge.recipes.continued import start_from
 from lmforge.tokenizer import Tokenizer
 from lmforge.training import distributed
 from lmforge.training.callbacks import MetricsLog
-from lmforge.training.device import resolve_device
+from lmforge.training.device import resolve_device, run_precision
 from lmforge.training.loop import Hooks, LoopSettings, fit, log, mean_metrics
 from lmforge.training.memory import check_fits, parameter_count
 from lmforge.training.optim import build_optimizer, lr_at
@@ -44,6 +45,7 @@ class TrainResult:
     tokens_per_s: float
     wall_s: float
     val_metrics: dict | None = None  # the last evaluation, e.g. val_mlm_acc for an encoder
+    ms_per_step: dict[str, float] | None = None  # total, data, forward_backward, optimizer, other
 
 
 def evaluate(model: GPT, tokens: np.ndarray, t: TrainConfig, device: torch.device, max_batches: int | None) -> float:
@@ -122,6 +124,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
     metrics = MetricsLog(out / "metrics.jsonl", keep_until=step, enabled=distributed.is_main())
     tokens_per_step = objective.tokens_per_batch(cfg, sampler) * t.grad_accum_steps
     flops_per_step = objective.flops_per_token(model, cfg) * tokens_per_step
+    peak = peak_flops(device, run_precision(device, t.dtype))  # the benchmarks' measured peak on a CPU
     log(
         f"model: {model.num_parameters() / 1e6:.2f}M parameters, vocab {cfg.model.vocab_size}, "
         f"{data.meta['n_train_tokens']:,} training tokens, device {device}"
@@ -141,7 +144,10 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
         evaluate_at(0)
     hooks = Hooks(
         lr=lambda at: lr_at(at, t), save=save, evaluate=evaluate_at,
-        throughput=lambda dt: {"tokens_per_s": tokens_per_step / dt, "tflops": flops_per_step / dt / 1e12},
+        throughput=lambda dt: {
+            "tokens_per_s": tokens_per_step / dt, "tflops": flops_per_step / dt / 1e12,
+            **({"mfu": flops_per_step / dt / peak} if peak else {}),
+        },
     )  # fmt: skip
     settings = LoopSettings(
         t.max_steps, t.grad_accum_steps, t.grad_clip, t.dtype, t.log_every, t.eval_every, t.save_every,
@@ -157,5 +163,5 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
     val = last_eval[0]
     return TrainResult(
         path, data.path, result.step, result.train_loss, val and val["val_loss"],
-        tokens_per_step / max(result.step_time, 1e-9), result.wall_s, val,
+        tokens_per_step / max(result.step_time, 1e-9), result.wall_s, val, result.ms_per_step(result.step - step),
     )  # fmt: skip

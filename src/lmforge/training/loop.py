@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from lmforge.kernels import apply_kernels
 from lmforge.training import distributed
 from lmforge.training.callbacks import MetricsLog, StopRequest
-from lmforge.training.device import autocast_for, to_device
+from lmforge.training.device import autocast_for, keep_freed_memory, to_device
 from lmforge.training.energy import EnergyMeter
 from lmforge.training.memory import MemoryMeter, summary
 from lmforge.training.stability import NonFiniteGuard
@@ -57,6 +58,12 @@ class LoopResult:
     wall_s: float
     train_s: float  # seconds spent in steps (evaluation and saving left out)
     stopped: bool  # by a signal or early stopping, before max_steps
+    phase_s: dict[str, float]  # train_s split: data, forward_backward, optimizer and other (lr, logging, progress)
+
+    def ms_per_step(self, steps: int) -> dict[str, float]:
+        """Milliseconds per step, in total and by phase (on a GPU the phases time the launches, not the kernels)."""
+        phases = {"total": self.train_s, **self.phase_s}
+        return {name: 1000 * seconds / max(steps, 1) for name, seconds in phases.items()}
 
 
 def log(message: str) -> None:
@@ -99,8 +106,12 @@ def fit(
     sums their gradients and applies one update at hooks.lr(step) x each group's lr_scale (a non-finite loss or
     gradient skips the update). SIGINT/SIGTERM save at the end of the current step and stop."""
     s = settings
+    apply_kernels(model)  # oneDNN's products where they are the faster (lmforge.kernels.linear)
+    if device.type == "cpu":
+        keep_freed_memory()
     guard = NonFiniteGuard(s.max_nonfinite, out, distributed.is_main(), s.section)
     start, step_time, train_s, train_loss = time.perf_counter(), 0.0, 0.0, float("nan")
+    phase_s = dict.fromkeys(("data", "forward_backward", "optimizer"), 0.0)
     step, stopped = start_step, False
     model.train()
     with (
@@ -116,27 +127,33 @@ def fit(
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             loss_sum, task_sums = 0.0, {}
             for _ in range(s.grad_accum_steps):
+                t1 = time.perf_counter()
                 batch = to_device(sampler.next(), device)
+                t2 = time.perf_counter()
                 with autocast_for(device, s.dtype):
                     loss, task_metrics = loss_fn(model, batch)
                 (loss / s.grad_accum_steps).backward()
                 loss_sum += loss.item()
                 for name, value in task_metrics.items():
                     task_sums[name] = task_sums.get(name, 0.0) + value.item() / s.grad_accum_steps
+                t3 = time.perf_counter()
+                phase_s["data"] += t2 - t1
+                phase_s["forward_backward"] += t3 - t2
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip or float("inf")).item()
             train_loss = distributed.all_reduce_mean(loss_sum / s.grad_accum_steps)
             if guard.ok(train_loss, grad_norm, step + 1):
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            phase_s["optimizer"] += time.perf_counter() - t3
             step += 1
             dt = time.perf_counter() - t0
-            train_s += dt
             step_time = dt if step_time == 0.0 else 0.9 * step_time + 0.1 * dt
             speed = hooks.throughput(step_time)
             bar.update(1)
-            tok_s = {"tok_s": f"{speed['tokens_per_s']:,.0f}"} if "tokens_per_s" in speed else {}
+            rates = {"tok_s": f"{speed['tokens_per_s']:,.0f}"} if "tokens_per_s" in speed else {}
+            rates |= {"mfu": f"{speed['mfu']:.2f}"} if "mfu" in speed else {}
             energy = energy_meter.kwh()
-            bar.set_postfix(loss=f"{train_loss:.4f}", **tok_s, kWh=f"{energy:.4f}", refresh=False)
+            bar.set_postfix(loss=f"{train_loss:.4f}", **rates, kWh=f"{energy:.4f}", refresh=False)
             if step % s.log_every == 0 or step == s.max_steps:
                 metrics.write({
                     "step": step, "loss": train_loss, **task_sums, "lr": lr, "grad_norm": grad_norm, **speed,
@@ -145,6 +162,7 @@ def fit(
                     **memory.report(final=step == s.max_steps),
                 })  # fmt: skip
             stop.requested = distributed.any_rank(stop.requested)  # all ranks stop at the same step
+            train_s += time.perf_counter() - t0  # the step and its bookkeeping; evaluation and saving left out
             if hooks.evaluate and s.eval_every and step % s.eval_every == 0 and step < s.max_steps:
                 if hooks.evaluate(step):
                     stopped = True
@@ -156,4 +174,5 @@ def fit(
             if stopped:
                 break
     log(summary(memory.split(), device))
-    return LoopResult(step, train_loss, step_time, time.perf_counter() - start, train_s, stopped)
+    phase_s["other"] = max(0.0, train_s - sum(phase_s.values()))
+    return LoopResult(step, train_loss, step_time, time.perf_counter() - start, train_s, stopped, phase_s)
