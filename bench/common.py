@@ -12,13 +12,27 @@ import torch
 from lmforge.hardware import best_time, this_machine
 
 
-def training_steps(model, optimizer, batches: Sequence, loss_of: Callable) -> Callable[[], None]:
-    """A function that runs one optimizer step per batch: loss_of(batch), backward, clip to norm 1, AdamW step."""
+def as_lmforge_trains(model):
+    """model as lmforge's training loop runs it: its kernels (lmforge.kernels.apply_kernels), with glibc keeping freed
+    memory (lmforge.training.device.keep_freed_memory; process-wide, so the peer in the same process has it too)."""
+    from lmforge.kernels import apply_kernels
+    from lmforge.training.device import keep_freed_memory
+
+    keep_freed_memory()
+    return apply_kernels(model)
+
+
+def training_steps(model, optimizer, batches: Sequence, loss_of: Callable, clip: Callable | None = None):
+    """A function that runs one optimizer step per batch: loss_of(batch), backward, clip to norm 1 (clip(model,
+    optimizer, 1.0) where given: lmforge's clip_in_step; else clip_grad_norm_), AdamW step."""
 
     def run() -> None:
         for batch in batches:
             loss_of(batch).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if clip is not None:
+                clip(model, optimizer, 1.0)
+            else:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import alternating_rounds, emit, training_steps  # noqa: E402
+from common import alternating_rounds, as_lmforge_trains, emit, training_steps  # noqa: E402
 
 from lmforge.config import BertConfig, TrainConfig  # noqa: E402
 from lmforge.data import mask_tokens  # noqa: E402
 from lmforge.models import Bert  # noqa: E402
 from lmforge.objectives.losses import pretraining_loss  # noqa: E402
-from lmforge.training.optim import build_optimizer  # noqa: E402
+from lmforge.training.optim import build_optimizer, clip_in_step  # noqa: E402
 
 B, T, VOCAB, SPECIALS = 16, 128, 30522, 5  # ids 0-4: [PAD] [UNK] [CLS] [SEP] [MASK]
 CLS, SEP, MASK = 2, 3, 4
@@ -58,7 +58,7 @@ def main() -> None:
     cfg = BertConfig(vocab_size=VOCAB, n_layer=4, n_head=4, d_model=256, d_ff=1024, max_seq_len=T, dropout=0.1)
     tcfg = TrainConfig(lr=1e-4, weight_decay=0.01)
 
-    ours = Bert(cfg).train()
+    ours = as_lmforge_trains(Bert(cfg).train())
     ours_opt = build_optimizer(ours, tcfg, torch.device("cpu"))
     loss_fn = torch.compile(pretraining_loss) if args.compile else pretraining_loss
 
@@ -74,7 +74,7 @@ def main() -> None:
             labels=b["labels"], next_sentence_label=b["sentence_label"],
         ).loss  # fmt: skip
 
-    ours_steps = training_steps(ours, ours_opt, batches, lambda b: loss_fn(ours, b)[0])
+    ours_steps = training_steps(ours, ours_opt, batches, lambda b: loss_fn(ours, b)[0], clip_in_step)
     hf_steps = training_steps(hf, hf_opt, batches, hf_loss)
     ours_tps, hf_tps = alternating_rounds(ours_steps, hf_steps, args.rounds, B * T * args.steps)
     emit({

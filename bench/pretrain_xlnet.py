@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import alternating_rounds, emit, training_steps  # noqa: E402
+from common import alternating_rounds, as_lmforge_trains, emit, training_steps  # noqa: E402
 
 from lmforge.config import TrainConfig  # noqa: E402
 from lmforge.config.models import XLNetConfig  # noqa: E402
 from lmforge.models import XLNet  # noqa: E402
 from lmforge.objectives.permutation import permutation_batch, permutation_lm_loss  # noqa: E402
-from lmforge.training.optim import build_optimizer  # noqa: E402
+from lmforge.training.optim import build_optimizer, clip_in_step  # noqa: E402
 
 B, T, VOCAB, K = 16, 128, 32000, 6
 
@@ -45,7 +45,7 @@ def main() -> None:
     cfg = XLNetConfig(vocab_size=VOCAB, n_layer=4, n_head=4, d_model=256, d_ff=1024, max_seq_len=T, dropout=0.1)
     tcfg = TrainConfig(lr=1e-4, weight_decay=0.01)
 
-    ours = XLNet(cfg).train()
+    ours = as_lmforge_trains(XLNet(cfg).train())
     ours_opt = build_optimizer(ours, tcfg, torch.device("cpu"))
     loss_fn = permutation_lm_loss if args.no_compile else torch.compile(permutation_lm_loss)
 
@@ -60,7 +60,7 @@ def main() -> None:
             input_ids=b["input_ids"], perm_mask=b["perm_mask"], target_mapping=b["target_mapping"], labels=b["labels"]
         ).loss
 
-    ours_steps = training_steps(ours, ours_opt, batches, lambda b: loss_fn(ours, b)[0])
+    ours_steps = training_steps(ours, ours_opt, batches, lambda b: loss_fn(ours, b)[0], clip_in_step)
     hf_steps = training_steps(hf, hf_opt, batches, hf_loss)
     ours_tps, hf_tps = alternating_rounds(ours_steps, hf_steps, args.rounds, B * T * args.steps)
     emit({

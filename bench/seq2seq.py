@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import alternating_rounds, best_time, emit, log, training_steps  # noqa: E402
+from common import alternating_rounds, as_lmforge_trains, best_time, emit, log, training_steps  # noqa: E402
 
 from lmforge.generation.beam import seq2seq_beam_search  # noqa: E402
 from lmforge.interop.hf_t5 import t5_config, t5_to_ours  # noqa: E402
 from lmforge.kernels import apply_kernels  # noqa: E402
 from lmforge.models.t5 import T5  # noqa: E402
 from lmforge.objectives.losses import seq2seq_loss  # noqa: E402
-from lmforge.training.optim import adamw  # noqa: E402
+from lmforge.training.optim import adamw, clip_in_step  # noqa: E402
 
 SHAPE = dict(vocab_size=32128, d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_decoder_layers=4, num_heads=4,
              dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)  # fmt: skip
@@ -72,13 +72,13 @@ def train(ours: T5, hf, args) -> tuple[float, float, float]:
     batches = training_batches(args.steps, args.seed)
     with torch.no_grad():
         loss_gap = abs(float(seq2seq_loss(ours, batches[0])[0]) - float(hf(**batches[0]).loss))
-    ours.train()
+    ours = as_lmforge_trains(ours.train())
     hf.train()
     groups = [{"params": list(ours.parameters()), "weight_decay": 0.01}]
     ours_opt = adamw(groups, 1e-4, (0.9, 0.999), torch.device("cpu"))
     hf_opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, weight_decay=0.01, fused=True)  # as transformers.Trainer
     loss_fn = torch.compile(seq2seq_loss) if args.compile else seq2seq_loss
-    ours_steps = training_steps(ours, ours_opt, batches, lambda batch: loss_fn(ours, batch)[0])
+    ours_steps = training_steps(ours, ours_opt, batches, lambda batch: loss_fn(ours, batch)[0], clip_in_step)
     hf_steps = training_steps(hf, hf_opt, batches, lambda batch: hf(**batch).loss)
     tokens = BATCH * (SOURCE + TARGET) * args.steps
     ours_tps, hf_tps = alternating_rounds(ours_steps, hf_steps, args.rounds, tokens)

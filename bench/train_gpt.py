@@ -2,8 +2,9 @@
 
 6 layers, 6 heads, d_model 384, context 256, batch 8, vocabulary 50257; AdamW steps on the same random batches.
 lmforge runs its training step as `lmforge train --compile` does: its kernels (oneDNN's products where they are the
-faster), glibc keeping freed memory (for both sides: one process), torch.compile and the fused LM-head loss. MFU is
-against the faster of torch's and oneDNN's matmul (lmforge.hardware.matmul_peak_flops).
+faster), the clipping inside the fused AdamW step, glibc keeping freed memory (for both sides: one process),
+torch.compile and the fused LM-head loss. MFU is against the faster of torch's and oneDNN's matmul
+(lmforge.hardware.matmul_peak_flops).
 
 With --precision bf16 both sides run under bf16 autocast (`train.precision=bf16`: fp32 master weights), lmforge in
 fp32 runs as a third contender (`ratio_fp32`), MFU is against the bf16 matmul peak, and a second part runs
@@ -21,15 +22,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import alternating_rounds, emit, log, matmul_peak_flops, training_steps  # noqa: E402
+from common import alternating_rounds, as_lmforge_trains, emit, log, matmul_peak_flops, training_steps  # noqa: E402
 
 from lmforge.config import GPTConfig, TrainConfig  # noqa: E402
-from lmforge.kernels import apply_kernels  # noqa: E402
 from lmforge.models import GPT  # noqa: E402
 from lmforge.objectives.families import flops_per_token  # noqa: E402
 from lmforge.objectives.losses import causal_lm_loss  # noqa: E402
-from lmforge.training.device import autocast_for, keep_freed_memory  # noqa: E402
-from lmforge.training.optim import build_optimizer  # noqa: E402
+from lmforge.training.device import autocast_for  # noqa: E402
+from lmforge.training.optim import build_optimizer, clip_in_step  # noqa: E402
 
 SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared/data/tinyshakespeare.txt"
 
@@ -78,8 +78,7 @@ def main() -> None:
     tcfg = TrainConfig(lr=3e-4, weight_decay=0.1)
     batches = [torch.randint(0, vocab, (b, t + 1)) for _ in range(args.steps)]
 
-    keep_freed_memory()  # as lmforge.training.loop.fit does; process-wide, so the peer has it too
-    ours = apply_kernels(GPT(cfg))
+    ours = as_lmforge_trains(GPT(cfg))
     ours_opt = build_optimizer(ours, tcfg, torch.device("cpu"))
     loss_fn = causal_lm_loss if args.no_compile else torch.compile(causal_lm_loss)
 
@@ -102,7 +101,7 @@ def main() -> None:
         return autocast_for(torch.device("cpu"), args.precision)  # as train.precision sets it
 
     ours_loss = under(context, lambda batch: loss_fn(ours, batch[:, :-1], batch[:, 1:]))
-    ours_steps = training_steps(ours, ours_opt, batches, ours_loss)
+    ours_steps = training_steps(ours, ours_opt, batches, ours_loss, clip_in_step)
     hf_loss = under(context, lambda batch: hf(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss)
     hf_steps = training_steps(hf, hf_opt, batches, hf_loss)
     ours_tps, hf_tps = alternating_rounds(ours_steps, hf_steps, args.rounds, b * t * args.steps)
@@ -114,7 +113,9 @@ def main() -> None:
         "transformers_mfu": hf_tps * per_token / peak, "peak_gflops": peak / 1e9, "compiled": not args.no_compile,
     }  # fmt: skip
     if args.precision == "bf16":
-        fp32_steps = training_steps(ours, ours_opt, batches, lambda batch: loss_fn(ours, batch[:, :-1], batch[:, 1:]))
+        fp32_steps = training_steps(
+            ours, ours_opt, batches, lambda batch: loss_fn(ours, batch[:, :-1], batch[:, 1:]), clip_in_step
+        )
         bf16_tps, fp32_tps = alternating_rounds(ours_steps, fp32_steps, args.rounds, b * t * args.steps)
         losses = shakespeare_losses(args.loss_steps)
         record |= {

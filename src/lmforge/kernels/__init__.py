@@ -9,9 +9,9 @@ from lmforge.kernels.linear import Linear
 def apply_kernels(model: nn.Module) -> nn.Module:
     """Turns each nn.Linear of model, in place, into kernels.linear.Linear and returns model.
 
-    Only the class changes, so parameters, hooks and state-dict keys stay; outputs change by fp32 rounding at most,
-    and training (which records gradients) still runs F.linear. Subclasses of nn.Linear keep their own forward, and
-    a second call finds nothing left to turn."""
+    Only the class changes, so parameters, hooks and state-dict keys stay; outputs and gradients change by fp32
+    rounding at most (training runs oneDNN's products too where they are the faster; the training loop applies
+    this). Subclasses of nn.Linear keep their own forward, and a second call finds nothing left to turn."""
     for module in model.modules():
         if type(module) is nn.Linear:
             module.__class__ = Linear

@@ -50,16 +50,22 @@ class RotaryEmbedding(nn.Module):
         angles = torch.arange(max_seq_len, dtype=torch.float64)[:, None] * inv_freq  # (T, d_head/2)
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
+        # over the whole head: (x1, x2) -> (x1, x2) * [cos, cos] + (x2, x1) * [-sin, sin], three operations, not seven
+        self.register_buffer("cos2", torch.cat((self.cos, self.cos), dim=-1), persistent=False)
+        self.register_buffer("sin2", torch.cat((-self.sin, self.sin), dim=-1), persistent=False)
 
     def forward(self, x: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
         # x: (B, n_head, T, d_head); start: the first position, or the (T,) / (B, T) positions (a row each: serving)
         # rotates the halves (x1, x2) as in GPT-NeoX / LLaMA
-        positions = torch.arange(start, start + x.size(-2), device=x.device) if isinstance(start, int) else start
-        cos, sin = self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype)
-        if positions.dim() == 2:
-            cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, d_head / 2): the same for every head
+        if isinstance(start, int):
+            cos, sin = self.cos2[start : start + x.size(-2)], self.sin2[start : start + x.size(-2)]
+        else:
+            cos, sin = self.cos2[start], self.sin2[start]
+            if start.dim() == 2:
+                cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, d_head): the same for every head
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return torch.addcmul(x * cos, torch.cat((x2, x1), dim=-1), sin)
 
 
 def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int):

