@@ -127,3 +127,21 @@ def test_bf16_autocast_equals_autocast_cross_entropy_on_logits(chunk_rows):
     assert loss.dtype == torch.float32 and abs(loss.item() - expected.item()) < 1e-5 * max(1, expected.item())
     torch.testing.assert_close(x.grad, x2.grad, rtol=2e-2, atol=2e-2 * x2.grad.abs().max().item())
     torch.testing.assert_close(weight.grad, w2.grad, rtol=2e-2, atol=2e-2 * w2.grad.abs().max().item())
+
+
+def test_targets_far_below_the_top_logit_get_their_exact_loss():
+    """The log-sum-exp is read off the target's probability; where that probability underflows in fp32 (targets 80
+    to 200 nats below the top logit) the row's logits give it instead, so the loss is the exact one, not inf."""
+    torch.manual_seed(0)
+    x, weight = torch.randn(4, 8), torch.randn(30, 8, requires_grad=True)
+    x[1:3] = 0  # rows 1 and 2: their logits are the bias alone
+    bias = torch.zeros(30)
+    bias[0], bias[2] = 120.0, 200.0
+    targets = torch.tensor([3, 7, 1, 0])  # row 3's target sits 80 below token 2
+    ours = linear_cross_entropy(x, weight, targets, bias=bias)
+    reference = F.cross_entropy(x @ weight.T + bias, targets)
+    assert torch.isfinite(ours) and ours.item() > 100
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-5)
+    (g_ours,) = torch.autograd.grad(ours, weight)
+    (g_ref,) = torch.autograd.grad(F.cross_entropy(x @ weight.T + bias, targets), weight)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-6)
