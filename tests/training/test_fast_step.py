@@ -187,3 +187,46 @@ def test_keep_freed_memory_sets_glibc_options():
         assert libc.mallinfo2().hblks == before, "a 64 MB block was mmapped: the mmap threshold was not raised"
     finally:
         libc.free(block)
+
+
+def test_train_compile_reports_its_compilation_and_trains_as_eager_does(corpus, tmp_path, monkeypatch, capsys):
+    """train.compile: the step runs compiled (AOTAutograd's eager backend here, to keep the test fast), the log says
+    how long compiling took and where it is cached, and the losses are eager's up to rounding."""
+    from lmforge.training import compiled as compiled_module
+
+    eager = _tiny_run(corpus, tmp_path / "eager", monkeypatch, 4)
+    capsys.readouterr()
+    traced, real_compile = [], torch.compile
+
+    def compile_for_test(fn):
+        traced.append(fn)
+        return real_compile(fn, backend="aot_eager")
+
+    monkeypatch.setattr(compiled_module.torch, "compile", compile_for_test)
+    result = _tiny_run(corpus, tmp_path / "compiled", monkeypatch, 4, "train.compile=true")
+    err = capsys.readouterr().err
+    assert len(traced) == 1, "compiled once, on the first step"
+    assert "train.compile: compiled the forward and loss in" in err and "cached in" in err, err
+    assert "train.compile: the first step took" in err, err
+    assert result.train_loss == pytest.approx(eager.train_loss, abs=1e-5)
+
+
+def test_a_compiler_that_fails_leaves_one_line_and_the_run_trains_eagerly(corpus, tmp_path, monkeypatch, capsys):
+    from lmforge.training import compiled as compiled_module
+
+    eager = _tiny_run(corpus, tmp_path / "eager", monkeypatch, 4)
+    capsys.readouterr()
+
+    def broken(fn):
+        def run(*args, **kwargs):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+
+        return run
+
+    monkeypatch.setattr(compiled_module.torch, "compile", broken)
+    result = _tiny_run(corpus, tmp_path / "compiled", monkeypatch, 4, "train.compile=true")
+    err = capsys.readouterr().err
+    failures = [line for line in err.splitlines() if "torch.compile failed" in line]
+    assert len(failures) == 1 and "No working C++ compiler found" in failures[0], err
+    assert "training eagerly" in failures[0] and "more detail" not in err
+    assert result.train_loss == eager.train_loss  # the same eager steps, bit for bit

@@ -28,6 +28,7 @@ from lmforge.recipes.continued import start_from
 from lmforge.tokenizer import Tokenizer
 from lmforge.training import distributed
 from lmforge.training.callbacks import MetricsLog
+from lmforge.training.compiled import CompiledLoss
 from lmforge.training.device import resolve_device, run_precision
 from lmforge.training.loop import Hooks, LoopSettings, fit, log, mean_metrics
 from lmforge.training.memory import check_fits, parameter_count
@@ -119,7 +120,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
         log(f"resuming from {existing} at step {step}, with its tokenizer ({data.tokenizer.vocab_size} tokens)")
     elif resume:
         log(f"no checkpoint in {out}: starting from scratch")
-    loss_fn = torch.compile(objective.loss) if t.compile else objective.loss
+    loss_fn = CompiledLoss(objective.loss) if t.compile else objective.loss
     loss_fn = distributed.data_parallel(model, loss_fn, device, t.grad_accum_steps)
     metrics = MetricsLog(out / "metrics.jsonl", keep_until=step, enabled=distributed.is_main())
     tokens_per_step = objective.tokens_per_batch(cfg, sampler) * t.grad_accum_steps
@@ -154,6 +155,17 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
         t.max_nonfinite, t.progress and distributed.is_main(), grid_intensity=t.grid_intensity,
     )  # fmt: skip
     result = fit(model, optimizer, sampler, loss_fn, device, out, step, settings, hooks, metrics)
+    if result.step > step:
+        ms = result.ms_per_step(result.step - step)
+        log(
+            f"{ms['total']:.1f} ms a step: forward+backward {ms['forward_backward']:.1f}, optimizer "
+            f"{ms['optimizer']:.1f}, data {ms['data']:.1f}, other {ms['other']:.1f}"
+        )
+    if t.compile and result.step > step:
+        log(
+            f"train.compile: the first step took {result.first_step_s:.1f} s, compilation included; "
+            f"the steps after it {1000 * result.step_time:.1f} ms each"
+        )
     if not result.stopped:
         evaluate_at(result.step)
     path = save(result.step)

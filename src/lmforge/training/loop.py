@@ -60,6 +60,7 @@ class LoopResult:
     train_s: float  # seconds spent in steps (evaluation and saving left out)
     stopped: bool  # by a signal or early stopping, before max_steps
     phase_s: dict[str, float]  # train_s split: data, forward_backward, optimizer and other (lr, logging, progress)
+    first_step_s: float = 0.0  # this run's first step (with train.compile: the compilation's time is in it)
 
     def ms_per_step(self, steps: int) -> dict[str, float]:
         """Milliseconds per step, in total and by phase (on a GPU the phases time the launches, not the kernels)."""
@@ -113,6 +114,7 @@ def fit(
     guard = NonFiniteGuard(s.max_nonfinite, out, distributed.is_main(), s.section)
     start, step_time, train_s, train_loss = time.perf_counter(), 0.0, 0.0, float("nan")
     phase_s = dict.fromkeys(("data", "forward_backward", "optimizer"), 0.0)
+    first_step_s = 0.0
     step, stopped = start_step, False
     model.train()
     with (
@@ -148,7 +150,8 @@ def fit(
             phase_s["optimizer"] += time.perf_counter() - t3
             step += 1
             dt = time.perf_counter() - t0
-            step_time = dt if step_time == 0.0 else 0.9 * step_time + 0.1 * dt
+            first_step_s = first_step_s or dt
+            step_time = dt if step - start_step <= 2 else 0.9 * step_time + 0.1 * dt  # the 2nd leaves the warm-up out
             speed = hooks.throughput(step_time)
             bar.update(1)
             rates = {"tok_s": f"{speed['tokens_per_s']:,.0f}"} if "tokens_per_s" in speed else {}
@@ -176,4 +179,4 @@ def fit(
                 break
     log(summary(memory.split(), device))
     phase_s["other"] = max(0.0, train_s - sum(phase_s.values()))
-    return LoopResult(step, train_loss, step_time, time.perf_counter() - start, train_s, stopped, phase_s)
+    return LoopResult(step, train_loss, step_time, time.perf_counter() - start, train_s, stopped, phase_s, first_step_s)

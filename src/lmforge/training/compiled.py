@@ -1,0 +1,59 @@
+"""`train.compile`: the training step's loss compiled with torch.compile, its compilation timed and its failure
+survived.
+
+torch.compile traces the forward and the loss into one graph and AOTAutograd derives the backward's, so the whole
+step runs compiled. The first call compiles; Inductor keeps what it built in its cache (on by default:
+TORCHINDUCTOR_FX_GRAPH_CACHE, under TORCHINDUCTOR_CACHE_DIR), so a second run of the same model starts in seconds.
+Whether it pays depends on the model: on char-small it did not (docs/benchmarks.md), on a GPT-2 shape it does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import torch
+
+from lmforge.training.loop import log
+
+
+def inductor_cache_dir() -> str:
+    """Where Inductor caches compiled graphs between runs."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        return cache_dir()
+    except ImportError:  # another torch layout
+        return os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's cache directory")
+
+
+class CompiledLoss:
+    """loss_fn(model, batch) under torch.compile. The first call compiles (its time is compile_s, and the log says
+    it); a compiler that fails there (no C++ compiler, an operation it cannot trace) leaves one line saying why and
+    the run continues eagerly. An error of the model itself then comes from the eager call, as without compile."""
+
+    def __init__(self, loss_fn: Callable):
+        self.eager = loss_fn
+        self.fn: Callable | None = None
+        self.compile_s: float | None = None
+
+    def __call__(self, model, batch):
+        if self.fn is not None:
+            return self.fn(model, batch)
+        start = time.perf_counter()
+        compiled = torch.compile(self.eager)
+        try:
+            out = compiled(model, batch)
+        except Exception as e:  # noqa: BLE001 - any compiler failure falls back; the eager call re-raises real ones
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            log(f"train.compile: torch.compile failed ({type(e).__name__}: {first[:200]}); training eagerly")
+            self.fn = self.eager
+            return self.eager(model, batch)
+        self.compile_s = time.perf_counter() - start
+        log(
+            f"train.compile: compiled the forward and loss in {self.compile_s:.1f} s (the backward compiles at the "
+            f"first backward); cached in {inductor_cache_dir()} for the next run"
+        )
+        self.fn = compiled
+        return out
