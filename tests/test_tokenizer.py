@@ -279,3 +279,18 @@ def test_decoder_tokenizers_have_no_encoder_roles(bpe, char):
     assert bpe.mask_id is bpe.cls_id is bpe.sep_id is bpe.pad_id is None
     assert bpe.special_ids == [bpe.eos_id]
     assert char.mask_id is None and char.unk_id == char.vocab_size - 1
+
+
+def test_decode_knows_tokens_added_after_it_was_made(bpe):
+    """decode's range check keeps the vocabulary size it read (reading it costs more than a streamed token's
+    decoding) and reads it again only for an id past it: an added token decodes, an id past it still fails."""
+    tok = Tokenizer(tokenizers.Tokenizer.from_str(bpe.backend.to_str()))
+    size = tok.vocab_size
+    with pytest.raises(LmforgeError, match=f"token id {size} is out of range"):
+        tok.decode([size])
+    tok.backend.add_tokens(["<domain-term>"])
+    assert tok.decode([size]) == "<domain-term>"
+    with pytest.raises(LmforgeError, match=f"token id {size + 1} is out of range .*ids 0 to {size}\\)"):
+        tok.decode([5, size + 1])
+    with pytest.raises(LmforgeError, match="token id -1 is out of range"):
+        tok.decode([-1, 5])
