@@ -104,9 +104,13 @@ def test_a_save_clears_the_temporaries_of_dead_processes_only(tmp_path):
     for stale in (dead, live):
         stale.mkdir(parents=True)
         (stale / "config.yaml").write_text("partial")
+    dead_pointer, live_pointer = out / f".tmp-latest.{dead_pid()}", out / f".tmp-latest.{os.getppid()}"
+    for pointer in (dead_pointer, live_pointer):  # a kill while `latest` was being written leaves a file
+        pointer.write_text("step-0000")
     tiny_checkpoint(out, "gpt")
-    assert not dead.exists(), "left by a killed run: cleared"
+    assert not dead.exists() and not dead_pointer.exists(), "left by a killed run: cleared"
     assert (live / "config.yaml").is_file(), "another live process is writing it: left alone"
+    assert live_pointer.is_file()
     with pytest.warns(UserWarning, match="half-written"):
         assert find_latest(out) == out / "step-000001"
 

@@ -132,12 +132,15 @@ def _alive(pid: int) -> bool:
 
 
 def _remove_stale(out_dir: Path) -> None:
-    """Removes the temporary checkpoints left by this process or by dead ones (a run killed while saving); another
-    live process's are its own business."""
-    for stale in out_dir.glob(f"{TMP}{PREFIX}*"):
+    """Removes the temporaries left by this process or by dead ones (a run killed while saving a checkpoint or the
+    `latest` pointer; each ends in its writer's pid); another live process's are its own business."""
+    for stale in out_dir.glob(f"{TMP}*"):
         pid = stale.name.rsplit(".", 1)[-1]
         if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
-            shutil.rmtree(stale, ignore_errors=True)
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
 
 def find_latest(out_dir: str | Path) -> Path | None:
