@@ -14,6 +14,18 @@ from lmforge.config import GPTConfig
 from lmforge.models import GPT
 
 
+def onednn_or_skip():
+    """oneDNN's linear (torch.ops.mkldnn._linear_pointwise), or a skip where this build of torch has none."""
+    import pytest
+
+    try:
+        if torch.backends.mkldnn.is_available():
+            return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        pass
+    pytest.skip("this build of torch has no oneDNN linear")
+
+
 def tiny_gpt(seed=0, gpt2_init=False, **overrides):
     """A small GPT; unless gpt2_init, its weights are redrawn large, so attention is peaked and positions matter."""
     torch.manual_seed(seed)

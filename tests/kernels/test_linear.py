@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_gpt
+from helpers import onednn_or_skip, tiny_gpt
 
 from lmforge.kernels import apply_kernels
 from lmforge.kernels import linear as linear_module
@@ -33,20 +33,11 @@ def cases():
     }
 
 
-def _onednn_or_skip():
-    try:
-        if torch.backends.mkldnn.is_available():
-            return torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):
-        pass
-    pytest.skip("this build of torch has no oneDNN linear")
-
-
 @pytest.fixture(params=["default", "onednn"])
 def kernel(request, monkeypatch):
     """Each case runs on the kernel this CPU picks and on oneDNN's (AMD: any rows; Intel: 4 to 256 rows)."""
     if request.param == "onednn":
-        monkeypatch.setattr(linear_module, "_onednn_linear", _onednn_or_skip())
+        monkeypatch.setattr(linear_module, "_onednn_linear", onednn_or_skip())
         monkeypatch.setattr(linear_module, "_onednn_rows", (1, 2**62))
     return request.param
 
@@ -64,7 +55,7 @@ def test_onednn_runs_on_the_cpus_and_row_counts_it_is_faster_for(monkeypatch):
     vendor = linear_module.cpu_vendor()
     known = vendor in linear_module.ONEDNN_ROWS and torch.backends.mkldnn.is_available()
     assert (linear_module._onednn_linear is not None) == known
-    monkeypatch.setattr(linear_module, "_onednn_linear", _onednn_or_skip())
+    monkeypatch.setattr(linear_module, "_onednn_linear", onednn_or_skip())
     monkeypatch.setattr(linear_module, "_onednn_rows", linear_module.ONEDNN_ROWS["GenuineIntel"])
     w = torch.randn(24, 10)
     with torch.no_grad():
@@ -76,7 +67,7 @@ def test_onednn_runs_on_the_cpus_and_row_counts_it_is_faster_for(monkeypatch):
 def test_training_takes_onednn_with_the_gradients_of_the_affine_map(monkeypatch):
     """The input's, the weight's and the bias's gradients, computed by hand in float64, for contiguous, strided and
     3-D inputs and both orders of the weight-gradient product (wider output side first)."""
-    monkeypatch.setattr(linear_module, "_onednn_linear", _onednn_or_skip())
+    monkeypatch.setattr(linear_module, "_onednn_linear", onednn_or_skip())
     monkeypatch.setattr(linear_module, "_onednn_rows", (1, 2**62))
     calls = []
     real = linear_module.onednn_linear
@@ -106,7 +97,7 @@ def test_training_takes_onednn_with_the_gradients_of_the_affine_map(monkeypatch)
 
 
 def test_onednn_linear_compiles_as_one_opaque_call_with_its_gradient(monkeypatch):
-    monkeypatch.setattr(linear_module, "_onednn_linear", _onednn_or_skip())
+    monkeypatch.setattr(linear_module, "_onednn_linear", onednn_or_skip())
     monkeypatch.setattr(linear_module, "_onednn_rows", (1, 2**62))
     torch.manual_seed(0)
     layer = Linear(10, 24)
@@ -169,7 +160,7 @@ def test_the_packed_weight_gives_the_same_products_and_never_outlives_a_training
     """The packed copy (made after PACK_AFTER calls of 2+ rows in evaluation mode) gives oneDNN's products bit for
     bit, and is dropped by train() and by a forward that records gradients: fused AdamW updates the weight in place
     without bumping its version counter, so a copy kept across a step would be stale."""
-    monkeypatch.setattr(linear_module, "_onednn_linear", _onednn_or_skip())
+    monkeypatch.setattr(linear_module, "_onednn_linear", onednn_or_skip())
     monkeypatch.setattr(linear_module, "_onednn_rows", (1, 2**62))
     monkeypatch.setattr(linear_module, "_packs", True)
     torch.manual_seed(0)

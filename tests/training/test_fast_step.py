@@ -9,6 +9,7 @@ import platform
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import onednn_or_skip
 from torch import nn
 
 from lmforge import hardware
@@ -25,15 +26,6 @@ from lmforge.training.optim import build_optimizer, lr_at
 
 STEPS = 50
 VOCAB, SEQ, BATCH = 65, 32, 8
-
-
-def _onednn_or_skip():
-    try:
-        if torch.backends.mkldnn.is_available():
-            return torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):
-        pass
-    pytest.skip("this build of torch has no oneDNN linear")
 
 
 def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -68,7 +60,7 @@ def test_fifty_fused_steps_learn_what_an_unfused_reference_learns(tmp_path, monk
     cross-entropy, fused AdamW, clipping at 1.0, the cosine schedule) against 50 steps of nn.Linear, full logits,
     F.cross_entropy and torch's single-tensor AdamW on the same batches: every step's loss, and the loss of the
     weights after the 50th update, agree within 1e-3, and the loss has fallen far (so agreement is not trivial)."""
-    monkeypatch.setattr(linear_module, "_onednn_linear", _onednn_or_skip())
+    monkeypatch.setattr(linear_module, "_onednn_linear", onednn_or_skip())
     monkeypatch.setattr(linear_module, "_onednn_rows", (1, 2**62))
     calls = []
     real = linear_module.onednn_linear
