@@ -34,6 +34,7 @@ def training_steps(model, optimizer, batches: Sequence, loss_of: Callable, clip:
             else:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            optimizer.__dict__.pop("grad_scale", None)  # clip_in_step's factor holds for one step
             optimizer.zero_grad(set_to_none=True)
 
     return run

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from lmforge.atomic import write_text_atomic
 from lmforge.config import YAML_ERRORS
 from lmforge.errors import LmforgeError
 
@@ -116,7 +117,7 @@ def this_machine(cache: Path | None = None, measure: bool = False) -> Hardware:
         known[key] = _probe()
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(known, indent=1), encoding="utf-8")
+            write_text_atomic(cache, json.dumps(known, indent=1))
         except OSError:
             pass  # a read-only home: measure again next time
     probe = known[key]

@@ -130,8 +130,8 @@ def test_bf16_autocast_equals_autocast_cross_entropy_on_logits(chunk_rows):
 
 
 def test_targets_far_below_the_top_logit_get_their_exact_loss():
-    """The log-sum-exp is read off the target's probability; where that probability underflows in fp32 (targets 80
-    to 200 nats below the top logit) the row's logits give it instead, so the loss is the exact one, not inf."""
+    """The log-sum-exp is read off the softmax, at the largest probability: a target whose probability underflows in
+    fp32 (80 to 200 nats below the top logit) still gets its exact loss, not inf."""
     torch.manual_seed(0)
     x, weight = torch.randn(4, 8), torch.randn(30, 8, requires_grad=True)
     x[1:3] = 0  # rows 1 and 2: their logits are the bias alone

@@ -198,7 +198,7 @@ def test_train_compile_reports_its_compilation_and_trains_as_eager_does(corpus, 
     result = _tiny_run(corpus, tmp_path / "compiled", monkeypatch, 4, "train.compile=true")
     err = capsys.readouterr().err
     assert len(traced) == 1, "compiled once, on the first step"
-    assert "train.compile: compiled the forward and loss in" in err and "cached in" in err, err
+    assert "train.compile: compiled the step (forward, loss and backward) in" in err and "cached in" in err, err
     assert "train.compile: the first step took" in err, err
     assert result.train_loss == pytest.approx(eager.train_loss, abs=1e-5)
 

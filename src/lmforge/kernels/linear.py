@@ -92,9 +92,8 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch
 
 
 def _save(ctx, inputs: tuple, output: torch.Tensor) -> None:
-    x, weight, bias = inputs
+    x, weight, _ = inputs
     ctx.save_for_backward(x, weight)
-    ctx.has_bias = bias is not None
 
 
 def _weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -106,13 +105,13 @@ def _weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def _backward(ctx, grad: torch.Tensor) -> tuple:
     x, weight = ctx.saved_tensors
-    grad = grad.reshape(-1, grad.size(-1))
+    grad = grad.reshape(-1, grad.size(-1)).contiguous()  # an expanded gradient (of a sum) has zero strides
     grad_x = grad_w = grad_b = None
     if ctx.needs_input_grad[0]:
         grad_x = onednn_linear(grad, weight.t(), None).view(x.shape)
     if ctx.needs_input_grad[1]:
         grad_w = _weight_grad(grad, x.reshape(-1, x.size(-1)))
-    if ctx.has_bias and ctx.needs_input_grad[2]:
+    if ctx.needs_input_grad[2]:  # False without a bias
         grad_b = grad.sum(0)
     return grad_x, grad_w, grad_b
 
@@ -123,9 +122,10 @@ onednn_linear.register_autograd(_backward, setup_context=_save)
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias), on oneDNN where it applies."""
     if _onednn_applies(x, weight, bias):
-        if _records_grad(x, weight, bias) or torch.compiler.is_compiling():
+        if _records_grad(x, weight, bias):
             return onednn_linear(x, weight, bias)
-        return _onednn_linear(x, weight, bias, "none", [], "")
+        if not torch.compiler.is_compiling():  # compiled inference: F.linear, which Inductor fuses and packs
+            return _onednn_linear(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
 

@@ -125,7 +125,9 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
     metrics = MetricsLog(out / "metrics.jsonl", keep_until=step, enabled=distributed.is_main())
     tokens_per_step = objective.tokens_per_batch(cfg, sampler) * t.grad_accum_steps
     flops_per_step = objective.flops_per_token(model, cfg) * tokens_per_step
-    peak = peak_flops(device, run_precision(device, t.dtype))  # the benchmarks' measured peak on a CPU
+    with distributed.main_first():  # rank 0 measures this CPU's peak (once, then cached); the others read it
+        peak = peak_flops(device, run_precision(device, t.dtype))  # the benchmarks' measured peak on a CPU
+    peak = peak and peak * distributed.world_size()  # flops_per_step counts every rank's batch
     log(
         f"model: {model.num_parameters() / 1e6:.2f}M parameters, vocab {cfg.model.vocab_size}, "
         f"{data.meta['n_train_tokens']:,} training tokens, device {device}"
@@ -161,7 +163,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
             f"{ms['total']:.1f} ms a step: forward+backward {ms['forward_backward']:.1f}, optimizer "
             f"{ms['optimizer']:.1f}, data {ms['data']:.1f}, other {ms['other']:.1f}"
         )
-    if t.compile and result.step > step:
+    if t.compile and result.step > step + 1:
         log(
             f"train.compile: the first step took {result.first_step_s:.1f} s, compilation included; "
             f"the steps after it {1000 * result.step_time:.1f} ms each"

@@ -60,4 +60,4 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     settings = ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 64 << 20))
-    return all(mallopt(option, value) == 1 for option, value in settings)
+    return all([mallopt(option, value) == 1 for option, value in settings])  # each tried, whatever the others do

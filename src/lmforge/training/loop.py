@@ -108,8 +108,8 @@ def fit(
     sums their gradients and applies one update at hooks.lr(step) x each group's lr_scale (a non-finite loss or
     gradient skips the update). SIGINT/SIGTERM save at the end of the current step and stop."""
     s = settings
-    apply_kernels(model)  # oneDNN's products where they are the faster (lmforge.kernels.linear)
     if device.type == "cpu":
+        apply_kernels(model)  # oneDNN's products where they are the faster (lmforge.kernels.linear)
         keep_freed_memory()
     guard = NonFiniteGuard(s.max_nonfinite, out, distributed.is_main(), s.section)
     start, step_time, train_s, train_loss = time.perf_counter(), 0.0, 0.0, float("nan")
@@ -146,12 +146,15 @@ def fit(
             train_loss = distributed.all_reduce_mean(loss_sum / s.grad_accum_steps)
             if guard.ok(train_loss, grad_norm, step + 1):
                 optimizer.step()
+            optimizer.__dict__.pop("grad_scale", None)  # clip_in_step's factor holds for this step only
             optimizer.zero_grad(set_to_none=True)
             phase_s["optimizer"] += time.perf_counter() - t3
             step += 1
             dt = time.perf_counter() - t0
-            first_step_s = first_step_s or dt
-            step_time = dt if step - start_step <= 2 else 0.9 * step_time + 0.1 * dt  # the 2nd leaves the warm-up out
+            if step == start_step + 1:
+                first_step_s = dt
+            # the average restarts at the second step: the first carries one-off work (compiling, kernels' setup)
+            step_time = dt if step - start_step <= 2 else 0.9 * step_time + 0.1 * dt
             speed = hooks.throughput(step_time)
             bar.update(1)
             rates = {"tok_s": f"{speed['tokens_per_s']:,.0f}"} if "tokens_per_s" in speed else {}
