@@ -130,14 +130,16 @@ def test_bf16_autocast_equals_autocast_cross_entropy_on_logits(chunk_rows):
 
 
 def test_targets_far_below_the_top_logit_get_their_exact_loss():
-    """The log-sum-exp is read off the softmax, at the largest probability: a target whose probability underflows in
-    fp32 (80 to 200 nats below the top logit) still gets its exact loss, not inf."""
+    """The log-sum-exp is read off the target's probability; where that probability underflows in fp32 (targets 150
+    to 200 nats below the top logit) the row's logits give it instead, so the loss is the exact one, not inf, and an
+    ignored row whose stand-in target underflows adds nothing (not inf x 0 = nan)."""
     torch.manual_seed(0)
     x, weight = torch.randn(4, 8), torch.randn(30, 8, requires_grad=True)
     x[1:3] = 0  # rows 1 and 2: their logits are the bias alone
     bias = torch.zeros(30)
-    bias[0], bias[2] = 120.0, 200.0
-    targets = torch.tensor([3, 7, 1, 0])  # row 3's target sits 80 below token 2
+    bias[0], bias[2] = 50.0, 200.0
+    targets = torch.tensor([3, 7, 1, 0, -100])  # row 3's target sits 150 below token 2; row 4 is ignored
+    x = torch.cat((x, torch.zeros(1, 8)))  # the ignored row: token 0, which stands in for its target, is 150 below
     ours = linear_cross_entropy(x, weight, targets, bias=bias)
     reference = F.cross_entropy(x @ weight.T + bias, targets)
     assert torch.isfinite(ours) and ours.item() > 100
