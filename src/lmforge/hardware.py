@@ -53,7 +53,7 @@ PROFILES = {
 }
 
 WATTS_PER_CORE = 10.0  # `this`: a server or desktop CPU's TDP shared over its cores (e.g. 150-250 W / 16-24 cores)
-CPU_UTILIZATION = 0.6  # `this`: char-small trains at 0.66-0.72 of the matmul probe on one thread (docs/estimate.md)
+CPU_UTILIZATION = 0.52  # `this`: char-small on one thread reaches 0.38-0.40 (AMD) to 0.66-0.72 (Intel) of the probe
 CACHE = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "hardware.json"
 
 
