@@ -140,19 +140,22 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
 
 def _gpu_profile(device: torch.device) -> Hardware | None:
     """The named profile of a CUDA device (PROFILES' key as a word of its name), or None."""
-    name = torch.cuda.get_device_name(device).replace("RTX 4090", "RTX4090")
+    name = _gpu_name(device)
     return next((p for key, p in PROFILES.items() if re.search(rf"\b{key}\b", name)), None)
+
+
+def _gpu_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device).replace("RTX 4090", "RTX4090")
 
 
 def device_power(device: torch.device) -> tuple[float, str]:
     """The power a run on device draws at full load and where the figure comes from: a named GPU's board power (an
     unknown GPU counts as 300 W), or this CPU's threads at WATTS_PER_CORE each."""
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device).replace("RTX 4090", "RTX4090")
         known = _gpu_profile(device)
         if known is not None:
             return known.power_w, f"estimated from the {known.name}'s board power, {known.power_w:.0f} W"
-        return 300.0, f"estimated for an unknown GPU ({name}) at 300 W"
+        return 300.0, f"estimated for an unknown GPU ({_gpu_name(device)}) at 300 W"
     threads = torch.get_num_threads()
     watts = WATTS_PER_CORE * threads
     return watts, f"estimated for {threads} CPU threads at {WATTS_PER_CORE:.0f} W each, {watts:.0f} W"

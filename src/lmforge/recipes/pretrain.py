@@ -157,12 +157,6 @@ def _train(cfg: RunConfig, device: torch.device, resume: bool) -> TrainResult:
         t.max_nonfinite, t.progress and distributed.is_main(), grid_intensity=t.grid_intensity,
     )  # fmt: skip
     result = fit(model, optimizer, sampler, loss_fn, device, out, step, settings, hooks, metrics)
-    if result.step > step:
-        ms = result.ms_per_step(result.step - step)
-        log(
-            f"{ms['total']:.1f} ms a step: forward+backward {ms['forward_backward']:.1f}, optimizer "
-            f"{ms['optimizer']:.1f}, data {ms['data']:.1f}, other {ms['other']:.1f}"
-        )
     if t.compile and result.step > step + 1:
         log(
             f"train.compile: the first step took {result.first_step_s:.1f} s, compilation included; "

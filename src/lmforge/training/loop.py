@@ -182,4 +182,12 @@ def fit(
                 break
     log(summary(memory.split(), device))
     phase_s["other"] = max(0.0, train_s - sum(phase_s.values()))
-    return LoopResult(step, train_loss, step_time, time.perf_counter() - start, train_s, stopped, phase_s, first_step_s)
+    wall = time.perf_counter() - start
+    result = LoopResult(step, train_loss, step_time, wall, train_s, stopped, phase_s, first_step_s)
+    if step > start_step:  # every recipe's run says where its steps' time went
+        ms = result.ms_per_step(step - start_step)
+        log(
+            f"{ms['total']:.1f} ms a step: forward+backward {ms['forward_backward']:.1f}, optimizer "
+            f"{ms['optimizer']:.1f}, data {ms['data']:.1f}, other {ms['other']:.1f}"
+        )
+    return result
