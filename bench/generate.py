@@ -16,8 +16,10 @@ transformers' Conv1D, which quantize_dynamic does not touch; the peer gets them 
 quantized whole. The weights are random, so the logits are nearly flat and rounding changes which token wins
 within a few steps: quality is measured on trained models (docs/quantization.md), not here. The bound is then the
 measured memory bandwidth over the bytes each token reads (the quantized weights, the fp32 ones left, and the LM
-head's int8 screen).
+head's int8 screen). lmforge's quantized layers run compiled (`--compile`, lmforge.kernels.compile_layers: each
+layer's rounding and scaling fused around its product) unless --no-compile; the warm-up call compiles.
 Usage: python bench/generate.py [--reps 5] [--new-tokens 128] [--quiet-wait 10] [--dtype fp32|int8|bf16]
+       [--no-compile]
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from lmforge.hardware import best_time
 from lmforge.interop.hf import FAMILIES, to_ours
 from lmforge.kernels import apply_kernels
 from lmforge.kernels.bf16 import Bf16Linear
+from lmforge.kernels.compiled import compile_layers
 from lmforge.kernels.int8 import Int8Linear
 from lmforge.kernels.linear import linear
 from lmforge.kernels.quantize import Quantization, check_dtype, quantize_model
@@ -172,6 +175,8 @@ def quantized(args: argparse.Namespace) -> None:
     check_dtype(args.dtype)
     ours, hf = build_models(args.seed)
     quantize_model(ours, Quantization(args.dtype))
+    if args.compile:
+        compile_layers(ours)
     n = args.new_tokens
     g = torch.Generator().manual_seed(args.seed)
     prompt = torch.randint(VOCAB - 1, (1, args.prompt_len), generator=g)
@@ -181,7 +186,7 @@ def quantized(args: argparse.Namespace) -> None:
         peer = linear_peer(copy.deepcopy(hf))
         peers["quantize_dynamic"] = torch.ao.quantization.quantize_dynamic(peer, {torch.nn.Linear}, torch.qint8)
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; lmforge in {args.dtype}")
-    record: dict = {"dtype": args.dtype}
+    record: dict = {"dtype": args.dtype, "compiled": args.compile}
     for batch, prompts in ((1, prompt), (8, prompts8)):
         runs = {"lmforge": lambda p=prompts: ours.generate(p, n, greedy=True)}
         for name, model in peers.items():
@@ -214,6 +219,12 @@ def main() -> None:
         "--quiet-wait", type=float, default=10.0, help="seconds to wait for an idle CPU before each timed run"
     )
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "int8", "bf16"], help="lmforge's linear layers")
+    parser.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        help="with --dtype int8 or bf16, run lmforge's layers eagerly rather than compiled (`--compile`)",
+    )
     args = parser.parse_args()
     if args.dtype != "fp32":
         quantized(args)

@@ -19,8 +19,6 @@ c_j = max|x_j|^a / max|W_j|^(1-a), max|x_j| measured on calibration text.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,10 +26,19 @@ from torch import nn
 CHUNK_ROWS = 256  # rows rounded and multiplied at a time: larger inputs would spill their temporaries out of cache
 
 
-@functools.cache
+_int_mm_ok: bool | None = None  # int_mm_works()'s answer once asked: a constant to torch.compile
+
+
 def int_mm_works() -> bool:
     """torch._int_mm on the CPU, run by oneDNN (without it the product is a plain loop); checked once, on a tiny
     product, when first needed (not at import)."""
+    global _int_mm_ok
+    if _int_mm_ok is None:
+        _int_mm_ok = _int_mm_runs()
+    return _int_mm_ok
+
+
+def _int_mm_runs() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     try:
@@ -110,7 +117,7 @@ class Int8Linear(nn.Module):
 
     def _outputs(self, x, weight, weight_scale, weight_sum, bias) -> torch.Tensor:
         flat, n = x.reshape(-1, self.in_features).float(), weight.size(0)
-        if flat.size(0) <= CHUNK_ROWS:
+        if flat.size(0) <= CHUNK_ROWS or torch.compiler.is_compiling():  # compiled, the temporaries are fused away
             y = self._product(flat, weight, weight_scale, weight_sum, bias)
         else:  # a long prompt or a batch of sentences: a chunk's temporaries stay in cache
             y = torch.empty(flat.size(0), n, device=flat.device)

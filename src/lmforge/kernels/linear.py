@@ -122,10 +122,9 @@ onednn_linear.register_autograd(_backward, setup_context=_save)
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias), on oneDNN where it applies."""
     if _onednn_applies(x, weight, bias):
-        if _records_grad(x, weight, bias):
+        if _records_grad(x, weight, bias) or torch.compiler.is_compiling():  # the operator torch.compile keeps whole
             return onednn_linear(x, weight, bias)
-        if not torch.compiler.is_compiling():  # compiled inference: F.linear, which Inductor fuses and packs
-            return _onednn_linear(x, weight, bias, "none", [], "")
+        return _onednn_linear(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
 

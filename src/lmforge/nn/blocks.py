@@ -143,13 +143,29 @@ class TransformerStack(nn.Module):
         if padding_mask is not None and plain:
             if not padding_mask.all():
                 return self._forward_packed(x, padding_mask, mask)
+        x, attentions = self.layers(x, mask, context, context_mask, cache, rope, need_weights, position_bias)
+        if cache is not None:
+            cache.advance(t)
+        return x, attentions
+
+    def layers(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        context: torch.Tensor | None,
+        context_mask: torch.Tensor | None,
+        cache: KVCache | None,
+        rope: RotaryEmbedding | None,
+        need_weights: bool,
+        position_bias: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """Every block and the final norm: the part of forward with no data-dependent shape, which
+        lmforge.kernels.compile_layers compiles."""
         attentions = []
         for i in range(self.n_layer):
             block = self.blocks[i % len(self.blocks)]
             x, weights = block(x, mask, context, context_mask, cache, i, rope, need_weights, position_bias)
             attentions.append(weights)
-        if cache is not None:
-            cache.advance(t)
         return self.ln_final(x), attentions
 
     def _forward_packed(
@@ -157,11 +173,15 @@ class TransformerStack(nn.Module):
     ) -> tuple[torch.Tensor, list[None]]:
         b, t, d = x.shape
         index = padding_mask.flatten().nonzero().squeeze(1)  # (N,) flat positions of the real tokens
-        h = x.reshape(b * t, d).index_select(0, index)  # (N, d_model)
+        h = self.packed_layers(x.reshape(b * t, d).index_select(0, index), index, b, t, mask)  # (N, d_model)
+        out = x.new_zeros(b * t, d).index_copy(0, index, h)
+        return out.view(b, t, d), [None] * self.n_layer
+
+    def packed_layers(self, h: torch.Tensor, index: torch.Tensor, b: int, t: int, mask: torch.Tensor) -> torch.Tensor:
+        """layers on packed tokens h (N, d_model) that sit at the flat positions index of a (b, t) batch."""
         for i in range(self.n_layer):
             h = self.blocks[i % len(self.blocks)].forward_packed(h, index, (b, t), mask)
-        out = x.new_zeros(b * t, d).index_copy(0, index, self.ln_final(h))
-        return out.view(b, t, d), [None] * self.n_layer
+        return self.ln_final(h)
 
 
 class Encoder(TransformerStack):

@@ -10,23 +10,13 @@ Whether it pays depends on the model: on char-small it did not (docs/benchmarks.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable
 
 import torch
 
+from lmforge.kernels.compiled import inductor_cache_dir
 from lmforge.training.loop import log
-
-
-def inductor_cache_dir() -> str:
-    """Where Inductor caches compiled graphs between runs."""
-    try:
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-        return cache_dir()
-    except ImportError:  # another torch layout
-        return os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's cache directory")
 
 
 def _backward_compiled_with_forward():
