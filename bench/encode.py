@@ -83,7 +83,8 @@ def quantized(args: argparse.Namespace, path: Path, texts: list[str]) -> None:
     cosine = (vectors["ours"] * vectors["fp32"]).sum(-1).min().item()
     peer_cosine = (vectors["peer"] * vectors["fp32"]).sum(-1).min().item()
     emit({
-        "dtype": args.dtype, "compiled": args.compile, "lmforge_sentences_per_s": ours_sps, "lmforge_fp32_sentences_per_s": fp32_sps,
+        "dtype": args.dtype, "compiled": args.compile, "lmforge_sentences_per_s": ours_sps,
+        "lmforge_fp32_sentences_per_s": fp32_sps,
         "ratio": ours_sps / fp32_sps, "quantized_peer_sentences_per_s": peer_sps,
         "ratio_quantized_peer": ours_sps / peer_sps, "min_cosine": cosine, "quantized_peer_min_cosine": peer_cosine,
         "sentences": len(texts), "batch_size": b, "threads": torch.get_num_threads(),
