@@ -1,0 +1,89 @@
+"""compile_layers: the same outputs as the eager layers, through Inductor and through torch.compile's tracing alone,
+and an eager fallback when the compiler fails."""
+
+import shutil
+
+import pytest
+import torch
+from helpers import padded_batch, tiny_gpt
+
+from lmforge.config import BertConfig
+from lmforge.kernels import apply_kernels
+from lmforge.kernels import compiled as compiled_module
+from lmforge.kernels.compiled import CompiledLayers, compile_layers
+from lmforge.kernels.quantize import Quantization, quantize_model
+from lmforge.models import Bert
+
+
+def tiny_bert(dtype: str = "int8"):
+    torch.manual_seed(0)
+    model = Bert(BertConfig(vocab_size=40, n_layer=2, n_head=2, d_model=32, max_seq_len=16, dropout=0.0)).eval()
+    if dtype != "fp32":
+        quantize_model(model, Quantization(dtype))
+    return apply_kernels(model)
+
+
+@pytest.fixture
+def traced(monkeypatch):
+    """torch.compile's tracing and graph capture without Inductor's C++ build (seconds rather than a minute)."""
+    monkeypatch.setattr(compiled_module, "BACKEND", "aot_eager")
+
+
+@pytest.mark.parametrize("dtype", ["int8", "fp32"])
+def test_a_padded_batch_runs_packed_and_compiled_as_eagerly(traced, dtype):
+    ids, mask = padded_batch(40, b=3, t=12)
+    model = tiny_bert(dtype)
+    with torch.inference_mode():
+        eager, _ = model.hidden(ids, mask)
+        compile_layers(model)
+        assert isinstance(model.encoder.packed_layers, CompiledLayers)
+        out, _ = model.hidden(ids, mask)
+        full, _ = model.hidden(ids, torch.ones_like(mask))  # no padding: the unpacked layers
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(full[1], out[1])  # the padded row really was packed
+    assert compile_layers(model).encoder.packed_layers is model.encoder.packed_layers  # a second call adds nothing
+
+
+def test_decoding_with_a_kv_cache_compiled_gives_the_eager_tokens(traced):
+    model = tiny_gpt(max_seq_len=32)
+    quantize_model(model, Quantization("int8"))
+    prompt = torch.tensor([[3, 7, 1, 9]])
+    eager = model.generate(prompt, 12, greedy=True)
+    compile_layers(model)
+    assert torch.equal(model.generate(prompt, 12, greedy=True), eager)
+    assert model.decoder.layers.calls == 12  # the prompt, then each new token but the last, went through them
+
+
+def test_a_failing_compiler_leaves_one_line_and_runs_eagerly(monkeypatch, capsys):
+    def broken(graph, inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(compiled_module, "BACKEND", broken)
+    ids, mask = padded_batch(40, b=2, t=8)
+    model = tiny_bert()
+    with torch.inference_mode():
+        eager, _ = model.hidden(ids)
+        compile_layers(model)
+        first, _ = model.hidden(ids)
+        second, _ = model.hidden(ids)
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+    err = capsys.readouterr().err
+    assert err.count("torch.compile failed") == 1 and "RuntimeError: no C++ compiler here" in err
+    assert "running eagerly" in err
+    assert model.encoder.layers.failed
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="Inductor needs a compiler")
+def test_inductor_fuses_the_int8_layers_within_rounding(capsys):
+    """Inductor itself: each int8 layer's rounding and scaling fused into C++ loops. Rounding an activation at a
+    half step may go the other way than eagerly (a quotient computed another way), so the outputs agree to a small
+    fraction of the int8 step, not bit for bit."""
+    ids, mask = padded_batch(40, b=3, t=12)
+    model = tiny_bert()
+    with torch.inference_mode():
+        eager, _ = model.hidden(ids, mask)
+        compile_layers(model)
+        out, _ = model.hidden(ids, mask)
+    assert (out - eager).abs().max() < 1e-2 * eager.abs().max()
+    assert "torch.compile built the layers" in capsys.readouterr().err
+    assert model.encoder.packed_layers.calls == 1 and not model.encoder.packed_layers.failed
