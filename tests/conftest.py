@@ -96,5 +96,11 @@ def one_thread():
 
 
 @pytest.fixture
+def aot_eager(monkeypatch):
+    """--compile traced as Inductor would trace it, without building C++ (seconds, not a minute, per model)."""
+    monkeypatch.setattr("lmforge.kernels.compiled.BACKEND", "aot_eager")
+
+
+@pytest.fixture
 def encoder_overrides(documents, tmp_path):
     return [*TINY_ENCODER, f"data.path={documents}", f"train.out={tmp_path / 'run'}"]

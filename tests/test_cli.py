@@ -169,3 +169,14 @@ def test_generate_refuses_bad_sampling_before_printing_the_prompt(tmp_path, caps
     code, out, err = run(capsys, "generate", str(tmp_path / "gpt"), "--prompt", "the film", flag, value)
     assert_one_line_error(code, err, flag)
     assert out == ""
+
+
+@pytest.mark.parametrize(
+    "verb", ["generate", "chat", "embed", "fill-mask", "predict", "evaluate", "translate", "summarize", "serve"]
+)
+def test_every_verb_with_dtype_offers_compile(verb, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main([verb, "--help"])
+    assert raised.value.code == 0
+    out = capsys.readouterr().out
+    assert "--dtype" in out and "--compile" in out and "torch.compile" in out

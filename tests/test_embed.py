@@ -113,6 +113,15 @@ def test_each_input_line_is_one_row_and_a_blank_line_is_refused(tiny, tmp_path, 
     assert not (tmp_path / "blank.npy").exists()
 
 
+def test_compile_gives_the_same_vectors(tiny, tmp_path, aot_eager, capsys):
+    argv = ["embed", tiny, "--text", "the film was good", "--text", "bad acting", "--dtype", "int8", "--output"]
+    assert main([*argv, str(tmp_path / "eager.npy")]) == 0
+    assert main([*argv, str(tmp_path / "compiled.npy"), "--compile"]) == 0
+    assert "torch.compile built the layers" in capsys.readouterr().err
+    eager, compiled = (torch.from_numpy(np.load(tmp_path / f"{name}.npy")) for name in ("eager", "compiled"))
+    assert torch.allclose(eager, compiled, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "content, message",
     [(b"a\n \nb\n", "line 2 is blank"), (b"a\nb\n\n", "line 3 is blank"), (b"", "is empty"),

@@ -15,6 +15,7 @@ from lmforge.cli.main import main
 from lmforge.config import FinetuneConfig
 from lmforge.errors import LmforgeError
 from lmforge.inference.embed import embed
+from lmforge.kernels.compiled import CompiledLayers
 from lmforge.kernels.int8 import Int8Linear
 from lmforge.recipes.finetune import finetune
 from lmforge.recipes.quantize import quantize
@@ -83,6 +84,34 @@ def test_generate_and_chat_verbs_take_dtype(models, tmp_path, capsys):
     assert main(["generate", str(tmp_path / "q"), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--greedy",
                  "--no-stream"]) == 0  # fmt: skip
     assert capsys.readouterr().out == int8
+
+
+def test_compile_generates_the_same_text_and_compiles_the_stack(models, aot_eager, capsys):
+    argv = ["generate", str(models / "gpt"), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--greedy", "--no-stream",
+            "--dtype", "int8"]  # fmt: skip
+    assert main(argv) == 0
+    eager = capsys.readouterr().out
+    assert main([*argv, "--compile"]) == 0
+    out, err = capsys.readouterr()
+    assert out == eager and "torch.compile built the layers" in err
+    loaded = load(models / "gpt", dtype="int8", compile=True)
+    assert isinstance(loaded.model.decoder.layers, CompiledLayers)
+    assert not isinstance(load(models / "gpt", dtype="int8").model.decoder.layers, CompiledLayers)
+
+
+def test_predict_and_evaluate_compile_every_model_they_load(models, tmp_path, aot_eager, capsys, monkeypatch):
+    argv = ["predict", str(models / "sst"), "--text", "the film was good", "--text", "bad acting", "--dtype", "int8"]
+    assert main(argv) == 0
+    eager = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main([*argv, "--compile"]) == 0
+    out, err = capsys.readouterr()
+    compiled = [json.loads(line) for line in out.splitlines()]
+    assert [r["label"] for r in compiled] == [r["label"] for r in eager] and "torch.compile built" in err
+    compiled_models = []
+    monkeypatch.setattr("lmforge.checkpoint.loader.compile_layers", compiled_models.append)
+    assert main(["evaluate", str(models / "sst"), "--data", str(models / "dev.csv"), "--dtype", "int8",
+                 "--compare", "fp32", "--compile", "--out", str(tmp_path / "rep")]) == 0  # fmt: skip
+    assert len(compiled_models) == 2  # the model and the one it is compared with
 
 
 def test_classifier_and_tagger_keep_their_scores(models, tmp_path, capsys):

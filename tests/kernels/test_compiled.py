@@ -23,14 +23,8 @@ def tiny_bert(dtype: str = "int8"):
     return apply_kernels(model)
 
 
-@pytest.fixture
-def traced(monkeypatch):
-    """torch.compile's tracing and graph capture without Inductor's C++ build (seconds rather than a minute)."""
-    monkeypatch.setattr(compiled_module, "BACKEND", "aot_eager")
-
-
 @pytest.mark.parametrize("dtype", ["int8", "fp32"])
-def test_a_padded_batch_runs_packed_and_compiled_as_eagerly(traced, dtype):
+def test_a_padded_batch_runs_packed_and_compiled_as_eagerly(aot_eager, dtype):
     ids, mask = padded_batch(40, b=3, t=12)
     model = tiny_bert(dtype)
     with torch.inference_mode():
@@ -44,7 +38,7 @@ def test_a_padded_batch_runs_packed_and_compiled_as_eagerly(traced, dtype):
     assert compile_layers(model).encoder.packed_layers is model.encoder.packed_layers  # a second call adds nothing
 
 
-def test_decoding_with_a_kv_cache_compiled_gives_the_eager_tokens(traced):
+def test_decoding_with_a_kv_cache_compiled_gives_the_eager_tokens(aot_eager):
     model = tiny_gpt(max_seq_len=32)
     quantize_model(model, Quantization("int8"))
     prompt = torch.tensor([[3, 7, 1, 9]])

@@ -16,6 +16,7 @@ from lmforge.config import RunConfig, TaskConfig
 from lmforge.errors import LmforgeError
 from lmforge.kernels import apply_kernels
 from lmforge.kernels.bf16 import bf16_supported
+from lmforge.kernels.compiled import compile_layers
 from lmforge.kernels.quantize import Quantization, check_dtype, quantize_model
 from lmforge.models import GPT, MODELS, Bert
 from lmforge.tasks import get_task
@@ -28,12 +29,14 @@ def load(
     allow_pickle: bool = False,
     family: str | None = None,
     dtype: str | None = None,
+    compile: bool = False,
 ) -> Loaded:
     """The model (eval mode, on device, with lmforge.kernels applied), tokenizer, run config and task (None unless
     fine-tuned) that path holds.
 
     family ("gpt" or "bert"), when given, is the one the caller can use; another is a user mistake. dtype (fp32,
-    bf16, int8; None: as stored) quantizes an fp32 model's linear layers on the fly (lmforge.kernels.quantize)."""
+    bf16, int8; None: as stored) quantizes an fp32 model's linear layers on the fly (lmforge.kernels.quantize);
+    compile runs its layers under torch.compile (lmforge.kernels.compile_layers), faster once compiled."""
     source = resolve(path)
     if not source.is_dir():
         kind = "is a file, not a directory" if source.exists() else "not found"
@@ -54,6 +57,8 @@ def load(
         quantize_model(loaded.model, Quantization(dtype))
         loaded.dtype = dtype
     loaded.model = apply_kernels(loaded.model.to(device).eval())  # the CPU's faster kernels for inference
+    if compile:
+        compile_layers(loaded.model)
     return loaded
 
 
@@ -132,10 +137,11 @@ def from_pretrained(
     family: str | None = None,
     allow_pickle: bool = False,
     dtype: str | None = None,
+    compile: bool = False,
 ) -> tuple[GPT | Bert, Tokenizer]:
     """`load` for a pretrained model: an inference-ready (eval) model and its tokenizer from an lmforge checkpoint or
     a local HF model directory; "all-MiniLM-L6-v2" names the installed package's copy."""
-    loaded = pretrained(load(path, device, allow_pickle, family, dtype), "serve as a pretrained model")
+    loaded = pretrained(load(path, device, allow_pickle, family, dtype, compile), "serve as a pretrained model")
     return loaded.model, loaded.tokenizer
 
 
@@ -148,11 +154,11 @@ def load_model(
 
 
 def load_finetuned(
-    path: str | Path, device: str | torch.device = "cpu", dtype: str | None = None
+    path: str | Path, device: str | torch.device = "cpu", dtype: str | None = None, compile: bool = False
 ) -> tuple[nn.Module, Tokenizer, TaskConfig]:
     """`load` for a fine-tuned model: the task's model (a head with its `backbone`), its tokenizer and its TaskConfig
     (task, labels, pooling, max_seq_len, input columns)."""
-    loaded = require_task(load(path, device, dtype=dtype))
+    loaded = require_task(load(path, device, dtype=dtype, compile=compile))
     return loaded.model, loaded.tokenizer, loaded.task
 
 

@@ -29,7 +29,9 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     check_sampling(args.max_new_tokens, **sampling)  # a mistake fails before the model loads
-    model, tokenizer, template = load_chat_model(args.checkpoint, resolve_device(args.device), args.dtype)
+    model, tokenizer, template = load_chat_model(
+        args.checkpoint, resolve_device(args.device), args.dtype, compile=args.compile
+    )
     dialogue = Dialogue(model, tokenizer, template, args.system, args.max_new_tokens, **sampling)
     if sys.stdin.isatty():
         print("lmforge chat: /reset starts a new conversation, /exit (or Ctrl-D) ends it", file=sys.stderr)

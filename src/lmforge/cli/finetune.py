@@ -60,11 +60,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.source is not None:
         report, written = evaluate_seq2seq(
             args.checkpoint, args.data, args.source, args.target, args.out, args.num_beams, args.batch_size, device,
-            args.dtype, args.compare,
+            args.dtype, args.compare, compile=args.compile,
         )  # fmt: skip
     else:
         report, written = evaluate_checkpoint(
-            args.checkpoint, args.data, args.out, args.batch_size, device, args.dtype, args.compare
+            args.checkpoint,
+            args.data,
+            args.out,
+            args.batch_size,
+            device,
+            args.dtype,
+            args.compare,
+            compile=args.compile,
         )
     if "bleu" in report:  # an encoder-decoder's scores, on sacreBLEU's 0-100 scale
         print(", ".join(f"{name} {report[name]:.2f}" for name in ("bleu", "chrf", "rougeL")))
@@ -87,10 +94,15 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if (args.input is None) == (not args.text) or (args.input is None) != (args.output is None):
         raise LmforgeError("give --text TEXT (repeatable), or --input FILE with --output FILE")
     if args.input:
-        n = predict_file(args.checkpoint, args.input, args.output, args.batch_size, device, args.dtype)
+        n = predict_file(
+            args.checkpoint, args.input, args.output, args.batch_size, device, args.dtype, compile=args.compile
+        )
         print(f"wrote {n} predictions to {args.output}")
         return
-    for record in predict_texts(args.checkpoint, args.text, args.text_pair, args.batch_size, device, args.dtype):
+    records = predict_texts(
+        args.checkpoint, args.text, args.text_pair, args.batch_size, device, args.dtype, compile=args.compile
+    )
+    for record in records:
         print(json.dumps(record, ensure_ascii=False))
 
 

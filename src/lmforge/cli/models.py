@@ -30,7 +30,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     )  # fmt: skip
     check_sampling(args.max_new_tokens, **sampling)  # a mistake fails before the model loads
     model, tokenizer = from_pretrained(
-        args.checkpoint, resolve_device(args.device), None, args.allow_pickle, args.dtype
+        args.checkpoint, resolve_device(args.device), None, args.allow_pickle, args.dtype, compile=args.compile
     )
     if model.family not in ("gpt", "xlnet"):
         raise LmforgeError(f"{args.checkpoint} holds a {model.family} model; lmforge generate needs a gpt or xlnet one")
@@ -48,7 +48,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> None:
     from lmforge.training.device import resolve_device
 
     model, tokenizer = from_pretrained(
-        args.checkpoint, resolve_device(args.device), "bert", args.allow_pickle, args.dtype
+        args.checkpoint, resolve_device(args.device), "bert", args.allow_pickle, args.dtype, compile=args.compile
     )
     masks = fill_mask(model, tokenizer, args.text, args.top_k)
     for n, fillers in enumerate(masks, start=1):
@@ -71,6 +71,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
         resolve_device(args.device),
         args.allow_pickle,
         args.dtype,
+        compile=args.compile,
     )
     if args.output is not None:
         print(f"wrote {len(texts)} embeddings of size {vectors.size(1)} to {args.output}")

@@ -33,7 +33,7 @@ def cmd_seq2seq(args: argparse.Namespace) -> None:
     check_options(**options)  # a mistake fails before the model loads
     if args.output is not None:
         check_output_file(args.output, {"--input": args.input, "the checkpoint": args.checkpoint})
-    loaded = load(args.checkpoint, device, dtype=args.dtype)
+    loaded = load(args.checkpoint, device, dtype=args.dtype, compile=args.compile)
     model = check_seq2seq(loaded, f"lmforge {args.verb}")
     options |= dict(device=device, progress=not args.no_progress)
     if args.input is not None:

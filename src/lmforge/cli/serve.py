@@ -25,7 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except ImportError as e:
         message = f"lmforge serve needs the serve extra ({e.name} is missing): pip install 'lmforge[serve]'"
         raise LmforgeError(message) from None
-    loaded = load(args.model, resolve_device(args.device), args.allow_pickle, dtype=args.dtype)
+    loaded = load(args.model, resolve_device(args.device), args.allow_pickle, dtype=args.dtype, compile=args.compile)
     name = args.model_name or Path(args.model.rstrip("/")).name
     app = create_app(loaded, name, args.api_key, args.max_batch, args.max_queue)
     where = "all interfaces" if args.host in ("0.0.0.0", "::") else "this interface only"

@@ -20,11 +20,11 @@ RESET, EXIT = "/reset", "/exit"
 
 
 def load_chat_model(
-    path: str | Path, device: str | torch.device = "cpu", dtype: str | None = None
+    path: str | Path, device: str | torch.device = "cpu", dtype: str | None = None, compile: bool = False
 ) -> tuple[nn.Module, Tokenizer, str | None]:
     """A GPT to chat with (pretrained, or fine-tuned with --task chat), its tokenizer and its chat template (None:
     lmforge's default)."""
-    loaded = load(path, device, family="gpt", dtype=dtype)
+    loaded = load(path, device, family="gpt", dtype=dtype, compile=compile)
     model = pretrained(loaded, "chat").model  # a chat fine-tune is a GPT still; another fine-tune is refused
     return model, loaded.tokenizer, read_template(loaded.path or resolve(path))
 

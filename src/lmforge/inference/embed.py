@@ -89,6 +89,7 @@ def embed_checkpoint(
     device: str | torch.device = "cpu",
     allow_pickle: bool = False,
     dtype: str | None = None,
+    compile: bool = False,
 ) -> tuple[list[str], torch.Tensor]:
     """lmforge embed: texts, then input_path's lines, embedded by the model at path, and written to output_path when
     given; returns the texts and their vectors. Every mistake in the inputs is reported before the model loads."""
@@ -98,7 +99,7 @@ def embed_checkpoint(
     if output_path is not None:
         check_output_file(output_path, {"--input": input_path})
     check_batch_size(batch_size)
-    model, tokenizer = from_pretrained(path, device, allow_pickle=allow_pickle, dtype=dtype)
+    model, tokenizer = from_pretrained(path, device, allow_pickle=allow_pickle, dtype=dtype, compile=compile)
     vectors = embed(model, tokenizer, texts, batch_size)
     if output_path is not None:
         save_embeddings(output_path, texts, vectors)

@@ -64,27 +64,31 @@ def evaluate_checkpoint(
     device: str = "cpu",
     dtype: str | None = None,
     compare: str | None = None,
+    compile: bool = False,
 ) -> tuple[dict, list[Path]]:
     """Scores a fine-tuned checkpoint on a labelled file and writes the report (default: CHECKPOINT/eval-STEM). The
     data, the batch size and a given out are checked before the model loads, the default out once it has loaded. A
     pretrained encoder-decoder is scored as evaluate_seq2seq scores it, on a file's source and target columns.
 
     dtype runs the model quantized on the fly; compare (e.g. "fp32") scores it a second time in that precision and
-    puts those scores in the report's `compare` section, so the report shows what the precision costs."""
+    puts those scores in the report's `compare` section, so the report shows what the precision costs. compile runs
+    both under torch.compile (lmforge.kernels.compiled)."""
     check_data_file(Path(data))
     check_batch_size(batch_size)
     if out is not None:
         check_output_dir(out, {"--data": data, "the checkpoint": checkpoint})
-    loaded = load(checkpoint, device, dtype=dtype)
+    loaded = load(checkpoint, device, dtype=dtype, compile=compile)
     if loaded.task is None and loaded.config.family == "t5":  # a pretrained encoder-decoder: the file holds pairs
         pairs = seq2seq_pairs(data, "source", "target")
-        return _evaluate_seq2seq(loaded, checkpoint, data, pairs, out, 4, batch_size, device, compare)
+        return _evaluate_seq2seq(loaded, checkpoint, data, pairs, out, 4, batch_size, device, compare, compile)
     out = _default_out(checkpoint, data) if out is None else Path(out)
     report = {"checkpoint": str(checkpoint), "data": str(data), "task": require_task(loaded).task.task}
     report |= score_task(loaded, data, batch_size, device)
     if compare is not None:
         report["dtype"] = loaded.dtype
-        report["compare"] = {compare: score_task(load(checkpoint, device, dtype=compare), data, batch_size, device)}
+        report["compare"] = {
+            compare: score_task(load(checkpoint, device, dtype=compare, compile=compile), data, batch_size, device)
+        }
     return report, write_report(report, out)
 
 
@@ -122,29 +126,30 @@ def evaluate_seq2seq(
     device: str = "cpu",
     dtype: str | None = None,
     compare: str | None = None,
+    compile: bool = False,
 ) -> tuple[dict, list[Path]]:
     """Scores an encoder-decoder's outputs for the sources of parallel data against their targets (BLEU, chrF,
     ROUGE) and writes the report and hypotheses.txt (default: CHECKPOINT/eval-STEM). The data, the settings and a
-    given out are checked before the model loads. dtype and compare as evaluate_checkpoint's."""
+    given out are checked before the model loads. dtype, compare and compile as evaluate_checkpoint's."""
     pairs = seq2seq_pairs(data, source, target)
     check_options(num_beams=num_beams, batch_size=batch_size)
     if out is not None:
         check_output_dir(out, {"--data": data, "the checkpoint": checkpoint})
-    loaded = load(checkpoint, device, dtype=dtype)
+    loaded = load(checkpoint, device, dtype=dtype, compile=compile)
     check_seq2seq(loaded, "lmforge evaluate --source --target")
-    return _evaluate_seq2seq(loaded, checkpoint, data, pairs, out, num_beams, batch_size, device, compare)
+    return _evaluate_seq2seq(loaded, checkpoint, data, pairs, out, num_beams, batch_size, device, compare, compile)
 
 
 def _evaluate_seq2seq(
     loaded: Loaded, checkpoint: str | Path, data: str | Path, pairs: Pairs, out: str | Path | None,
-    num_beams: int, batch_size: int, device: str, compare: str | None,
+    num_beams: int, batch_size: int, device: str, compare: str | None, compile: bool,
 ) -> tuple[dict, list[Path]]:  # fmt: skip
     out = _default_out(checkpoint, data) if out is None else Path(out)
     hypotheses, scores = _seq2seq_scores(loaded, pairs, num_beams, batch_size, device)
     report = {"checkpoint": str(checkpoint), "data": pairs.where, "task": "seq2seq", "examples": len(hypotheses)}
     report |= {"num_beams": num_beams} | scores
     if compare is not None:
-        other = load(checkpoint, device, dtype=compare)
+        other = load(checkpoint, device, dtype=compare, compile=compile)
         report |= {
             "dtype": loaded.dtype,
             "compare": {compare: _seq2seq_scores(other, pairs, num_beams, batch_size, device)[1]},

@@ -86,11 +86,12 @@ def predict_texts(
     batch_size: int = 64,
     device: str = "cpu",
     dtype: str | None = None,
+    compile: bool = False,
 ) -> list[dict]:
     """Predictions for texts given on the command line; NER splits each text into words at whitespace, relation
     reads its entities from inline markers, QA takes each text as a question about `pair`, the context."""
     check_batch_size(batch_size)
-    model, tokenizer, task = load_finetuned(checkpoint, device, dtype)
+    model, tokenizer, task = load_finetuned(checkpoint, device, dtype, compile)
     examples = [get_task(task.task).example(t, pair, n) for n, t in enumerate(texts, start=1)]
     return predict(model, tokenizer, task, examples, batch_size, device)
 
@@ -102,6 +103,7 @@ def predict_file(
     batch_size: int = 64,
     device: str = "cpu",
     dtype: str | None = None,
+    compile: bool = False,
 ) -> int:
     """Writes one JSON line per input example to output_path (all or nothing); returns the number written. The paths
     and the batch size are checked before the model loads."""
@@ -109,7 +111,7 @@ def predict_file(
     check_data_file(input_path)
     output_path = check_output_file(output_path, {"--input": input_path})
     check_batch_size(batch_size)
-    model, tokenizer, task = load_finetuned(checkpoint, device, dtype)
+    model, tokenizer, task = load_finetuned(checkpoint, device, dtype, compile)
     examples = get_task(task.task).read(input_path, columns_of(task), labelled=False)
     records = predict(model, tokenizer, task, examples, batch_size, device)
     output_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """Kernels applied to a model from outside, so that lmforge.nn stays plain PyTorch: CPU kernel choice for linear
-layers and the int8 greedy-argmax screen of an LM head."""
+layers, the int8 greedy-argmax screen of an LM head, and compiled layers (`compile_layers`)."""
 
 from torch import nn
 
+from lmforge.kernels.compiled import compile_layers
 from lmforge.kernels.linear import Linear
 
 
@@ -18,4 +19,4 @@ def apply_kernels(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["apply_kernels"]
+__all__ = ["apply_kernels", "compile_layers"]

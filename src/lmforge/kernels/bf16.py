@@ -8,14 +8,14 @@ saved). Everything outside these layers (norms, softmax, the residual stream) st
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.kernels.once import asked_once
 
-@functools.cache
+
+@asked_once
 def bf16_supported() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), as oneDNN reports it."""
     try:
@@ -56,7 +56,7 @@ class Bf16Linear(nn.Module):
         flat, weight = x.reshape(-1, self.in_features), self.weight[rows]
         if flat.device.type == "cpu" and not bf16_supported():  # no native bf16 here: the same weights, in fp32
             y = F.linear(flat.float(), weight.float())
-        elif packed and flat.device.type == "cpu" and flat.size(0):
+        elif packed and flat.device.type == "cpu" and flat.size(0) and not torch.compiler.is_compiling():
             y = torch.ops.mkldnn._linear_pointwise(flat.bfloat16(), self._packed_weight(), None, "none", [], "").float()
         else:
             y = F.linear(flat.to(torch.bfloat16), weight).float()

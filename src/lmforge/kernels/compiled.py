@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from lmforge.kernels.bf16 import bf16_supported
 from lmforge.kernels.int8 import int_mm_works
 from lmforge.nn.blocks import TransformerStack
 
@@ -90,7 +91,7 @@ class CompiledLayers:
 def compile_layers(model: nn.Module) -> nn.Module:
     """Compiles, in place, the layers of every Transformer stack of model (the blocks and final norm, padded or
     packed) and returns model. Parameters and state-dict keys stay; outputs change by rounding only."""
-    int_mm_works()  # asked now, so that the compiler reads its answer as a constant
+    int_mm_works(), bf16_supported()  # asked now, so that the compiler reads their answers as constants
     for module in model.modules():
         if isinstance(module, TransformerStack) and not isinstance(module.layers, CompiledLayers):
             module.layers = CompiledLayers(module, "layers")

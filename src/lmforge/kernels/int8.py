@@ -23,22 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.kernels.once import asked_once
+
 CHUNK_ROWS = 256  # rows rounded and multiplied at a time: larger inputs would spill their temporaries out of cache
 
 
-_int_mm_ok: bool | None = None  # int_mm_works()'s answer once asked: a constant to torch.compile
-
-
+@asked_once
 def int_mm_works() -> bool:
     """torch._int_mm on the CPU, run by oneDNN (without it the product is a plain loop); checked once, on a tiny
     product, when first needed (not at import)."""
-    global _int_mm_ok
-    if _int_mm_ok is None:
-        _int_mm_ok = _int_mm_runs()
-    return _int_mm_ok
-
-
-def _int_mm_runs() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     try:
