@@ -55,6 +55,8 @@ def _compiled(fn: Callable, backend: str) -> Callable:
     """One torch.compile per function, shared by every model: torch keeps its graphs per function, and each
     torch.compile call would count as a new backend that adds graphs of its own."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    torch._dynamo.config.use_recursive_dict_tags_for_guards = True  # a module left as it was is checked at once:
+    # a decoding step's guards 416 -> 153 us
     return torch.compile(fn, dynamic=True, backend=backend, options=OPTIONS if backend == "inductor" else None)
 
 
