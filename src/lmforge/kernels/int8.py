@@ -52,9 +52,10 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     x ~= scale * (x_q + offset). The grid spans [min(x, 0), max(x, 0)] in 255 steps, so 0 is exact. (amax and amin
     rather than aminmax, whose per-row reduction runs 10x slower on the CPU.)"""
     lo, hi = x.amin(dim=1, keepdim=True).clamp_(max=0), x.amax(dim=1, keepdim=True).clamp_(min=0)
-    scale = (hi - lo).clamp_min_(torch.finfo(torch.float32).tiny).div_(255)
+    scale = (hi - lo).div_(255).clamp_min_(torch.finfo(torch.float32).tiny)  # a normal number: 1 / scale is finite
     offset = torch.round(lo / scale).add_(128)  # the lowest step maps to -128
-    return x.div(scale).round_().sub_(offset).clamp_(-128, 127).to(torch.int8), scale, offset
+    steps = x * scale.reciprocal()  # a product per value rather than a division (a fifth of its cost)
+    return steps.round_().sub_(offset).clamp_(-128, 127).to(torch.int8), scale, offset
 
 
 def int8_product(x_q: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
