@@ -9,10 +9,11 @@ sorting and `ratio_same_order` isolates the model. Prints progress on stderr and
 With --dtype int8 or bf16, lmforge's quantized model (`lmforge embed --dtype`) runs against lmforge in fp32
 (`ratio`) and against transformers with torch.ao.quantization.quantize_dynamic (qint8 linears, longest first like
 lmforge: `ratio_quantized_peer`); `min_cosine` is then the quantized vectors' against lmforge fp32's. The quantized
-model's layers run compiled (`--compile`, lmforge.kernels.compile_layers) unless --no-compile; lmforge fp32 runs
+model's layers run compiled with int8 (`--compile`, lmforge.kernels.compile_layers) unless --no-compile (bf16:
+eagerly unless --compile, its faster way); lmforge fp32 runs
 eagerly, its faster way here (compiled, it reaches 0.9x of eager on the EPYC: its packed weights stay outside).
 Usage: python bench/encode.py [--rounds 5] [--sentences 512] [--batch-size 32] [--dtype fp32|int8|bf16]
-       [--no-compile]
+       [--compile | --no-compile]
 """
 
 from __future__ import annotations
@@ -99,10 +100,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "int8", "bf16"], help="lmforge's linear layers")
     parser.add_argument(
-        "--no-compile",
-        dest="compile",
-        action="store_false",
-        help="with --dtype int8 or bf16, run lmforge's quantized layers eagerly rather than compiled (`--compile`)",
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="run lmforge's quantized layers compiled (`--compile`); default: with --dtype int8 only (bf16 runs faster "
+        "eagerly, from oneDNN's packed weights)",
     )
     args = parser.parse_args()
 

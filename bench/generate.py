@@ -16,10 +16,11 @@ transformers' Conv1D, which quantize_dynamic does not touch; the peer gets them 
 quantized whole. The weights are random, so the logits are nearly flat and rounding changes which token wins
 within a few steps: quality is measured on trained models (docs/quantization.md), not here. The bound is then the
 measured memory bandwidth over the bytes each token reads (the quantized weights, the fp32 ones left, and the LM
-head's int8 screen). lmforge's quantized layers run compiled (`--compile`, lmforge.kernels.compile_layers: each
-layer's rounding and scaling fused around its product) unless --no-compile; the warm-up call compiles.
+head's int8 screen). lmforge's int8 layers run compiled (`--compile`, lmforge.kernels.compile_layers: each layer's
+rounding and scaling fused around its product) unless --no-compile; the warm-up call compiles. bf16 runs eagerly
+unless --compile: compiled, its products lose oneDNN's packed copy of the weights and run slower.
 Usage: python bench/generate.py [--reps 5] [--new-tokens 128] [--quiet-wait 10] [--dtype fp32|int8|bf16]
-       [--no-compile]
+       [--compile | --no-compile]
 """
 
 from __future__ import annotations
@@ -220,12 +221,14 @@ def main() -> None:
     )
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "int8", "bf16"], help="lmforge's linear layers")
     parser.add_argument(
-        "--no-compile",
-        dest="compile",
-        action="store_false",
-        help="with --dtype int8 or bf16, run lmforge's layers eagerly rather than compiled (`--compile`)",
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="run lmforge's quantized layers compiled (`--compile`); default: with --dtype int8 only (bf16 runs faster "
+        "eagerly, from oneDNN's packed weights)",
     )
     args = parser.parse_args()
+    if args.compile is None:
+        args.compile = args.dtype == "int8"
     if args.dtype != "fp32":
         quantized(args)
         return
