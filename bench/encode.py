@@ -9,9 +9,9 @@ sorting and `ratio_same_order` isolates the model. Prints progress on stderr and
 With --dtype int8 or bf16, lmforge's quantized model (`lmforge embed --dtype`) runs against lmforge in fp32
 (`ratio`) and against transformers with torch.ao.quantization.quantize_dynamic (qint8 linears, longest first like
 lmforge: `ratio_quantized_peer`); `min_cosine` is then the quantized vectors' against lmforge fp32's. An int8
-model's layers run compiled (`--compile`, lmforge.kernels.compile_layers) unless --no-compile; bf16 and lmforge fp32
-run eagerly unless --compile, their faster way here (compiled, their products lose oneDNN's packed weights: fp32
-reaches 0.9x of eager on the EPYC).
+model's layers run compiled (`--compile`, lmforge.kernels.compile_layers) unless --no-compile; a bf16 one runs
+eagerly unless --compile, and lmforge fp32 always eagerly: their faster way here (compiled, their products lose
+oneDNN's packed weights; fp32 reaches 0.9x of eager on the EPYC).
 Usage: python bench/encode.py [--rounds 5] [--sentences 512] [--batch-size 32] [--dtype fp32|int8|bf16]
        [--compile | --no-compile]
 """
