@@ -263,13 +263,13 @@ class Running:
     """An lmforge server (lmforge.serve) in a thread of this process, on a free loopback port, for the length of a
     with block."""
 
-    def __init__(self, path, **options):
+    def __init__(self, path, load_options=None, **options):
         import uvicorn
 
         from lmforge.checkpoint.loader import load
         from lmforge.serve.app import create_app
 
-        self.loaded = load(path)
+        self.loaded = load(path, **(load_options or {}))
         self.app = create_app(self.loaded, "tiny", **options)
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))

@@ -93,6 +93,30 @@ def test_concurrent_requests_are_batched_and_each_is_right(server):
         assert results[i].choices[0].text == tokenizer.decode(greedy(server.loaded, tokenizer.encode(prompt), 5 + i))
 
 
+def test_a_compiled_int8_server_batches_requests_as_eager_int8_decodes(gpt, aot_eager):
+    from lmforge.checkpoint.loader import load
+    from lmforge.kernels.compiled import CompiledLayers
+
+    eager = load(gpt, dtype="int8")
+    prompts = ["the", "great acting", "bad plot very", "film the film was fine", "poor"]
+    results = [None] * len(prompts)
+    with Running(gpt, {"dtype": "int8", "compile": True}, max_batch=4) as running:
+        assert isinstance(running.loaded.model.decoder.layers, CompiledLayers)
+        client, tokenizer = running.client(), running.loaded.tokenizer
+
+        def ask(i):
+            results[i] = client.completions.create(model="tiny", prompt=prompts[i], max_tokens=4 + i, temperature=0)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert running.loaded.model.decoder.layers.calls > 0 and not running.loaded.model.decoder.layers.failed
+    for i, prompt in enumerate(prompts):
+        assert results[i].choices[0].text == tokenizer.decode(greedy(eager, tokenizer.encode(prompt), 4 + i))
+
+
 @pytest.mark.parametrize(
     "body, status, says",
     [
