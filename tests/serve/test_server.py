@@ -76,9 +76,9 @@ def test_chat_completions_apply_the_template_and_stream(server):
     assert chunks[-1].choices[0].finish_reason == reply.choices[0].finish_reason
 
 
-def test_concurrent_requests_are_batched_and_each_is_right(server):
-    client, tokenizer = server.client(), server.loaded.tokenizer
-    prompts = ["the", "great acting", "bad plot very", "film", "the film was fine", "poor", "very good", "awful"]
+def ask_at_once(running: Running, prompts: list[str]) -> list[str]:
+    """Greedy completions of prompts[i] with 5 + i new tokens, every request sent at once (each from a thread)."""
+    client = running.client()
     results = [None] * len(prompts)
 
     def ask(i):
@@ -89,8 +89,14 @@ def test_concurrent_requests_are_batched_and_each_is_right(server):
         t.start()
     for t in threads:
         t.join()
-    for i, prompt in enumerate(prompts):
-        assert results[i].choices[0].text == tokenizer.decode(greedy(server.loaded, tokenizer.encode(prompt), 5 + i))
+    return [r.choices[0].text for r in results]
+
+
+def test_concurrent_requests_are_batched_and_each_is_right(server):
+    tokenizer = server.loaded.tokenizer
+    prompts = ["the", "great acting", "bad plot very", "film", "the film was fine", "poor", "very good", "awful"]
+    for i, (prompt, text) in enumerate(zip(prompts, ask_at_once(server, prompts), strict=True)):
+        assert text == tokenizer.decode(greedy(server.loaded, tokenizer.encode(prompt), 5 + i))
 
 
 def test_a_compiled_int8_server_batches_requests_as_eager_int8_decodes(gpt, aot_eager):
@@ -99,22 +105,13 @@ def test_a_compiled_int8_server_batches_requests_as_eager_int8_decodes(gpt, aot_
 
     eager = load(gpt, dtype="int8")
     prompts = ["the", "great acting", "bad plot very", "film the film was fine", "poor"]
-    results = [None] * len(prompts)
     with Running(gpt, {"dtype": "int8", "compile": True}, max_batch=4) as running:
-        assert isinstance(running.loaded.model.decoder.layers, CompiledLayers)
-        client, tokenizer = running.client(), running.loaded.tokenizer
-
-        def ask(i):
-            results[i] = client.completions.create(model="tiny", prompt=prompts[i], max_tokens=4 + i, temperature=0)
-
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert running.loaded.model.decoder.layers.calls > 0 and not running.loaded.model.decoder.layers.failed
-    for i, prompt in enumerate(prompts):
-        assert results[i].choices[0].text == tokenizer.decode(greedy(eager, tokenizer.encode(prompt), 4 + i))
+        texts = ask_at_once(running, prompts)
+        layers = running.loaded.model.decoder.layers
+        assert isinstance(layers, CompiledLayers) and layers.calls > 0 and not layers.failed
+    tokenizer = eager.tokenizer
+    for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
+        assert text == tokenizer.decode(greedy(eager, tokenizer.encode(prompt), 5 + i))
 
 
 @pytest.mark.parametrize(
