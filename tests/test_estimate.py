@@ -187,6 +187,14 @@ def test_codecarbon_measures_the_energy_when_installed(tmp_path, corpus, monkeyp
 
     monkeypatch.setenv("LMFORGE_ENERGY", "auto")
     monkeypatch.setattr(energy, "MEASURE_EVERY_S", 0.0)
+    starts = energy.EnergyMeter.__init__
+
+    def started(meter, device):  # the run waits for codecarbon, so that even its first record is measured
+        starts(meter, device)
+        if meter.starting is not None:
+            meter.starting.join()
+
+    monkeypatch.setattr(energy.EnergyMeter, "__init__", started)
     out = tmp_path / "run"
     argv = ["train", "--config", "char-small", "--data", str(corpus), "--out", str(out), "--max-steps", "30",
             "--no-progress", "--set", "model.n_layer=2", "--set", "model.d_model=128", "--set", "model.max_seq_len=64",
@@ -200,7 +208,40 @@ def test_codecarbon_measures_the_energy_when_installed(tmp_path, corpus, monkeyp
     for r in records:
         assert r["co2_kg"] == pytest.approx(0.25 * r["energy_kwh"])
     monkeypatch.setenv("LMFORGE_ENERGY", "estimate")
-    assert energy.EnergyMeter(torch.device("cpu")).tracker is None
+    skipped = energy.EnergyMeter(torch.device("cpu"))
+    assert skipped.tracker is None and skipped.starting is None
+
+
+def test_codecarbon_starts_beside_the_run_which_is_estimated_until_it_measures(monkeypatch):
+    import threading
+    from types import SimpleNamespace
+
+    from lmforge.training import energy
+
+    go, stopped = threading.Event(), []
+
+    class Tracker:
+        _total_energy = SimpleNamespace(kWh=1e-6)
+
+        def flush(self):
+            pass
+
+        def stop(self):
+            stopped.append(True)
+
+    def slow_tracker(device):
+        go.wait(10)
+        return Tracker()
+
+    monkeypatch.setenv("LMFORGE_ENERGY", "auto")
+    monkeypatch.setattr(energy, "_tracker", slow_tracker)
+    with energy.EnergyMeter(torch.device("cpu")) as meter:  # returns at once: codecarbon is not waited for
+        assert meter.source.startswith("estimated for") and meter.kwh() < 1e-6
+        go.set()
+        meter.starting.join()
+        gap = meter.power_w * (meter.tracked_from - meter.start) / 3.6e6
+        assert meter.kwh() == pytest.approx(gap + 1e-6) and meter.source == "measured by codecarbon"
+    assert stopped == [True] and meter.tracker is None
 
 
 def test_without_codecarbon_the_energy_is_estimated(monkeypatch):
