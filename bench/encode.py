@@ -106,7 +106,8 @@ def main() -> None:
         "eagerly, from oneDNN's packed weights)",
     )
     args = parser.parse_args()
-
+    if args.compile is None:
+        args.compile = args.dtype == "int8"
     path = resolve("all-MiniLM-L6-v2")
     if args.dtype != "fp32":
         quantized(args, path, sentences(args.sentences))
