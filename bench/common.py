@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -10,6 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from lmforge.hardware import best_time, this_machine
+from lmforge.training.optim import apply_step
 
 
 def as_lmforge_trains(model):
@@ -33,9 +35,7 @@ def training_steps(model, optimizer, batches: Sequence, loss_of: Callable, clip:
                 clip(model, optimizer, 1.0)
             else:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.__dict__.pop("grad_scale", None)  # clip_in_step's factor holds for one step
-            optimizer.zero_grad(set_to_none=True)
+            apply_step(optimizer)
 
     return run
 
@@ -57,6 +57,20 @@ def alternating_rounds(ours: Callable, peer: Callable, rounds: int, tokens: int)
 def matmul_peak_flops(dtype: torch.dtype = torch.float32) -> float:
     """The machine's matmul peak, measured now and kept as the figure a training run's MFU uses (lmforge.hardware)."""
     return this_machine(measure=True).peak_flops("bf16" if dtype == torch.bfloat16 else "fp32")
+
+
+def add_compile_flag(parser: argparse.ArgumentParser) -> None:
+    """--compile / --no-compile for lmforge's quantized model; compiles(args) says which applies."""
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="run lmforge's quantized layers compiled (`--compile`); default: with --dtype int8 only (bf16 runs faster "
+        "eagerly, from oneDNN's packed weights)",
+    )
+
+
+def compiles(args: argparse.Namespace) -> bool:
+    return args.compile if args.compile is not None else args.dtype == "int8"
 
 
 def log(*parts) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import alternating_rounds, emit, log
+from common import add_compile_flag, alternating_rounds, compiles, emit, log
 from transformers import AutoModel, AutoTokenizer
 
 from lmforge.checkpoint import from_pretrained, resolve
@@ -60,7 +60,7 @@ def quantized(args: argparse.Namespace, path: Path, texts: list[str]) -> None:
     b = args.batch_size
     fp32, tokenizer = from_pretrained(path)
     ours, _ = from_pretrained(path, dtype=args.dtype)
-    if args.compile:
+    if compiles(args):
         compile_layers(ours)
     hf = torch.ao.quantization.quantize_dynamic(AutoModel.from_pretrained(path).eval(), {torch.nn.Linear}, torch.qint8)
     hf_tokenizer = AutoTokenizer.from_pretrained(path)
@@ -84,7 +84,7 @@ def quantized(args: argparse.Namespace, path: Path, texts: list[str]) -> None:
     cosine = (vectors["ours"] * vectors["fp32"]).sum(-1).min().item()
     peer_cosine = (vectors["peer"] * vectors["fp32"]).sum(-1).min().item()
     emit({
-        "dtype": args.dtype, "compiled": args.compile, "lmforge_sentences_per_s": ours_sps,
+        "dtype": args.dtype, "compiled": compiles(args), "lmforge_sentences_per_s": ours_sps,
         "lmforge_fp32_sentences_per_s": fp32_sps,
         "ratio": ours_sps / fp32_sps, "quantized_peer_sentences_per_s": peer_sps,
         "ratio_quantized_peer": ours_sps / peer_sps, "min_cosine": cosine, "quantized_peer_min_cosine": peer_cosine,
@@ -99,15 +99,8 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "int8", "bf16"], help="lmforge's linear layers")
-    parser.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        help="run lmforge's quantized layers compiled (`--compile`); default: with --dtype int8 only (bf16 runs faster "
-        "eagerly, from oneDNN's packed weights)",
-    )
+    add_compile_flag(parser)
     args = parser.parse_args()
-    if args.compile is None:
-        args.compile = args.dtype == "int8"
     path = resolve("all-MiniLM-L6-v2")
     if args.dtype != "fp32":
         quantized(args, path, sentences(args.sentences))

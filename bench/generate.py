@@ -33,6 +33,7 @@ import sys
 import time
 
 import torch
+from common import add_compile_flag, compiles
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lmforge.checkpoint import unique_state_dict
@@ -176,7 +177,7 @@ def quantized(args: argparse.Namespace) -> None:
     check_dtype(args.dtype)
     ours, hf = build_models(args.seed)
     quantize_model(ours, Quantization(args.dtype))
-    if args.compile:
+    if compiles(args):
         compile_layers(ours)
     n = args.new_tokens
     g = torch.Generator().manual_seed(args.seed)
@@ -187,7 +188,7 @@ def quantized(args: argparse.Namespace) -> None:
         peer = linear_peer(copy.deepcopy(hf))
         peers["quantize_dynamic"] = torch.ao.quantization.quantize_dynamic(peer, {torch.nn.Linear}, torch.qint8)
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads; lmforge in {args.dtype}")
-    record: dict = {"dtype": args.dtype, "compiled": args.compile}
+    record: dict = {"dtype": args.dtype, "compiled": compiles(args)}
     for batch, prompts in ((1, prompt), (8, prompts8)):
         runs = {"lmforge": lambda p=prompts: ours.generate(p, n, greedy=True)}
         for name, model in peers.items():
@@ -220,15 +221,8 @@ def main() -> None:
         "--quiet-wait", type=float, default=10.0, help="seconds to wait for an idle CPU before each timed run"
     )
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "int8", "bf16"], help="lmforge's linear layers")
-    parser.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        help="run lmforge's quantized layers compiled (`--compile`); default: with --dtype int8 only (bf16 runs faster "
-        "eagerly, from oneDNN's packed weights)",
-    )
+    add_compile_flag(parser)
     args = parser.parse_args()
-    if args.compile is None:
-        args.compile = args.dtype == "int8"
     if args.dtype != "fp32":
         quantized(args)
         return

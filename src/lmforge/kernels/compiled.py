@@ -66,8 +66,8 @@ class CompiledLayers:
     """A stack's method (`layers`, `packed_layers`) compiled, or run eagerly once the compiler has failed."""
 
     def __init__(self, stack: TransformerStack, name: str):
-        self.stack, self.name = stack, name
-        self.eager = getattr(stack, name)
+        self.stack, self.eager = stack, getattr(stack, name)
+        self.compiled = _compiled(getattr(type(stack), name), BACKEND)  # called with the stack as its first argument
         self.failed, self.calls = False, 0
 
     def __call__(self, *args):
@@ -75,7 +75,7 @@ class CompiledLayers:
             return self.eager(*args)
         start = time.perf_counter()
         try:
-            out = _compiled(getattr(type(self.stack), self.name), BACKEND)(self.stack, *args)
+            out = self.compiled(self.stack, *args)
         except torch._dynamo.exc.TorchDynamoException as e:
             cause = getattr(e, "inner_exception", None) or e  # the compiler's own error, not torch's wrapping
             first = (str(cause).strip().splitlines() or [""])[0][:200]
@@ -94,8 +94,8 @@ class CompiledLayers:
 
 def compile_layers(model: nn.Module) -> nn.Module:
     """Compiles, in place, the layers of every Transformer stack of model (the blocks and final norm, padded or
-    packed) and returns model. Parameters and state-dict keys stay; outputs change by rounding only. The first call
-    sets two torch._dynamo settings for the process: a recompile limit of at least 64 and guards by dict tags."""
+    packed) and returns model. Parameters and state-dict keys stay; outputs change by rounding only. It sets two
+    torch._dynamo settings for the process: a recompile limit of at least 64 and guards by dict tags."""
     int_mm_works(), bf16_supported()  # asked now, so that the compiler reads their answers as constants
     for module in model.modules():
         if isinstance(module, TransformerStack) and not isinstance(module.layers, CompiledLayers):

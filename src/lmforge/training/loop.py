@@ -19,7 +19,7 @@ from lmforge.training.callbacks import MetricsLog, StopRequest
 from lmforge.training.device import autocast_for, keep_freed_memory, to_device
 from lmforge.training.energy import EnergyMeter
 from lmforge.training.memory import MemoryMeter, summary
-from lmforge.training.optim import clip_in_step
+from lmforge.training.optim import apply_step, clip_in_step
 from lmforge.training.stability import NonFiniteGuard
 
 
@@ -144,10 +144,7 @@ def fit(
                 phase_s["forward_backward"] += t3 - t2
             grad_norm = clip_in_step(model, optimizer, s.grad_clip)
             train_loss = distributed.all_reduce_mean(loss_sum / s.grad_accum_steps)
-            if guard.ok(train_loss, grad_norm, step + 1):
-                optimizer.step()
-            optimizer.__dict__.pop("grad_scale", None)  # clip_in_step's factor holds for this step only
-            optimizer.zero_grad(set_to_none=True)
+            apply_step(optimizer, guard.ok(train_loss, grad_norm, step + 1))
             phase_s["optimizer"] += time.perf_counter() - t3
             step += 1
             dt = time.perf_counter() - t0

@@ -68,7 +68,7 @@ def clip_in_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_n
     """The gradients' total norm, with the gradients clipped to max_norm (0: not clipped) as clip_grad_norm_ does.
     A fused AdamW step divides each gradient by its grad_scale as it reads it, so there the clipping costs no pass of
     its own over the gradients (about 0.3 ms of char-small's 26 ms step); other optimizers scale them first. The
-    factor is this step's: the caller drops it after the step (optimizer.grad_scale, as GradScaler's)."""
+    factor is this step's (optimizer.grad_scale, as GradScaler's): apply_step drops it."""
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     if max_norm:
@@ -77,3 +77,12 @@ def clip_in_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_n
         else:
             torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return norm.item()
+
+
+def apply_step(optimizer: torch.optim.Optimizer, update: bool = True) -> None:
+    """The optimizer's step (unless update is False: a skipped step), then clip_in_step's factor dropped (it holds
+    for one step) and the gradients freed."""
+    if update:
+        optimizer.step()
+    optimizer.__dict__.pop("grad_scale", None)
+    optimizer.zero_grad(set_to_none=True)
