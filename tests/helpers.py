@@ -288,10 +288,10 @@ class Running:
         self.server.should_exit = True
         self.thread.join(10)
 
-    def client(self, key: str = "none"):
+    def client(self, key: str = "none", timeout: float = 30):
         import openai
 
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=30)
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=timeout)
 
 
 XLNET_SPECIALS = ["<unk>", "<s>", "</s>", "<cls>", "<sep>", "<pad>", "<mask>", "<eod>", "<eop>"]

@@ -76,9 +76,9 @@ def test_chat_completions_apply_the_template_and_stream(server):
     assert chunks[-1].choices[0].finish_reason == reply.choices[0].finish_reason
 
 
-def ask_at_once(running: Running, prompts: list[str]) -> list[str]:
+def ask_at_once(running: Running, prompts: list[str], timeout: float = 30) -> list[str]:
     """Greedy completions of prompts[i] with 5 + i new tokens, every request sent at once (each from a thread)."""
-    client = running.client()
+    client = running.client(timeout=timeout)
     results = [None] * len(prompts)
 
     def ask(i):
@@ -106,7 +106,7 @@ def test_a_compiled_int8_server_batches_requests_as_eager_int8_decodes(gpt, aot_
     eager = load(gpt, dtype="int8")
     prompts = ["the", "great acting", "bad plot very", "film the film was fine", "poor"]
     with Running(gpt, {"dtype": "int8", "compile": True}, max_batch=4) as running:
-        texts = ask_at_once(running, prompts)
+        texts = ask_at_once(running, prompts, timeout=300)  # the first requests wait while the layers are traced
         layers = running.loaded.model.decoder.layers
         assert isinstance(layers, CompiledLayers) and layers.calls > 0 and not layers.failed
     tokenizer = eager.tokenizer

@@ -48,12 +48,12 @@ def load(
     if family is not None and loaded.config.family != family:
         raise LmforgeError(f"{loaded.path or source} holds a {loaded.config.family} model; this needs a {family} one")
     if dtype is not None and dtype != loaded.dtype:
-        check_dtype(dtype)
         if loaded.dtype != "fp32":
             raise LmforgeError(
                 f"{loaded.path or source} holds {loaded.dtype} weights: --dtype {dtype} needs the fp32 model it was "
                 "quantized from"
             )
+        check_dtype(dtype)
         quantize_model(loaded.model, Quantization(dtype))
         loaded.dtype = dtype
     loaded.model = apply_kernels(loaded.model.to(device).eval())  # the CPU's faster kernels for inference

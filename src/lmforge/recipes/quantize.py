@@ -49,12 +49,12 @@ def quantize(
     alpha; lmforge.kernels.int8)."""
     if dtype == "fp32":
         raise LmforgeError("--dtype fp32 is what the model is already: give int8 or bf16")
+    if calibrate is not None and dtype != "int8":
+        raise LmforgeError("--calibrate smooths int8 layers: use it with --dtype int8")
     check_dtype(dtype)
     check_output_dir(out, {"the model": source, "--report": report_data, "--calibrate": calibrate})
     if report_data is not None and not Path(report_data).is_file():
         raise LmforgeError(f"--report {report_data} not found: give a text or labelled data file")
-    if calibrate is not None and dtype != "int8":
-        raise LmforgeError("--calibrate smooths int8 layers: use it with --dtype int8")
     texts = read_texts(calibrate)[:MAX_CALIBRATION] if calibrate is not None else None
     q = Quantization(dtype, keep_fp32 or [], embeddings, alpha)
     with run_lock(out):
