@@ -19,6 +19,7 @@ import torch
 from lmforge.atomic import write_text_atomic
 from lmforge.config import YAML_ERRORS
 from lmforge.errors import LmforgeError
+from lmforge.kernels.cpu import cpuinfo
 
 
 @dataclass
@@ -58,11 +59,7 @@ CACHE = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+    return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def best_time(fn, reps: int = 3) -> float:

@@ -7,16 +7,18 @@ from helpers import tiny_gpt
 from lmforge.kernels import apply_kernels
 from lmforge.kernels import argmax as argmax_module
 from lmforge.kernels.argmax import ArgmaxScreen
-from lmforge.kernels.int8 import quantize_rows
+from lmforge.kernels.int8 import int_mm_runs, quantize_rows
 from lmforge.kernels.linear import Linear
 
-pytestmark = pytest.mark.skipif(not argmax_module.int_mm_works(), reason="no CPU torch._int_mm in this torch")
+pytestmark = pytest.mark.skipif(not int_mm_runs(), reason="no CPU torch._int_mm in this torch")
 
 
 @pytest.fixture(autouse=True)
 def screen_small_heads(monkeypatch):
-    """Screen the small weights of these tests too (by default only heads of 16 MB and more are screened)."""
+    """Screen the small weights of these tests too (by default only heads of 16 MB and more are screened), and on
+    any CPU whose torch._int_mm runs, fast (VNNI) or not."""
     monkeypatch.setattr(argmax_module, "SCREEN_MIN_NUMEL", 0)
+    monkeypatch.setattr(argmax_module, "int_mm_works", lambda: True)
 
 
 def head(weight: torch.Tensor) -> Linear:

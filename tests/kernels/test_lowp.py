@@ -8,7 +8,14 @@ from torch import nn
 from lmforge.errors import LmforgeError
 from lmforge.kernels import apply_kernels
 from lmforge.kernels.bf16 import Bf16Embedding, Bf16Linear, bf16_supported
-from lmforge.kernels.int8 import Int8Embedding, Int8Linear, quantize_activations, quantize_rows
+from lmforge.kernels.int8 import (
+    Int8Embedding,
+    Int8Linear,
+    int8_product,
+    int_mm_runs,
+    quantize_activations,
+    quantize_rows,
+)
 from lmforge.kernels.quantize import Quantization, quantize_model
 
 
@@ -35,6 +42,33 @@ def test_int8_linear_is_the_rounded_product(rows):
     assert torch.allclose(y.reshape(-1, 40).double(), expected, rtol=1e-5, atol=1e-5)
     exact = layer(x).detach()
     assert (y - exact).norm() / exact.norm() < 0.02  # what 8 bits cost, far from a wrong product
+
+
+@pytest.mark.skipif(not int_mm_runs(), reason="no CPU torch._int_mm in this torch")
+def test_int8_sums_are_exact_by_either_product(monkeypatch):
+    """torch._int_mm where the CPU has VNNI, fp32 sums where its _int_mm is a plain loop: the same int32 sums."""
+    x_q = torch.randint(-128, 128, (37, 300), dtype=torch.int8)
+    q = torch.randint(-127, 128, (50, 300), dtype=torch.int8)
+    exact = x_q.long() @ q.long().T
+    for fast in (True, False):
+        monkeypatch.setattr("lmforge.kernels.int8.int_mm_works", lambda fast=fast: fast)
+        assert torch.equal(int8_product(x_q, q).long(), exact)
+
+
+@pytest.mark.parametrize(
+    "machine, flags, expected",
+    [("x86_64", "fpu avx2 avx512f avx512_vnni", True), ("x86_64", "fpu avx avx2 fma", False),
+     ("x86_64", "avx2 avx_vnni", True), ("aarch64", "", True)],
+)  # fmt: skip
+def test_int_mm_is_used_only_where_it_is_fast(monkeypatch, machine, flags, expected):
+    """An x86 CPU without VNNI runs torch._int_mm as a plain loop, 50x slower than fp32: int8 sums in fp32 there."""
+    import lmforge.kernels.cpu as cpu
+    import lmforge.kernels.int8 as int8
+
+    monkeypatch.setattr(cpu, "cpuinfo", lambda field: flags if field == "flags" else "")
+    monkeypatch.setattr(cpu.platform, "machine", lambda: machine)
+    monkeypatch.setattr(int8, "int_mm_runs", lambda: True)
+    assert int8.int_mm_works.__wrapped__() is expected
 
 
 def test_activations_round_to_256_levels_over_their_own_range():

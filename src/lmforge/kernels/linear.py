@@ -19,29 +19,16 @@ the weight at every call: the same products, bit for bit, in about half the time
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lmforge.kernels.argmax import ArgmaxScreen, screens
+from lmforge.kernels.cpu import cpu_vendor
 
 PACK_VENDORS = ("AuthenticAMD",)  # where the packed weight was measured to pay
 PACK_AFTER = 3  # consecutive calls of 2+ rows before a layer packs its weight (a prompt alone does not)
 PACK_ROWS_HINT = 32  # the row count oneDNN's weight layout is chosen for; any layout for 2+ rows gives the same sums
-
-
-def cpu_vendor() -> str:
-    """The CPU's vendor id ('AuthenticAMD', 'GenuineIntel') where /proc/cpuinfo tells it, else ''."""
-    try:
-        with Path("/proc/cpuinfo").open() as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 # rows of x (first, last) for which oneDNN's kernel is the faster, by CPU vendor; see the module's docstring
