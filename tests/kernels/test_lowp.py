@@ -15,18 +15,26 @@ from lmforge.kernels.int8 import (
     int_mm_runs,
     quantize_activations,
     quantize_rows,
+    u8_pack,
+    u8_product,
 )
 from lmforge.kernels.quantize import Quantization, quantize_model
 
 
-def naive_int8(x, w, b, c=None):
-    """Each row of x rounded to 256 levels spanning [min(x, 0), max(x, 0)], each row of w to int8 with its own absmax
-    scale (after smoothing by c, when given), the products summed in float64."""
+@pytest.fixture(autouse=True)
+def eight_bit_activations(monkeypatch):
+    """Activations rounded to 8 bits, as on CPUs with VNNI; the 7-bit path of those without is tested on its own."""
+    monkeypatch.setattr("lmforge.kernels.int8.u8_product_works", lambda: False)
+
+
+def naive_int8(x, w, b, c=None, steps=255):
+    """Each row of x rounded to steps + 1 levels spanning [min(x, 0), max(x, 0)], each row of w to int8 with its own
+    absmax scale (after smoothing by c, when given), the products summed in float64."""
     x, w = x.double(), w.double()
     if c is not None:
         x, w = x / c.double(), w * c.double()
     lo, hi = x.amin(1, keepdim=True).clamp(max=0), x.amax(1, keepdim=True).clamp(min=0)
-    s_x = (hi - lo) / 255
+    s_x = (hi - lo) / steps
     s_w = w.abs().amax(1, keepdim=True) / 127
     return (torch.round(x / s_x) * s_x) @ (torch.round(w / s_w) * s_w).T + b.double()
 
@@ -42,6 +50,40 @@ def test_int8_linear_is_the_rounded_product(rows):
     assert torch.allclose(y.reshape(-1, 40).double(), expected, rtol=1e-5, atol=1e-5)
     exact = layer(x).detach()
     assert (y - exact).norm() / exact.norm() < 0.02  # what 8 bits cost, far from a wrong product
+
+
+def u8_runs() -> bool:
+    try:
+        return bool(
+            u8_product(torch.ones(1, 4, dtype=torch.uint8), u8_pack(torch.ones(3, 4, dtype=torch.int8)), 3)[0, 0] == 4
+        )
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+@pytest.mark.skipif(not u8_runs(), reason="no oneDNN uint8 x int8 product in this torch")
+@pytest.mark.parametrize("rows", [1, 3, 300])
+def test_without_vnni_activations_keep_7_bits_and_the_uint8_product_is_exact(rows, monkeypatch):
+    """x86 CPUs without VNNI: oneDNN's uint8 x int8 sums (exact for 7-bit activations), the layer is the rounded
+    product with 128 levels per row, and a second call reuses the packed weight until the weight changes."""
+    x_u = torch.randint(0, 128, (37, 300), dtype=torch.uint8)
+    q = torch.randint(-127, 128, (50, 300), dtype=torch.int8)
+    assert torch.equal(u8_product(x_u, u8_pack(q), 50).long(), x_u.long() @ q.long().T)
+    monkeypatch.setattr("lmforge.kernels.int8.u8_product_works", lambda: True)
+    torch.manual_seed(0)
+    layer, x = nn.Linear(96, 40), torch.randn(rows, 96)
+    quantized = Int8Linear.from_linear(layer)
+    y = quantized(x)
+    expected = naive_int8(x, layer.weight.detach(), layer.bias.detach(), steps=127)
+    assert torch.allclose(y.double(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(quantized.rows(x, slice(8, 24)), y[:, 8:24], rtol=1e-5, atol=1e-6)
+    packed = quantized._packs[(None, None)][1]
+    quantized(x)
+    assert quantized._packs[(None, None)][1] is packed
+    with torch.no_grad():
+        quantized.weight.mul_(-1)  # e.g. loading other weights in place
+        quantized.weight_sum.mul_(-1)
+    assert torch.allclose(quantized(x) - layer.bias, -(y - layer.bias), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.skipif(not int_mm_runs(), reason="no CPU torch._int_mm in this torch")

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from lmforge.kernels.bf16 import bf16_supported
-from lmforge.kernels.int8 import int_mm_works
+from lmforge.kernels.int8 import int_mm_works, u8_product_works
 from lmforge.nn.blocks import TransformerStack
 
 
@@ -96,7 +96,11 @@ def compile_layers(model: nn.Module) -> nn.Module:
     """Compiles, in place, the layers of every Transformer stack of model (the blocks and final norm, padded or
     packed) and returns model. Parameters and state-dict keys stay; outputs change by rounding only. It sets two
     torch._dynamo settings for the process: a recompile limit of at least 64 and guards by dict tags."""
-    int_mm_works(), bf16_supported()  # asked now, so that the compiler reads their answers as constants
+    (
+        int_mm_works(),
+        u8_product_works(),
+        bf16_supported(),
+    )  # asked now, so that the compiler reads their answers as constants
     for module in model.modules():
         if isinstance(module, TransformerStack) and not isinstance(module.layers, CompiledLayers):
             module.layers = CompiledLayers(module, "layers")
