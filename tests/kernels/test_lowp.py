@@ -15,7 +15,7 @@ from lmforge.kernels.int8 import (
     int_mm_runs,
     quantize_activations,
     quantize_rows,
-    u8_pack,
+    u8_packed,
     u8_product,
 )
 from lmforge.kernels.quantize import Quantization, quantize_model
@@ -54,9 +54,7 @@ def test_int8_linear_is_the_rounded_product(rows):
 
 def u8_runs() -> bool:
     try:
-        return bool(
-            u8_product(torch.ones(1, 4, dtype=torch.uint8), u8_pack(torch.ones(3, 4, dtype=torch.int8)), 3)[0, 0] == 4
-        )
+        return bool(u8_product(torch.ones(1, 4, dtype=torch.uint8), torch.ones(3, 4, dtype=torch.int8))[0, 0] == 4)
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
@@ -68,7 +66,7 @@ def test_without_vnni_activations_keep_7_bits_and_the_uint8_product_is_exact(row
     product with 128 levels per row, and a second call reuses the packed weight until the weight changes."""
     x_u = torch.randint(0, 128, (37, 300), dtype=torch.uint8)
     q = torch.randint(-127, 128, (50, 300), dtype=torch.int8)
-    assert torch.equal(u8_product(x_u, u8_pack(q), 50).long(), x_u.long() @ q.long().T)
+    assert torch.equal(u8_product(x_u, q).long(), x_u.long() @ q.long().T)
     monkeypatch.setattr("lmforge.kernels.int8.u8_product_works", lambda: True)
     torch.manual_seed(0)
     layer, x = nn.Linear(96, 40), torch.randn(rows, 96)
@@ -77,9 +75,9 @@ def test_without_vnni_activations_keep_7_bits_and_the_uint8_product_is_exact(row
     expected = naive_int8(x, layer.weight.detach(), layer.bias.detach(), steps=127)
     assert torch.allclose(y.double(), expected, rtol=1e-5, atol=1e-5)
     assert torch.allclose(quantized.rows(x, slice(8, 24)), y[:, 8:24], rtol=1e-5, atol=1e-6)
-    packed = quantized._packs[(None, None)][1]
+    packed = u8_packed(quantized.weight)
     quantized(x)
-    assert quantized._packs[(None, None)][1] is packed
+    assert u8_packed(quantized.weight) is packed
     with torch.no_grad():
         quantized.weight.mul_(-1)  # e.g. loading other weights in place
         quantized.weight_sum.mul_(-1)

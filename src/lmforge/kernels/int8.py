@@ -19,6 +19,8 @@ c_j = max|x_j|^a / max|W_j|^(1-a), max|x_j| measured on calibration text.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,29 +83,55 @@ def u8_product_works() -> bool:
         return False
     try:
         q = torch.ones(2, 8, dtype=torch.int8)
-        return bool(u8_product(torch.full((1, 8), 127, dtype=torch.uint8), u8_pack(q), 2).eq(1016).all())
+        return bool(u8_product(torch.full((1, 8), 127, dtype=torch.uint8), q).eq(1016).all())
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
 
-def u8_pack(q: torch.Tensor) -> torch.Tensor:
-    """q (N, d) int8 in oneDNN's blocked layout, for u8_product."""
-    return torch.ops.onednn.qlinear_prepack(q, None)
+_packs: dict[tuple, tuple[weakref.ref, torch.Tensor]] = {}  # (q's place, shape, version) -> (its base, packed q)
 
 
-def u8_product(x_u: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor:
-    """x_u q^T for uint8 x_u (B, d) and q (n, d) packed by u8_pack: oneDNN's int32 sums, returned in fp32."""
+def u8_packed(q: torch.Tensor) -> torch.Tensor:
+    """q (N, d) int8 in oneDNN's blocked layout, made once per weight (or slice of one) and again after it changes
+    in place: packing costs several products."""
+    base = q if q._base is None else q._base
+    key = (q.data_ptr(), tuple(q.shape), tuple(q.stride()), _version(q))
+    entry = _packs.get(key)
+    if entry is None or entry[0]() is not base:
+        for gone in [k for k, (ref, _) in _packs.items() if ref() is None]:
+            del _packs[gone]
+        entry = _packs[key] = (weakref.ref(base), torch.ops.onednn.qlinear_prepack(q, None))
+    return entry[1]
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor: no version counter, and no in-place change outside inference mode
+        return -1
+
+
+@torch.library.custom_op("lmforge::u8_product", mutates_args=())
+def u8_product(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """x_u q^T for uint8 x_u (B, d) and int8 q (N, d): oneDNN's int32 sums, in fp32. An operator, so that
+    torch.compile calls it as it is (Inductor cannot hold oneDNN's packed weight)."""
+    n = q.size(0)
     ones, zeros = torch.ones(n), torch.zeros(n, dtype=torch.long)
     return torch.ops.onednn.qlinear_pointwise(
-        x_u, 1.0, 0, packed, ones, zeros, None, 1.0, 0, torch.float32, "none", [], ""
+        x_u, 1.0, 0, u8_packed(q), ones, zeros, None, 1.0, 0, torch.float32, "none", [], ""
     )
+
+
+@u8_product.register_fake
+def _(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return x_u.new_empty((x_u.size(0), q.size(0)), dtype=torch.float32)
 
 
 def int8_product(x_q: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """x_q q^T in int32 for int8 x_q (B, d) and q (N, d): oneDNN's VNNI kernel on the CPU; elsewhere (or without
-    oneDNN, or for uint8 x_q compiled) the same sums in fp32, exact while d * 127^2 stays below 2^24 and within fp32
+    oneDNN) the same sums in fp32, exact while d * 127^2 stays below 2^24 and within fp32
     rounding above."""
-    if x_q.device.type == "cpu" and x_q.dtype == torch.int8 and int_mm_works():
+    if x_q.device.type == "cpu" and int_mm_works():
         return torch._int_mm(x_q, q.t())
     return x_q.float() @ q.float().t()
 
@@ -123,7 +151,6 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_sum", torch.zeros(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("input_scale", torch.ones(in_features) if smoothed else None)
-        self._packs: dict[tuple, tuple[tuple[int, int], torch.Tensor]] = {}  # rows -> (weight's state, u8_pack's)
 
     @classmethod
     @torch.no_grad()
@@ -153,10 +180,9 @@ class Int8Linear(nn.Module):
 
     def _outputs(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
         flat, weight = x.reshape(-1, self.in_features).float(), self.weight[rows]
-        unsigned = flat.device.type == "cpu" and u8_product_works()  # 7-bit activations, compiled or not
-        packed = self._packed_weight(rows) if unsigned and not torch.compiler.is_compiling() else None
+        unsigned = flat.device.type == "cpu" and u8_product_works()
         bias = None if self.bias is None else self.bias[rows]
-        args = (weight, unsigned, packed, self.weight_scale[rows], self.weight_sum[rows], bias)
+        args = (weight, unsigned, self.weight_scale[rows], self.weight_sum[rows], bias)
         if flat.size(0) <= CHUNK_ROWS or torch.compiler.is_compiling():  # compiled, the temporaries are fused away
             y = self._product(flat, *args)
         else:  # a long prompt or a batch of sentences: a chunk's temporaries stay in cache
@@ -165,20 +191,13 @@ class Int8Linear(nn.Module):
                 y[start : start + CHUNK_ROWS] = self._product(flat[start : start + CHUNK_ROWS], *args)
         return y.reshape(*x.shape[:-1], weight.size(0)).to(x.dtype)
 
-    def _product(self, rows, weight, unsigned, packed, weight_scale, weight_sum, bias) -> torch.Tensor:
+    def _product(self, rows, weight, unsigned, weight_scale, weight_sum, bias) -> torch.Tensor:
         if self.input_scale is not None:
             rows = rows / self.input_scale
         x_q, s_x, offset = quantize_activations(rows, unsigned)
-        sums = int8_product(x_q, weight) if packed is None else u8_product(x_q, packed, weight.size(0))
+        sums = u8_product(x_q, weight) if unsigned else int8_product(x_q, weight)
         y = sums.float().addcmul_(offset, weight_sum).mul_(s_x)
         return y.mul_(weight_scale) if bias is None else torch.addcmul(bias, y, weight_scale)
-
-    def _packed_weight(self, rows: slice) -> torch.Tensor:
-        """oneDNN's blocked copy of weight[rows], made on first use and again after the weight changes."""
-        key, state = (rows.start, rows.stop), (self.weight.data_ptr(), self.weight._version)
-        if key not in self._packs or self._packs[key][0] != state:
-            self._packs[key] = (state, u8_pack(self.weight[rows]))
-        return self._packs[key][1]
 
     def extra_repr(self) -> str:
         kind = "int8, smoothed" if self.input_scale is not None else "int8"
