@@ -7,18 +7,23 @@ from helpers import tiny_gpt
 from lmforge.kernels import apply_kernels
 from lmforge.kernels import argmax as argmax_module
 from lmforge.kernels.argmax import ArgmaxScreen
-from lmforge.kernels.int8 import int_mm_runs, quantize_rows
+from lmforge.kernels.int8 import int_mm_runs, quantize_rows, u8_product_runs
 from lmforge.kernels.linear import Linear
 
 pytestmark = pytest.mark.skipif(not int_mm_runs(), reason="no CPU torch._int_mm in this torch")
 
 
-@pytest.fixture(autouse=True)
-def screen_small_heads(monkeypatch):
-    """Screen the small weights of these tests too (by default only heads of 16 MB and more are screened), and on
-    any CPU whose torch._int_mm runs, fast (VNNI) or not."""
+@pytest.fixture(autouse=True, params=["int8", "uint8"])
+def screen_small_heads(monkeypatch, request):
+    """Screen the small weights of these tests too (by default only heads of 16 MB and more are screened), on any
+    CPU whose torch._int_mm runs, fast (VNNI) or not, by either product: int8 x int8 (CPUs with VNNI) and uint8 x
+    int8 (those without)."""
     monkeypatch.setattr(argmax_module, "SCREEN_MIN_NUMEL", 0)
     monkeypatch.setattr(argmax_module, "int_mm_works", lambda: True)
+    unsigned = request.param == "uint8"
+    if unsigned and not u8_product_runs():
+        pytest.skip("no oneDNN uint8 x int8 product in this torch")
+    monkeypatch.setattr(argmax_module, "u8_product_works", lambda: unsigned)
 
 
 def head(weight: torch.Tensor) -> Linear:

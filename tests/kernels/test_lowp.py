@@ -17,6 +17,7 @@ from lmforge.kernels.int8 import (
     quantize_rows,
     u8_packed,
     u8_product,
+    u8_product_runs,
 )
 from lmforge.kernels.quantize import Quantization, quantize_model
 
@@ -52,14 +53,7 @@ def test_int8_linear_is_the_rounded_product(rows):
     assert (y - exact).norm() / exact.norm() < 0.02  # what 8 bits cost, far from a wrong product
 
 
-def u8_runs() -> bool:
-    try:
-        return bool(u8_product(torch.ones(1, 4, dtype=torch.uint8), torch.ones(3, 4, dtype=torch.int8))[0, 0] == 4)
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-
-
-@pytest.mark.skipif(not u8_runs(), reason="no oneDNN uint8 x int8 product in this torch")
+@pytest.mark.skipif(not u8_product_runs(), reason="no oneDNN uint8 x int8 product in this torch")
 @pytest.mark.parametrize("rows", [1, 3, 300])
 def test_without_vnni_activations_keep_7_bits_and_the_uint8_product_is_exact(rows, monkeypatch):
     """x86 CPUs without VNNI: oneDNN's uint8 x int8 sums (exact for 7-bit activations), the layer is the rounded

@@ -11,6 +11,10 @@ by Cauchy-Schwarz. A row whose upper bound falls below some row's lower bound ca
 rows left are multiplied in fp32, which gives the fp32 argmax (ties to the lowest index, as torch.argmax), up to the
 rounding that any two fp32 kernels differ by. A slack of 2 (d + 8) 2^-24 |x| |W_i|, twice what the rounding of the
 fp32 products and of the bound's own arithmetic can add up to, covers it.
+
+On an x86 CPU without VNNI the screen's product is oneDNN's uint8 x int8 one (lmforge.kernels.int8): x is rounded
+asymmetrically to 127 steps, x = s_x (u + o) + e, and the same bound holds with u + o in place of x_q, plus the
+fp32 rounding of the offset's term, s_x s_i (u.q_i + o sum(q_i)), which may cancel.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import weakref
 
 import torch
 
-from lmforge.kernels.int8 import int_mm_works, quantize_rows
+from lmforge.kernels.int8 import int_mm_works, quantize_activations, quantize_rows, u8_product, u8_product_works
 
 SCREEN_MIN_NUMEL = 2**22  # smaller heads (16 MB in fp32) are read from cache: the full product is as fast
 CONFIRM_MAX_SHARE = 8  # more than 1/8 of the rows left to confirm: the full product is cheaper
@@ -45,6 +49,9 @@ class ArgmaxScreen:
             self.w_norm[rows] = w.norm(dim=1)
             self.d_norm[rows] = (w - q * scale[:, None]).norm(dim=1)
         self.slack = 2 * (weight.size(1) + 8) * 2.0**-24
+        self.unsigned = u8_product_works()  # the uint8 product: the offset's term needs each row's sum and norm
+        if self.unsigned:
+            self.q_sum, self.q_norm = self.q.sum(1, dtype=torch.int32).float(), self.q.float().norm(dim=1)
 
     def fits(self, weight: torch.Tensor) -> bool:
         """Whether this screen was built from weight as it is now (same tensor, storage and version counter)."""
@@ -56,12 +63,24 @@ class ArgmaxScreen:
         are so many that the full product is cheaper (or x is not finite: no bound holds)."""
         if not torch.isfinite(x).all():
             return None
-        x_q, s_x = quantize_rows(x)
-        e_norm = (x - x_q * s_x[:, None]).norm(dim=1, keepdim=True)
-        approx = torch._int_mm(x_q, self.q.t()).float().mul_(s_x[:, None] * self.scale)
-        a = (s_x * x_q.float().norm(dim=1))[:, None]
+        if self.unsigned:
+            x_u, s_x, offset = quantize_activations(x, unsigned=True)  # x ~= s_x (x_u + offset)
+            steps, sums = x_u.float() + offset, u8_product(x_u, self.q)
+            # the sums' own terms, |u.q_i| and |o sum(q_i)|, bound what fp32 loses adding the offset's term
+            cancel = torch.addcmul(x_u.float().norm(dim=1, keepdim=True) * self.q_norm, offset.abs(), self.q_sum.abs())
+            approx = sums.addcmul_(offset, self.q_sum)
+            rounding = cancel.mul_(2.0**-21 * s_x * self.scale)
+            s_x = s_x.squeeze(1)
+        else:
+            x_q, s_x = quantize_rows(x)
+            steps, approx, rounding = x_q.float(), torch._int_mm(x_q, self.q.t()).float(), None
+        approx.mul_(s_x[:, None] * self.scale)
+        e_norm = (x - steps * s_x[:, None]).norm(dim=1, keepdim=True)
+        a = (s_x * steps.norm(dim=1))[:, None]
         b = e_norm + self.slack * x.norm(dim=1, keepdim=True)
         margin = torch.addcmul(a * self.d_norm, b, self.w_norm)
+        if rounding is not None:
+            margin.add_(rounding)
         floor = (approx - margin).amax(dim=1, keepdim=True)
         rows = (approx.add_(margin) >= floor).any(dim=0).nonzero().squeeze(1)
         return rows if rows.numel() * CONFIRM_MAX_SHARE <= self.q.size(0) else None
@@ -80,4 +99,4 @@ def screens(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False
     # an inference tensor keeps no version counter to tell an update by
-    return not weight.is_inference() and int_mm_works()
+    return not weight.is_inference() and (int_mm_works() or u8_product_works())

@@ -9,7 +9,9 @@ half its levels on values that never occur. Then
     x W^T ~= s_x s_w^T * (x_q q^T + o_x (sum_i q_i)^T),
 
 where x_q q^T is exact in int32 and runs on the CPU's int8 dot-product instructions (AVX-512 VNNI through oneDNN's
-torch._int_mm). Norms, softmax and the residual stream stay in fp32, outside these layers.
+torch._int_mm). Norms, softmax and the residual stream stay in fp32, outside these layers. An x86 CPU without VNNI
+(AVX2 only) adds pairs of uint8 x int8 products in int16, which saturates: there activations are rounded to 127
+steps (7 bits), which keeps the sums exact at twice fp32's speed, and costs precision (docs/quantization.md).
 
 Smoothing (SmoothQuant, Xiao et al., 2023), when calibrated: a few input channels carry most of an activation's
 range, which then sets every channel's rounding step. Dividing channel j of x by c_j and multiplying column j of W by
@@ -79,7 +81,13 @@ def u8_product_works() -> bool:
     plain loop), where it runs at twice fp32's rate (261 GOPS against 146 GFLOP/s on a 2-core Zen 3). Their AVX2
     kernel adds pairs of products in int16, which saturates beyond 127 * 127 * 2, so activations keep 7 bits there
     (quantize_activations(unsigned=True)), as torch's own reduce_range does for the same CPUs."""
-    if not (is_x86() and not has_vnni() and torch.backends.mkldnn.is_available()):
+    return is_x86() and not has_vnni() and u8_product_runs()
+
+
+@asked_once
+def u8_product_runs() -> bool:
+    """oneDNN's uint8 x int8 product in this torch, checked once on a tiny product."""
+    if not torch.backends.mkldnn.is_available():
         return False
     try:
         q = torch.ones(2, 8, dtype=torch.int8)
