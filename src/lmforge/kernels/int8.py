@@ -38,7 +38,7 @@ U8_STEPS = 127  # an activation row's steps where products of uint8 and int8 pai
 def int_mm_works() -> bool:
     """Whether torch._int_mm is the fast way to int8 products here: oneDNN's int8 dot-product kernel, exact int32
     sums. An x86 CPU without VNNI gets a plain loop instead, far slower than fp32 (2.8 GOPS against 146 GFLOP/s on a
-    2-core Zen 3), so int8 layers sum in fp32 there and fp32 greedy decoding skips the int8 LM-head screen."""
+    2-core Zen 3), so int8 products take oneDNN's uint8 kernel there (u8_product_works)."""
     return int_mm_runs() and (has_vnni() or not is_x86())
 
 
@@ -137,8 +137,7 @@ def _(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def int8_product(x_q: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """x_q q^T in int32 for int8 x_q (B, d) and q (N, d): oneDNN's VNNI kernel on the CPU; elsewhere (or without
-    oneDNN) the same sums in fp32, exact while d * 127^2 stays below 2^24 and within fp32
-    rounding above."""
+    oneDNN) the same sums in fp32, exact while d * 127^2 stays below 2^24 and within fp32 rounding above."""
     if x_q.device.type == "cpu" and int_mm_works():
         return torch._int_mm(x_q, q.t())
     return x_q.float() @ q.float().t()
