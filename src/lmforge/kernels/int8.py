@@ -21,6 +21,7 @@ c_j = max|x_j|^a / max|W_j|^(1-a), max|x_j| measured on calibration text.
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -125,11 +126,16 @@ def _version(t: torch.Tensor) -> int:
 def u8_product(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """x_u q^T for uint8 x_u (B, d) and int8 q (N, d): oneDNN's int32 sums, in fp32. An operator, so that
     torch.compile calls it as it is (Inductor cannot hold oneDNN's packed weight)."""
-    n = q.size(0)
-    ones, zeros = torch.ones(n), torch.zeros(n, dtype=torch.long)
+    ones, zeros = _unit_scales(q.size(0))
     return torch.ops.onednn.qlinear_pointwise(
         x_u, 1.0, 0, u8_packed(q), ones, zeros, None, 1.0, 0, torch.float32, "none", [], ""
     )
+
+
+@functools.cache
+def _unit_scales(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight scales (1) and zero points (0) that leave oneDNN's int32 sums as they are, made once per size."""
+    return torch.ones(n), torch.zeros(n, dtype=torch.long)
 
 
 @u8_product.register_fake
