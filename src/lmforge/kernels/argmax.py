@@ -24,6 +24,7 @@ import weakref
 import torch
 
 from lmforge.kernels.int8 import int_mm_works, quantize_activations, quantize_rows, u8_product, u8_product_works
+from lmforge.kernels.state import weight_state
 
 SCREEN_MIN_NUMEL = 2**22  # smaller heads (16 MB in fp32) are read from cache: the full product is as fast
 CONFIRM_MAX_SHARE = 8  # more than 1/8 of the rows left to confirm: the full product is cheaper
@@ -37,7 +38,7 @@ class ArgmaxScreen:
 
     @torch.no_grad()
     def __init__(self, weight: torch.Tensor):
-        self.weight, self.key = weakref.ref(weight), _key(weight)
+        self.weight, self.key = weakref.ref(weight), weight_state(weight)
         n = weight.size(0)
         self.q = torch.empty(weight.shape, dtype=torch.int8)
         self.scale, self.w_norm, self.d_norm = (torch.empty(n) for _ in range(3))
@@ -55,7 +56,7 @@ class ArgmaxScreen:
 
     def fits(self, weight: torch.Tensor) -> bool:
         """Whether this screen was built from weight as it is now (same tensor, storage and version counter)."""
-        return self.weight() is weight and self.key == _key(weight)
+        return self.weight() is weight and self.key == weight_state(weight)
 
     @torch.no_grad()
     def candidates(self, x: torch.Tensor) -> torch.Tensor | None:
@@ -84,10 +85,6 @@ class ArgmaxScreen:
         floor = (approx - margin).amax(dim=1, keepdim=True)
         rows = (approx.add_(margin) >= floor).any(dim=0).nonzero().squeeze(1)
         return rows if rows.numel() * CONFIRM_MAX_SHARE <= self.q.size(0) else None
-
-
-def _key(weight: torch.Tensor) -> tuple:
-    return weight.data_ptr(), weight._version, tuple(weight.shape)
 
 
 def screens(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:

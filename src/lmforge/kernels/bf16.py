@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.kernels.once import asked_once
+from lmforge.kernels.state import weight_state
 
 
 @asked_once
@@ -27,7 +28,7 @@ def bf16_supported() -> bool:
 class Bf16Linear(nn.Module):
     """y = x W^T + b with W in bf16, b and y in fp32. Inference only. The state dict keeps nn.Linear's names."""
 
-    _packed: tuple[int, torch.Tensor] | None = None  # (weight's version, oneDNN's blocked copy)
+    _packed: tuple[tuple, torch.Tensor] | None = None  # (weight_state of the weight, oneDNN's blocked copy)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
@@ -65,7 +66,7 @@ class Bf16Linear(nn.Module):
         return y.reshape(*x.shape[:-1], weight.size(0)).to(x.dtype)
 
     def _packed_weight(self) -> torch.Tensor:
-        key = (self.weight.data_ptr(), self.weight._version)
+        key = weight_state(self.weight)
         if self._packed is None or self._packed[0] != key:
             self._packed = key, torch.ops.mkldnn._reorder_linear_weight(self.weight, 1)
         return self._packed[1]

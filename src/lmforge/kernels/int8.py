@@ -30,6 +30,7 @@ from torch import nn
 
 from lmforge.kernels.cpu import has_vnni, is_x86
 from lmforge.kernels.once import asked_once
+from lmforge.kernels.state import weight_state
 
 CHUNK_ROWS = 256  # rows rounded and multiplied at a time: larger inputs would spill their temporaries out of cache
 U8_STEPS = 127  # an activation row's steps where products of uint8 and int8 pairs are summed in int16
@@ -97,14 +98,14 @@ def u8_product_runs() -> bool:
         return False
 
 
-_packs: dict[tuple, tuple[weakref.ref, torch.Tensor]] = {}  # (q's place, shape, version) -> (its base, packed q)
+_packs: dict[tuple, tuple[weakref.ref, torch.Tensor]] = {}  # weight_state(q) -> (q's base, packed q)
 
 
 def u8_packed(q: torch.Tensor) -> torch.Tensor:
     """q (N, d) int8 in oneDNN's blocked layout, made once per weight (or slice of one) and again after it changes
     in place: packing costs several products."""
     base = q if q._base is None else q._base
-    key = (q.data_ptr(), tuple(q.shape), tuple(q.stride()), _version(q))
+    key = weight_state(q)
     entry = _packs.get(key)
     if entry is None or entry[0]() is not base:
         for gone in [k for k, (ref, _) in _packs.items() if ref() is None]:
@@ -113,13 +114,6 @@ def u8_packed(q: torch.Tensor) -> torch.Tensor:
         # on a Zen 3 against 169 us laid out for no row count in particular
         entry = _packs[key] = (weakref.ref(base), torch.ops.onednn.qlinear_prepack(q, [1, q.size(1)]))
     return entry[1]
-
-
-def _version(t: torch.Tensor) -> int:
-    try:
-        return t._version
-    except RuntimeError:  # an inference tensor: no version counter, and no in-place change outside inference mode
-        return -1
 
 
 @torch.library.custom_op("lmforge::u8_product", mutates_args=())

@@ -25,6 +25,7 @@ from torch import nn
 
 from lmforge.kernels.argmax import ArgmaxScreen, screens
 from lmforge.kernels.cpu import cpu_vendor
+from lmforge.kernels.state import weight_state
 
 PACK_VENDORS = ("AuthenticAMD",)  # where the packed weight was measured to pay
 PACK_AFTER = 3  # consecutive calls of 2+ rows before a layer packs its weight (a prompt alone does not)
@@ -116,8 +117,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def _weight_key(weight: torch.Tensor) -> tuple:
-    """Changes when the weight does: another tensor, storage or an in-place update (its version counter)."""
-    return id(weight), weight.data_ptr(), weight._version, tuple(weight.shape)
+    """Changes when the weight does, or is another tensor."""
+    return id(weight), *weight_state(weight)
 
 
 class Linear(nn.Linear):
