@@ -46,6 +46,20 @@ def test_parameter_count_of_a_t5_and_an_albert_with_shared_layers():
     assert counts[1] - counts[0] == 5 * layer  # one layer's weights serve all six
 
 
+def test_estimating_every_shipped_config_leaves_torch_dynamo_unloaded():
+    """Meta tensors' initialization and torch.compiler.disable each import torch._dynamo: 2 s of a 3 s command."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from lmforge.config import load_config, shipped_configs; from lmforge.estimate import estimate;"
+        "from lmforge.hardware import PROFILES; [estimate(load_config(n), hardware=PROFILES['H100']) for n in "
+        "shipped_configs()]; assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("name", ["char-small", "bert-small", "albert-small", "t5-small"])
 def test_flops_per_token_are_the_objectives(name):
     cfg = load_config(name, ["train.seq_len=32"])

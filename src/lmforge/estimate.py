@@ -14,7 +14,7 @@ import torch
 from lmforge.config import DataConfig, RunConfig
 from lmforge.errors import LmforgeError
 from lmforge.hardware import Hardware
-from lmforge.models import MODELS
+from lmforge.models import on_meta
 
 BYTES = {"fp32": 4, "bf16": 2}
 # per parameter, in fp32 under bf16 autocast too (the weights stay fp32 and autocast casts them per matmul)
@@ -228,8 +228,7 @@ def estimate(
     b, t = train.batch_size, train.seq_len
     tokens = tokens or train.max_steps * b * t
 
-    with torch.device("meta"):
-        model = MODELS[cfg.family](cfg.model)
+    model = on_meta(cfg.family, cfg.model)
     n = model.num_parameters()
     train_per_token = flops_per_token(cfg, model, finetune)
     infer_per_token = train_per_token / 3  # forward only: 2N + attention's 4 * n_layer * d_model * T

@@ -11,13 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import torch
-
 from lmforge.config import RunConfig, load_config
 from lmforge.errors import LmforgeError
 from lmforge.estimate import planned_config
 from lmforge.hardware import Hardware
-from lmforge.models import MODELS
+from lmforge.models import on_meta
 
 TOKENS_PER_PARAMETER = 20
 # what to pretrain for each pretraining task, the shipped config whose sections a recommendation starts from
@@ -54,8 +52,7 @@ def compute_optimal(flops: float) -> tuple[float, float]:
 
 
 def _parameters(cfg: RunConfig) -> int:
-    with torch.device("meta"):
-        return MODELS[cfg.family](cfg.model).num_parameters()
+    return on_meta(cfg.family, cfg.model).num_parameters()
 
 
 def _resized(base: RunConfig, d_model: int) -> RunConfig:

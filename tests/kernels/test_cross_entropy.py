@@ -147,3 +147,23 @@ def test_targets_far_below_the_top_logit_get_their_exact_loss():
     (g_ours,) = torch.autograd.grad(ours, weight)
     (g_ref,) = torch.autograd.grad(F.cross_entropy(x @ weight.T + bias, targets), weight)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_a_compiled_step_runs_the_loss_outside_its_graph(monkeypatch):
+    """Its chunk loop is a few large products: torch.compile would gain nothing and unroll it."""
+    import lmforge.kernels.cross_entropy as module
+
+    seen, log_sum_exp = [], module._log_sum_exp
+    monkeypatch.setattr(
+        module, "_log_sum_exp", lambda *a: seen.append(torch.compiler.is_compiling()) or log_sum_exp(*a)
+    )
+    x, weight, targets = inputs()
+    expected, grad_x, grad_w = reference(x, weight, targets)
+    torch._dynamo.reset()
+    step = torch.compile(lambda x, w, t: linear_cross_entropy(x.tanh().atanh(), w, t, -100, 4), backend="eager")
+    loss = step(x, weight, targets)
+    loss.backward()
+    assert seen == [False, False, False]  # three chunks of at most 4 rows, each run eagerly
+    torch.testing.assert_close(loss, expected, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(x.grad, grad_x, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(weight.grad, grad_w, atol=1e-12, rtol=1e-12)

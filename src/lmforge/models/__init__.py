@@ -2,9 +2,10 @@
 
 from lmforge.models.bert import Bert
 from lmforge.models.gpt import GPT
+from lmforge.models.meta import on_meta
 from lmforge.models.t5 import T5
 from lmforge.models.xlnet import XLNet
 
 MODELS = {"gpt": GPT, "bert": Bert, "t5": T5, "xlnet": XLNet}
 
-__all__ = ["GPT", "MODELS", "T5", "Bert", "XLNet"]
+__all__ = ["GPT", "MODELS", "T5", "Bert", "XLNet", "on_meta"]

@@ -10,13 +10,16 @@ from torch import nn
 
 
 def sinusoidal_table(max_seq_len: int, d_model: int) -> torch.Tensor:
-    """PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d)) (Vaswani et al., 2017)."""
-    pos = torch.arange(max_seq_len, dtype=torch.float64)[:, None]
-    inv_freq = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
-    table = torch.zeros(max_seq_len, d_model, dtype=torch.float64)
+    """PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d)) (Vaswani et al., 2017).
+
+    Computed in fp64 on the CPU, then placed on the default device: a meta device (`lmforge estimate`) has no values
+    to compute, and a GPU may lack fast fp64."""
+    pos = torch.arange(max_seq_len, dtype=torch.float64, device="cpu")[:, None]
+    inv_freq = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64, device="cpu") / d_model)
+    table = torch.zeros(max_seq_len, d_model, dtype=torch.float64, device="cpu")
     table[:, 0::2] = torch.sin(pos * inv_freq)
     table[:, 1::2] = torch.cos(pos * inv_freq)[:, : d_model // 2]
-    return table.float()
+    return table.float().to(torch.get_default_device())
 
 
 class SinusoidalPositions(nn.Module):
@@ -46,13 +49,14 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, d_head: int, max_seq_len: int, base: float = 10000.0):
         super().__init__()
-        inv_freq = base ** (-torch.arange(0, d_head, 2, dtype=torch.float64) / d_head)
-        angles = torch.arange(max_seq_len, dtype=torch.float64)[:, None] * inv_freq  # (T, d_head/2)
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        # in fp64 on the CPU, then on the default device, as sinusoidal_table
+        inv_freq = base ** (-torch.arange(0, d_head, 2, dtype=torch.float64, device="cpu") / d_head)
+        angles = torch.arange(max_seq_len, dtype=torch.float64, device="cpu")[:, None] * inv_freq  # (T, d_head/2)
+        cos, sin = angles.cos().float(), angles.sin().float()
         # over the whole head: (x1, x2) -> (x1, x2) * [cos, cos] + (x2, x1) * [-sin, sin], three operations, not seven
-        self.register_buffer("cos2", torch.cat((self.cos, self.cos), dim=-1), persistent=False)
-        self.register_buffer("sin2", torch.cat((-self.sin, self.sin), dim=-1), persistent=False)
+        tables = {"cos": cos, "sin": sin, "cos2": torch.cat((cos, cos), dim=-1), "sin2": torch.cat((-sin, sin), dim=-1)}
+        for name, table in tables.items():
+            self.register_buffer(name, table.to(torch.get_default_device()), persistent=False)
 
     def forward(self, x: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
         # x: (B, n_head, T, d_head); start: the first position, or the (T,) / (B, T) positions (a row each: serving)

@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from lmforge.errors import LmforgeError
-from lmforge.models import MODELS
+from lmforge.models import on_meta
 
 MB = 2**20
 
@@ -117,8 +117,7 @@ ALLOW_LARGE = "LMFORGE_ALLOW_LARGE"  # =1: train a model even when check_fits sa
 
 def parameter_count(family: str, model_cfg) -> int:
     """The parameters a config's model has, counted on the meta device: its shapes without its memory."""
-    with torch.device("meta"):
-        return MODELS[family](model_cfg).num_parameters()
+    return on_meta(family, model_cfg).num_parameters()
 
 
 def device_memory(device: torch.device) -> tuple[int, str]:
