@@ -78,9 +78,10 @@ def best_time(fn, reps: int = 3) -> float:
 
 def matmul_peak_flops(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
     """FLOP/s of an n x n matrix product, the faster of torch's (MKL on x86) and oneDNN's (what lmforge's linear
-    layers run on AMD, where MKL takes its AVX2 path at half oneDNN's speed): the practical peak MFU is measured
-    against, by the benchmarks and by a training run's log alike. Its operands come from a generator of its own: a
-    run that measures the peak (the first on a machine) draws the same dropout masks as one that reads it cached."""
+    layers run on AMD with AVX-512, where MKL takes its AVX2 path at half oneDNN's speed): the practical peak MFU is
+    measured against, by the benchmarks and by a training run's log alike. Its operands come from a generator of its
+    own: a run that measures the peak (the first on a machine) draws the same dropout masks as one that reads it
+    cached."""
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=generator).to(dtype) for _ in range(2))
     products = [lambda: a @ b]

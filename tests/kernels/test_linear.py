@@ -53,10 +53,10 @@ def test_linear_is_the_affine_map_with_and_without_grad(name):
 
 def test_onednn_runs_on_the_cpus_and_row_counts_it_is_faster_for(monkeypatch):
     vendor = linear_module.cpu_vendor()
-    known = vendor in linear_module.ONEDNN_ROWS and torch.backends.mkldnn.is_available()
+    known = (vendor, linear_module.has_avx512()) in linear_module.ONEDNN_ROWS and torch.backends.mkldnn.is_available()
     assert (linear_module._onednn_linear is not None) == known
     monkeypatch.setattr(linear_module, "_onednn_linear", onednn_or_skip())
-    monkeypatch.setattr(linear_module, "_onednn_rows", linear_module.ONEDNN_ROWS["GenuineIntel"])
+    monkeypatch.setattr(linear_module, "_onednn_rows", linear_module.ONEDNN_ROWS["GenuineIntel", True])
     w = torch.randn(24, 10)
     with torch.no_grad():
         taken = {rows: linear_module._onednn_applies(torch.randn(rows, 10), w, None) for rows in (1, 2, 4, 256, 257)}

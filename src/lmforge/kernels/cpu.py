@@ -35,3 +35,8 @@ def has_vnni() -> bool:
     """Whether the CPU multiplies int8 pairs and sums them into int32 in one instruction (AVX-512 VNNI, AVX-VNNI or
     AMX). Without it an x86 CPU sums int8 pairs in int16, which saturates."""
     return any(flag in cpuinfo("flags").split() for flag in VNNI_FLAGS)
+
+
+def has_avx512() -> bool:
+    """Whether the CPU has AVX-512 (its foundation, avx512f): where MKL and oneDNN differ most on AMD."""
+    return "avx512f" in cpuinfo("flags").split()

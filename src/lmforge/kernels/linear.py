@@ -3,13 +3,15 @@
 Decoding a token is one matrix-vector product per weight matrix, so its speed is the rate at which the weights are
 read. Which fp32 CPU kernel reads them faster depends on the CPU and on the number of rows of x:
 - on AMD, torch's product (MKL, on its generic code path there) runs a matrix-vector product on one thread, while
-  oneDNN's splits it over torch's threads: oneDNN for every row count;
+  oneDNN's splits it over torch's threads: oneDNN for every row count where the CPU has AVX-512 (MKL's generic path
+  there is AVX2). Without AVX-512 (Zen 3) both are AVX2 kernels: oneDNN (its packed copy) up to 256 rows, MKL above,
+  where it is 1.1-1.3x the faster (training: train_gpt's step 3.6-4.3 -> 2.9-3.4 s, char-small's 18% faster);
 - on Intel, MKL for 1 and 2 rows (batch-1 decoding) and for thousands (a training LM head), oneDNN for 4 to 256
   rows (batched decoding and prompts);
 - elsewhere torch's product. The measurements behind these choices are in docs/benchmarks.md.
 Training runs the same choice: oneDNN's kernel has no backward, so `onednn_linear` below is an operator with one (the
 input's gradient and the weight's are two more oneDNN products), which torch.compile keeps as one opaque call. On AMD
-it doubles the fp32 products of a training step (AVX-512, where MKL takes its AVX2 path: 210 -> 480 GFLOP/s), with
+with AVX-512 it doubles the fp32 products of a training step (MKL takes its AVX2 path: 210 -> 480 GFLOP/s), with
 the same sums on char-small's shapes (its losses are bit for bit those of torch's product). The weights, their layout
 and the state dict are those of nn.Linear. A layer in evaluation mode that keeps being called with 2 rows or more
 (batched decoding, beam search) on AMD also keeps oneDNN's blocked copy of its weight, so that oneDNN stops reordering
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.kernels.argmax import ArgmaxScreen, screens
-from lmforge.kernels.cpu import cpu_vendor
+from lmforge.kernels.cpu import cpu_vendor, has_avx512
 from lmforge.kernels.state import weight_state
 
 PACK_VENDORS = ("AuthenticAMD",)  # where the packed weight was measured to pay
@@ -32,8 +34,14 @@ PACK_AFTER = 3  # consecutive calls of 2+ rows before a layer packs its weight (
 PACK_ROWS_HINT = 32  # the row count oneDNN's weight layout is chosen for; any layout for 2+ rows gives the same sums
 
 
-# rows of x (first, last) for which oneDNN's kernel is the faster, by CPU vendor; see the module's docstring
-ONEDNN_ROWS = {"AuthenticAMD": (1, 2**62), "GenuineIntel": (4, 256)}
+# rows of x (first, last) for which oneDNN's kernel is the faster, by CPU vendor and whether it has AVX-512; see the
+# module's docstring
+ONEDNN_ROWS = {
+    ("AuthenticAMD", True): (1, 2**62),
+    ("AuthenticAMD", False): (1, 256),
+    ("GenuineIntel", True): (4, 256),
+    ("GenuineIntel", False): (4, 256),
+}
 
 
 def _onednn_op():
@@ -44,7 +52,7 @@ def _onednn_op():
         return None
 
 
-_onednn_rows = ONEDNN_ROWS.get(cpu_vendor())
+_onednn_rows = ONEDNN_ROWS.get((cpu_vendor(), has_avx512()))
 _onednn_linear = _onednn_op() if _onednn_rows else None
 _packs = cpu_vendor() in PACK_VENDORS and _onednn_linear is not None
 
