@@ -12,8 +12,10 @@ lmforge: `ratio_quantized_peer`); `min_cosine` is then the quantized vectors' ag
 model's layers run compiled (`--compile`, lmforge.kernels.compile_layers) unless --no-compile; a bf16 one runs
 eagerly unless --compile, and lmforge fp32 always eagerly: their faster way here (compiled, their products lose
 oneDNN's packed weights; fp32 reaches 0.9x of eager on the EPYC).
+--quantized DIR: lmforge's side loads DIR, a checkpoint `lmforge quantize` wrote from all-MiniLM-L6-v2 (calibrated,
+or with layers kept in fp32), instead of quantizing on the fly; --dtype is then DIR's.
 Usage: python bench/encode.py [--rounds 5] [--sentences 512] [--batch-size 32] [--dtype fp32|int8|bf16]
-       [--compile | --no-compile]
+       [--compile | --no-compile] [--quantized DIR]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 from common import add_compile_flag, alternating_rounds, compiles, emit, log
 from transformers import AutoModel, AutoTokenizer
 
@@ -59,7 +62,7 @@ def quantized(args: argparse.Namespace, path: Path, texts: list[str]) -> None:
     """The --dtype int8 / bf16 run: lmforge quantized against lmforge fp32 and transformers' quantize_dynamic."""
     b = args.batch_size
     fp32, tokenizer = from_pretrained(path)
-    ours, _ = from_pretrained(path, dtype=args.dtype)
+    ours, _ = from_pretrained(args.quantized) if args.quantized else from_pretrained(path, dtype=args.dtype)
     if compiles(args):
         compile_layers(ours)
     hf = torch.ao.quantization.quantize_dynamic(AutoModel.from_pretrained(path).eval(), {torch.nn.Linear}, torch.qint8)
@@ -84,8 +87,8 @@ def quantized(args: argparse.Namespace, path: Path, texts: list[str]) -> None:
     cosine = (vectors["ours"] * vectors["fp32"]).sum(-1).min().item()
     peer_cosine = (vectors["peer"] * vectors["fp32"]).sum(-1).min().item()
     emit({
-        "dtype": args.dtype, "compiled": compiles(args), "lmforge_sentences_per_s": ours_sps,
-        "lmforge_fp32_sentences_per_s": fp32_sps,
+        "dtype": args.dtype, "quantized": args.quantized, "compiled": compiles(args),
+        "lmforge_sentences_per_s": ours_sps, "lmforge_fp32_sentences_per_s": fp32_sps,
         "ratio": ours_sps / fp32_sps, "quantized_peer_sentences_per_s": peer_sps,
         "ratio_quantized_peer": ours_sps / peer_sps, "min_cosine": cosine, "quantized_peer_min_cosine": peer_cosine,
         "sentences": len(texts), "batch_size": b, "threads": torch.get_num_threads(),
@@ -99,9 +102,12 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "int8", "bf16"], help="lmforge's linear layers")
+    parser.add_argument("--quantized", metavar="DIR", help="lmforge's side: a checkpoint `lmforge quantize` wrote")
     add_compile_flag(parser)
     args = parser.parse_args()
     path = resolve("all-MiniLM-L6-v2")
+    if args.quantized:
+        args.dtype = yaml.safe_load((Path(args.quantized) / "config.yaml").read_text())["quantization"]["dtype"]
     if args.dtype != "fp32":
         quantized(args, path, sentences(args.sentences))
         return
