@@ -22,7 +22,9 @@ c_j = max|x_j|^a / max|W_j|^(1-a), max|x_j| measured on calibration text.
 from __future__ import annotations
 
 import functools
+import warnings
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -69,12 +71,18 @@ def quantize_activations(x: torch.Tensor, unsigned: bool = False) -> tuple[torch
     rather than aminmax, whose per-row reduction runs 10x slower on the CPU.) unsigned: x_q uint8 in [0, 127], the
     same range in 127 steps (U8_STEPS), for the CPUs whose int8 products sum pairs in int16."""
     steps_in_range, lowest = (U8_STEPS, 0) if unsigned else (255, -128)
-    lo, hi = x.amin(dim=1, keepdim=True).clamp_(max=0), x.amax(dim=1, keepdim=True).clamp_(min=0)
-    scale = (hi - lo).div_(steps_in_range).clamp_min_(torch.finfo(torch.float32).tiny)  # 1 / scale is finite
-    offset = torch.round(lo / scale).sub_(lowest)  # the lowest step maps to the lowest value of x_q's type
+    scale, offset = activation_grid(x, unsigned)
     steps = x * scale.reciprocal()  # a product per value rather than a division (a fifth of its cost)
     x_q = steps.round_().sub_(offset).clamp_(lowest, lowest + steps_in_range)
     return x_q.to(torch.uint8 if unsigned else torch.int8), scale, offset
+
+
+def activation_grid(x: torch.Tensor, unsigned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_activations' (scale, offset) for each row of x, without rounding x."""
+    steps_in_range, lowest = (U8_STEPS, 0) if unsigned else (255, -128)
+    lo, hi = x.amin(dim=1, keepdim=True).clamp_(max=0), x.amax(dim=1, keepdim=True).clamp_(min=0)
+    scale = (hi - lo).div_(steps_in_range).clamp_min_(torch.finfo(torch.float32).tiny)  # 1 / scale is finite
+    return scale, torch.round(lo / scale).sub_(lowest)  # the lowest step maps to the lowest value of x_q's type
 
 
 @asked_once
@@ -98,28 +106,55 @@ def u8_product_runs() -> bool:
         return False
 
 
-_packs: dict[tuple, tuple[weakref.ref, torch.Tensor]] = {}  # weight_state(q) -> (q's base, packed q)
+_packs: dict[tuple, tuple[weakref.ref, object]] = {}  # (kind, weight_state of each tensor) -> (q's base, pack)
 
 
-def u8_packed(q: torch.Tensor) -> torch.Tensor:
-    """q (N, d) int8 in oneDNN's blocked layout, made once per weight (or slice of one) and again after it changes
-    in place: packing costs several products."""
+def _packed(kind: str, q: torch.Tensor, extra: tuple, pack: Callable[[], object]) -> object:
+    """pack(), a library's copy of int8 weights q (N, d) and of extra (scales, bias: tensors or None), made once per
+    weight (or slice of one) and again after any of them changes in place: packing costs several products."""
     base = q if q._base is None else q._base
-    key = weight_state(q)
+    key = (kind, weight_state(q), *(None if t is None else weight_state(t) for t in extra))
     entry = _packs.get(key)
     if entry is None or entry[0]() is not base:
         for gone in [k for k, (ref, _) in _packs.items() if ref() is None]:
             del _packs[gone]
-        # laid out for one row (a decoding step), which serves batches as fast: one row of 768 -> 2304 takes 106 us
-        # on a Zen 3 against 169 us laid out for no row count in particular
-        entry = _packs[key] = (weakref.ref(base), torch.ops.onednn.qlinear_prepack(q, [1, q.size(1)]))
+        entry = _packs[key] = (weakref.ref(base), pack())
     return entry[1]
 
 
-@torch.library.custom_op("lmforge::u8_product", mutates_args=())
+def u8_packed(q: torch.Tensor) -> torch.Tensor:
+    """q in oneDNN's blocked layout, laid out for one row (a decoding step), which serves batches as fast: one row of
+    768 -> 2304 takes 106 us on a Zen 3 against 169 us laid out for no row count in particular."""
+    return _packed("onednn", q, (), lambda: torch.ops.onednn.qlinear_prepack(q, [1, q.size(1)]))
+
+
+def fbgemm_packed(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> object:
+    """q with its row scales and bias as fbgemm's packed linear weight (torch's quantized engine)."""
+
+    def pack():
+        with warnings.catch_warnings():  # torch's quantized tensors are deprecated, and the only way into fbgemm
+            warnings.simplefilter("ignore")
+            zeros = torch.zeros(q.size(0), dtype=torch.long)
+            w = torch._make_per_channel_quantized_tensor(q.contiguous(), scale.double(), zeros, 0)
+            return torch.ops.quantized.linear_prepack(w, bias)
+
+    return _packed("fbgemm", q, (scale, bias), pack)
+
+
+# The int8 products as operators, so that torch.compile calls them as they are (Inductor cannot hold a library's
+# packed weight). Registered plainly: a call costs 7 us of dispatch where torch.library.custom_op's costs 26, and a
+# decoding step makes one per layer. Inference only, so no gradient is registered.
+_OPS = torch.library.Library("lmforge", "FRAGMENT")
+_OPS.define("u8_product(Tensor x_u, Tensor q) -> Tensor")
+_OPS.define("u8_row(Tensor x, Tensor scale, Tensor offset, Tensor q, Tensor q_scale, Tensor? bias) -> Tensor")
+
+
 def u8_product(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """x_u q^T for uint8 x_u (B, d) and int8 q (N, d): oneDNN's int32 sums, in fp32. An operator, so that
-    torch.compile calls it as it is (Inductor cannot hold oneDNN's packed weight)."""
+    """x_u q^T for uint8 x_u (B, d) and int8 q (N, d): oneDNN's int32 sums, in fp32."""
+    return torch.ops.lmforge.u8_product(x_u, q)
+
+
+def _u8_product(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     ones, zeros = _unit_scales(q.size(0))
     return torch.ops.onednn.qlinear_pointwise(
         x_u, 1.0, 0, u8_packed(q), ones, zeros, None, 1.0, 0, torch.float32, "none", [], ""
@@ -132,9 +167,52 @@ def _unit_scales(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.ones(n), torch.zeros(n, dtype=torch.long)
 
 
-@u8_product.register_fake
-def _(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+def u8_row(
+    x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, q: torch.Tensor, q_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:  # fmt: skip
+    """One row x (1, d) times int8 q (N, d), by fbgemm: x rounded on the uint8 grid (scale, offset) that
+    quantize_activations(unsigned=True) chose, the exact int32 sums scaled by scale * q_scale, plus bias. For one row
+    on an x86 CPU without VNNI it takes 99-108 us for 768 -> 2304 where oneDNN's uint8 kernel takes 180-220."""
+    return torch.ops.lmforge.u8_row(x, scale, offset, q, q_scale, bias)
+
+
+def _u8_row(x, scale, offset, q, q_scale, bias) -> torch.Tensor:
+    zero_point = int(-offset.item())  # x ~= scale (x_q + offset): x_q = x / scale - offset
+    return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+        x, scale.item(), zero_point, fbgemm_packed(q, q_scale, bias)
+    )
+
+
+_OPS.impl("u8_product", _u8_product, "CPU")
+_OPS.impl("u8_row", _u8_row, "CPU")
+
+
+@torch.library.register_fake("lmforge::u8_product", lib=_OPS)
+def _(x_u, q) -> torch.Tensor:
     return x_u.new_empty((x_u.size(0), q.size(0)), dtype=torch.float32)
+
+
+@torch.library.register_fake("lmforge::u8_row", lib=_OPS)
+def _(x, scale, offset, q, q_scale, bias) -> torch.Tensor:
+    return x.new_empty((x.size(0), q.size(0)), dtype=torch.float32)
+
+
+@asked_once
+def u8_row_runs() -> bool:
+    """Whether u8_row runs here: torch has fbgemm, and gives u8_row's sums exactly (checked once, on a tiny product).
+    Where int8 layers take the uint8 kernel, one row then takes u8_row."""
+    if not is_x86() or "fbgemm" not in torch.backends.quantized.supported_engines:
+        return False
+    try:
+        x, q = torch.tensor([[2.0, -1.0, 0.5, 0.0]]), torch.tensor([[1, 2, 3, 4], [-5, 6, -7, 8]], dtype=torch.int8)
+        scale, offset = activation_grid(x, unsigned=True)
+        x_q = (x / scale).round() - offset
+        expected = ((x_q + offset) @ q.float().t()) * scale * 0.5 + 1.0
+        got = u8_row(x, scale, offset, q, torch.full((2,), 0.5), torch.ones(2))
+        return torch.allclose(got, expected, rtol=1e-6, atol=1e-6)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
 def int8_product(x_q: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -203,6 +281,8 @@ class Int8Linear(nn.Module):
     def _product(self, rows, weight, unsigned, weight_scale, weight_sum, bias) -> torch.Tensor:
         if self.input_scale is not None:
             rows = rows / self.input_scale
+        if unsigned and rows.size(0) == 1 and u8_row_runs():  # a decoding step at batch 1
+            return u8_row(rows, *activation_grid(rows, unsigned), weight, weight_scale, bias)
         x_q, s_x, offset = quantize_activations(rows, unsigned)
         sums = u8_product(x_q, weight) if unsigned else int8_product(x_q, weight)
         y = sums.float().addcmul_(offset, weight_sum).mul_(s_x)
