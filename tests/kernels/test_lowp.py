@@ -11,6 +11,7 @@ from lmforge.kernels.bf16 import Bf16Embedding, Bf16Linear, bf16_supported
 from lmforge.kernels.int8 import (
     Int8Embedding,
     Int8Linear,
+    fbgemm_runs,
     int8_product,
     int_mm_runs,
     quantize_activations,
@@ -18,7 +19,6 @@ from lmforge.kernels.int8 import (
     u8_packed,
     u8_product,
     u8_product_runs,
-    u8_row_runs,
 )
 from lmforge.kernels.quantize import Quantization, quantize_model
 
@@ -80,37 +80,38 @@ def test_without_vnni_activations_keep_7_bits_and_the_uint8_product_is_exact(row
 
 
 def test_one_row_runs_on_fbgemm_wherever_torch_has_it():
-    """u8_row_runs checks u8_row's sums on a tiny product: false only where fbgemm is missing, never for wrong sums."""
+    """fbgemm_runs checks fbgemm's sums on a tiny product: false only where fbgemm is missing, never for wrong sums."""
     import platform
 
     on_x86 = platform.machine().lower() in ("x86_64", "amd64")
-    assert u8_row_runs() == (on_x86 and "fbgemm" in torch.backends.quantized.supported_engines)
+    assert fbgemm_runs() == (on_x86 and "fbgemm" in torch.backends.quantized.supported_engines)
 
 
-@pytest.mark.skipif(not (u8_row_runs() and u8_product_runs()), reason="no fbgemm or oneDNN uint8 product here")
-@pytest.mark.parametrize("bias", [True, False])
-def test_without_vnni_one_row_takes_fbgemm_on_the_grid_of_the_uint8_product(bias, monkeypatch):
-    """A decoding step's one row goes to fbgemm (u8_row), rounded on the same 7-bit grid and summed as exactly as
-    oneDNN's uint8 kernel does for more rows: the two agree within fp32 rounding, smoothed or not, on a row of zeros
-    too, and a weight changed in place is packed again."""
+@pytest.mark.skipif(not (fbgemm_runs() and u8_product_runs()), reason="no fbgemm or oneDNN uint8 product here")
+def test_without_vnni_one_row_takes_fbgemm_with_the_same_exact_sums(monkeypatch):
+    """A decoding step's one row goes to fbgemm, more rows to oneDNN: both give the exact int32 sums (d = 3072 passes
+    2^24, where fp32 holds the sums rounded alike), so a layer's row is bit for bit the same alone or in a batch, and
+    a weight changed in place is packed again."""
     import lmforge.kernels.int8 as int8
 
+    packed, fbgemm_packed = [], int8.fbgemm_packed
+    monkeypatch.setattr(int8, "fbgemm_packed", lambda q: packed.append(1) or fbgemm_packed(q))
+    for d in (300, 3072):
+        x_u = torch.randint(0, 128, (4, d), dtype=torch.uint8)
+        q = torch.randint(-127, 128, (50, d), dtype=torch.int8)
+        exact = (x_u.long() @ q.long().T).float()
+        assert torch.equal(u8_product(x_u[:1], q), exact[:1]) and len(packed) == 1
+        assert torch.equal(u8_product(x_u, q), exact) and len(packed) == 1  # four rows: oneDNN
+        packed.clear()
     monkeypatch.setattr(int8, "u8_product_works", lambda: True)
-    calls, u8_row = [], int8.u8_row
-    monkeypatch.setattr(int8, "u8_row", lambda *a: calls.append(1) or u8_row(*a))
     torch.manual_seed(0)
-    layer, x = nn.Linear(96, 40, bias=bias), torch.randn(5, 96) * torch.linspace(0.1, 4, 96)
-    for quantized in (Int8Linear.from_linear(layer), Int8Linear.from_linear(layer, x.abs().amax(0), alpha=0.7)):
-        rows = torch.cat((x, torch.zeros(1, 96)))
-        one_at_a_time = torch.cat([quantized(row[None]) for row in rows])
-        assert len(calls) == len(rows)
-        together = quantized(rows)  # six rows: oneDNN's uint8 product
-        assert len(calls) == len(rows) and torch.allclose(one_at_a_time, together, rtol=1e-6, atol=1e-6)
-        calls.clear()
+    layer, x = nn.Linear(96, 40), torch.randn(6, 96) * torch.linspace(0.1, 4, 96)
+    quantized = Int8Linear.from_linear(layer, x.abs().amax(0), alpha=0.7)
+    assert torch.equal(torch.cat([quantized(row[None]) for row in x]), quantized(x))
     with torch.no_grad():
         quantized.weight.mul_(-1)
         quantized.weight_sum.mul_(-1)
-    assert torch.allclose(quantized(rows[:1]), quantized(rows)[:1], rtol=1e-6, atol=1e-6)
+    assert torch.equal(quantized(x[:1]), quantized(x)[:1])
 
 
 @pytest.mark.skipif(not int_mm_runs(), reason="no CPU torch._int_mm in this torch")

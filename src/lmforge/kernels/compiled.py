@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from lmforge.kernels.bf16 import bf16_supported
-from lmforge.kernels.int8 import int_mm_works, u8_product_works, u8_row_runs
+from lmforge.kernels.int8 import fbgemm_runs, int_mm_works, u8_product_works
 from lmforge.nn.blocks import TransformerStack
 
 
@@ -99,7 +99,7 @@ def compile_layers(model: nn.Module) -> nn.Module:
     (
         int_mm_works(),
         u8_product_works(),
-        u8_row_runs(),
+        fbgemm_runs(),
         bf16_supported(),
     )  # asked now, so that the compiler reads their answers as constants
     for module in model.modules():

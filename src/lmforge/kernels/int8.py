@@ -11,8 +11,8 @@ half its levels on values that never occur. Then
 where x_q q^T is exact in int32 and runs on the CPU's int8 dot-product instructions (AVX-512 VNNI through oneDNN's
 torch._int_mm). Norms, softmax and the residual stream stay in fp32, outside these layers. An x86 CPU without VNNI
 (AVX2 only) adds pairs of uint8 x int8 products in int16, which saturates: there activations are rounded to 127
-steps (7 bits), which keeps the sums exact at twice fp32's speed, and costs precision (docs/quantization.md); one row
-(a decoding step) is multiplied by fbgemm there, on the same grid, and batches by oneDNN.
+steps (7 bits), which keeps the sums exact at twice fp32's speed (fbgemm's kernel for one row, oneDNN's for more),
+and costs precision (docs/quantization.md).
 
 Smoothing (SmoothQuant, Xiao et al., 2023), when calibrated: a few input channels carry most of an activation's
 range, which then sets every channel's rounding step. Dividing channel j of x by c_j and multiplying column j of W by
@@ -72,18 +72,12 @@ def quantize_activations(x: torch.Tensor, unsigned: bool = False) -> tuple[torch
     rather than aminmax, whose per-row reduction runs 10x slower on the CPU.) unsigned: x_q uint8 in [0, 127], the
     same range in 127 steps (U8_STEPS), for the CPUs whose int8 products sum pairs in int16."""
     steps_in_range, lowest = (U8_STEPS, 0) if unsigned else (255, -128)
-    scale, offset = activation_grid(x, unsigned)
+    lo, hi = x.amin(dim=1, keepdim=True).clamp_(max=0), x.amax(dim=1, keepdim=True).clamp_(min=0)
+    scale = (hi - lo).div_(steps_in_range).clamp_min_(torch.finfo(torch.float32).tiny)  # 1 / scale is finite
+    offset = torch.round(lo / scale).sub_(lowest)  # the lowest step maps to the lowest value of x_q's type
     steps = x * scale.reciprocal()  # a product per value rather than a division (a fifth of its cost)
     x_q = steps.round_().sub_(offset).clamp_(lowest, lowest + steps_in_range)
     return x_q.to(torch.uint8 if unsigned else torch.int8), scale, offset
-
-
-def activation_grid(x: torch.Tensor, unsigned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """quantize_activations' (scale, offset) for each row of x, without rounding x."""
-    steps_in_range, lowest = (U8_STEPS, 0) if unsigned else (255, -128)
-    lo, hi = x.amin(dim=1, keepdim=True).clamp_(max=0), x.amax(dim=1, keepdim=True).clamp_(min=0)
-    scale = (hi - lo).div_(steps_in_range).clamp_min_(torch.finfo(torch.float32).tiny)  # 1 / scale is finite
-    return scale, torch.round(lo / scale).sub_(lowest)  # the lowest step maps to the lowest value of x_q's type
 
 
 @asked_once
@@ -107,14 +101,14 @@ def u8_product_runs() -> bool:
         return False
 
 
-_packs: dict[tuple, tuple[weakref.ref, object]] = {}  # (kind, weight_state of each tensor) -> (q's base, pack)
+_packs: dict[tuple, tuple[weakref.ref, object]] = {}  # (kind, weight_state(q)) -> (q's base, packed q)
 
 
-def _packed(kind: str, q: torch.Tensor, extra: tuple, pack: Callable[[], object]) -> object:
-    """pack(), a library's copy of int8 weights q (N, d) and of extra (scales, bias: tensors or None), made once per
-    weight (or slice of one) and again after any of them changes in place: packing costs several products."""
+def _packed(kind: str, q: torch.Tensor, pack: Callable[[], object]) -> object:
+    """pack(), a library's copy of int8 weights q (N, d), made once per weight (or slice of one) and again after it
+    changes in place: packing costs several products."""
     base = q if q._base is None else q._base
-    key = (kind, weight_state(q), *(None if t is None else weight_state(t) for t in extra))
+    key = (kind, weight_state(q))
     entry = _packs.get(key)
     if entry is None or entry[0]() is not base:
         for gone in [k for k, (ref, _) in _packs.items() if ref() is None]:
@@ -126,36 +120,40 @@ def _packed(kind: str, q: torch.Tensor, extra: tuple, pack: Callable[[], object]
 def u8_packed(q: torch.Tensor) -> torch.Tensor:
     """q in oneDNN's blocked layout, laid out for one row (a decoding step), which serves batches as fast: one row of
     768 -> 2304 takes 106 us on a Zen 3 against 169 us laid out for no row count in particular."""
-    return _packed("onednn", q, (), lambda: torch.ops.onednn.qlinear_prepack(q, [1, q.size(1)]))
+    return _packed("onednn", q, lambda: torch.ops.onednn.qlinear_prepack(q, [1, q.size(1)]))
 
 
-def fbgemm_packed(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> object:
-    """q with its row scales and bias as fbgemm's packed linear weight (torch's quantized engine)."""
+def fbgemm_packed(q: torch.Tensor) -> object:
+    """q as fbgemm's packed linear weight (torch's quantized engine), with unit scales: its products are the sums."""
 
     def pack():
         with warnings.catch_warnings():  # torch's quantized tensors are deprecated, and the only way into fbgemm
             warnings.simplefilter("ignore")
-            zeros = torch.zeros(q.size(0), dtype=torch.long)
-            w = torch._make_per_channel_quantized_tensor(q.contiguous(), scale.double(), zeros, 0)
-            return torch.ops.quantized.linear_prepack(w, bias)
+            ones, zeros = _unit_scales(q.size(0))
+            w = torch._make_per_channel_quantized_tensor(q.contiguous(), ones.double(), zeros, 0)
+            return torch.ops.quantized.linear_prepack(w, None)
 
-    return _packed("fbgemm", q, (scale, bias), pack)
+    return _packed("fbgemm", q, pack)
 
 
-# The int8 products as operators, so that torch.compile calls them as they are (Inductor cannot hold a library's
-# packed weight). Registered plainly: a call costs 7 us of dispatch where torch.library.custom_op's costs 26, and a
+# The int8 product as an operator, so that torch.compile calls it as it is (Inductor cannot hold a library's packed
+# weight). Registered plainly: a call costs 7 us of dispatch where torch.library.custom_op's costs 26, and a
 # decoding step makes one per layer. Inference only, so no gradient is registered.
 _OPS = torch.library.Library("lmforge", "FRAGMENT")
 _OPS.define("u8_product(Tensor x_u, Tensor q) -> Tensor")
-_OPS.define("u8_row(Tensor x, Tensor scale, Tensor offset, Tensor q, Tensor q_scale, Tensor? bias) -> Tensor")
 
 
 def u8_product(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """x_u q^T for uint8 x_u (B, d) and int8 q (N, d): oneDNN's int32 sums, in fp32."""
+    """x_u q^T for uint8 x_u (B, d) and int8 q (N, d): the exact int32 sums, in fp32. One row (a decoding step) is
+    multiplied by fbgemm, which streams a weight for one row two to three times as fast as oneDNN's uint8 kernel
+    on a Zen 3 (768 -> 2304: 90 against 194 us; GPT-2's LM head: 1.6 against 4.2 ms); more rows by oneDNN."""
     return torch.ops.lmforge.u8_product(x_u, q)
 
 
 def _u8_product(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    if x_u.size(0) == 1 and fbgemm_runs():
+        # x_u's integers on a grid of step 1 (exact), times the unit-scaled weight: the sums as they are
+        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x_u.float(), 1.0, 0, fbgemm_packed(q))
     ones, zeros = _unit_scales(q.size(0))
     return torch.ops.onednn.qlinear_pointwise(
         x_u, 1.0, 0, u8_packed(q), ones, zeros, None, 1.0, 0, torch.float32, "none", [], ""
@@ -164,29 +162,11 @@ def _u8_product(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 @functools.cache
 def _unit_scales(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weight scales (1) and zero points (0) that leave oneDNN's int32 sums as they are, made once per size."""
+    """The weight scales (1) and zero points (0) that leave the int32 sums as they are, made once per size."""
     return torch.ones(n), torch.zeros(n, dtype=torch.long)
 
 
-def u8_row(
-    x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, q: torch.Tensor, q_scale: torch.Tensor,
-    bias: torch.Tensor | None,
-) -> torch.Tensor:  # fmt: skip
-    """One row x (1, d) times int8 q (N, d), by fbgemm: x rounded on the uint8 grid (scale, offset) that
-    quantize_activations(unsigned=True) chose, the exact int32 sums scaled by scale * q_scale, plus bias. For one row
-    on an x86 CPU without VNNI it takes 99-108 us for 768 -> 2304 where oneDNN's uint8 kernel takes 180-220."""
-    return torch.ops.lmforge.u8_row(x, scale, offset, q, q_scale, bias)
-
-
-def _u8_row(x, scale, offset, q, q_scale, bias) -> torch.Tensor:
-    zero_point = int(-offset.item())  # x ~= scale (x_q + offset): x_q = x / scale - offset
-    return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-        x, scale.item(), zero_point, fbgemm_packed(q, q_scale, bias)
-    )
-
-
 _OPS.impl("u8_product", _u8_product, "CPU")
-_OPS.impl("u8_row", _u8_row, "CPU")
 
 
 @torch.library.register_fake("lmforge::u8_product", lib=_OPS)
@@ -194,24 +174,16 @@ def _(x_u, q) -> torch.Tensor:
     return x_u.new_empty((x_u.size(0), q.size(0)), dtype=torch.float32)
 
 
-@torch.library.register_fake("lmforge::u8_row", lib=_OPS)
-def _(x, scale, offset, q, q_scale, bias) -> torch.Tensor:
-    return x.new_empty((x.size(0), q.size(0)), dtype=torch.float32)
-
-
 @asked_once
-def u8_row_runs() -> bool:
-    """Whether u8_row runs here: torch has fbgemm, and gives u8_row's sums exactly (checked once, on a tiny product).
-    Where int8 layers take the uint8 kernel, one row then takes u8_row."""
+def fbgemm_runs() -> bool:
+    """Whether torch has fbgemm's int8 linear and it gives the exact sums (checked once, on a tiny product)."""
     if not is_x86() or "fbgemm" not in torch.backends.quantized.supported_engines:
         return False
     try:
-        x, q = torch.tensor([[2.0, -1.0, 0.5, 0.0]]), torch.tensor([[1, 2, 3, 4], [-5, 6, -7, 8]], dtype=torch.int8)
-        scale, offset = activation_grid(x, unsigned=True)
-        x_q = (x / scale).round() - offset
-        expected = ((x_q + offset) @ q.float().t()) * scale * 0.5 + 1.0
-        got = u8_row(x, scale, offset, q, torch.full((2,), 0.5), torch.ones(2))
-        return torch.allclose(got, expected, rtol=1e-6, atol=1e-6)
+        x_u, q = torch.tensor([[127, 0, 3, 64]], dtype=torch.uint8), torch.tensor([[1, 2, 3, -4], [-127, 6, 0, 127]])
+        q = q.to(torch.int8)
+        got = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x_u.float(), 1.0, 0, fbgemm_packed(q))
+        return torch.equal(got, (x_u.long() @ q.long().t()).float())
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
@@ -282,8 +254,6 @@ class Int8Linear(nn.Module):
     def _product(self, rows, weight, unsigned, weight_scale, weight_sum, bias) -> torch.Tensor:
         if self.input_scale is not None:
             rows = rows / self.input_scale
-        if unsigned and rows.size(0) == 1 and u8_row_runs():  # a decoding step at batch 1
-            return u8_row(rows, *activation_grid(rows, unsigned), weight, weight_scale, bias)
         x_q, s_x, offset = quantize_activations(rows, unsigned)
         sums = u8_product(x_q, weight) if unsigned else int8_product(x_q, weight)
         y = sums.float().addcmul_(offset, weight_sum).mul_(s_x)
