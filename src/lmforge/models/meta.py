@@ -14,6 +14,8 @@ INITS = frozenset(
 
 
 class _SkipInit(TorchFunctionMode):
+    """Returns a meta tensor from its initialization unchanged; every other call runs as it is."""
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         tensor = args[0] if args else kwargs.get("tensor")
@@ -22,7 +24,7 @@ class _SkipInit(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def on_meta(family: str, model_cfg) -> torch.nn.Module:
+def on_meta(family: str, model_cfg: object) -> torch.nn.Module:
     """The family's model for model_cfg with every parameter on the meta device, for counting and estimating."""
     from lmforge.models import MODELS
 
