@@ -89,25 +89,27 @@ def test_one_row_runs_on_fbgemm_wherever_torch_has_it():
 
 @pytest.mark.skipif(not (fbgemm_runs() and u8_product_runs()), reason="no fbgemm or oneDNN uint8 product here")
 def test_without_vnni_one_row_takes_fbgemm_with_the_same_exact_sums(monkeypatch):
-    """A decoding step's one row goes to fbgemm, more rows to oneDNN: both give the exact int32 sums (d = 3072 passes
-    2^24, where fp32 holds the sums rounded alike), so a layer's row is bit for bit the same alone or in a batch, and
-    a weight changed in place is packed again."""
+    """A decoding step's rows (up to FBGEMM_ROWS) go to fbgemm, more rows to oneDNN: both give the exact int32 sums
+    (d = 3072 passes 2^24, where fp32 holds the sums rounded alike), so a layer's row is bit for bit the same alone
+    or in a batch of any size, and a weight changed in place is packed again."""
     import lmforge.kernels.int8 as int8
 
     packed, fbgemm_packed = [], int8.fbgemm_packed
     monkeypatch.setattr(int8, "fbgemm_packed", lambda q: packed.append(1) or fbgemm_packed(q))
     for d in (300, 3072):
-        x_u = torch.randint(0, 128, (4, d), dtype=torch.uint8)
+        x_u = torch.randint(0, 128, (int8.FBGEMM_ROWS + 1, d), dtype=torch.uint8)
         q = torch.randint(-127, 128, (50, d), dtype=torch.int8)
         exact = (x_u.long() @ q.long().T).float()
         assert torch.equal(u8_product(x_u[:1], q), exact[:1]) and len(packed) == 1
-        assert torch.equal(u8_product(x_u, q), exact) and len(packed) == 1  # four rows: oneDNN
+        assert torch.equal(u8_product(x_u[:-1], q), exact[:-1]) and len(packed) == 2
+        assert torch.equal(u8_product(x_u, q), exact) and len(packed) == 2  # one row more: oneDNN
         packed.clear()
     monkeypatch.setattr(int8, "u8_product_works", lambda: True)
     torch.manual_seed(0)
-    layer, x = nn.Linear(96, 40), torch.randn(6, 96) * torch.linspace(0.1, 4, 96)
+    layer, x = nn.Linear(96, 40), torch.randn(int8.FBGEMM_ROWS + 1, 96) * torch.linspace(0.1, 4, 96)
     quantized = Int8Linear.from_linear(layer, x.abs().amax(0), alpha=0.7)
     assert torch.equal(torch.cat([quantized(row[None]) for row in x]), quantized(x))
+    assert torch.equal(quantized(x[:4]), quantized(x)[:4])
     with torch.no_grad():
         quantized.weight.mul_(-1)
         quantized.weight_sum.mul_(-1)
