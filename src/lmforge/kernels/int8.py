@@ -154,12 +154,16 @@ def u8_product(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def _u8_product(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     if x_u.size(0) <= FBGEMM_ROWS and fbgemm_runs():
-        # x_u's integers on a grid of step 1 (exact), times the unit-scaled weight: the sums as they are
-        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x_u.float(), 1.0, 0, fbgemm_packed(q))
+        return _fbgemm_sums(x_u, q)
     ones, zeros = _unit_scales(q.size(0))
     return torch.ops.onednn.qlinear_pointwise(
         x_u, 1.0, 0, u8_packed(q), ones, zeros, None, 1.0, 0, torch.float32, "none", [], ""
     )
+
+
+def _fbgemm_sums(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """x_u's integers on a grid of step 1 (exact), times the unit-scaled weight: the sums as they are."""
+    return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x_u.float(), 1.0, 0, fbgemm_packed(q))
 
 
 @functools.cache
@@ -184,8 +188,7 @@ def fbgemm_runs() -> bool:
     try:
         x_u, q = torch.tensor([[127, 0, 3, 64]], dtype=torch.uint8), torch.tensor([[1, 2, 3, -4], [-127, 6, 0, 127]])
         q = q.to(torch.int8)
-        got = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x_u.float(), 1.0, 0, fbgemm_packed(q))
-        return torch.equal(got, (x_u.long() @ q.long().t()).float())
+        return torch.equal(_fbgemm_sums(x_u, q), (x_u.long() @ q.long().t()).float())
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
