@@ -5,7 +5,9 @@ The rule for authors: a block fenced as ```bash is runnable and must finish in s
 a command that needs a GPU, the network, real data at full size or more than a minute goes in a ```console (or
 ```text) block, which is shown and never run. The tutorial's pages run in order in one folder, as a reader would
 run them, so a later page may use what an earlier page made; the home page and the FAQ run in folders of their
-own. `$LMFORGE_DATA` is the shared data folder (../shared/data from the repository root)."""
+own. `$LMFORGE_DATA` is the shared data folder (../shared/data from the repository root). Their `lmforge` commands
+run through a warm process that forks one per command (tests/cli_server.py), which saves the seconds each would
+spend importing torch."""
 
 import os
 import subprocess
@@ -47,10 +49,10 @@ TUTORIAL = [p for p in nav_pages() if p.startswith("tutorial/")]
 STANDALONE = [p for p in nav_pages() if p in ("index.md", "faq.md", "resources.md")]
 
 
-def _env() -> dict[str, str]:
+def _env(first_on_path: Path = BIN) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        PATH=f"{first_on_path}{os.pathsep}{BIN}{os.pathsep}{env.get('PATH', '')}",
         LMFORGE_DATA=str(DATA),
         OMP_NUM_THREADS="1",  # tiny models on a shared 2-core machine: one thread each is faster than two contending
         HF_HUB_OFFLINE="1",
@@ -62,16 +64,29 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run_page(page: str, cwd: Path) -> None:
+@pytest.fixture(scope="module")
+def warm_bin(tmp_path_factory) -> Path:
+    """A folder whose `lmforge` forwards each command to a warm server; the server ends with the module."""
+    folder = tmp_path_factory.mktemp("warm")
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "cli_server.py"), str(folder / "socket"), str(folder / "bin")],
+        env=_env(), stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert server.stdout.readline().strip() == "ready", "tests/cli_server.py did not start"
+    yield folder / "bin"
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def run_page(page: str, cwd: Path, bin_dir: Path) -> None:
     """A page's runnable blocks in one bash session (a variable set in one block serves the next), stopping at the
     first failing command; the failure names the block."""
     blocks = runnable_blocks(DOCS / page)
     if any("$LMFORGE_DATA" in b or "${LMFORGE_DATA" in b for b in blocks) and not DATA.is_dir():
         pytest.skip(f"{page} reads $LMFORGE_DATA and {DATA} is missing")
     script = "".join(f'echo "### {page} block {i + 1}" >&2\n{block}\n' for i, block in enumerate(blocks))
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300
-    )
+    command = ["bash", "-euo", "pipefail", "-c", script]
+    result = subprocess.run(command, cwd=cwd, env=_env(bin_dir), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
 
@@ -87,8 +102,8 @@ def test_site_builds_strict(tmp_path):
 
 
 @pytest.mark.parametrize("page", STANDALONE)
-def test_standalone_page_runs(page, tmp_path):
-    run_page(page, tmp_path)
+def test_standalone_page_runs(page, tmp_path, warm_bin):
+    run_page(page, tmp_path, warm_bin)
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +112,9 @@ def tutorial_dir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("page", TUTORIAL)
-def test_tutorial_page_runs(page, tutorial_dir):
+def test_tutorial_page_runs(page, tutorial_dir, warm_bin):
     assert runnable_blocks(DOCS / page), f"{page} has no runnable block: every step shows commands that run"
-    run_page(page, tutorial_dir)
+    run_page(page, tutorial_dir, warm_bin)
 
 
 @pytest.mark.parametrize("zh", sorted(DOCS.rglob("*.zh.md")), ids=lambda p: str(p.relative_to(DOCS)))
