@@ -20,6 +20,7 @@ from lmforge.kernels.int8 import (
     u8_product,
     u8_product_runs,
 )
+from lmforge.kernels.native import u8_gemv_runs
 from lmforge.kernels.quantize import Quantization, quantize_model
 
 
@@ -88,22 +89,24 @@ def test_one_row_runs_on_fbgemm_wherever_torch_has_it():
 
 
 @pytest.mark.skipif(not (fbgemm_runs() and u8_product_runs()), reason="no fbgemm or oneDNN uint8 product here")
-def test_without_vnni_one_row_takes_fbgemm_with_the_same_exact_sums(monkeypatch):
-    """A decoding step's rows (up to FBGEMM_ROWS) go to fbgemm, more rows to oneDNN: both give the exact int32 sums
-    (d = 3072 passes 2^24, where fp32 holds the sums rounded alike), so a layer's row is bit for bit the same alone
-    or in a batch of any size, and a weight changed in place is packed again."""
+def test_without_vnni_each_row_count_takes_its_kernel_with_the_same_exact_sums(monkeypatch):
+    """A decoding step's rows go to lmforge's C kernel (up to GEMV_ROWS, where it is built) or fbgemm (up to
+    FBGEMM_ROWS), more rows to oneDNN: all give the exact int32 sums (d = 3072 passes 2^24, where fp32 holds the sums
+    rounded alike), so a layer's row is bit for bit the same alone or in a batch of any size, and a weight changed
+    in place is packed again."""
     import lmforge.kernels.int8 as int8
 
-    packed, fbgemm_packed = [], int8.fbgemm_packed
-    monkeypatch.setattr(int8, "fbgemm_packed", lambda q: packed.append(1) or fbgemm_packed(q))
+    calls, fbgemm_packed = [], int8.fbgemm_packed
+    monkeypatch.setattr(int8, "fbgemm_packed", lambda q: calls.append(1) or fbgemm_packed(q))
     for d in (300, 3072):
         x_u = torch.randint(0, 128, (int8.FBGEMM_ROWS + 1, d), dtype=torch.uint8)
         q = torch.randint(-127, 128, (50, d), dtype=torch.int8)
         exact = (x_u.long() @ q.long().T).float()
-        assert torch.equal(u8_product(x_u[:1], q), exact[:1]) and len(packed) == 1
-        assert torch.equal(u8_product(x_u[:-1], q), exact[:-1]) and len(packed) == 2
-        assert torch.equal(u8_product(x_u, q), exact) and len(packed) == 2  # one row more: oneDNN
-        packed.clear()
+        for rows in (1, int8.GEMV_ROWS, int8.GEMV_ROWS + 1, int8.FBGEMM_ROWS, int8.FBGEMM_ROWS + 1):
+            calls.clear()
+            assert torch.equal(u8_product(x_u[:rows], q), exact[:rows])
+            on_fbgemm = (rows > int8.GEMV_ROWS or not u8_gemv_runs()) and rows <= int8.FBGEMM_ROWS
+            assert len(calls) == on_fbgemm, rows
     monkeypatch.setattr(int8, "u8_product_works", lambda: True)
     torch.manual_seed(0)
     layer, x = nn.Linear(96, 40), torch.randn(int8.FBGEMM_ROWS + 1, 96) * torch.linspace(0.1, 4, 96)

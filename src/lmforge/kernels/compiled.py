@@ -28,6 +28,7 @@ from torch import nn
 
 from lmforge.kernels.bf16 import bf16_supported
 from lmforge.kernels.int8 import fbgemm_runs, int_mm_works, u8_product_works
+from lmforge.kernels.native import u8_gemv_runs
 from lmforge.nn.blocks import TransformerStack
 
 
@@ -100,6 +101,7 @@ def compile_layers(model: nn.Module) -> nn.Module:
         int_mm_works(),
         u8_product_works(),
         fbgemm_runs(),
+        u8_gemv_runs(),
         bf16_supported(),
     )  # asked now, so that the compiler reads their answers as constants
     for module in model.modules():

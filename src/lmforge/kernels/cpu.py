@@ -37,6 +37,10 @@ def has_vnni() -> bool:
     return any(flag in cpuinfo("flags").split() for flag in VNNI_FLAGS)
 
 
+def has_avx2() -> bool:
+    return "avx2" in cpuinfo("flags").split()
+
+
 def has_avx512() -> bool:
     """Whether the CPU has AVX-512 (its foundation, avx512f): where MKL and oneDNN differ most on AMD."""
     return "avx512f" in cpuinfo("flags").split()

@@ -11,8 +11,8 @@ half its levels on values that never occur. Then
 where x_q q^T is exact in int32 and runs on the CPU's int8 dot-product instructions (AVX-512 VNNI through oneDNN's
 torch._int_mm). Norms, softmax and the residual stream stay in fp32, outside these layers. An x86 CPU without VNNI
 (AVX2 only) adds pairs of uint8 x int8 products in int16, which saturates: there activations are rounded to 127
-steps (7 bits), which keeps the sums exact at twice fp32's speed (fbgemm's kernel for up to 16 rows, oneDNN's for
-more), and costs precision (docs/quantization.md).
+steps (7 bits), which keeps the sums exact at twice fp32's speed (lmforge's C kernel for one or two rows, fbgemm's for
+up to 16, oneDNN's for more), and costs precision (docs/quantization.md).
 
 Smoothing (SmoothQuant, Xiao et al., 2023), when calibrated: a few input channels carry most of an activation's
 range, which then sets every channel's rounding step. Dividing channel j of x by c_j and multiplying column j of W by
@@ -32,11 +32,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.kernels.cpu import has_vnni, is_x86
+from lmforge.kernels.native import u8_gemv, u8_gemv_runs
 from lmforge.kernels.once import asked_once
 from lmforge.kernels.state import weight_state
 
 CHUNK_ROWS = 256  # rows rounded and multiplied at a time: larger inputs would spill their temporaries out of cache
 U8_STEPS = 127  # an activation row's steps where products of uint8 and int8 pairs are summed in int16
+GEMV_ROWS = 3  # rows up to which lmforge's C kernel beats fbgemm's (GPT-2 small, Zen 3: 1 row 4.4 against 7.6 ms,
+# 3 rows 6.4 against 8.0, 4 rows 14.0 against 8.0)
 FBGEMM_ROWS = 16  # rows up to which fbgemm's uint8 product beats oneDNN's on a Zen 3 (equal at 32, slower from 64)
 
 
@@ -145,14 +148,17 @@ _OPS.define("u8_product(Tensor x_u, Tensor q) -> Tensor")
 
 
 def u8_product(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """x_u q^T for uint8 x_u (B, d) and int8 q (N, d): the exact int32 sums, in fp32. Up to FBGEMM_ROWS rows
-    (decoding steps) are multiplied by fbgemm, which streams a weight two to three times as fast as oneDNN's uint8
-    kernel on a Zen 3 (768 -> 2304: one row 90 against 194 us, 8 rows 199 against 369; GPT-2's LM head: 1.6 against
-    4.2 ms, and 3.2 against 7.7); more rows (prompts, sentences) by oneDNN, the faster from 64 rows on."""
+    """x_u q^T for uint8 x_u (B, d) in [0, 127] and int8 q (N, d): the exact int32 sums, in fp32. Up to GEMV_ROWS
+    rows (batch-1 decoding) go to lmforge.kernels.native's loop where it is built. Up to FBGEMM_ROWS go to fbgemm,
+    which streams a weight two to three times as fast as oneDNN's uint8 kernel on a Zen 3 (768 -> 2304: one row 90
+    against 194 us, 8 rows 199 against 369; GPT-2's LM head: 1.6 against 4.2 ms, and 3.2 against 7.7). More rows
+    (prompts, sentences) go to oneDNN, the faster from 64 rows on."""
     return torch.ops.lmforge.u8_product(x_u, q)
 
 
 def _u8_product(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    if x_u.size(0) <= GEMV_ROWS and u8_gemv_runs():
+        return u8_gemv(x_u, q)
     if x_u.size(0) <= FBGEMM_ROWS and fbgemm_runs():
         return _fbgemm_sums(x_u, q)
     ones, zeros = _unit_scales(q.size(0))

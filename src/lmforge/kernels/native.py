@@ -1,0 +1,82 @@
+"""A C kernel for the int8 product of one or two rows (a decoding step) on x86 CPUs without VNNI, built on first use
+with the C compiler that torch.compile needs anyway. Where there is no compiler or no AVX2, or
+LMFORGE_NATIVE_KERNELS=0, the int8 layers keep fbgemm's kernel: the kernel changes the speed, never the sums."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+
+from lmforge.atomic import TMP
+from lmforge.kernels.cpu import has_avx2, is_x86
+from lmforge.kernels.once import asked_once
+
+SOURCE = Path(__file__).with_name("u8_gemv.c")
+FLAGS = ["-O3", "-mavx2", "-fopenmp", "-shared", "-fPIC"]  # OpenMP: the libgomp torch has loaded, one thread pool
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "kernels"
+
+
+def build(source: Path, folder: Path) -> Path:
+    """The shared library of source, compiled once per source text, compiler and flags, and written under a
+    temporary name then renamed, so that a process never loads a half-written one."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise OSError("no C compiler (cc, gcc or $CC)")
+    digest = hashlib.sha256("\0".join([source.read_text(encoding="utf-8"), compiler, *FLAGS]).encode()).hexdigest()
+    library = folder / f"{source.stem}-{digest[:16]}.so"
+    if not library.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{TMP}{library.name}.{os.getpid()}"
+        try:
+            subprocess.run(
+                [compiler, *FLAGS, str(source), "-o", str(tmp)], check=True, capture_output=True, timeout=300
+            )
+            os.replace(tmp, library)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return library
+
+
+@functools.cache
+def _kernel() -> ctypes._CFuncPtr:
+    kernel = ctypes.CDLL(str(build(SOURCE, cache_dir()))).u8_gemv
+    kernel.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    kernel.restype = None
+    return kernel
+
+
+def u8_gemv(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """x_u q^T for x_u (B, d) uint8 in [0, 127] and q (N, d) int8: the exact int32 sums, in fp32. Fastest for one or
+    two rows; ctypes lets other threads run meanwhile."""
+    if x_u.dtype != torch.uint8 or q.dtype != torch.int8 or x_u.dim() != 2 or q.dim() != 2 or x_u.size(1) != q.size(1):
+        raise ValueError(f"u8_gemv takes uint8 (B, d) and int8 (N, d), not {x_u.dtype} {tuple(x_u.shape)} and "
+                         f"{q.dtype} {tuple(q.shape)}")  # fmt: skip
+    x_u, q = x_u.contiguous(), q.contiguous()
+    out = torch.empty(x_u.size(0), q.size(0))
+    _kernel()(x_u.data_ptr(), q.data_ptr(), out.data_ptr(), x_u.size(0), *q.shape, torch.get_num_threads())
+    return out
+
+
+@asked_once
+def u8_gemv_runs() -> bool:
+    """Whether the kernel is built here and gives the exact sums (checked once, on a product with a tail past its
+    32-byte steps)."""
+    if os.environ.get("LMFORGE_NATIVE_KERNELS", "1") == "0" or not (is_x86() and has_avx2()):
+        return False
+    try:
+        g = torch.Generator().manual_seed(0)
+        x_u = torch.randint(0, 128, (2, 45), dtype=torch.uint8, generator=g)
+        q = torch.randint(-127, 128, (3, 45), dtype=torch.int8, generator=g)
+        return torch.equal(u8_gemv(x_u, q), (x_u.long() @ q.long().t()).float())
+    except (OSError, subprocess.SubprocessError, AttributeError):
+        return False

@@ -1,0 +1,87 @@
+"""lmforge's C kernel for few-row int8 products: its sums against the naive formula, where it is used, how it is
+built and cached, and the machines where it stays off."""
+
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from lmforge.kernels import native
+from lmforge.kernels.cpu import has_avx2, is_x86
+from lmforge.kernels.native import SOURCE, build, u8_gemv, u8_gemv_runs
+
+compiler = shutil.which("cc") or shutil.which("gcc")
+needs_kernel = pytest.mark.skipif(not u8_gemv_runs(), reason="no AVX2 or no C compiler here")
+
+
+def test_the_kernel_runs_wherever_there_are_avx2_and_a_compiler():
+    """u8_gemv_runs checks the kernel's sums on a tiny product: false only where it cannot be built, never for wrong
+    sums."""
+    assert u8_gemv_runs() == (is_x86() and has_avx2() and compiler is not None)
+
+
+@needs_kernel
+@pytest.mark.parametrize("d", [1, 31, 32, 45, 771, 3072])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5])
+def test_sums_are_the_exact_int32_sums(rows, d):
+    """Every length around the 32-byte steps, and the largest magnitudes (127 * 127 * 3072 passes 2^24: fp32 holds
+    the sum rounded as the int32's conversion rounds it)."""
+    g = torch.Generator().manual_seed(d)
+    x_u = torch.randint(0, 128, (rows, d), dtype=torch.uint8, generator=g)
+    q = torch.randint(-127, 128, (37, d), dtype=torch.int8, generator=g)
+    x_u[0], q[0], q[1] = 127, 127, -127
+    assert torch.equal(u8_gemv(x_u, q), (x_u.long() @ q.long().T).float())
+
+
+@needs_kernel
+def test_sums_do_not_depend_on_threads_or_on_slices():
+    x_u = torch.randint(0, 128, (4, 300), dtype=torch.uint8)
+    q = torch.randint(-127, 128, (101, 300), dtype=torch.int8)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = u8_gemv(x_u[::2], q[10:60])  # strided rows and a slice of the weight's rows
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, u8_gemv(x_u[::2].contiguous(), q[10:60].clone()))
+    assert torch.equal(one, (x_u[::2].long() @ q[10:60].long().T).float())
+
+
+def test_wrong_inputs_are_refused_before_the_kernel_reads_them():
+    x_u, q = torch.zeros(1, 8, dtype=torch.uint8), torch.zeros(3, 8, dtype=torch.int8)
+    for a, b in [(x_u.to(torch.int8), q), (x_u, q.to(torch.uint8)), (x_u[:, :4], q), (x_u[0], q)]:
+        with pytest.raises(ValueError, match="u8_gemv takes uint8"):
+            u8_gemv(a, b)
+
+
+@pytest.mark.skipif(compiler is None, reason="no C compiler here")
+def test_the_library_is_built_once_per_source_and_never_half_written(tmp_path, monkeypatch):
+    source = tmp_path / "u8_gemv.c"
+    source.write_text(SOURCE.read_text())
+    library = build(source, tmp_path / "cache")
+    assert library.is_file() and [p.name for p in (tmp_path / "cache").iterdir()] == [library.name]
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("built again"))
+    assert build(source, tmp_path / "cache") == library
+    monkeypatch.undo()
+    source.write_text("this is not C\n")
+    with pytest.raises(subprocess.CalledProcessError):
+        build(source, tmp_path / "cache")
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [library.name]  # no temporary file left
+
+
+def test_the_kernel_stays_off_when_asked_without_avx2_or_without_a_compiler(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "is_x86", lambda: True)
+    monkeypatch.setenv("LMFORGE_NATIVE_KERNELS", "0")
+    assert not u8_gemv_runs.__wrapped__()
+    monkeypatch.delenv("LMFORGE_NATIVE_KERNELS")
+    monkeypatch.setattr(native, "has_avx2", lambda: False)
+    assert not u8_gemv_runs.__wrapped__()
+    monkeypatch.setattr(native, "has_avx2", lambda: True)
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setattr(native, "cache_dir", lambda: tmp_path)
+    native._kernel.cache_clear()
+    try:
+        assert not u8_gemv_runs.__wrapped__()
+    finally:
+        native._kernel.cache_clear()
