@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from lmforge.atomic import write_text_atomic
+from lmforge.cache import cache_root
 from lmforge.config import YAML_ERRORS
 from lmforge.errors import LmforgeError
 from lmforge.kernels.cpu import cpuinfo
@@ -55,7 +56,7 @@ PROFILES = {
 
 WATTS_PER_CORE = 10.0  # `this`: a server or desktop CPU's TDP shared over its cores (e.g. 150-250 W / 16-24 cores)
 CPU_UTILIZATION = 0.52  # `this`: char-small on one thread reaches 0.38-0.40 (AMD) to 0.66-0.72 (Intel) of the probe
-CACHE = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "hardware.json"
+CACHE = cache_root() / "hardware.json"
 
 
 def _cpu_model() -> str:

@@ -11,8 +11,8 @@ half its levels on values that never occur. Then
 where x_q q^T is exact in int32 and runs on the CPU's int8 dot-product instructions (AVX-512 VNNI through oneDNN's
 torch._int_mm). Norms, softmax and the residual stream stay in fp32, outside these layers. An x86 CPU without VNNI
 (AVX2 only) adds pairs of uint8 x int8 products in int16, which saturates: there activations are rounded to 127
-steps (7 bits), which keeps the sums exact at twice fp32's speed (lmforge's C kernel for one or two rows, fbgemm's for
-up to 16, oneDNN's for more), and costs precision (docs/quantization.md).
+steps (7 bits), which keeps the sums exact at twice fp32's speed (lmforge's C kernel for one to three rows, fbgemm's
+for up to 16, oneDNN's for more), and costs precision (docs/quantization.md).
 
 Smoothing (SmoothQuant, Xiao et al., 2023), when calibrated: a few input channels carry most of an activation's
 range, which then sets every channel's rounding step. Dividing channel j of x by c_j and multiplying column j of W by

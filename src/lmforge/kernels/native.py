@@ -1,4 +1,4 @@
-"""A C kernel for the int8 product of one or two rows (a decoding step) on x86 CPUs without VNNI, built on first use
+"""A C kernel for the int8 product of one to three rows (a decoding step) on x86 CPUs without VNNI, built on first use
 with the C compiler that torch.compile needs anyway. Where there is no compiler or no AVX2, or
 LMFORGE_NATIVE_KERNELS=0, the int8 layers keep fbgemm's kernel: the kernel changes the speed, never the sums."""
 
@@ -10,11 +10,13 @@ import hashlib
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from lmforge.atomic import TMP
+from lmforge.cache import cache_root
 from lmforge.kernels.cpu import has_avx2, is_x86
 from lmforge.kernels.once import asked_once
 
@@ -23,7 +25,7 @@ FLAGS = ["-O3", "-mavx2", "-fopenmp", "-shared", "-fPIC"]  # OpenMP: the libgomp
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "kernels"
+    return cache_root() / "kernels"
 
 
 def build(source: Path, folder: Path) -> Path:
@@ -48,7 +50,7 @@ def build(source: Path, folder: Path) -> Path:
 
 
 @functools.cache
-def _kernel() -> ctypes._CFuncPtr:
+def _kernel() -> Callable[..., None]:
     kernel = ctypes.CDLL(str(build(SOURCE, cache_dir()))).u8_gemv
     kernel.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     kernel.restype = None
@@ -56,8 +58,8 @@ def _kernel() -> ctypes._CFuncPtr:
 
 
 def u8_gemv(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """x_u q^T for x_u (B, d) uint8 in [0, 127] and q (N, d) int8: the exact int32 sums, in fp32. Fastest for one or
-    two rows; ctypes lets other threads run meanwhile."""
+    """x_u q^T for x_u (B, d) uint8 in [0, 127] and q (N, d) int8: the exact int32 sums, in fp32. Fastest for one to
+    three rows; ctypes lets other threads run meanwhile."""
     if x_u.dtype != torch.uint8 or q.dtype != torch.int8 or x_u.dim() != 2 or q.dim() != 2 or x_u.size(1) != q.size(1):
         raise ValueError(f"u8_gemv takes uint8 (B, d) and int8 (N, d), not {x_u.dtype} {tuple(x_u.shape)} and "
                          f"{q.dtype} {tuple(q.shape)}")  # fmt: skip
