@@ -102,5 +102,12 @@ def aot_eager(monkeypatch):
 
 
 @pytest.fixture
+def traced_only(monkeypatch):
+    """--compile traced by Dynamo into graphs that run eagerly: for tests of what reaches the compiler and what comes
+    back (tests/kernels/test_compiled.py traces the same layers as Inductor would, with aot_eager)."""
+    monkeypatch.setattr("lmforge.kernels.compiled.BACKEND", "eager")
+
+
+@pytest.fixture
 def encoder_overrides(documents, tmp_path):
     return [*TINY_ENCODER, f"data.path={documents}", f"train.out={tmp_path / 'run'}"]

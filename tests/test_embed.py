@@ -113,7 +113,7 @@ def test_each_input_line_is_one_row_and_a_blank_line_is_refused(tiny, tmp_path, 
     assert not (tmp_path / "blank.npy").exists()
 
 
-def test_compile_gives_the_same_vectors(tiny, tmp_path, aot_eager, capsys):
+def test_compile_gives_the_same_vectors(tiny, tmp_path, traced_only, capsys):
     argv = ["embed", tiny, "--text", "the film was good", "--text", "bad acting", "--dtype", "int8", "--output"]
     assert main([*argv, str(tmp_path / "eager.npy")]) == 0
     assert main([*argv, str(tmp_path / "compiled.npy"), "--compile"]) == 0

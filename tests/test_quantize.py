@@ -93,7 +93,7 @@ def test_generate_and_chat_verbs_take_dtype(models, tmp_path, capsys):
     assert capsys.readouterr().out == int8
 
 
-def test_compile_generates_the_same_text_and_compiles_the_stack(models, aot_eager, capsys):
+def test_compile_generates_the_same_text_and_compiles_the_stack(models, traced_only, capsys):
     argv = ["generate", str(models / "gpt"), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--greedy", "--no-stream",
             "--dtype", "int8"]  # fmt: skip
     assert main(argv) == 0
@@ -106,7 +106,7 @@ def test_compile_generates_the_same_text_and_compiles_the_stack(models, aot_eage
     assert not isinstance(load(models / "gpt", dtype="int8").model.decoder.layers, CompiledLayers)
 
 
-def test_predict_and_evaluate_compile_every_model_they_load(models, tmp_path, aot_eager, capsys, monkeypatch):
+def test_predict_and_evaluate_compile_every_model_they_load(models, tmp_path, traced_only, capsys, monkeypatch):
     argv = ["predict", str(models / "sst"), "--text", "the film was good", "--text", "bad acting", "--dtype", "int8"]
     assert main(argv) == 0
     eager = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -99,7 +99,7 @@ def test_concurrent_requests_are_batched_and_each_is_right(server):
         assert text == tokenizer.decode(greedy(server.loaded, tokenizer.encode(prompt), 5 + i))
 
 
-def test_a_compiled_int8_server_batches_requests_as_eager_int8_decodes(gpt, aot_eager):
+def test_a_compiled_int8_server_batches_requests_as_eager_int8_decodes(gpt, traced_only):
     from lmforge.checkpoint.loader import load
     from lmforge.kernels.compiled import CompiledLayers
 
