@@ -113,10 +113,14 @@ def test_without_vnni_each_row_count_takes_its_kernel_with_the_same_exact_sums(m
     quantized = Int8Linear.from_linear(layer, x.abs().amax(0), alpha=0.7)
     assert torch.equal(torch.cat([quantized(row[None]) for row in x]), quantized(x))
     assert torch.equal(quantized(x[:4]), quantized(x)[:4])
+    before = quantized(x)
     with torch.no_grad():
         quantized.weight.mul_(-1)
         quantized.weight_sum.mul_(-1)
-    assert torch.equal(quantized(x[:1]), quantized(x)[:1])
+    changed = quantized(x)  # oneDNN's pack, made again
+    assert not torch.allclose(changed, before)
+    for rows in (1, int8.GEMV_ROWS + 1):  # lmforge's kernel (no pack), then fbgemm's pack made again
+        assert torch.equal(quantized(x[:rows]), changed[:rows])
 
 
 @pytest.mark.skipif(not int_mm_runs(), reason="no CPU torch._int_mm in this torch")
