@@ -85,3 +85,23 @@ def test_the_kernel_stays_off_when_asked_without_avx2_or_without_a_compiler(monk
         assert not u8_gemv_runs.__wrapped__()
     finally:
         native._kernel.cache_clear()
+
+
+@pytest.mark.skipif(compiler is None or not is_x86() or not has_avx2(), reason="no AVX2 or no C compiler here")
+def test_a_read_only_cache_builds_the_kernel_for_the_process_alone(monkeypatch, tmp_path):
+    cache = tmp_path / "cache"  # read-only for a user (root writes anyway: refused below)
+
+    def refusing(source, folder):
+        if folder == cache:
+            raise PermissionError(f"{folder} is read-only")
+        return build(source, folder)
+
+    monkeypatch.setattr(native, "cache_dir", lambda: cache)
+    monkeypatch.setattr(native, "build", refusing)
+    monkeypatch.setattr(native.tempfile, "mkdtemp", lambda prefix: str(tmp_path / f"{prefix}1"))
+    native._kernel.cache_clear()
+    try:
+        assert u8_gemv_runs.__wrapped__() and not cache.exists()
+        assert [p.suffix for p in (tmp_path / "lmforge-kernels-1").iterdir()] == [".so"]
+    finally:
+        native._kernel.cache_clear()

@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,7 +52,11 @@ def build(source: Path, folder: Path) -> Path:
 
 @functools.cache
 def _kernel() -> Callable[..., None]:
-    kernel = ctypes.CDLL(str(build(SOURCE, cache_dir()))).u8_gemv
+    try:
+        library = build(SOURCE, cache_dir())
+    except PermissionError:  # a read-only home: built for this process alone
+        library = build(SOURCE, Path(tempfile.mkdtemp(prefix="lmforge-kernels-")))
+    kernel = ctypes.CDLL(str(library)).u8_gemv
     kernel.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     kernel.restype = None
     return kernel
