@@ -101,6 +101,18 @@ def test_site_builds_strict(tmp_path):
         assert (tmp_path / html).is_file() and (tmp_path / "zh" / html).is_file(), html  # zh falls back to English
 
 
+def test_the_warm_lmforge_gives_each_command_its_exit_code_streams_and_folder(tmp_path, warm_bin):
+    """Through the warm server, a failing command still fails its page: its code, its stderr, the caller's folder."""
+    script = 'lmforge generate nowhere --prompt hi; echo "never"'
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=_env(warm_bin),
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2 and "never" not in result.stdout
+    assert result.stderr.startswith("lmforge: error: model nowhere not found") and "Traceback" not in result.stderr
+    ok = subprocess.run(["lmforge", "estimate", "--config", "char-small"], cwd=tmp_path, env=_env(warm_bin),
+                        capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert ok.returncode == 0 and "parameters" in ok.stdout
+
+
 @pytest.mark.parametrize("page", STANDALONE)
 def test_standalone_page_runs(page, tmp_path, warm_bin):
     run_page(page, tmp_path, warm_bin)
