@@ -78,6 +78,12 @@ def warm_bin(tmp_path_factory) -> Path:
     server.wait(timeout=30)
 
 
+def run_bash(script: str, cwd: Path, bin_dir: Path) -> subprocess.CompletedProcess:
+    """script in bash as a reader's shell runs it (stopping at the first failing command), bin_dir first on PATH."""
+    command = ["bash", "-euo", "pipefail", "-c", script]
+    return subprocess.run(command, cwd=cwd, env=_env(bin_dir), capture_output=True, text=True, timeout=300)
+
+
 def run_page(page: str, cwd: Path, bin_dir: Path) -> None:
     """A page's runnable blocks in one bash session (a variable set in one block serves the next), stopping at the
     first failing command; the failure names the block."""
@@ -85,8 +91,7 @@ def run_page(page: str, cwd: Path, bin_dir: Path) -> None:
     if any("$LMFORGE_DATA" in b or "${LMFORGE_DATA" in b for b in blocks) and not DATA.is_dir():
         pytest.skip(f"{page} reads $LMFORGE_DATA and {DATA} is missing")
     script = "".join(f'echo "### {page} block {i + 1}" >&2\n{block}\n' for i, block in enumerate(blocks))
-    command = ["bash", "-euo", "pipefail", "-c", script]
-    result = subprocess.run(command, cwd=cwd, env=_env(bin_dir), capture_output=True, text=True, timeout=300)
+    result = run_bash(script, cwd, bin_dir)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
 
@@ -103,14 +108,12 @@ def test_site_builds_strict(tmp_path):
 
 def test_the_warm_lmforge_gives_each_command_its_exit_code_streams_and_folder(tmp_path, warm_bin):
     """Through the warm server, a failing command still fails its page: its code, its stderr, the caller's folder."""
-    script = 'lmforge generate nowhere --prompt hi; echo "never"'
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=_env(warm_bin),
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = run_bash('lmforge generate nowhere --prompt hi; echo "never"', tmp_path, warm_bin)
     assert result.returncode == 2 and "never" not in result.stdout
     assert result.stderr.startswith("lmforge: error: model nowhere not found") and "Traceback" not in result.stderr
-    ok = subprocess.run(["lmforge", "estimate", "--config", "char-small"], cwd=tmp_path, env=_env(warm_bin),
-                        capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert ok.returncode == 0 and "parameters" in ok.stdout
+    (tmp_path / "mine.yaml").write_text((ROOT / "src/lmforge/configs/char-small.yaml").read_text())
+    ok = run_bash("lmforge estimate --config mine.yaml", tmp_path, warm_bin)  # a path relative to the caller
+    assert ok.returncode == 0 and "parameters" in ok.stdout, ok.stderr
 
 
 @pytest.mark.parametrize("page", STANDALONE)

@@ -8,6 +8,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -32,17 +33,17 @@ def cache_dir() -> Path:
 def build(source: Path, folder: Path) -> Path:
     """The shared library of source, compiled once per source text, compiler and flags, and written under a
     temporary name then renamed, so that a process never loads a half-written one."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    compiler = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]  # "ccache gcc"
+    if compiler[0] is None:
         raise OSError("no C compiler (cc, gcc or $CC)")
-    digest = hashlib.sha256("\0".join([source.read_text(encoding="utf-8"), compiler, *FLAGS]).encode()).hexdigest()
+    digest = hashlib.sha256("\0".join([source.read_text(encoding="utf-8"), *compiler, *FLAGS]).encode()).hexdigest()
     library = folder / f"{source.stem}-{digest[:16]}.so"
     if not library.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"{TMP}{library.name}.{os.getpid()}"
         try:
             subprocess.run(
-                [compiler, *FLAGS, str(source), "-o", str(tmp)], check=True, capture_output=True, timeout=300
+                [*compiler, *FLAGS, str(source), "-o", str(tmp)], check=True, capture_output=True, timeout=300
             )
             os.replace(tmp, library)
         finally:
