@@ -4,9 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmforge.kernels import cross_entropy, linear
 from lmforge.kernels.cross_entropy import linear_cross_entropy
 
 N, D, V = 10, 6, 11
+
+
+@pytest.fixture(params=["rows first", "vocabulary first"])
+def layout(request, monkeypatch):
+    """Both ways of forming a chunk's logits, x W^T and W x^T, whichever this CPU takes."""
+    monkeypatch.setattr(cross_entropy, "vocab_major_logits", lambda *_: request.param == "vocabulary first")
 
 
 def inputs(ignored=(), dtype=torch.float64, seed=0, ignore_index=-100):
@@ -34,28 +41,33 @@ def check(x, weight, targets, chunk_rows, ignore_index=-100, scale=1.0, tol=1e-1
     torch.testing.assert_close(weight.grad, grad_w, atol=tol, rtol=tol)
 
 
+@pytest.mark.usefixtures("layout")
 @pytest.mark.parametrize("chunk_rows", [1, 3, 4, 7, 10, 1024])  # 3, 4 and 7 do not divide N = 10
 def test_equals_cross_entropy_on_logits(chunk_rows):
     check(*inputs(), chunk_rows)
 
 
+@pytest.mark.usefixtures("layout")
 @pytest.mark.parametrize("chunk_rows", [1, 3, 4, 1024])
 def test_ignored_rows_do_not_count(chunk_rows):
     # rows 0-3 ignored: with chunk_rows 1, 3 or 4 whole chunks are ignored
     check(*inputs(ignored=(0, 1, 2, 3, 8)), chunk_rows)
 
 
+@pytest.mark.usefixtures("layout")
 @pytest.mark.parametrize("ignore_index", [0, V, 10_000])  # a real token id, or one outside the vocabulary
 def test_any_ignore_index(ignore_index):
     x, weight, targets = inputs(ignored=(2, 5), ignore_index=ignore_index)
     check(x, weight, targets, 3, ignore_index=ignore_index)
 
 
+@pytest.mark.usefixtures("layout")
 @pytest.mark.parametrize("chunk_rows", [3, 1024])
 def test_gradients_follow_a_loss_multiplier(chunk_rows):
     check(*inputs(ignored=(4,)), chunk_rows, scale=3.0)
 
 
+@pytest.mark.usefixtures("layout")
 def test_all_rows_ignored_gives_zero_loss_and_gradients():
     # F.cross_entropy would give nan (0 / 0); a batch of padding should not poison training instead
     x, weight, targets = inputs(ignored=range(N))
@@ -65,6 +77,7 @@ def test_all_rows_ignored_gives_zero_loss_and_gradients():
     assert (x.grad == 0).all() and (weight.grad == 0).all()
 
 
+@pytest.mark.usefixtures("layout")
 def test_batched_input_and_frozen_weight():
     x, weight, targets = inputs(seed=1)
     weight = weight.detach()
@@ -76,15 +89,18 @@ def test_batched_input_and_frozen_weight():
     assert weight.grad is None
 
 
+@pytest.mark.usefixtures("layout")
 def test_float32_matches_within_rounding():
     check(*inputs(ignored=(1,), dtype=torch.float32, seed=2), 3, tol=1e-5)
 
 
+@pytest.mark.usefixtures("layout")
 def test_gradcheck():
     x, weight, targets = inputs(ignored=(3,))
     assert torch.autograd.gradcheck(lambda x, w: linear_cross_entropy(x, w, targets, chunk_rows=3), (x, weight))
 
 
+@pytest.mark.usefixtures("layout")
 @pytest.mark.parametrize("chunk_rows", [3, 1024])
 def test_bias_equals_cross_entropy_on_biased_logits(chunk_rows):
     x, weight, targets = inputs(ignored=(2, 7))
@@ -99,6 +115,7 @@ def test_bias_equals_cross_entropy_on_biased_logits(chunk_rows):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.usefixtures("layout")
 @pytest.mark.parametrize("chunk_rows", [3, 1024])
 def test_correct_counts_counted_rows_whose_target_is_the_top_logit(chunk_rows):
     x, weight, targets = inputs(ignored=(0, 4))
@@ -129,6 +146,7 @@ def test_bf16_autocast_equals_autocast_cross_entropy_on_logits(chunk_rows):
     torch.testing.assert_close(weight.grad, w2.grad, rtol=2e-2, atol=2e-2 * w2.grad.abs().max().item())
 
 
+@pytest.mark.usefixtures("layout")
 def test_targets_far_below_the_top_logit_get_their_exact_loss():
     """The log-sum-exp is read off the target's probability; where that probability underflows in fp32 (targets 150
     to 200 nats below the top logit) the row's logits give it instead, so the loss is the exact one, not inf, and an
@@ -167,3 +185,33 @@ def test_a_compiled_step_runs_the_loss_outside_its_graph(monkeypatch):
     torch.testing.assert_close(loss, expected, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(x.grad, grad_x, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(weight.grad, grad_w, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.usefixtures("layout")
+@pytest.mark.parametrize("chunk_rows", [3, 1024])
+def test_label_smoothing_and_bias_equal_cross_entropy_on_logits(chunk_rows):
+    x, weight, targets = inputs(ignored=(2,))
+    bias = torch.randn(V, dtype=torch.float64, requires_grad=True)
+    loss, correct, nll = linear_cross_entropy(
+        x, weight, targets, chunk_rows=chunk_rows, bias=bias, return_correct=True, label_smoothing=0.1, return_nll=True
+    )
+    logits = x @ weight.T + bias
+    expected = F.cross_entropy(logits, targets, label_smoothing=0.1)
+    torch.testing.assert_close(loss, expected, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(nll, F.cross_entropy(logits, targets), atol=1e-12, rtol=1e-12)
+    assert correct.item() == ((logits.argmax(-1) == targets) & (targets != -100)).sum().item()
+    ours = torch.autograd.grad(loss, (x, weight, bias))
+    for got, want in zip(ours, torch.autograd.grad(expected, (x, weight, bias)), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+def test_vocabulary_first_only_for_fp32_on_the_cpus_listed(monkeypatch):
+    x, weight = torch.randn(2048, 8), torch.randn(500, 8)
+    monkeypatch.setattr(linear, "_onednn_linear", None)  # torch's product takes every row count
+    monkeypatch.setattr(linear, "VOCAB_MAJOR", {(linear.cpu_vendor(), linear.has_avx512())})
+    assert linear.vocab_major_logits(x, weight, None)
+    assert not linear.vocab_major_logits(x.double(), weight.double(), None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not linear.vocab_major_logits(x, weight, None)
+    monkeypatch.setattr(linear, "VOCAB_MAJOR", set())
+    assert not linear.vocab_major_logits(x, weight, None)
