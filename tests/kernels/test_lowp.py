@@ -14,6 +14,7 @@ from lmforge.kernels.int8 import (
     fbgemm_runs,
     int8_product,
     int_mm_runs,
+    pairs_bounded,
     quantize_activations,
     quantize_rows,
     u8_packed,
@@ -30,15 +31,18 @@ def eight_bit_activations(monkeypatch):
     monkeypatch.setattr("lmforge.kernels.int8.u8_product_works", lambda: False)
 
 
-def naive_int8(x, w, b, c=None, steps=255):
+def naive_int8(x, w, b, c=None, steps=255, pair_bound=True):
     """Each row of x rounded to steps + 1 levels spanning [min(x, 0), max(x, 0)], each row of w to int8 with its own
-    absmax scale (after smoothing by c, when given), the products summed in float64."""
+    scale (after smoothing by c, when given): its largest |w_2i| + |w_2i+1| over 127 (pair_bound), or its largest
+    |w_j| over 127, the products summed in float64."""
     x, w = x.double(), w.double()
     if c is not None:
         x, w = x / c.double(), w * c.double()
     lo, hi = x.amin(1, keepdim=True).clamp(max=0), x.amax(1, keepdim=True).clamp(min=0)
     s_x = (hi - lo) / steps
-    s_w = w.abs().amax(1, keepdim=True) / 127
+    pairs = torch.stack([w[:, j].abs() + w[:, j + 1].abs() for j in range(0, w.size(1) - 1, 2)], 1).amax(1)
+    top = torch.maximum(w.abs().amax(1), pairs) if pair_bound else w.abs().amax(1)
+    s_w = top[:, None] / 127
     return (torch.round(x / s_x) * s_x) @ (torch.round(w / s_w) * s_w).T + b.double()
 
 
@@ -57,18 +61,23 @@ def test_int8_linear_is_the_rounded_product(rows):
 
 @pytest.mark.skipif(not u8_product_runs(), reason="no oneDNN uint8 x int8 product in this torch")
 @pytest.mark.parametrize("rows", [1, 3, 300])
-def test_without_vnni_activations_keep_7_bits_and_the_uint8_product_is_exact(rows, monkeypatch):
-    """x86 CPUs without VNNI: oneDNN's uint8 x int8 sums (exact for 7-bit activations), the layer is the rounded
-    product with 128 levels per row, and a second call reuses the packed weight until the weight changes."""
-    x_u = torch.randint(0, 128, (37, 300), dtype=torch.uint8)
-    q = torch.randint(-127, 128, (50, 300), dtype=torch.int8)
+def test_without_vnni_activations_keep_8_bits_and_the_uint8_product_is_exact(rows, monkeypatch):
+    """x86 CPUs without VNNI: oneDNN's uint8 x int8 sums, exact for 8-bit activations against weights whose adjacent
+    pairs are bounded (255 x 128 per pair) and for 7-bit ones against any; the layer is the rounded product with 256
+    levels per row, and a second call reuses the packed weight until the weight changes."""
+    x_u = torch.randint(0, 256, (37, 300), dtype=torch.uint8)
+    x_u[:3] = 255
+    q, _ = quantize_rows(torch.randn(50, 300) * torch.rand(50, 300) ** 4, pair_bound=True)
+    q[0, :2], q[1, 2:4] = torch.tensor([127, 1]), torch.tensor([-64, -64])  # pairs at the bound
+    assert pairs_bounded(q) and torch.equal(u8_product(x_u, q).long(), x_u.long() @ q.long().T)
+    x_u, q = x_u // 2, torch.randint(-127, 128, (50, 300), dtype=torch.int8)
     assert torch.equal(u8_product(x_u, q).long(), x_u.long() @ q.long().T)
     monkeypatch.setattr("lmforge.kernels.int8.u8_product_works", lambda: True)
     torch.manual_seed(0)
     layer, x = nn.Linear(96, 40), torch.randn(rows, 96)
     quantized = Int8Linear.from_linear(layer)
     y = quantized(x)
-    expected = naive_int8(x, layer.weight.detach(), layer.bias.detach(), steps=127)
+    expected = naive_int8(x, layer.weight.detach(), layer.bias.detach())
     assert torch.allclose(y.double(), expected, rtol=1e-5, atol=1e-5)
     assert torch.allclose(quantized.rows(x, slice(8, 24)), y[:, 8:24], rtol=1e-5, atol=1e-6)
     packed = u8_packed(quantized.weight)
@@ -98,9 +107,12 @@ def test_without_vnni_each_row_count_takes_its_kernel_with_the_same_exact_sums(m
 
     calls, fbgemm_packed = [], int8.fbgemm_packed
     monkeypatch.setattr(int8, "fbgemm_packed", lambda q: calls.append(1) or fbgemm_packed(q))
-    for d in (300, 3072):
-        x_u = torch.randint(0, 128, (int8.FBGEMM_ROWS + 1, d), dtype=torch.uint8)
+    for d, levels in ((300, 128), (3072, 128), (300, 256), (3072, 256)):  # 8 bits against bounded pairs
+        x_u = torch.randint(0, levels, (int8.FBGEMM_ROWS + 1, d), dtype=torch.uint8)
         q = torch.randint(-127, 128, (50, d), dtype=torch.int8)
+        if levels == 256:
+            x_u[:, :2], q = 255, quantize_rows(torch.randn(50, d), pair_bound=True)[0]
+            q[:, :2] = torch.tensor([127, 1], dtype=torch.int8)
         exact = (x_u.long() @ q.long().T).float()
         for rows in (1, int8.GEMV_ROWS, int8.GEMV_ROWS + 1, int8.FBGEMM_ROWS, int8.FBGEMM_ROWS + 1):
             calls.clear()
@@ -287,3 +299,38 @@ def test_an_encoder_decoder_quantizes_cross_attention_included(dtype):
         assert isinstance(model.decoder.blocks[0].cross.qkv, Int8Linear | Bf16Linear)
         rounded = model.decode(tgt, model.encode(src))
     assert (rounded - exact).norm() / exact.norm() < 0.05
+
+
+def test_weights_round_with_their_adjacent_pairs_bounded():
+    """|q_2i| + |q_2i+1| <= 128 on every row, even where two neighbours are both the row's largest values, and the
+    step is the largest pair sum over 127: at most one step's half lost per value."""
+    torch.manual_seed(0)
+    w = torch.randn(64, 97)
+    w[0, :2] = 5.0  # two neighbours at the top
+    w[1, 96] = 9.0  # an odd last column, with no neighbour
+    w[2] = 0
+    q, scale = quantize_rows(w, pair_bound=True)
+    a = q.abs().int()
+    assert (a[:, 0:96:2] + a[:, 1:96:2]).max() <= 128 and pairs_bounded(q)
+    assert q[0, 0] == 64 and q[1, 96] == 127 and torch.isfinite(scale).all()
+    assert (w - q * scale[:, None]).abs().le(scale[:, None] * 0.5001).all()
+    plain, plain_scale = quantize_rows(w)
+    assert not pairs_bounded(plain) and (scale >= plain_scale).all()
+
+
+@pytest.mark.skipif(not u8_product_runs(), reason="no oneDNN uint8 x int8 product in this torch")
+def test_a_checkpoint_with_unbounded_pairs_keeps_7_bit_activations_without_vnni(monkeypatch):
+    """Weights rounded before pairs were bounded (their largest |w_j| over 127) still give the exact sums on a CPU
+    without VNNI: their activations are rounded to 128 levels there."""
+    monkeypatch.setattr("lmforge.kernels.int8.u8_product_works", lambda: True)
+    torch.manual_seed(0)
+    layer, x = nn.Linear(96, 40), torch.randn(5, 96)
+    old = Int8Linear.from_linear(layer).state_dict()
+    old["weight"], old["weight_scale"] = quantize_rows(layer.weight.detach())
+    old["weight_sum"] = old["weight"].sum(1, dtype=torch.int32).float()
+    loaded = Int8Linear(96, 40)
+    loaded.load_state_dict(old)
+    assert loaded.u8_steps == 127 and "7-bit" in repr(loaded)
+    expected = naive_int8(x, layer.weight.detach(), layer.bias.detach(), steps=127, pair_bound=False)
+    assert torch.allclose(loaded(x).double(), expected, rtol=1e-5, atol=1e-5)
+    assert Int8Linear.from_linear(layer).u8_steps == 255

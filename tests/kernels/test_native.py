@@ -9,6 +9,7 @@ import torch
 
 from lmforge.kernels import native
 from lmforge.kernels.cpu import has_avx2, is_x86
+from lmforge.kernels.int8 import quantize_rows
 from lmforge.kernels.native import SOURCE, build, u8_gemv, u8_gemv_runs
 
 compiler = shutil.which("cc") or shutil.which("gcc")
@@ -32,6 +33,41 @@ def test_sums_are_the_exact_int32_sums(rows, d):
     q = torch.randint(-127, 128, (37, d), dtype=torch.int8, generator=g)
     x_u[0], q[0], q[1] = 127, 127, -127
     assert torch.equal(u8_gemv(x_u, q), (x_u.long() @ q.long().T).float())
+
+
+@needs_kernel
+@pytest.mark.parametrize("d", [1, 31, 32, 45, 771, 3072])
+def test_sums_of_8_bit_rows_against_bounded_pairs_are_exact(d):
+    """255 against adjacent pairs at the bound, |q_2i| + |q_2i+1| = 128, in every position and sign."""
+    g = torch.Generator().manual_seed(d)
+    x_u = torch.randint(0, 256, (3, d), dtype=torch.uint8, generator=g)
+    x_u[0] = 255
+    q, _ = quantize_rows(torch.randn(37, d, generator=g), pair_bound=True)
+    q[0] = torch.tensor([127, 1] * d, dtype=torch.int8)[:d]
+    q[1], q[2] = -q[0], torch.tensor([64, -64] * d, dtype=torch.int8)[:d]
+    assert torch.equal(u8_gemv(x_u, q), (x_u.long() @ q.long().T).float())
+
+
+def saturating(pairs_of: str):
+    """A uint8 x int8 product that adds two products in int16 at a time, as AVX2's maddubs does: columns 2i and
+    2i + 1 ("adjacent"), or 4i with 4i + 2 and 4i + 1 with 4i + 3 ("strided")."""
+
+    def product(x_u, q):
+        p = x_u.long()[:, None, :] * q.long()[None, :, :]
+        p = torch.nn.functional.pad(p, (0, -p.size(-1) % 4))
+        if pairs_of == "adjacent":
+            two = p[..., 0::2] + p[..., 1::2]
+        else:
+            two = torch.cat([p[..., 0::4] + p[..., 2::4], p[..., 1::4] + p[..., 3::4]], -1)
+        return two.clamp(-(2**15), 2**15 - 1).sum(-1).float()
+
+    return product
+
+
+def test_the_exactness_check_fails_a_kernel_that_would_saturate():
+    assert native.sums_exact(saturating("adjacent"))
+    assert not native.sums_exact(saturating("strided"))
+    assert not native.sums_exact(lambda x_u, q: saturating("adjacent")(x_u.clamp(max=127), q))
 
 
 @needs_kernel

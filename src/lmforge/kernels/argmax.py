@@ -12,9 +12,10 @@ rows left are multiplied in fp32, which gives the fp32 argmax (ties to the lowes
 rounding that any two fp32 kernels differ by. A slack of 2 (d + 8) 2^-24 |x| |W_i|, twice what the rounding of the
 fp32 products and of the bound's own arithmetic can add up to, covers it.
 
-On an x86 CPU without VNNI the screen's product is oneDNN's uint8 x int8 one (lmforge.kernels.int8): x is rounded
-asymmetrically to 127 steps, x = s_x (u + o) + e, and the same bound holds with u + o in place of x_q, plus the
-fp32 rounding of the offset's term, s_x s_i (u.q_i + o sum(q_i)), which may cancel.
+On an x86 CPU without VNNI the screen's product is oneDNN's uint8 x int8 one (lmforge.kernels.int8), with the
+screen's rows rounded with their adjacent pairs bounded: x is rounded asymmetrically to 255 steps,
+x = s_x (u + o) + e, and the same bound holds with u + o in place of x_q, plus the fp32 rounding of the offset's
+term, s_x s_i (u.q_i + o sum(q_i)), which may cancel.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class ArgmaxScreen:
         self.scale, self.w_norm, self.d_norm = (torch.empty(n) for _ in range(3))
         for start in range(0, n, _CHUNK):
             w = weight[start : start + _CHUNK]
-            q, scale = quantize_rows(w)
+            q, scale = quantize_rows(w, pair_bound=True)  # uint8 x int8 products stay exact on CPUs without VNNI
             rows = slice(start, start + len(w))
             self.q[rows], self.scale[rows] = q, scale
             self.w_norm[rows] = w.norm(dim=1)
@@ -65,7 +66,7 @@ class ArgmaxScreen:
         if not torch.isfinite(x).all():
             return None
         if self.unsigned:
-            x_u, s_x, offset = quantize_activations(x, unsigned=True)  # x ~= s_x (x_u + offset)
+            x_u, s_x, offset = quantize_activations(x, unsigned=True, steps_in_range=255)  # x ~= s_x (x_u + offset)
             steps, sums = x_u.float() + offset, u8_product(x_u, self.q)
             # the sums' own terms, |u.q_i| and |o sum(q_i)|, bound what fp32 loses adding the offset's term
             cancel = torch.addcmul(x_u.float().norm(dim=1, keepdim=True) * self.q_norm, offset.abs(), self.q_sum.abs())

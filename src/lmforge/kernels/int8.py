@@ -10,9 +10,12 @@ half its levels on values that never occur. Then
 
 where x_q q^T is exact in int32 and runs on the CPU's int8 dot-product instructions (AVX-512 VNNI through oneDNN's
 torch._int_mm). Norms, softmax and the residual stream stay in fp32, outside these layers. An x86 CPU without VNNI
-(AVX2 only) adds pairs of uint8 x int8 products in int16, which saturates: there activations are rounded to 127
-steps (7 bits), which keeps the sums exact at twice fp32's speed (lmforge's C kernel for one to three rows, fbgemm's
-for up to 16, oneDNN's for more), and costs precision (docs/quantization.md).
+(AVX2 only) adds each pair of uint8 x int8 products, x_2i q_2i + x_2i+1 q_2i+1, in int16, which saturates at 2^15:
+so each row of W is rounded with its adjacent pairs bounded, |q_2i| + |q_2i+1| <= 128 (255 * 128 < 2^15), and the
+activations keep their 8 bits there as well, at about twice fp32's speed (lmforge's C kernel for one to three rows,
+fbgemm's for up to 16, oneDNN's for more). Weights rounded without that bound (checkpoints written before it) get
+activations of 7 bits there instead (255 * 127 * 2 would saturate; 127 * 127 * 2 does not), which costs precision
+(docs/quantization.md).
 
 Smoothing (SmoothQuant, Xiao et al., 2023), when calibrated: a few input channels carry most of an activation's
 range, which then sets every channel's rounding step. Dividing channel j of x by c_j and multiplying column j of W by
@@ -32,12 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.kernels.cpu import has_vnni, is_x86
-from lmforge.kernels.native import u8_gemv, u8_gemv_runs
+from lmforge.kernels.native import sums_exact, u8_gemv, u8_gemv_runs
 from lmforge.kernels.once import asked_once
 from lmforge.kernels.state import weight_state
 
 CHUNK_ROWS = 256  # rows rounded and multiplied at a time: larger inputs would spill their temporaries out of cache
-U8_STEPS = 127  # an activation row's steps where products of uint8 and int8 pairs are summed in int16
+PAIR_BOUND = 128  # |q_2i| + |q_2i+1| of a weight row: a uint8 activation's pair sums within int16, 255 * 128 < 2^15
+U8_STEPS_UNBOUNDED = 127  # an activation row's steps where weights' pairs are not bounded: 127 * 127 * 2 < 2^15
 GEMV_ROWS = 3  # rows up to which lmforge's C kernel beats fbgemm's (GPT-2 small, Zen 3: 1 row 4.4 against 7.6 ms,
 # 3 rows 6.4 against 8.0, 4 rows 14.0 against 8.0)
 FBGEMM_ROWS = 16  # rows up to which fbgemm's uint8 product beats oneDNN's on a Zen 3 (equal at 32, slower from 64)
@@ -64,18 +68,36 @@ def int_mm_runs() -> bool:
         return False
 
 
-def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 rounding of each row: (q int8, scale fp32) with w ~= scale[:, None] * q."""
-    scale = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+def quantize_rows(w: torch.Tensor, pair_bound: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 rounding of each row: (q int8, scale fp32) with w ~= scale[:, None] * q. pair_bound: each
+    row's step is its largest |w_2i| + |w_2i+1| over 127 rather than its largest |w_j| over 127, so that rounding
+    leaves |q_2i| + |q_2i+1| <= PAIR_BOUND (the step grows by the largest value's neighbour: on all-MiniLM-L6-v2 the
+    worst sentence's cosine to fp32 went 0.9968 -> 0.9965, and CPUs without VNNI keep 8-bit activations)."""
+    a = w.abs()
+    top = a.amax(dim=1)
+    if pair_bound and w.size(1) > 1:
+        pairs = a[:, 0 : w.size(1) - 1 : 2] + a[:, 1::2]  # (2i, 2i+1); an odd last column has no neighbour
+        top = torch.maximum(top, pairs.amax(dim=1))
+    scale = (top / 127).clamp_min(torch.finfo(torch.float32).tiny)
     return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
 
 
-def quantize_activations(x: torch.Tensor, unsigned: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pairs_bounded(q: torch.Tensor) -> bool:
+    """Whether every row of int8 q (N, d) has |q_2i| + |q_2i+1| <= PAIR_BOUND."""
+    a = q.abs().to(torch.int16)
+    return q.size(1) < 2 or bool((a[:, 0 : q.size(1) - 1 : 2] + a[:, 1::2]).max() <= PAIR_BOUND)
+
+
+def quantize_activations(
+    x: torch.Tensor, unsigned: bool = False, steps_in_range: int = 255
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric int8 rounding of each row of x (B, d): (x_q int8, scale (B, 1), offset (B, 1)) with
     x ~= scale * (x_q + offset). The grid spans [min(x, 0), max(x, 0)] in 255 steps, so 0 is exact. (amax and amin
-    rather than aminmax, whose per-row reduction runs 10x slower on the CPU.) unsigned: x_q uint8 in [0, 127], the
-    same range in 127 steps (U8_STEPS), for the CPUs whose int8 products sum pairs in int16."""
-    steps_in_range, lowest = (U8_STEPS, 0) if unsigned else (255, -128)
+    rather than aminmax, whose per-row reduction runs 10x slower on the CPU.) unsigned: x_q uint8 in
+    [0, steps_in_range], for the CPUs whose int8 products sum pairs in int16 (255 steps, or U8_STEPS_UNBOUNDED
+    against weights whose pairs are not bounded)."""
+    lowest = 0 if unsigned else -128
+    steps_in_range = steps_in_range if unsigned else 255
     lo, hi = x.amin(dim=1, keepdim=True).clamp_(max=0), x.amax(dim=1, keepdim=True).clamp_(min=0)
     scale = (hi - lo).div_(steps_in_range).clamp_min_(torch.finfo(torch.float32).tiny)  # 1 / scale is finite
     offset = torch.round(lo / scale).sub_(lowest)  # the lowest step maps to the lowest value of x_q's type
@@ -88,19 +110,18 @@ def quantize_activations(x: torch.Tensor, unsigned: bool = False) -> tuple[torch
 def u8_product_works() -> bool:
     """Whether int8 layers take oneDNN's uint8 x int8 product: on x86 CPUs without VNNI (whose torch._int_mm is a
     plain loop), where it runs at twice fp32's rate (261 GOPS against 146 GFLOP/s on a 2-core Zen 3). Their AVX2
-    kernel adds pairs of products in int16, which saturates beyond 127 * 127 * 2, so activations keep 7 bits there
-    (quantize_activations(unsigned=True)), as torch's own reduce_range does for the same CPUs."""
+    kernel adds pairs of products in int16, which saturates beyond 2^15 - 1: activations keep 8 bits against weights
+    whose pairs are bounded (quantize_rows(pair_bound=True)), 7 against others, as torch's own reduce_range does."""
     return is_x86() and not has_vnni() and u8_product_runs()
 
 
 @asked_once
 def u8_product_runs() -> bool:
-    """oneDNN's uint8 x int8 product in this torch, checked once on a tiny product."""
+    """oneDNN's uint8 x int8 product in this torch, checked once on the products closest to saturating."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        q = torch.ones(2, 8, dtype=torch.int8)
-        return bool(u8_product(torch.full((1, 8), 127, dtype=torch.uint8), q).eq(1016).all())
+        return sums_exact(_onednn_sums)
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
@@ -148,7 +169,8 @@ _OPS.define("u8_product(Tensor x_u, Tensor q) -> Tensor")
 
 
 def u8_product(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """x_u q^T for uint8 x_u (B, d) in [0, 127] and int8 q (N, d): the exact int32 sums, in fp32. Up to GEMV_ROWS
+    """x_u q^T for uint8 x_u (B, d) and int8 q (N, d), x_u in [0, 127] or q's pairs bounded (pairs_bounded): the exact
+    int32 sums, in fp32. Up to GEMV_ROWS
     rows (batch-1 decoding) go to lmforge.kernels.native's loop where it is built. Up to FBGEMM_ROWS go to fbgemm,
     which streams a weight two to three times as fast as oneDNN's uint8 kernel on a Zen 3 (768 -> 2304: one row 90
     against 194 us, 8 rows 199 against 369; GPT-2's LM head: 1.6 against 4.2 ms, and 3.2 against 7.7). More rows
@@ -161,6 +183,10 @@ def _u8_product(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return u8_gemv(x_u, q)
     if x_u.size(0) <= FBGEMM_ROWS and fbgemm_runs():
         return _fbgemm_sums(x_u, q)
+    return _onednn_sums(x_u, q)
+
+
+def _onednn_sums(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     ones, zeros = _unit_scales(q.size(0))
     return torch.ops.onednn.qlinear_pointwise(
         x_u, 1.0, 0, u8_packed(q), ones, zeros, None, 1.0, 0, torch.float32, "none", [], ""
@@ -188,13 +214,12 @@ def _(x_u, q) -> torch.Tensor:
 
 @asked_once
 def fbgemm_runs() -> bool:
-    """Whether torch has fbgemm's int8 linear and it gives the exact sums (checked once, on a tiny product)."""
+    """Whether torch has fbgemm's int8 linear and it gives the exact sums (checked once, on the products closest to
+    saturating)."""
     if not is_x86() or "fbgemm" not in torch.backends.quantized.supported_engines:
         return False
     try:
-        x_u, q = torch.tensor([[127, 0, 3, 64]], dtype=torch.uint8), torch.tensor([[1, 2, 3, -4], [-127, 6, 0, 127]])
-        q = q.to(torch.int8)
-        return torch.equal(_fbgemm_sums(x_u, q), (x_u.long() @ q.long().t()).float())
+        return sums_exact(_fbgemm_sums)
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
@@ -212,7 +237,10 @@ class Int8Linear(nn.Module):
 
     The state dict keeps nn.Linear's names: `weight` (int8), `bias` (fp32), plus `weight_scale` (fp32, one per
     output channel), `weight_sum` (fp32, each row's sum of int8 values: the offset's term) and, when smoothed,
-    `input_scale` (fp32, c per input channel). Inference only: nothing here records a gradient."""
+    `input_scale` (fp32, c per input channel). Inference only: nothing here records a gradient. `u8_steps` is what
+    an activation row is rounded to where the product is uint8 x int8 (CPUs without VNNI): 255 steps where the
+    weight's adjacent pairs are bounded (quantize_rows(pair_bound=True)), else 127; set when the weight is rounded
+    or loaded (a weight edited in place otherwise must be rounded again)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, smoothed: bool = False):
         super().__init__()
@@ -222,6 +250,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_sum", torch.zeros(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("input_scale", torch.ones(in_features) if smoothed else None)
+        self.u8_steps = 255
 
     @classmethod
     @torch.no_grad()
@@ -235,11 +264,15 @@ class Int8Linear(nn.Module):
             c = input_max.float().clamp_min(tiny) ** alpha / w.abs().amax(0).clamp_min(tiny) ** (1 - alpha)
             layer.input_scale = c.clamp_min(tiny).to(w.device)
             w = w * layer.input_scale
-        layer.weight, layer.weight_scale = quantize_rows(w)
+        layer.weight, layer.weight_scale = quantize_rows(w, pair_bound=True)
         layer.weight_sum = layer.weight.sum(1, dtype=torch.int32).float()
         if linear.bias is not None:
             layer.bias = linear.bias.detach().float().clone()
         return layer.to(linear.weight.device)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.u8_steps = 255 if pairs_bounded(self.weight) else U8_STEPS_UNBOUNDED  # e.g. a checkpoint from before
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._outputs(x, slice(None))
@@ -265,13 +298,14 @@ class Int8Linear(nn.Module):
     def _product(self, rows, weight, unsigned, weight_scale, weight_sum, bias) -> torch.Tensor:
         if self.input_scale is not None:
             rows = rows / self.input_scale
-        x_q, s_x, offset = quantize_activations(rows, unsigned)
+        x_q, s_x, offset = quantize_activations(rows, unsigned, self.u8_steps)
         sums = u8_product(x_q, weight) if unsigned else int8_product(x_q, weight)
         y = sums.float().addcmul_(offset, weight_sum).mul_(s_x)
         return y.mul_(weight_scale) if bias is None else torch.addcmul(bias, y, weight_scale)
 
     def extra_repr(self) -> str:
         kind = "int8, smoothed" if self.input_scale is not None else "int8"
+        kind += "" if self.u8_steps == 255 else ", 7-bit activations without VNNI"
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, {kind}"
 
 

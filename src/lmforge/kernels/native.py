@@ -64,8 +64,9 @@ def _kernel() -> Callable[..., None]:
 
 
 def u8_gemv(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """x_u q^T for x_u (B, d) uint8 in [0, 127] and q (N, d) int8: the exact int32 sums, in fp32. Fastest for one to
-    three rows; ctypes lets other threads run meanwhile."""
+    """x_u q^T for x_u (B, d) uint8 and q (N, d) int8, x_u in [0, 127] or q's adjacent pairs bounded
+    (|q_2i| + |q_2i+1| <= 128): the exact int32 sums, in fp32. Fastest for one to three rows; ctypes lets other
+    threads run meanwhile."""
     if x_u.dtype != torch.uint8 or q.dtype != torch.int8 or x_u.dim() != 2 or q.dim() != 2 or x_u.size(1) != q.size(1):
         raise ValueError(f"u8_gemv takes uint8 (B, d) and int8 (N, d), not {x_u.dtype} {tuple(x_u.shape)} and "
                          f"{q.dtype} {tuple(q.shape)}")  # fmt: skip
@@ -77,14 +78,26 @@ def u8_gemv(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 @asked_once
 def u8_gemv_runs() -> bool:
-    """Whether the kernel is built here and gives the exact sums (checked once, on a product with a tail past its
-    32-byte steps)."""
+    """Whether the kernel is built here and gives the exact sums (checked once, by sums_exact)."""
     if os.environ.get("LMFORGE_NATIVE_KERNELS", "1") == "0" or not (is_x86() and has_avx2()):
         return False
     try:
-        g = torch.Generator().manual_seed(0)
-        x_u = torch.randint(0, 128, (2, 45), dtype=torch.uint8, generator=g)
-        q = torch.randint(-127, 128, (3, 45), dtype=torch.int8, generator=g)
-        return torch.equal(u8_gemv(x_u, q), (x_u.long() @ q.long().t()).float())
+        return sums_exact(u8_gemv)
     except (OSError, subprocess.SubprocessError, AttributeError):
         return False
+
+
+def sums_exact(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
+    """Whether product(x_u, q), a uint8 x int8 kernel that may add pairs of products in int16, gives the exact sums
+    on the inputs closest to saturating it: 255 against adjacent pairs of 128 (127 and 1, each sign), and 127 against
+    pairs of 127s, over 45 columns (a tail past 32-byte steps, an odd last one) and a few rows, beside random ones.
+    A kernel that paired other columns (2i and 2i + 2) would saturate on the first."""
+    g = torch.Generator().manual_seed(0)
+    d = 45
+    pair = torch.tensor([127, 1] * (d // 2) + [127], dtype=torch.int8)
+    big = torch.full((d,), 127, dtype=torch.int8)
+    q = torch.stack([pair, -pair, pair.flip(0), torch.randint(-64, 65, (d,), dtype=torch.int8, generator=g)])
+    x_full = torch.cat([torch.full((2, d), 255, dtype=torch.uint8), torch.randint(0, 256, (3, d), dtype=torch.uint8,
+                                                                                   generator=g)])  # fmt: skip
+    cases = [(x_full, q), (torch.full((2, d), 127, dtype=torch.uint8), torch.stack([big, -big, *q]))]
+    return all(torch.equal(product(x_u, w), (x_u.long() @ w.long().t()).float()) for x_u, w in cases)

@@ -11,8 +11,9 @@ static inline int32_t sum8(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-/* out[i, j] = sum_t x[i, t] q[j, t] in fp32, x (m, k) uint8 in [0, 127], q (n, k) int8, both row-major. maddubs adds
-   two products in int16, which stays exact because x keeps 7 bits: 2 * 127 * 127 < 2^15. */
+/* out[i, j] = sum_t x[i, t] q[j, t] in fp32, x (m, k) uint8, q (n, k) int8, both row-major. maddubs adds the products
+   of columns 2t and 2t + 1 in int16, which stays exact where x keeps 7 bits (2 * 127 * 127 < 2^15) or q's adjacent
+   pairs are bounded, |q[j, 2t]| + |q[j, 2t + 1]| <= 128 (255 * 128 < 2^15). */
 void u8_gemv(const uint8_t *x, const int8_t *q, float *out, int64_t m, int64_t n, int64_t k, int threads) {
     const __m256i ones = _mm256_set1_epi16(1);
     const int64_t k32 = k & ~(int64_t)31;
