@@ -50,15 +50,17 @@ def test_sums_of_8_bit_rows_against_bounded_pairs_are_exact(d):
 
 def saturating(pairs_of: str):
     """A uint8 x int8 product that adds two products in int16 at a time, as AVX2's maddubs does: columns 2i and
-    2i + 1 ("adjacent"), or 4i with 4i + 2 and 4i + 1 with 4i + 3 ("strided")."""
+    2i + 1 ("adjacent"), 4i with 4i + 2 and 4i + 1 with 4i + 3 ("strided"), or 2i + 1 with 2i + 2 ("shifted")."""
 
     def product(x_u, q):
         p = x_u.long()[:, None, :] * q.long()[None, :, :]
         p = torch.nn.functional.pad(p, (0, -p.size(-1) % 4))
         if pairs_of == "adjacent":
             two = p[..., 0::2] + p[..., 1::2]
-        else:
+        elif pairs_of == "strided":
             two = torch.cat([p[..., 0::4] + p[..., 2::4], p[..., 1::4] + p[..., 3::4]], -1)
+        else:  # "shifted": the first column alone, then 2i + 1 with 2i + 2
+            two = torch.cat([p[..., :1], p[..., 1:-1:2] + p[..., 2::2]], -1)
         return two.clamp(-(2**15), 2**15 - 1).sum(-1).float()
 
     return product
@@ -67,6 +69,7 @@ def saturating(pairs_of: str):
 def test_the_exactness_check_fails_a_kernel_that_would_saturate():
     assert native.sums_exact(saturating("adjacent"))
     assert not native.sums_exact(saturating("strided"))
+    assert not native.sums_exact(saturating("shifted"))
     assert not native.sums_exact(lambda x_u, q: saturating("adjacent")(x_u.clamp(max=127), q))
 
 

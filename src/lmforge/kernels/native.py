@@ -90,14 +90,15 @@ def u8_gemv_runs() -> bool:
 def sums_exact(product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
     """Whether product(x_u, q), a uint8 x int8 kernel that may add pairs of products in int16, gives the exact sums
     on the inputs closest to saturating it: 255 against adjacent pairs of 128 (127 and 1, each sign), and 127 against
-    pairs of 127s, over 45 columns (a tail past 32-byte steps, an odd last one) and a few rows, beside random ones.
-    A kernel that paired other columns (2i and 2i + 2) would saturate on the first."""
+    pairs of 127s, over 45 columns (a tail past 32-byte steps, an odd last one), for 1, 2 and 5 rows. A kernel that
+    paired other columns (2i with 2i + 2, or 2i + 1 with 2i + 2) would saturate on the first."""
     g = torch.Generator().manual_seed(0)
     d = 45
-    pair = torch.tensor([127, 1] * (d // 2) + [127], dtype=torch.int8)
+    pair, zig = (torch.tensor((pattern * d)[:d], dtype=torch.int8) for pattern in ([127, 1], [127, 1, 1, 127]))
     big = torch.full((d,), 127, dtype=torch.int8)
-    q = torch.stack([pair, -pair, pair.flip(0), torch.randint(-64, 65, (d,), dtype=torch.int8, generator=g)])
+    q = torch.stack([pair, -pair, zig, -zig, torch.randint(-64, 65, (d,), dtype=torch.int8, generator=g)])
     x_full = torch.cat([torch.full((2, d), 255, dtype=torch.uint8), torch.randint(0, 256, (3, d), dtype=torch.uint8,
                                                                                    generator=g)])  # fmt: skip
-    cases = [(x_full, q), (torch.full((2, d), 127, dtype=torch.uint8), torch.stack([big, -big, *q]))]
+    x_7 = torch.full((2, d), 127, dtype=torch.uint8)
+    cases = [(x_full[:1], q), (x_full, q), (x_7, torch.stack([big, -big, *q]))]
     return all(torch.equal(product(x_u, w), (x_u.long() @ w.long().t()).float()) for x_u, w in cases)
