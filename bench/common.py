@@ -40,9 +40,12 @@ def training_steps(model, optimizer, batches: Sequence, loss_of: Callable, clip:
     return run
 
 
-def alternating_rounds(ours: Callable, peer: Callable, rounds: int, tokens: int) -> tuple[float, float]:
+def alternating_rounds(
+    ours: Callable, peer: Callable, rounds: int, tokens: int, after_round: Callable[[], None] | None = None
+) -> tuple[float, float]:
     """Tokens/s of lmforge's and the peer's steps, each its best of `rounds` rounds run in turn after one warm-up call
-    each (compilation happens there), so both sides see the same load on a shared machine."""
+    each (compilation happens there), so both sides see the same load on a shared machine; after_round() runs after
+    each round (a measure that should see the same moments)."""
     log("warming up ...")
     ours()
     peer()
@@ -51,6 +54,8 @@ def alternating_rounds(ours: Callable, peer: Callable, rounds: int, tokens: int)
         ours_s = min(ours_s, best_time(ours, 1))
         peer_s = min(peer_s, best_time(peer, 1))
         log(f"round {r + 1}: lmforge {tokens / ours_s:.0f} tok/s, peer {tokens / peer_s:.0f} tok/s")
+        if after_round is not None:
+            after_round()
     return tokens / ours_s, tokens / peer_s
 
 
