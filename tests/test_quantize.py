@@ -215,6 +215,29 @@ def test_tampered_int8_checkpoint_is_refused(models, tmp_path, capsys, damage):
     assert expected in err
 
 
+@pytest.mark.parametrize("vnni", [True, False])
+def test_a_checkpoint_rounded_before_pairs_were_bounded_keeps_7_bits_without_vnni(models, tmp_path, vnni,
+                                                                                   monkeypatch, capsys):  # fmt: skip
+    """A layer whose int8 weights have a pair over 128 (as rounding by the largest |w_j| leaves) loads with 7-bit
+    activations for the uint8 product, its neighbours keep 8, and on a CPU without VNNI the loader says so once."""
+    for where in ("lmforge.kernels.int8", "lmforge.checkpoint.loader"):
+        monkeypatch.setattr(f"{where}.u8_product_works", lambda: not vnni)
+    q = tmp_path / "q"
+    quantize(models / "sst", q, "int8")
+    step = sorted(q.glob("step-*"))[0]
+    weights = load_file(step / "model.safetensors")
+    name = "backbone.encoder.blocks.0.attn.qkv.weight"
+    weights[name][0, :2] = 127
+    weights[name + "_sum"] = weights[name].sum(1, dtype=torch.int32).float()
+    save_file(weights, step / "model.safetensors")
+    capsys.readouterr()
+    loaded = load(q)
+    layers = {n: m.u8_steps for n, m in loaded.model.named_modules() if isinstance(m, Int8Linear)}
+    assert layers.pop(name.removesuffix(".weight")) == 127 and set(layers.values()) == {255}
+    err = capsys.readouterr().err
+    assert ("activations keep 7 bits" in err) == (not vnni) and err.count("\n") == (not vnni)
+
+
 def test_library_refuses_fp32_as_a_target(models, tmp_path):
     with pytest.raises(LmforgeError, match="give int8 or bf16"):
         quantize(models / "bert", tmp_path / "x", "fp32")

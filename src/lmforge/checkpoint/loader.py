@@ -17,6 +17,7 @@ from lmforge.errors import LmforgeError
 from lmforge.kernels import apply_kernels
 from lmforge.kernels.bf16 import bf16_supported
 from lmforge.kernels.compiled import compile_layers
+from lmforge.kernels.int8 import Int8Linear, u8_product_works
 from lmforge.kernels.quantize import Quantization, check_dtype, quantize_model
 from lmforge.models import GPT, MODELS, Bert
 from lmforge.tasks import get_task
@@ -72,6 +73,8 @@ def from_checkpoint(path: str | Path) -> Loaded:
     if quantization is not None:
         quantize_model(model, quantization, empty=True)
     load_weights(model, ckpt.weights, str(ckpt.path / WEIGHTS))
+    if quantization is not None and quantization.dtype == "int8":
+        note_seven_bits(model, ckpt.path)
     dtype = quantization.dtype if quantization else "fp32"
     return Loaded(model.eval(), ckpt.tokenizer, ckpt.cfg, task, ckpt.path, dtype=dtype)
 
@@ -90,6 +93,14 @@ def quantization_of(ckpt: Checkpoint) -> Quantization | None:
             f"note: this CPU has no native bf16 arithmetic; {ckpt.path} runs its bf16 weights in fp32", file=sys.stderr
         )
     return quantization
+
+
+def note_seven_bits(model: nn.Module, path: Path) -> None:
+    """Says once, on stderr, when an int8 checkpoint's weights were rounded before their adjacent pairs were bounded
+    and this CPU (no VNNI) therefore rounds their activations to 7 bits."""
+    if any(isinstance(m, Int8Linear) and m.u8_steps != 255 for m in model.modules()) and u8_product_works():
+        print(f"note: {path} was quantized before int8 weights kept their pairs bounded: on this CPU (no VNNI) its "
+              "activations keep 7 bits; quantize its fp32 model again for 8", file=sys.stderr)  # fmt: skip
 
 
 def task_of(ckpt: Checkpoint) -> TaskConfig | None:
