@@ -15,9 +15,11 @@ def test_quickstart_trains_saves_and_samples(tmp_path, corpus, capsys):
     out = capsys.readouterr().out
     assert ckpt.name == "step-000003" and (ckpt / "model.safetensors").is_file()
     assert (tmp_path / "qs" / "model" / "loss.png").is_file()
-    assert out.count("--- sample") == 3 and "lmforge generate" in out
+    assert out.count("--- sample") == 3 and "lmforge generate" in out and "final train loss" in out
     again = quickstart(data=str(corpus), out=str(tmp_path / "qs"), max_steps=3)  # a second run reuses the model
     assert again == ckpt
+    out = capsys.readouterr().out
+    assert "already trained" in out and "nan" not in out
 
 
 def test_quickstart_refuses_zero_steps_before_building_its_corpus(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import sys
 import sysconfig
 from pathlib import Path
@@ -59,7 +60,9 @@ def quickstart(data: str | None = None, out: str = "runs/quickstart", max_steps:
     print(f"\ncheckpoint: {result.checkpoint}")
     print(f"loss curve: {result.checkpoint.parent / 'loss.png'}")
     val = f"{result.val_loss:.3f}" if result.val_loss is not None else "n/a"
-    print(f"final train loss {result.train_loss:.3f}, validation loss {val}, {result.wall_s:.0f} s\n")
+    ran = not math.isnan(result.train_loss)  # nan: the run was complete already, and no step ran now
+    loss = f"final train loss {result.train_loss:.3f}" if ran else "already trained (no step ran now)"
+    print(f"{loss}, validation loss {val}, {result.wall_s:.0f} s\n")
     for i, prompt in enumerate(PROMPTS):
         text = generate_text(model, tokenizer, prompt, 240, temperature=0.8, top_k=40, seed=seed + i)
         print(f"--- sample {i + 1} ---\n{prompt}{text}\n")
