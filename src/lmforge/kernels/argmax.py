@@ -43,15 +43,15 @@ class ArgmaxScreen:
         n = weight.size(0)
         self.q = torch.empty(weight.shape, dtype=torch.int8)
         self.scale, self.w_norm, self.d_norm = (torch.empty(n) for _ in range(3))
+        self.unsigned = u8_product_works()  # the uint8 product: the offset's term needs each row's sum and norm
         for start in range(0, n, _CHUNK):
             w = weight[start : start + _CHUNK]
-            q, scale = quantize_rows(w, pair_bound=True)  # uint8 x int8 products stay exact on CPUs without VNNI
+            q, scale = quantize_rows(w, pair_bound=self.unsigned)  # its 8-bit rows' pair sums stay within int16
             rows = slice(start, start + len(w))
             self.q[rows], self.scale[rows] = q, scale
             self.w_norm[rows] = w.norm(dim=1)
             self.d_norm[rows] = (w - q * scale[:, None]).norm(dim=1)
         self.slack = 2 * (weight.size(1) + 8) * 2.0**-24
-        self.unsigned = u8_product_works()  # the uint8 product: the offset's term needs each row's sum and norm
         if self.unsigned:
             self.q_sum, self.q_norm = self.q.sum(1, dtype=torch.int32).float(), self.q.float().norm(dim=1)
 
@@ -66,7 +66,7 @@ class ArgmaxScreen:
         if not torch.isfinite(x).all():
             return None
         if self.unsigned:
-            x_u, s_x, offset = quantize_activations(x, unsigned=True, steps_in_range=255)  # x ~= s_x (x_u + offset)
+            x_u, s_x, offset = quantize_activations(x, unsigned=True)  # x ~= s_x (x_u + offset), 8 bits
             steps, sums = x_u.float() + offset, u8_product(x_u, self.q)
             # the sums' own terms, |u.q_i| and |o sum(q_i)|, bound what fp32 loses adding the offset's term
             cancel = torch.addcmul(x_u.float().norm(dim=1, keepdim=True) * self.q_norm, offset.abs(), self.q_sum.abs())

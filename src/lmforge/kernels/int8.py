@@ -76,16 +76,19 @@ def quantize_rows(w: torch.Tensor, pair_bound: bool = False) -> tuple[torch.Tens
     a = w.abs()
     top = a.amax(dim=1)
     if pair_bound and w.size(1) > 1:
-        pairs = a[:, 0 : w.size(1) - 1 : 2] + a[:, 1::2]  # (2i, 2i+1); an odd last column has no neighbour
-        top = torch.maximum(top, pairs.amax(dim=1))
+        top = torch.maximum(top, _pair_sums(a).amax(dim=1))
     scale = (top / 127).clamp_min(torch.finfo(torch.float32).tiny)
     return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
 
 
 def pairs_bounded(q: torch.Tensor) -> bool:
     """Whether every row of int8 q (N, d) has |q_2i| + |q_2i+1| <= PAIR_BOUND."""
-    a = q.abs().to(torch.int16)
-    return q.size(1) < 2 or bool((a[:, 0 : q.size(1) - 1 : 2] + a[:, 1::2]).max() <= PAIR_BOUND)
+    return q.size(1) < 2 or bool(_pair_sums(q.abs().to(torch.int16)).max() <= PAIR_BOUND)
+
+
+def _pair_sums(a: torch.Tensor) -> torch.Tensor:
+    """a_2i + a_2i+1 for each row of a (N, d >= 2); an odd last column has no neighbour."""
+    return a[:, 0 : a.size(1) - 1 : 2] + a[:, 1::2]
 
 
 def quantize_activations(
