@@ -39,7 +39,7 @@ def models(tmp_path_factory):
     text = (SHARED / "tinyshakespeare.txt").read_text(encoding="utf-8")
     (d / "train.txt").write_text(text[:200_000], encoding="utf-8")
     (d / "val.txt").write_text(text[-30_000:], encoding="utf-8")
-    sets = ["model.n_layer=2", "model.n_head=4", "model.d_model=128", "model.max_seq_len=64",
+    sets = ["model.n_layer=2", "model.n_head=4", "model.d_model=64", "model.max_seq_len=64",
             "train.batch_size=16", "train.warmup_steps=10", "train.lr=3e-3"]  # fmt: skip
     sets = [x for s in sets for x in ("--set", s)]
     argv = ["train", "--config", "char-small", "--data", str(d / "train.txt"), "--out", str(d / "gpt"),

@@ -91,8 +91,9 @@ def plot_attention(weights: torch.Tensor, tokens: Sequence[str], title: str, png
         image = ax.imshow(weights[h].float().cpu().numpy(), vmin=0.0, vmax=1.0, cmap="viridis")
         ax.set_title(f"head {h}", fontsize=9)
         ticks = range(t) if t <= 48 else []  # longer texts: labels would overlap
-        ax.set_xticks(ticks, [tokens[i] for i in ticks], rotation=90, fontsize=6)
-        ax.set_yticks(ticks, [tokens[i] for i in ticks], fontsize=6)
+        labels = [tokens[i] for i in ticks]  # on the outer heads only: every head reads the same tokens
+        ax.set_xticks(ticks, labels if h + cols >= n_head else [], rotation=90, fontsize=6)
+        ax.set_yticks(ticks, labels if h % cols == 0 else [], fontsize=6)
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="attention weight")
     fig.suptitle(f"{title} (row: query, column: key)")
     return save_figure(fig, png_path)

@@ -15,9 +15,9 @@ from lmforge.kernels.quantize import Quantization, quantize_model
 from lmforge.models import Bert
 
 
-def tiny_bert(dtype: str = "int8"):
+def tiny_bert(dtype: str = "int8", n_layer: int = 2):
     torch.manual_seed(0)
-    model = Bert(BertConfig(vocab_size=40, n_layer=2, n_head=2, d_model=32, max_seq_len=16, dropout=0.0)).eval()
+    model = Bert(BertConfig(vocab_size=40, n_layer=n_layer, n_head=2, d_model=32, max_seq_len=16, dropout=0.0)).eval()
     if dtype != "fp32":
         quantize_model(model, Quantization(dtype))
     return apply_kernels(model)
@@ -26,20 +26,20 @@ def tiny_bert(dtype: str = "int8"):
 @pytest.mark.parametrize("dtype", ["int8", "fp32"])
 def test_a_padded_batch_runs_packed_and_compiled_as_eagerly(aot_eager, dtype):
     ids, mask = padded_batch(40, b=3, t=12)
-    model = tiny_bert(dtype)
+    model = tiny_bert(dtype, n_layer=1)  # one layer: tracing a stack's symbolic shapes takes seconds a layer
     with torch.inference_mode():
         eager, _ = model.hidden(ids, mask)
+        full, _ = model.hidden(ids, torch.ones_like(mask))  # no padding: the unpacked layers
         compile_layers(model)
         assert isinstance(model.encoder.packed_layers, CompiledLayers)
         out, _ = model.hidden(ids, mask)
-        full, _ = model.hidden(ids, torch.ones_like(mask))  # no padding: the unpacked layers
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
     assert not torch.equal(full[1], out[1])  # the padded row really was packed
     assert compile_layers(model).encoder.packed_layers is model.encoder.packed_layers  # a second call adds nothing
 
 
 def test_decoding_with_a_kv_cache_compiled_gives_the_eager_tokens(aot_eager):
-    model = tiny_gpt(max_seq_len=32)
+    model = tiny_gpt(max_seq_len=32, n_layer=1)
     quantize_model(model, Quantization("int8"))
     prompt = torch.tensor([[3, 7, 1, 9]])
     eager = model.generate(prompt, 12, greedy=True)
@@ -73,7 +73,7 @@ def test_inductor_fuses_the_int8_layers_within_rounding(capsys):
     half step may go the other way than eagerly (a quotient computed another way), so the outputs agree to a small
     fraction of the int8 step, not bit for bit."""
     ids, mask = padded_batch(40, b=3, t=12)
-    model = tiny_bert()
+    model = tiny_bert(n_layer=1)
     with torch.inference_mode():
         eager, _ = model.hidden(ids, mask)
         compile_layers(model)
