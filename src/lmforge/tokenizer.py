@@ -218,6 +218,14 @@ class Tokenizer:
             return [self._lookup(_unicode(t)).tolist() for t in texts]
         return [e.ids for e in self.backend.encode_batch([_unicode(t) for t in texts], add_special_tokens=False)]
 
+    def framed(self, texts: list[str], limit: int) -> list[list[int]]:
+        """Texts' token ids as a model reads them: cut to limit tokens, [CLS] and [SEP] included when the tokenizer
+        has both."""
+        encoded, cls, sep = self.encode_batch(texts), self.cls_id, self.sep_id
+        if cls is not None and sep is not None:
+            return [[cls, *x[: limit - 2], sep] for x in encoded]
+        return [x[:limit] for x in encoded]
+
     def decode(self, ids: Iterable[int]) -> str:
         """Keeps special tokens, so an <|endoftext|> in the text comes back as written."""
         ids = [int(i) for i in ids]

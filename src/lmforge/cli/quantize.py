@@ -13,8 +13,9 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     result = quantize(
         args.model, args.out, args.dtype, keep_fp32=args.keep_fp32, embeddings=args.embeddings,
         report_data=args.report, allow_pickle=args.allow_pickle, calibrate=args.calibrate, alpha=args.alpha,
+        smooth=not args.no_calibrate,
     )  # fmt: skip
-    print(f"wrote {result.checkpoint} ({args.dtype})")
+    print(f"wrote {result.checkpoint} ({result.summary})")
     if result.report is not None:
         for name, value in result.report.items():
             if name not in ("model", "data", "quantization"):
@@ -47,7 +48,12 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--calibrate", metavar="TEXTS",
         help="int8: a text file (one text per line, a few hundred of the model's kind of input) whose activations "
-        "smooth the layers (SmoothQuant): closer to fp32 where a few channels carry large values",
+        "smooth the layers (SmoothQuant): closer to fp32 where a few channels carry large values. Default: "
+        "lmforge's 64 built-in texts",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-calibrate", action="store_true",
+        help="int8: no smoothing (each token's row rounded as it is); not with --calibrate",
     )  # fmt: skip
     p.add_argument("--alpha", type=float, default=0.5, help="smoothing's exponent: how much range moves to the weights")
     add_pickle_flag(p)

@@ -30,7 +30,7 @@ def embed(model, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 3
         texts = [texts]
     check_batch_size(batch_size)
     context = model.cfg.max_seq_len
-    ids = framed(tokenizer, tokenizer.encode_batch(list(texts)), min(tokenizer.max_length or context, context))
+    ids = tokenizer.framed(list(texts), min(tokenizer.max_length or context, context))
     if any(not x for x in ids):
         raise LmforgeError("an empty text has no tokens to embed with this tokenizer: drop it or give it some text")
     pad = tokenizer.pad_id or 0
@@ -49,15 +49,6 @@ def embed(model, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 3
             pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1)
             out[rows] = F.normalize(pooled.float(), dim=-1).cpu()
     return out
-
-
-def framed(tokenizer: Tokenizer, encoded: list[list[int]], limit: int) -> list[list[int]]:
-    """Texts' token ids as a model reads them: cut to limit tokens, [CLS] and [SEP] included when the tokenizer has
-    both."""
-    cls, sep = tokenizer.cls_id, tokenizer.sep_id
-    if cls is not None and sep is not None:
-        return [[cls, *x[: limit - 2], sep] for x in encoded]
-    return [x[:limit] for x in encoded]
 
 
 def read_texts(path: str | Path) -> list[str]:

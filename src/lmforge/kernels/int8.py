@@ -17,10 +17,11 @@ fbgemm's for up to 16, oneDNN's for more). Weights rounded without that bound (c
 activations of 7 bits there instead (255 * 127 * 2 would saturate; 127 * 127 * 2 does not), which costs precision
 (docs/quantization.md).
 
-Smoothing (SmoothQuant, Xiao et al., 2023), when calibrated: a few input channels carry most of an activation's
-range, which then sets every channel's rounding step. Dividing channel j of x by c_j and multiplying column j of W by
-c_j leaves the product unchanged and moves that range into the weights, which are rounded per row;
-c_j = max|x_j|^a / max|W_j|^(1-a), max|x_j| measured on calibration text.
+Smoothing (SmoothQuant, Xiao et al., 2023): a few input channels carry most of an activation's range, which then
+sets every channel's rounding step. Dividing channel j of x by c_j and multiplying column j of W by c_j leaves the
+product unchanged and moves that range into the weights, which are rounded per row;
+c_j = max|x_j|^a / max|W_j|^(1-a), max|x_j| measured on calibration texts (lmforge.kernels.calibration: built-in
+ones by default).
 """
 
 from __future__ import annotations
@@ -253,6 +254,8 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_sum", torch.zeros(out_features))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("input_scale", torch.ones(in_features) if smoothed else None)
+        # 1 / input_scale, what each input row is multiplied by (a product costs a fraction of a division)
+        self.register_buffer("input_reciprocal", torch.ones(in_features) if smoothed else None, persistent=False)
         self.u8_steps = 255
 
     @classmethod
@@ -266,6 +269,7 @@ class Int8Linear(nn.Module):
             tiny = 1e-5
             c = input_max.float().clamp_min(tiny) ** alpha / w.abs().amax(0).clamp_min(tiny) ** (1 - alpha)
             layer.input_scale = c.clamp_min(tiny).to(w.device)
+            layer.input_reciprocal = layer.input_scale.reciprocal()
             w = w * layer.input_scale
         layer.weight, layer.weight_scale = quantize_rows(w, pair_bound=True)
         layer.weight_sum = layer.weight.sum(1, dtype=torch.int32).float()
@@ -276,6 +280,8 @@ class Int8Linear(nn.Module):
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self.u8_steps = 255 if pairs_bounded(self.weight) else U8_STEPS_UNBOUNDED  # e.g. a checkpoint from before
+        if self.input_scale is not None:
+            self.input_reciprocal = self.input_scale.reciprocal()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._outputs(x, slice(None))
@@ -299,8 +305,8 @@ class Int8Linear(nn.Module):
         return y.reshape(*x.shape[:-1], weight.size(0)).to(x.dtype)
 
     def _product(self, rows, weight, unsigned, weight_scale, weight_sum, bias) -> torch.Tensor:
-        if self.input_scale is not None:
-            rows = rows / self.input_scale
+        if self.input_reciprocal is not None:
+            rows = rows * self.input_reciprocal
         x_q, s_x, offset = quantize_activations(rows, unsigned, self.u8_steps)
         sums = u8_product(x_q, weight) if unsigned else int8_product(x_q, weight)
         y = sums.float().addcmul_(offset, weight_sum).mul_(s_x)

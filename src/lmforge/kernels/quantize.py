@@ -34,6 +34,7 @@ class Quantization:
     embeddings: bool = False  # embedding tables quantized too (those no LM head shares)
     alpha: float = 0.5  # int8 smoothing's exponent (lmforge.kernels.int8), where calibration measured the inputs
     smoothed: list[str] = field(default_factory=list)  # the int8 layers calibration smoothed
+    calibration: str | None = None  # what smoothing measured: a text file, "built-in" (kernels.calibration), or None
 
     def __post_init__(self) -> None:
         if self.dtype not in LINEAR:
