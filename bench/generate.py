@@ -10,8 +10,9 @@ faster counts: on AMD, MKL runs a matrix-vector product on one thread and oneDNN
 timed as new_tokens passes in a row, like the generation it bounds; every figure is the best of --reps rounds.
 
 With --dtype int8 or bf16, lmforge runs its quantized linear layers (lmforge.kernels.quantize, as `--dtype` does on
-every verb) against transformers in fp32 (`ratio`) and, for int8, against transformers with
-torch.ao.quantization.quantize_dynamic (qint8 linears: `ratio_quantized_peer`). GPT-2 keeps its projections in
+every verb; int8 smoothed, as by default, with maxima measured on random ids) against transformers in fp32
+(`ratio`) and, for int8, against transformers with torch.ao.quantization.quantize_dynamic (qint8 linears:
+`ratio_quantized_peer`). GPT-2 keeps its projections in
 transformers' Conv1D, which quantize_dynamic does not touch; the peer gets them as nn.Linear first, so that it is
 quantized whole. The weights are random, so the logits are nearly flat and rounding changes which token wins
 within a few steps: quality is measured on trained models (docs/quantization.md), not here. The bound is then the
@@ -42,6 +43,7 @@ from lmforge.hardware import best_time
 from lmforge.interop.hf import FAMILIES, to_ours
 from lmforge.kernels import apply_kernels
 from lmforge.kernels.bf16 import Bf16Linear
+from lmforge.kernels.calibration import built_in_texts, input_maxima
 from lmforge.kernels.compiled import compile_layers
 from lmforge.kernels.int8 import Int8Linear
 from lmforge.kernels.linear import linear
@@ -176,7 +178,11 @@ def quantized(args: argparse.Namespace) -> None:
     """The --dtype int8 / bf16 run: lmforge quantized against transformers fp32 and (int8) quantize_dynamic."""
     check_dtype(args.dtype)
     ours, hf = build_models(args.seed)
-    quantize_model(ours, Quantization(args.dtype))
+    input_max = None
+    if args.dtype == "int8":  # smoothed as `--dtype int8` smooths by default (random ids: this model reads no text)
+        ids = torch.randint(VOCAB - 1, (len(built_in_texts()), 24), generator=torch.Generator().manual_seed(args.seed))
+        input_max = input_maxima(ours, ids.tolist())
+    quantize_model(ours, Quantization(args.dtype), input_max=input_max)
     if compiles(args):
         compile_layers(ours)
     n = args.new_tokens

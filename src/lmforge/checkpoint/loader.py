@@ -16,7 +16,7 @@ from lmforge.config import RunConfig, TaskConfig
 from lmforge.errors import LmforgeError
 from lmforge.kernels import apply_kernels
 from lmforge.kernels.bf16 import bf16_supported
-from lmforge.kernels.calibration import BUILT_IN, built_in_texts, input_maxima
+from lmforge.kernels.calibration import BUILT_IN, built_in_texts, text_maxima
 from lmforge.kernels.compiled import compile_layers
 from lmforge.kernels.int8 import Int8Linear, u8_product_works
 from lmforge.kernels.quantize import Quantization, check_dtype, quantize_model
@@ -59,7 +59,7 @@ def load(
         q, input_max = Quantization(dtype), None
         if dtype == "int8":  # smoothed as lmforge quantize smooths by default, measured with the same kernels
             apply_kernels(loaded.model)
-            q.calibration, input_max = BUILT_IN, input_maxima(loaded.model, loaded.tokenizer, built_in_texts())
+            q.calibration, input_max = BUILT_IN, text_maxima(loaded.model, loaded.tokenizer, built_in_texts())
         quantize_model(loaded.model, q, input_max=input_max)
         loaded.dtype = dtype
     loaded.model = apply_kernels(loaded.model.to(device).eval())  # the CPU's faster kernels for inference

@@ -27,10 +27,15 @@ def built_in_texts() -> list[str]:
     return TEXTS.read_text(encoding="utf-8").splitlines()
 
 
+def text_maxima(model: nn.Module, tokenizer: Tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
+    """input_maxima over texts, each cut to the model's context as the model reads it."""
+    return input_maxima(model, tokenizer.framed(texts, getattr(model, "backbone", model).cfg.max_seq_len))
+
+
 @torch.no_grad()
-def input_maxima(model: nn.Module, tokenizer: Tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
-    """Per linear layer that the backbone runs, the largest |x_j| of its input per channel over texts (each cut to
-    the model's context; a text with no tokens is skipped)."""
+def input_maxima(model: nn.Module, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Per linear layer that the backbone runs, the largest |x_j| of its input per channel over the token id
+    sequences, each run on its own (no padding to measure); an empty one is skipped."""
     maxima = {}
 
     def record(name: str):
@@ -44,7 +49,7 @@ def input_maxima(model: nn.Module, tokenizer: Tokenizer, texts: list[str]) -> di
     backbone = getattr(model, "backbone", model)
     device = next(model.parameters()).device
     try:
-        for ids in tokenizer.framed(texts, backbone.cfg.max_seq_len):
+        for ids in sequences:
             if ids:
                 backbone.hidden(torch.tensor([ids], device=device))
     finally:

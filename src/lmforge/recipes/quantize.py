@@ -16,7 +16,7 @@ from lmforge.errors import LmforgeError
 from lmforge.generation.chat import TEMPLATE_FILE, read_template
 from lmforge.inference.embed import read_texts
 from lmforge.inference.quality import compare_quality
-from lmforge.kernels.calibration import BUILT_IN, built_in_texts, input_maxima
+from lmforge.kernels.calibration import BUILT_IN, built_in_texts, text_maxima
 from lmforge.kernels.quantize import Quantization, check_dtype, quantize_model
 
 REPORT = "quantization-report.json"
@@ -79,7 +79,7 @@ def quantize(
         if loaded.dtype != "fp32":
             raise LmforgeError(f"{loaded.path} is already quantized ({loaded.dtype}): quantize its fp32 model instead")
         fp32 = load(source, allow_pickle=allow_pickle) if report_data is not None else None
-        input_max = input_maxima(loaded.model, loaded.tokenizer, texts) if texts is not None else None
+        input_max = text_maxima(loaded.model, loaded.tokenizer, texts) if texts is not None else None
         quantize_model(loaded.model, q, input_max=input_max)
         loaded.dtype = dtype
         extra = {"quantization": q.to_dict()}
