@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 from helpers import padded_batch, tiny_gpt
+from torch._dynamo.utils import counters
 
 from lmforge.config import BertConfig
 from lmforge.kernels import apply_kernels
@@ -26,14 +27,21 @@ def tiny_bert(dtype: str = "int8", n_layer: int = 2):
 @pytest.mark.parametrize("dtype", ["int8", "fp32"])
 def test_a_padded_batch_runs_packed_and_compiled_as_eagerly(aot_eager, dtype):
     ids, mask = padded_batch(40, b=3, t=12)
+    many_ids, many_mask = padded_batch(40, b=24, t=12)  # 283 packed rows: more than an int8 layer's CHUNK_ROWS
     model = tiny_bert(dtype, n_layer=1)  # one layer: tracing a stack's symbolic shapes takes seconds a layer
     with torch.inference_mode():
         eager, _ = model.hidden(ids, mask)
+        many_eager, _ = model.hidden(many_ids, many_mask)
         full, _ = model.hidden(ids, torch.ones_like(mask))  # no padding: the unpacked layers
         compile_layers(model)
         assert isinstance(model.encoder.packed_layers, CompiledLayers)
         out, _ = model.hidden(ids, mask)
+        graphs = counters["stats"]["unique_graphs"]
+        many, _ = model.hidden(many_ids, many_mask)
+    if dtype == "int8":  # one graph serves every row count (fp32's products pick their kernel by it: kernels.linear)
+        assert counters["stats"]["unique_graphs"] == graphs
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(many, many_eager, rtol=1e-5, atol=1e-5)
     assert not torch.equal(full[1], out[1])  # the padded row really was packed
     assert compile_layers(model).encoder.packed_layers is model.encoder.packed_layers  # a second call adds nothing
 

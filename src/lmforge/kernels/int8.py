@@ -296,7 +296,8 @@ class Int8Linear(nn.Module):
         unsigned = flat.device.type == "cpu" and u8_product_works()
         bias = None if self.bias is None else self.bias[rows]
         args = (weight, unsigned, self.weight_scale[rows], self.weight_sum[rows], bias)
-        if flat.size(0) <= CHUNK_ROWS or torch.compiler.is_compiling():  # compiled, the temporaries are fused away
+        # compiled, the temporaries are fused away; asked first, so that the compiler adds no guard on the row count
+        if torch.compiler.is_compiling() or flat.size(0) <= CHUNK_ROWS:
             y = self._product(flat, *args)
         else:  # a long prompt or a batch of sentences: a chunk's temporaries stay in cache
             y = torch.empty(flat.size(0), weight.size(0), device=flat.device)
