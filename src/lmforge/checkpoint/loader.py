@@ -49,6 +49,7 @@ def load(
     loaded = load_hf(source, allow_pickle) if (source / "config.json").is_file() else from_checkpoint(source)
     if family is not None and loaded.config.family != family:
         raise LmforgeError(f"{loaded.path or source} holds a {loaded.config.family} model; this needs a {family} one")
+    loaded.model = loaded.model.to(device).eval()  # quantized, and calibrated, where it will run
     if dtype is not None and dtype != loaded.dtype:
         if loaded.dtype != "fp32":
             raise LmforgeError(
@@ -62,7 +63,7 @@ def load(
             q.calibration, input_max = BUILT_IN, text_maxima(loaded.model, loaded.tokenizer, built_in_texts())
         quantize_model(loaded.model, q, input_max=input_max)
         loaded.dtype = dtype
-    loaded.model = apply_kernels(loaded.model.to(device).eval())  # the CPU's faster kernels for inference
+    loaded.model = apply_kernels(loaded.model)  # the CPU's faster kernels for inference
     if compile:
         compile_layers(loaded.model)
     return loaded
