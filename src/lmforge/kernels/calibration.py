@@ -4,7 +4,7 @@ A few input channels of a trained Transformer carry most of an activation's rang
 where they sit is a property of the model, not of the text: any few dozen ordinary sentences find them. So int8 is
 calibrated by default on calibration.txt, 64 short texts written for lmforge (reviews, news, instructions,
 questions, chat, a few in Chinese), and a user's own texts can replace them. On all-MiniLM-L6-v2 the worst SST-2 dev
-sentence's cosine to fp32 was 0.9923 without smoothing, 0.9965 calibrated on 399 SST-2 training sentences and 0.9968
+sentence's cosine to fp32 was 0.9923 without smoothing, 0.9965 calibrated on 399 SST-2 training sentences and 0.9967
 on these.
 """
 
@@ -35,7 +35,8 @@ def text_maxima(model: nn.Module, tokenizer: Tokenizer, texts: list[str]) -> dic
 @torch.no_grad()
 def input_maxima(model: nn.Module, sequences: list[list[int]]) -> dict[str, torch.Tensor]:
     """Per linear layer that the backbone runs, the largest |x_j| of its input per channel over the token id
-    sequences, each run on its own (no padding to measure); an empty one is skipped."""
+    sequences, run in batches of equal length (no padding to measure; GPT-2 small over 64 texts of 10-30 tokens:
+    2.7 -> 2.0 s); an empty one is skipped."""
     maxima = {}
 
     def record(name: str):
@@ -49,10 +50,17 @@ def input_maxima(model: nn.Module, sequences: list[list[int]]) -> dict[str, torc
     backbone = getattr(model, "backbone", model)
     device = next(model.parameters()).device
     try:
-        for ids in sequences:
-            if ids:
-                backbone.hidden(torch.tensor([ids], device=device))
+        for same in _by_length(sequences):
+            backbone.hidden(torch.tensor(same, device=device))
     finally:
         for h in hooks:
             h.remove()
     return maxima
+
+
+def _by_length(sequences: list[list[int]]) -> list[list[list[int]]]:
+    groups: dict[int, list[list[int]]] = {}
+    for ids in sequences:
+        if ids:
+            groups.setdefault(len(ids), []).append(ids)
+    return list(groups.values())
