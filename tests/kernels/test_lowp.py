@@ -146,6 +146,36 @@ def test_int8_sums_are_exact_by_either_product(monkeypatch):
         assert torch.equal(int8_product(x_q, q).long(), exact)
 
 
+@pytest.mark.skipif(not (int_mm_runs() and fbgemm_runs()), reason="no CPU torch._int_mm or fbgemm here")
+def test_with_vnni_each_row_count_takes_its_kernel_with_the_same_exact_sums(monkeypatch):
+    """A decoding step's rows go to lmforge's C kernel (up to GEMV_ROWS, a weight without -128), to fbgemm (up to
+    FBGEMM_ROWS, a weight whose pairs are bounded), more rows to torch._int_mm: all give the exact int32 sums, so a
+    layer's row is bit for bit the same alone or in a batch of any size."""
+    import lmforge.kernels.int8 as int8
+
+    monkeypatch.setattr(int8, "int_mm_works", lambda: True)
+    calls = []
+    for name in ("i8_gemv", "_fbgemm_sums"):
+        kernel = getattr(int8, name)
+        monkeypatch.setattr(int8, name, lambda *a, kernel=kernel, name=name: calls.append(name) or kernel(*a))
+    int_mm = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda *a: calls.append("_int_mm") or int_mm(*a))
+    x_q = torch.randint(-128, 128, (int8.FBGEMM_ROWS + 1, 3072), dtype=torch.int8)
+    x_q[:, 0] = -128
+    bounded = quantize_rows(torch.randn(50, 3072), pair_bound=True)[0]
+    unbounded = torch.randint(-127, 128, (50, 3072), dtype=torch.int8)
+    with_128 = bounded.clone()
+    with_128[0, 0] = -128
+    for q, small, few in ((bounded, "i8_gemv", "_fbgemm_sums"), (unbounded, "i8_gemv", "_int_mm"),
+                          (with_128, "_fbgemm_sums", "_fbgemm_sums")):  # fmt: skip
+        exact = x_q.long() @ q.long().T
+        for rows in (1, int8.GEMV_ROWS, int8.GEMV_ROWS + 1, int8.FBGEMM_ROWS, int8.FBGEMM_ROWS + 1):
+            calls.clear()
+            assert torch.equal(int8_product(x_q[:rows], q).long(), exact[:rows])
+            kernel = small if rows <= int8.GEMV_ROWS else few if rows <= int8.FBGEMM_ROWS else "_int_mm"
+            assert calls == [kernel] or not u8_gemv_runs(), (rows, calls)
+
+
 @pytest.mark.parametrize(
     "machine, flags, expected",
     [("x86_64", "fpu avx2 avx512f avx512_vnni", True), ("x86_64", "fpu avx avx2 fma", False),

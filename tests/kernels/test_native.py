@@ -1,5 +1,5 @@
-"""lmforge's C kernel for few-row int8 products: its sums against the naive formula, where it is used, how it is
-built and cached, and the machines where it stays off."""
+"""lmforge's C kernels for few-row int8 products: their sums against the naive formula, where they are used, how they
+are built and cached, and the machines where they stay off."""
 
 import shutil
 import subprocess
@@ -9,17 +9,17 @@ import torch
 
 from lmforge.kernels import native
 from lmforge.kernels.cpu import has_avx2, is_x86
-from lmforge.kernels.int8 import quantize_rows
-from lmforge.kernels.native import SOURCE, build, u8_gemv, u8_gemv_runs
+from lmforge.kernels.int8 import pairs_bounded, quantize_rows
+from lmforge.kernels.native import SOURCE, build, i8_gemv, i8_gemv_runs, u8_gemv, u8_gemv_runs
 
 compiler = shutil.which("cc") or shutil.which("gcc")
 needs_kernel = pytest.mark.skipif(not u8_gemv_runs(), reason="no AVX2 or no C compiler here")
 
 
 def test_the_kernel_runs_wherever_there_are_avx2_and_a_compiler():
-    """u8_gemv_runs checks the kernel's sums on a tiny product: false only where it cannot be built, never for wrong
-    sums."""
-    assert u8_gemv_runs() == (is_x86() and has_avx2() and compiler is not None)
+    """u8_gemv_runs and i8_gemv_runs check the kernels' sums on tiny products: false only where they cannot be built,
+    never for wrong sums."""
+    assert u8_gemv_runs() == i8_gemv_runs() == (is_x86() and has_avx2() and compiler is not None)
 
 
 @needs_kernel
@@ -46,6 +46,21 @@ def test_sums_of_8_bit_rows_against_bounded_pairs_are_exact(d):
     q[0] = torch.tensor([127, 1] * d, dtype=torch.int8)[:d]
     q[1], q[2] = -q[0], torch.tensor([64, -64] * d, dtype=torch.int8)[:d]
     assert torch.equal(u8_gemv(x_u, q), (x_u.long() @ q.long().T).float())
+
+
+@needs_kernel
+@pytest.mark.parametrize("d", [1, 31, 32, 45, 771, 3072])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5])
+def test_int8_activations_against_any_int8_weight_give_the_exact_int32_sums(rows, d):
+    """-128 (whose magnitude only uint8 holds) against +-127 in every position, weights whose pairs are not bounded,
+    every length around the 32-byte steps; the sums stay int32 (127 * 128 * 3072 passes 2^24)."""
+    g = torch.Generator().manual_seed(d)
+    x = torch.randint(-128, 128, (rows, d), dtype=torch.int8, generator=g)
+    q = torch.randint(-127, 128, (37, d), dtype=torch.int8, generator=g)
+    x[0], q[0], q[1], q[2] = -128, 127, -127, torch.tensor([127, -127] * d, dtype=torch.int8)[:d]
+    assert not pairs_bounded(q) or d == 1
+    out = i8_gemv(x, q)
+    assert out.dtype == torch.int32 and torch.equal(out, x.int() @ q.int().T)
 
 
 def saturating(pairs_of: str):
@@ -92,6 +107,9 @@ def test_wrong_inputs_are_refused_before_the_kernel_reads_them():
     for a, b in [(x_u.to(torch.int8), q), (x_u, q.to(torch.uint8)), (x_u[:, :4], q), (x_u[0], q)]:
         with pytest.raises(ValueError, match="u8_gemv takes uint8"):
             u8_gemv(a, b)
+    for a, b in [(x_u, q), (x_u.to(torch.int8), q.to(torch.uint8)), (x_u.to(torch.int8)[0], q)]:
+        with pytest.raises(ValueError, match="i8_gemv takes int8"):
+            i8_gemv(a, b)
 
 
 @pytest.mark.skipif(compiler is None, reason="no C compiler here")
@@ -115,18 +133,18 @@ def test_the_library_is_built_once_per_source_and_never_half_written(tmp_path, m
 def test_the_kernel_stays_off_when_asked_without_avx2_or_without_a_compiler(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "is_x86", lambda: True)
     monkeypatch.setenv("LMFORGE_NATIVE_KERNELS", "0")
-    assert not u8_gemv_runs.__wrapped__()
+    assert not u8_gemv_runs.__wrapped__() and not i8_gemv_runs.__wrapped__()
     monkeypatch.delenv("LMFORGE_NATIVE_KERNELS")
     monkeypatch.setattr(native, "has_avx2", lambda: False)
-    assert not u8_gemv_runs.__wrapped__()
+    assert not u8_gemv_runs.__wrapped__() and not i8_gemv_runs.__wrapped__()
     monkeypatch.setattr(native, "has_avx2", lambda: True)
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setattr(native, "cache_dir", lambda: tmp_path)
-    native._kernel.cache_clear()
+    native._library.cache_clear()
     try:
-        assert not u8_gemv_runs.__wrapped__()
+        assert not u8_gemv_runs.__wrapped__() and not i8_gemv_runs.__wrapped__()
     finally:
-        native._kernel.cache_clear()
+        native._library.cache_clear()
 
 
 @pytest.mark.skipif(compiler is None or not is_x86() or not has_avx2(), reason="no AVX2 or no C compiler here")
@@ -141,9 +159,9 @@ def test_a_read_only_cache_builds_the_kernel_for_the_process_alone(monkeypatch, 
     monkeypatch.setattr(native, "cache_dir", lambda: cache)
     monkeypatch.setattr(native, "build", refusing)
     monkeypatch.setattr(native.tempfile, "mkdtemp", lambda prefix: str(tmp_path / f"{prefix}1"))
-    native._kernel.cache_clear()
+    native._library.cache_clear()
     try:
         assert u8_gemv_runs.__wrapped__() and not cache.exists()
         assert [p.suffix for p in (tmp_path / "lmforge-kernels-1").iterdir()] == [".so"]
     finally:
-        native._kernel.cache_clear()
+        native._library.cache_clear()

@@ -24,7 +24,14 @@ import weakref
 
 import torch
 
-from lmforge.kernels.int8 import int_mm_works, quantize_activations, quantize_rows, u8_product, u8_product_works
+from lmforge.kernels.int8 import (
+    int8_product,
+    int_mm_works,
+    quantize_activations,
+    quantize_rows,
+    u8_product,
+    u8_product_works,
+)
 from lmforge.kernels.state import weight_state
 
 SCREEN_MIN_NUMEL = 2**22  # smaller heads (16 MB in fp32) are read from cache: the full product is as fast
@@ -46,7 +53,7 @@ class ArgmaxScreen:
         self.unsigned = u8_product_works()  # the uint8 product: the offset's term needs each row's sum and norm
         for start in range(0, n, _CHUNK):
             w = weight[start : start + _CHUNK]
-            q, scale = quantize_rows(w, pair_bound=self.unsigned)  # its 8-bit rows' pair sums stay within int16
+            q, scale = quantize_rows(w, pair_bound=True)  # pair sums within int16: x86's few-row kernels
             rows = slice(start, start + len(w))
             self.q[rows], self.scale[rows] = q, scale
             self.w_norm[rows] = w.norm(dim=1)
@@ -75,7 +82,7 @@ class ArgmaxScreen:
             s_x = s_x.squeeze(1)
         else:
             x_q, s_x = quantize_rows(x)
-            steps, approx, rounding = x_q.float(), torch._int_mm(x_q, self.q.t()).float(), None
+            steps, approx, rounding = x_q.float(), int8_product(x_q, self.q).float(), None
         approx.mul_(s_x[:, None] * self.scale)
         e_norm = (x - steps * s_x[:, None]).norm(dim=1, keepdim=True)
         a = (s_x * steps.norm(dim=1))[:, None]

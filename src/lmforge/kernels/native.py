@@ -1,6 +1,6 @@
-"""A C kernel for the int8 product of one to three rows (a decoding step) on x86 CPUs without VNNI, built on first use
-with the C compiler that torch.compile needs anyway. Where there is no compiler or no AVX2, or
-LMFORGE_NATIVE_KERNELS=0, the int8 layers keep fbgemm's kernel: the kernel changes the speed, never the sums."""
+"""C kernels for the int8 product of one to three rows (a decoding step) on x86 CPUs, built on first use with the C
+compiler that torch.compile needs anyway. Where there is no compiler or no AVX2, or LMFORGE_NATIVE_KERNELS=0, the
+int8 layers keep fbgemm's or oneDNN's kernels: these kernels change the speed, never the sums."""
 
 from __future__ import annotations
 
@@ -52,34 +52,66 @@ def build(source: Path, folder: Path) -> Path:
 
 
 @functools.cache
-def _kernel() -> Callable[..., None]:
+def _library() -> ctypes.CDLL:
     try:
         library = build(SOURCE, cache_dir())
     except PermissionError:  # a read-only home: built for this process alone
         library = build(SOURCE, Path(tempfile.mkdtemp(prefix="lmforge-kernels-")))
-    kernel = ctypes.CDLL(str(library)).u8_gemv
-    kernel.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int]
-    kernel.restype = None
-    return kernel
+    loaded = ctypes.CDLL(str(library))
+    for kernel in (loaded.u8_gemv, loaded.i8_gemv):
+        kernel.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+        kernel.restype = None
+    return loaded
 
 
 def u8_gemv(x_u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """x_u q^T for x_u (B, d) uint8 and q (N, d) int8, x_u in [0, 127] or q's adjacent pairs bounded
     (|q_2i| + |q_2i+1| <= 128): the exact int32 sums, in fp32. Fastest for one to three rows; ctypes lets other
     threads run meanwhile."""
-    if x_u.dtype != torch.uint8 or q.dtype != torch.int8 or x_u.dim() != 2 or q.dim() != 2 or x_u.size(1) != q.size(1):
-        raise ValueError(f"u8_gemv takes uint8 (B, d) and int8 (N, d), not {x_u.dtype} {tuple(x_u.shape)} and "
-                         f"{q.dtype} {tuple(q.shape)}")  # fmt: skip
-    x_u, q = x_u.contiguous(), q.contiguous()
-    out = torch.empty(x_u.size(0), q.size(0))
-    _kernel()(x_u.data_ptr(), q.data_ptr(), out.data_ptr(), x_u.size(0), *q.shape, torch.get_num_threads())
+    return _gemv(_library().u8_gemv, x_u, torch.uint8, q, torch.float32)
+
+
+def i8_gemv(x_q: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """x_q q^T in int32 for x_q (B, d) int8 and q (N, d) int8 in [-127, 127] (as lmforge rounds weights): exact for
+    every such weight, pairs bounded or not."""
+    return _gemv(_library().i8_gemv, x_q, torch.int8, q, torch.int32)
+
+
+def _gemv(kernel, x: torch.Tensor, x_dtype: torch.dtype, q: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    if x.dtype != x_dtype or q.dtype != torch.int8 or x.dim() != 2 or q.dim() != 2 or x.size(1) != q.size(1):
+        name = str(x_dtype).removeprefix("torch.")
+        raise ValueError(f"{kernel.__name__} takes {name} (B, d) and int8 (N, d), not {x.dtype} {tuple(x.shape)} "
+                         f"and {q.dtype} {tuple(q.shape)}")  # fmt: skip
+    x, q = x.contiguous(), q.contiguous()
+    out = torch.empty(x.size(0), q.size(0), dtype=out_dtype)
+    kernel(x.data_ptr(), q.data_ptr(), out.data_ptr(), x.size(0), *q.shape, torch.get_num_threads())
     return out
+
+
+@asked_once
+def i8_gemv_runs() -> bool:
+    """Whether the int8 x int8 kernel is built here and gives the exact sums: -128 and 127 against +-127, over 45
+    columns (a tail past 32-byte steps), for 1, 2 and 5 rows."""
+    if not _builds():
+        return False
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-128, 128, (5, 45), dtype=torch.int8, generator=g)
+    q = torch.randint(-127, 128, (7, 45), dtype=torch.int8, generator=g)
+    x[0], x[1, ::2], q[0], q[1, 1::2] = -128, 127, 127, -127
+    try:
+        return all(torch.equal(i8_gemv(x[:m], q), x[:m].int() @ q.int().T) for m in (1, 2, 5))
+    except (OSError, subprocess.SubprocessError, AttributeError):
+        return False
+
+
+def _builds() -> bool:
+    return os.environ.get("LMFORGE_NATIVE_KERNELS", "1") != "0" and is_x86() and has_avx2()
 
 
 @asked_once
 def u8_gemv_runs() -> bool:
     """Whether the kernel is built here and gives the exact sums (checked once, by sums_exact)."""
-    if os.environ.get("LMFORGE_NATIVE_KERNELS", "1") == "0" or not (is_x86() and has_avx2()):
+    if not _builds():
         return False
     try:
         return sums_exact(u8_gemv)

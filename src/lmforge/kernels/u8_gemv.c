@@ -1,6 +1,9 @@
-/* Exact int32 sums of uint8 activations times int8 weights, for the few rows of a decoding step on x86 CPUs
-   without VNNI. fbgemm's kernel, blocked for many rows, streams a weight at 13-17 GB/s for one row on a 2-core Zen 3;
-   this loop streams each weight row once, 32 bytes at a time, at 22-28 GB/s. Built by lmforge.kernels.native. */
+/* Exact int32 sums of int8 weights times the activations of the few rows of a decoding step on x86 CPUs: uint8
+   activations where the CPU lacks VNNI, int8 ones where it has it (whose own int8 product, oneDNN's torch._int_mm,
+   reads a weight for one row at a fifth of the bandwidth). fbgemm's kernel, blocked for many rows, streams a weight
+   at 13-17 GB/s for one row on a 2-core Zen 3; these loops stream each weight row once, 32 bytes at a time, at
+   22-28 GB/s there and 28-32 GB/s on a 2-core Zen 4 (four rows at a time were half as fast: more streams than the
+   prefetchers follow). Built by lmforge.kernels.native. */
 #include <immintrin.h>
 #include <stdint.h>
 
@@ -11,26 +14,48 @@ static inline int32_t sum8(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-/* out[i, j] = sum_t x[i, t] q[j, t] in fp32, x (m, k) uint8, q (n, k) int8, both row-major. maddubs adds the products
-   of columns 2t and 2t + 1 in int16, which stays exact where x keeps 7 bits (2 * 127 * 127 < 2^15) or q's adjacent
-   pairs are bounded, |q[j, 2t]| + |q[j, 2t + 1]| <= 128 (255 * 128 < 2^15). */
-void u8_gemv(const uint8_t *x, const int8_t *q, float *out, int64_t m, int64_t n, int64_t k, int threads) {
+/* 32 columns' products added to acc. Unsigned x: maddubs adds the products of columns 2t and 2t + 1 in int16, which
+   stays exact where x keeps 7 bits (2 * 127 * 127 < 2^15) or q's adjacent pairs are bounded,
+   |q[j, 2t]| + |q[j, 2t + 1]| <= 128 (255 * 128 < 2^15). Signed x: maddubs multiplies |x| by q with x's sign, and
+   |x| <= 128 against |q| <= 127 keeps each pair's sum within int16 (2 * 128 * 127 < 2^15): exact for every weight. */
+static inline __m256i dot32(__m256i acc, __m256i a, __m256i b, int is_signed) {
     const __m256i ones = _mm256_set1_epi16(1);
+    if (is_signed) {
+        b = _mm256_sign_epi8(b, a);
+        a = _mm256_abs_epi8(a);
+    }
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
+}
+
+/* out[i, j] = sum_t x[i, t] q[j, t], x (m, k) and q (n, k) row-major; fp32 out_f or int32 out_i. */
+static inline __attribute__((always_inline)) void gemv(const int8_t *x, const int8_t *q, float *out_f, int32_t *out_i,
+                                                       int64_t m, int64_t n, int64_t k, int threads, int is_signed) {
     const int64_t k32 = k & ~(int64_t)31;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t j = 0; j < n; j++) {
         const int8_t *qj = q + j * k;
         for (int64_t i = 0; i < m; i++) {
-            const uint8_t *xi = x + i * k;
+            const int8_t *xi = x + i * k;
             __m256i acc = _mm256_setzero_si256();
-            for (int64_t t = 0; t < k32; t += 32) {
-                __m256i a = _mm256_loadu_si256((const __m256i *)(xi + t));
-                __m256i b = _mm256_loadu_si256((const __m256i *)(qj + t));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
-            }
+            for (int64_t t = 0; t < k32; t += 32)
+                acc = dot32(acc, _mm256_loadu_si256((const __m256i *)(xi + t)),
+                            _mm256_loadu_si256((const __m256i *)(qj + t)), is_signed);
             int32_t s = sum8(acc);
-            for (int64_t t = k32; t < k; t++) s += (int32_t)xi[t] * qj[t];
-            out[i * n + j] = (float)s;
+            for (int64_t t = k32; t < k; t++) s += (is_signed ? (int32_t)xi[t] : (int32_t)(uint8_t)xi[t]) * qj[t];
+            if (is_signed)
+                out_i[i * n + j] = s;
+            else
+                out_f[i * n + j] = (float)s;
         }
     }
+}
+
+/* uint8 x (CPUs without VNNI), the sums in fp32 */
+void u8_gemv(const uint8_t *x, const int8_t *q, float *out, int64_t m, int64_t n, int64_t k, int threads) {
+    gemv((const int8_t *)x, q, out, 0, m, n, k, threads, 0);
+}
+
+/* int8 x, q in [-127, 127], the sums in int32 */
+void i8_gemv(const int8_t *x, const int8_t *q, int32_t *out, int64_t m, int64_t n, int64_t k, int threads) {
+    gemv(x, q, 0, out, m, n, k, threads, 1);
 }
