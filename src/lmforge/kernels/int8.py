@@ -243,7 +243,8 @@ _OPS.define("int8_product(Tensor x_q, Tensor q) -> Tensor")
 def _int8_product(x_q: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """torch._int_mm: oneDNN's int8 kernel, which reads a weight for a few rows (a decoding step) at a fifth of the
     bandwidth. On a 2-core Zen 4 GPT-2 small's weights take it 10.6 ms for one row, lmforge's C kernel 3.9 and
-    fbgemm's 4.6 (as x_q + 128, x_q q^T = (x_q + 128) q^T - 128 sum(q), where q's pairs are bounded)."""
+    fbgemm's 4.6 (as x_q + 128, x_q q^T = (x_q + 128) q^T - 128 sum(q), where q's pairs are bounded; its fp32 sums
+    are exact below 2^24, and rounded as fp32 rounds them above)."""
     if x_q.size(0) <= FBGEMM_ROWS and is_x86():
         pairs_bounded, no_minus_128, row_sums = _traits(q)
         if x_q.size(0) <= GEMV_ROWS and no_minus_128 and i8_gemv_runs():
