@@ -21,7 +21,7 @@ from lmforge.kernels.int8 import (
     u8_product,
     u8_product_runs,
 )
-from lmforge.kernels.native import u8_gemv_runs
+from lmforge.kernels.native import bf16_gemv, bf16_gemv_runs, u8_gemv_runs
 from lmforge.kernels.quantize import Quantization, quantize_model
 
 
@@ -238,6 +238,26 @@ def test_bf16_linear_is_the_bf16_product_accumulated_in_fp32(rows):
     # the product is rounded to bf16 once (8 bits: 2^-8 of its size) before the fp32 bias is added
     assert torch.allclose(y.double(), expected, rtol=0, atol=float(products.abs().max()) * 2**-8 + 1e-6)
     assert Bf16Linear.from_linear(layer).state_dict()["weight"].dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(not bf16_gemv_runs(), reason="no AVX2 or no C compiler here")
+@pytest.mark.parametrize("native", [True, False])
+def test_a_bf16_decoding_row_takes_lmforge_kernel_and_agrees_with_the_batch(native, monkeypatch):
+    """One row (a decoding step) goes to lmforge's C kernel, with or without native bf16, and gives the bf16 product
+    in fp32 (unrounded: oneDNN's batch product comes back in bf16)."""
+    import lmforge.kernels.bf16 as bf16
+
+    calls = []
+    monkeypatch.setattr(bf16, "bf16_gemv", lambda *a: calls.append(1) or bf16_gemv(*a))
+    monkeypatch.setattr(bf16, "bf16_supported", lambda: native and bf16_supported())
+    torch.manual_seed(0)
+    layer, x = nn.Linear(96, 40), torch.randn(4, 96)
+    q = Bf16Linear.from_linear(layer)
+    one, batch = torch.cat([q(row[None]) for row in x]), q(x)
+    assert len(calls) == 4
+    exact = x.bfloat16().double() @ layer.weight.detach().bfloat16().double().T + layer.bias.detach().double()
+    assert torch.allclose(one.double(), exact, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(one, batch, rtol=1e-2, atol=1e-2)
 
 
 def test_bf16_without_native_support_multiplies_in_fp32(monkeypatch):

@@ -1,5 +1,5 @@
-"""lmforge's C kernels for few-row int8 products: their sums against the naive formula, where they are used, how they
-are built and cached, and the machines where they stay off."""
+"""lmforge's C kernels for few-row int8 and bf16 products: their sums against the naive formula, where they are used,
+how they are built and cached, and the machines where they stay off."""
 
 import shutil
 import subprocess
@@ -10,16 +10,25 @@ import torch
 from lmforge.kernels import native
 from lmforge.kernels.cpu import has_avx2, is_x86
 from lmforge.kernels.int8 import pairs_bounded, quantize_rows
-from lmforge.kernels.native import SOURCE, build, i8_gemv, i8_gemv_runs, u8_gemv, u8_gemv_runs
+from lmforge.kernels.native import (
+    SOURCE,
+    bf16_gemv,
+    bf16_gemv_runs,
+    build,
+    i8_gemv,
+    i8_gemv_runs,
+    u8_gemv,
+    u8_gemv_runs,
+)
 
 compiler = shutil.which("cc") or shutil.which("gcc")
 needs_kernel = pytest.mark.skipif(not u8_gemv_runs(), reason="no AVX2 or no C compiler here")
 
 
 def test_the_kernel_runs_wherever_there_are_avx2_and_a_compiler():
-    """u8_gemv_runs and i8_gemv_runs check the kernels' sums on tiny products: false only where they cannot be built,
-    never for wrong sums."""
-    assert u8_gemv_runs() == i8_gemv_runs() == (is_x86() and has_avx2() and compiler is not None)
+    """u8_gemv_runs, i8_gemv_runs and bf16_gemv_runs check the kernels' sums on tiny products: false only where they
+    cannot be built, never for wrong sums."""
+    assert u8_gemv_runs() == i8_gemv_runs() == bf16_gemv_runs() == (is_x86() and has_avx2() and compiler is not None)
 
 
 @needs_kernel
@@ -61,6 +70,22 @@ def test_int8_activations_against_any_int8_weight_give_the_exact_int32_sums(rows
     assert not pairs_bounded(q) or d == 1
     out = i8_gemv(x, q)
     assert out.dtype == torch.int32 and torch.equal(out, x.int() @ q.int().T)
+
+
+@needs_kernel
+@pytest.mark.parametrize("d", [1, 15, 16, 45, 771, 3072])
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_bf16_products_are_exact_and_their_sums_fp32s(rows, d):
+    """Each product of two bf16 values is exact in fp32; the sums are fp32's, in another order than a plain loop's:
+    within fp32's rounding of the sum of |products| (the kernel's bf16 reading checked by the values, every length
+    around the 16-value steps checked by the tail)."""
+    g = torch.Generator().manual_seed(d)
+    x = torch.randn(rows, d, generator=g).bfloat16().float()
+    w = (torch.randn(37, d, generator=g) * torch.logspace(-3, 3, d)).bfloat16()
+    exact = x.double() @ w.double().T
+    slack = (x.double().abs() @ w.double().abs().T) * d * 2.0**-24
+    out = bf16_gemv(x, w)
+    assert out.dtype == torch.float32 and ((out.double() - exact).abs() <= slack).all()
 
 
 def saturating(pairs_of: str):
@@ -110,6 +135,10 @@ def test_wrong_inputs_are_refused_before_the_kernel_reads_them():
     for a, b in [(x_u, q), (x_u.to(torch.int8), q.to(torch.uint8)), (x_u.to(torch.int8)[0], q)]:
         with pytest.raises(ValueError, match="i8_gemv takes int8"):
             i8_gemv(a, b)
+    x, w = torch.zeros(1, 8), torch.zeros(3, 8, dtype=torch.bfloat16)
+    for a, b in [(x.bfloat16(), w), (x, w.float()), (x[:, :4], w)]:
+        with pytest.raises(ValueError, match="bf16_gemv takes float32"):
+            bf16_gemv(a, b)
 
 
 @pytest.mark.skipif(compiler is None, reason="no C compiler here")
@@ -133,16 +162,16 @@ def test_the_library_is_built_once_per_source_and_never_half_written(tmp_path, m
 def test_the_kernel_stays_off_when_asked_without_avx2_or_without_a_compiler(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "is_x86", lambda: True)
     monkeypatch.setenv("LMFORGE_NATIVE_KERNELS", "0")
-    assert not u8_gemv_runs.__wrapped__() and not i8_gemv_runs.__wrapped__()
+    assert not any(runs.__wrapped__() for runs in (u8_gemv_runs, i8_gemv_runs, bf16_gemv_runs))
     monkeypatch.delenv("LMFORGE_NATIVE_KERNELS")
     monkeypatch.setattr(native, "has_avx2", lambda: False)
-    assert not u8_gemv_runs.__wrapped__() and not i8_gemv_runs.__wrapped__()
+    assert not any(runs.__wrapped__() for runs in (u8_gemv_runs, i8_gemv_runs, bf16_gemv_runs))
     monkeypatch.setattr(native, "has_avx2", lambda: True)
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setattr(native, "cache_dir", lambda: tmp_path)
     native._library.cache_clear()
     try:
-        assert not u8_gemv_runs.__wrapped__() and not i8_gemv_runs.__wrapped__()
+        assert not any(runs.__wrapped__() for runs in (u8_gemv_runs, i8_gemv_runs, bf16_gemv_runs))
     finally:
         native._library.cache_clear()
 

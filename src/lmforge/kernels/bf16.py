@@ -3,7 +3,9 @@
 W is stored in bfloat16 (8 bits of mantissa, fp32's range); x is rounded to bf16 as it enters and the product comes
 back in fp32. On CPUs with AVX-512 BF16 oneDNN multiplies bf16 pairs and accumulates in fp32, from a copy of W in its
 own blocked layout (made on first use; without it oneDNN reorders W on every call, which costs more than the bytes
-saved). Everything outside these layers (norms, softmax, the residual stream) stays in fp32.
+saved). A decoding step's single row goes to lmforge's C kernel instead (lmforge.kernels.native.bf16_gemv), which
+streams the bf16 weight once, at 1.5x oneDNN's rate for one row on a 2-core Zen 4. Everything outside these layers
+(norms, softmax, the residual stream) stays in fp32.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.kernels.native import bf16_gemv, bf16_gemv_runs
 from lmforge.kernels.once import asked_once
 from lmforge.kernels.state import weight_state
 
@@ -55,7 +58,9 @@ class Bf16Linear(nn.Module):
 
     def _outputs(self, x: torch.Tensor, rows: slice, packed: bool) -> torch.Tensor:
         flat, weight = x.reshape(-1, self.in_features), self.weight[rows]
-        if flat.device.type == "cpu" and not bf16_supported():  # no native bf16 here: the same weights, in fp32
+        if flat.size(0) == 1 and flat.device.type == "cpu" and not torch.compiler.is_compiling() and bf16_gemv_runs():
+            y = bf16_gemv(flat.float().bfloat16().float(), weight)  # a decoding step's row: lmforge's C kernel
+        elif flat.device.type == "cpu" and not bf16_supported():  # no native bf16 here: the same weights, in fp32
             y = F.linear(flat.float(), weight.float())
         elif packed and flat.device.type == "cpu" and flat.size(0) and not torch.compiler.is_compiling():
             y = torch.ops.mkldnn._linear_pointwise(flat.bfloat16(), self._packed_weight(), None, "none", [], "").float()

@@ -59,3 +59,42 @@ void u8_gemv(const uint8_t *x, const int8_t *q, float *out, int64_t m, int64_t n
 void i8_gemv(const int8_t *x, const int8_t *q, int32_t *out, int64_t m, int64_t n, int64_t k, int threads) {
     gemv(x, q, 0, out, m, n, k, threads, 1);
 }
+
+/* 16 bf16 values (a bf16 is an fp32's upper half) as two vectors of 8 fp32 */
+static inline void bf16x16(const uint16_t *p, __m256 *lo, __m256 *hi) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)p);
+    *lo = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(v)), 16));
+    *hi = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(v, 1)), 16));
+}
+
+static inline float bf16_value(uint16_t b) {
+    union { uint32_t u; float f; } v = {(uint32_t)b << 16};
+    return v.f;
+}
+
+/* out[i, j] = sum_t x[i, t] w[j, t] in fp32, x (m, k) fp32 (bf16 values, rounded by the caller) and w (n, k) bf16,
+   both row-major: each product of two bf16 values is exact in fp32, the sums are fp32's. oneDNN's packed bf16
+   product reads a weight for one row at 15.7 GB/s on a 2-core Zen 4. */
+void bf16_gemv(const float *x, const uint16_t *w, float *out, int64_t m, int64_t n, int64_t k, int threads) {
+    const int64_t k16 = k & ~(int64_t)15;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t j = 0; j < n; j++) {
+        const uint16_t *wj = w + j * k;
+        for (int64_t i = 0; i < m; i++) {
+            const float *xi = x + i * k;
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), w0, w1;
+            for (int64_t t = 0; t < k16; t += 16) {
+                bf16x16(wj + t, &w0, &w1);
+                acc0 = _mm256_add_ps(acc0, _mm256_mul_ps(_mm256_loadu_ps(xi + t), w0));
+                acc1 = _mm256_add_ps(acc1, _mm256_mul_ps(_mm256_loadu_ps(xi + t + 8), w1));
+            }
+            __m256 acc = _mm256_add_ps(acc0, acc1);
+            __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+            float sum = _mm_cvtss_f32(s);
+            for (int64_t t = k16; t < k; t++) sum += xi[t] * bf16_value(wj[t]);
+            out[i * n + j] = sum;
+        }
+    }
+}
