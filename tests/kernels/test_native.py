@@ -143,7 +143,7 @@ def test_wrong_inputs_are_refused_before_the_kernel_reads_them():
 
 @pytest.mark.skipif(compiler is None, reason="no C compiler here")
 def test_the_library_is_built_once_per_source_and_never_half_written(tmp_path, monkeypatch):
-    source = tmp_path / "u8_gemv.c"
+    source = tmp_path / "gemv.c"
     source.write_text(SOURCE.read_text())
     library = build(source, tmp_path / "cache")
     assert library.is_file() and [p.name for p in (tmp_path / "cache").iterdir()] == [library.name]

@@ -23,7 +23,7 @@ from lmforge.cache import cache_root
 from lmforge.kernels.cpu import has_avx2, is_x86
 from lmforge.kernels.once import asked_once
 
-SOURCE = Path(__file__).with_name("u8_gemv.c")
+SOURCE = Path(__file__).with_name("gemv.c")
 FLAGS = ["-O3", "-mavx2", "-fopenmp", "-shared", "-fPIC"]  # OpenMP: the libgomp torch has loaded, one thread pool
 
 
