@@ -58,7 +58,8 @@ class Bf16Linear(nn.Module):
 
     def _outputs(self, x: torch.Tensor, rows: slice, packed: bool) -> torch.Tensor:
         flat, weight = x.reshape(-1, self.in_features), self.weight[rows]
-        if flat.size(0) == 1 and flat.device.type == "cpu" and not torch.compiler.is_compiling() and bf16_gemv_runs():
+        # compiled, asked first, so that the compiler adds no guard on the row count
+        if not torch.compiler.is_compiling() and flat.size(0) == 1 and flat.device.type == "cpu" and bf16_gemv_runs():
             y = bf16_gemv(flat.float().bfloat16().float(), weight)  # a decoding step's row: lmforge's C kernel
         elif flat.device.type == "cpu" and not bf16_supported():  # no native bf16 here: the same weights, in fp32
             y = F.linear(flat.float(), weight.float())
