@@ -245,7 +245,7 @@ def _int8_product(x_q: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     bandwidth. On a 2-core Zen 4 GPT-2 small's weights take it 10.6 ms for one row, lmforge's C kernel 3.9 and
     fbgemm's 4.6 (as x_q + 128, x_q q^T = (x_q + 128) q^T - 128 sum(q), where q's pairs are bounded; its fp32 sums
     are exact below 2^24, and rounded as fp32 rounds them above)."""
-    if x_q.size(0) <= FBGEMM_ROWS and is_x86():
+    if x_q.size(0) <= FBGEMM_ROWS:  # each kernel's check says whether it runs here (x86 only)
         pairs_bounded, no_minus_128, row_sums = _traits(q)
         if x_q.size(0) <= GEMV_ROWS and no_minus_128 and i8_gemv_runs():
             return i8_gemv(x_q, q)

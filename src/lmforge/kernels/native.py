@@ -101,43 +101,34 @@ def _gemv(kernel, x: torch.Tensor, x_dtype: torch.dtype, q: torch.Tensor, q_dtyp
 def i8_gemv_runs() -> bool:
     """Whether the int8 x int8 kernel is built here and gives the exact sums: -128 and 127 against +-127, over 45
     columns (a tail past 32-byte steps), for 1, 2 and 5 rows."""
-    if not _builds():
-        return False
     g = torch.Generator().manual_seed(0)
     x = torch.randint(-128, 128, (5, 45), dtype=torch.int8, generator=g)
     q = torch.randint(-127, 128, (7, 45), dtype=torch.int8, generator=g)
     x[0], x[1, ::2], q[0], q[1, 1::2] = -128, 127, 127, -127
-    try:
-        return all(torch.equal(i8_gemv(x[:m], q), x[:m].int() @ q.int().T) for m in (1, 2, 5))
-    except (OSError, subprocess.SubprocessError, AttributeError):
-        return False
+    return _checked(lambda: all(torch.equal(i8_gemv(x[:m], q), x[:m].int() @ q.int().T) for m in (1, 2, 5)))
 
 
 @asked_once
 def bf16_gemv_runs() -> bool:
     """Whether the bf16 kernel is built here and gives the right sums: small integers (exact in bf16 and in fp32's
     sums) over 45 columns (a tail past 16-value steps), for 1, 2 and 5 rows."""
-    if not _builds():
-        return False
     g = torch.Generator().manual_seed(0)
     x, w = (torch.randint(-8, 9, shape, generator=g).float() for shape in ((5, 45), (7, 45)))
-    try:
-        return all(torch.equal(bf16_gemv(x[:m], w.bfloat16()), x[:m] @ w.T) for m in (1, 2, 5))
-    except (OSError, subprocess.SubprocessError, AttributeError):
-        return False
-
-
-def _builds() -> bool:
-    return os.environ.get("LMFORGE_NATIVE_KERNELS", "1") != "0" and is_x86() and has_avx2()
+    return _checked(lambda: all(torch.equal(bf16_gemv(x[:m], w.bfloat16()), x[:m] @ w.T) for m in (1, 2, 5)))
 
 
 @asked_once
 def u8_gemv_runs() -> bool:
-    """Whether the kernel is built here and gives the exact sums (checked once, by sums_exact)."""
-    if not _builds():
+    """Whether the uint8 x int8 kernel is built here and gives the exact sums (checked once, by sums_exact)."""
+    return _checked(lambda: sums_exact(u8_gemv))
+
+
+def _checked(check: Callable[[], bool]) -> bool:
+    """check(), run where the kernels may be built (x86 with AVX2, not turned off); False where they cannot be."""
+    if os.environ.get("LMFORGE_NATIVE_KERNELS", "1") == "0" or not (is_x86() and has_avx2()):
         return False
     try:
-        return sums_exact(u8_gemv)
+        return check()
     except (OSError, subprocess.SubprocessError, AttributeError):
         return False
 
