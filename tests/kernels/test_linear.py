@@ -67,11 +67,10 @@ def test_onednn_runs_on_the_cpus_and_row_counts_it_is_faster_for(monkeypatch):
 def test_training_takes_onednn_with_the_gradients_of_the_affine_map(monkeypatch):
     """The input's, the weight's and the bias's gradients, computed by hand in float64, for contiguous, strided and
     3-D inputs and both orders of the weight-gradient product (wider output side first)."""
-    monkeypatch.setattr(linear_module, "_onednn_linear", onednn_or_skip())
-    monkeypatch.setattr(linear_module, "_onednn_rows", (1, 2**62))
+    real = onednn_or_skip()
     calls = []
-    real = linear_module.onednn_linear
-    monkeypatch.setattr(linear_module, "onednn_linear", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(linear_module, "_onednn_linear", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(linear_module, "_onednn_rows", (1, 2**62))
     g = torch.Generator().manual_seed(0)
     for x, (out, inp) in [
         (torch.randn(2, 5, 10, generator=g), (24, 10)),  # wider output: (x^T grad)^T
@@ -90,6 +89,15 @@ def test_training_takes_onednn_with_the_gradients_of_the_affine_map(monkeypatch)
         torch.testing.assert_close(x.grad.double(), (gy @ w.detach().double()).view(x.shape), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(w.grad.double(), gy.t() @ xd, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(b.grad.double(), gy.sum(0), atol=1e-5, rtol=1e-5)
+        assert len(calls) == 3, "an eager step runs the bare kernel: forward, input and weight gradients"
+    # a backward that is itself recorded (create_graph) takes the operator, so second derivatives hold
+    x, w = torch.randn(6, 10, generator=g, requires_grad=True), torch.randn(24, 10, generator=g, requires_grad=True)
+    for fn in (linear, torch.nn.functional.linear):
+        (grad_w,) = torch.autograd.grad((fn(x, w) ** 2).sum(), w, create_graph=True)
+        (second,) = torch.autograd.grad((grad_w**2).sum(), x)
+        if fn is linear:
+            ours = second
+    torch.testing.assert_close(ours, second, atol=1e-4, rtol=1e-4)
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         x, w = torch.randn(2, 10), torch.randn(24, 10)
         assert not linear_module._onednn_applies(x, w, None)
