@@ -88,6 +88,7 @@ def test_training_takes_onednn_with_the_gradients_of_the_affine_map(monkeypatch)
         xd = x.detach().double().reshape(-1, inp)
         torch.testing.assert_close(x.grad.double(), (gy @ w.detach().double()).view(x.shape), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(w.grad.double(), gy.t() @ xd, atol=1e-5, rtol=1e-5)
+        assert w.grad.is_contiguous()  # a transposed product is copied by lmforge's faster copy, not autograd's
         torch.testing.assert_close(b.grad.double(), gy.sum(0), atol=1e-5, rtol=1e-5)
         assert len(calls) == 3, "an eager step runs the bare kernel: forward, input and weight gradients"
     # a backward that is itself recorded (create_graph) takes the operator, so second derivatives hold

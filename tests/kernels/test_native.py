@@ -1,5 +1,6 @@
-"""lmforge's C kernels for few-row int8 and bf16 products: their sums against the naive formula, where they are used,
-how they are built and cached, and the machines where they stay off."""
+"""lmforge's C kernels for few-row int8 and bf16 products and for transposing copies: their sums and copies against
+the naive formula and torch's, where they are used, how they are built and cached, and the machines where they stay
+off."""
 
 import shutil
 import subprocess
@@ -15,8 +16,10 @@ from lmforge.kernels.native import (
     bf16_gemv,
     bf16_gemv_runs,
     build,
+    f32_transpose_runs,
     i8_gemv,
     i8_gemv_runs,
+    transposed,
     u8_gemv,
     u8_gemv_runs,
 )
@@ -28,7 +31,23 @@ needs_kernel = pytest.mark.skipif(not u8_gemv_runs(), reason="no AVX2 or no C co
 def test_the_kernel_runs_wherever_there_are_avx2_and_a_compiler():
     """u8_gemv_runs, i8_gemv_runs and bf16_gemv_runs check the kernels' sums on tiny products: false only where they
     cannot be built, never for wrong sums."""
-    assert u8_gemv_runs() == i8_gemv_runs() == bf16_gemv_runs() == (is_x86() and has_avx2() and compiler is not None)
+    expected = is_x86() and has_avx2() and compiler is not None
+    assert u8_gemv_runs() == i8_gemv_runs() == bf16_gemv_runs() == f32_transpose_runs() == expected
+
+
+@pytest.mark.parametrize("shape", [(768, 128), (2048, 384), (77, 45), (8, 8), (7, 9), (1, 300), (300, 1), (33, 65)])
+def test_the_transposing_copy_is_torchs(shape, monkeypatch):
+    """Shapes on and off the kernel's 8 x 8 blocks and 32 x 32 tiles, a row stride wider than the rows (a slice), and
+    the inputs it leaves to torch (another dtype, strided rows, 1-D)."""
+    g = torch.Generator().manual_seed(shape[0])
+    x = torch.randn(shape[0], shape[1] + 3, generator=g)
+    for m in (x[:, : shape[1]].contiguous(), x[:, 2:]):
+        out = transposed(m)
+        assert out.is_contiguous() and torch.equal(out, m.t())
+    calls = []
+    monkeypatch.setattr(native, "_library", lambda: calls.append(1) or pytest.fail("the kernel ran"))
+    for m in (x.double(), x[:, ::2], x.t()):
+        assert torch.equal(transposed(m), m.t()) and transposed(m).is_contiguous()
 
 
 @needs_kernel
@@ -143,7 +162,7 @@ def test_wrong_inputs_are_refused_before_the_kernel_reads_them():
 
 @pytest.mark.skipif(compiler is None, reason="no C compiler here")
 def test_the_library_is_built_once_per_source_and_never_half_written(tmp_path, monkeypatch):
-    source = tmp_path / "gemv.c"
+    source = tmp_path / "native.c"
     source.write_text(SOURCE.read_text())
     library = build(source, tmp_path / "cache")
     assert library.is_file() and [p.name for p in (tmp_path / "cache").iterdir()] == [library.name]
@@ -162,16 +181,16 @@ def test_the_library_is_built_once_per_source_and_never_half_written(tmp_path, m
 def test_the_kernel_stays_off_when_asked_without_avx2_or_without_a_compiler(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "is_x86", lambda: True)
     monkeypatch.setenv("LMFORGE_NATIVE_KERNELS", "0")
-    assert not any(runs.__wrapped__() for runs in (u8_gemv_runs, i8_gemv_runs, bf16_gemv_runs))
+    assert not any(runs.__wrapped__() for runs in (u8_gemv_runs, i8_gemv_runs, bf16_gemv_runs, f32_transpose_runs))
     monkeypatch.delenv("LMFORGE_NATIVE_KERNELS")
     monkeypatch.setattr(native, "has_avx2", lambda: False)
-    assert not any(runs.__wrapped__() for runs in (u8_gemv_runs, i8_gemv_runs, bf16_gemv_runs))
+    assert not any(runs.__wrapped__() for runs in (u8_gemv_runs, i8_gemv_runs, bf16_gemv_runs, f32_transpose_runs))
     monkeypatch.setattr(native, "has_avx2", lambda: True)
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setattr(native, "cache_dir", lambda: tmp_path)
     native._library.cache_clear()
     try:
-        assert not any(runs.__wrapped__() for runs in (u8_gemv_runs, i8_gemv_runs, bf16_gemv_runs))
+        assert not any(runs.__wrapped__() for runs in (u8_gemv_runs, i8_gemv_runs, bf16_gemv_runs, f32_transpose_runs))
     finally:
         native._library.cache_clear()
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from lmforge.kernels.argmax import ArgmaxScreen, screens
 from lmforge.kernels.cpu import cpu_vendor, has_avx512
+from lmforge.kernels.native import transposed
 from lmforge.kernels.state import weight_state
 
 PACK_VENDORS = ("AuthenticAMD",)  # where the packed weight was measured to pay
@@ -113,11 +114,21 @@ def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _onednn_linear(x, weight, None, "none", [], "")
 
 
+def _transposed(m: torch.Tensor) -> torch.Tensor:
+    """m^T where it will be copied to contiguous anyway (by torch before oneDNN's kernel reads its first operand or an
+    input gradient's weight; by autograd before a transposed weight gradient becomes the parameter's .grad): in an
+    eager backward lmforge's native copy, 3-5x faster than torch's; the view where the backward is recorded or
+    traced."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return m.t()
+    return transposed(m)
+
+
 def _weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """grad^T x, (out, in), as oneDNN's product whose output side is the wider one (measured 1.2-1.4x faster)."""
     if grad.size(1) >= x.size(1):
-        return _product(x.t(), grad.t()).t()
-    return _product(grad.t(), x.t())
+        return _product(_transposed(x), grad.t()).t()
+    return _product(_transposed(grad), x.t())
 
 
 def weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -133,9 +144,11 @@ def _backward(ctx, grad: torch.Tensor) -> tuple:
     grad = grad.reshape(-1, grad.size(-1)).contiguous()  # an expanded gradient (of a sum) has zero strides
     grad_x = grad_w = grad_b = None
     if ctx.needs_input_grad[0]:
-        grad_x = _product(grad, weight.t()).view(x.shape)
+        grad_x = _product(grad, _transposed(weight)).view(x.shape)
     if ctx.needs_input_grad[1]:
         grad_w = _weight_grad(grad, x.reshape(-1, x.size(-1)))
+        if not grad_w.is_contiguous():  # transposed: autograd would copy it into the parameter's .grad
+            grad_w = _transposed(grad_w.t())
     if ctx.needs_input_grad[2]:  # False without a bias
         grad_b = grad.sum(0)
     return grad_x, grad_w, grad_b

@@ -1,10 +1,14 @@
-/* lmforge's kernels for the few rows of a decoding step on x86 CPUs (AVX2), each weight row streamed once, 32 bytes
-   at a time. int8: exact int32 sums of int8 weights times uint8 activations where the CPU lacks VNNI, int8 ones where
-   it has it (whose own int8 product, oneDNN's torch._int_mm, reads a weight for one row at a fifth of the bandwidth).
-   fbgemm's kernel, blocked for many rows, streams a weight at 13-17 GB/s for one row on a 2-core Zen 3; these loops
-   do at 22-28 GB/s there and 28-32 GB/s on a 2-core Zen 4 (four rows at a time were half as fast: more streams than
-   the prefetchers follow). bf16: the weights' values as fp32 against fp32 activations. Built by
-   lmforge.kernels.native. */
+/* lmforge's C kernels for x86 CPUs with AVX2, built by lmforge.kernels.native.
+
+   The few rows of a decoding step, each weight row streamed once, 32 bytes at a time. int8: exact int32 sums of int8
+   weights times uint8 activations where the CPU lacks VNNI, int8 ones where it has it (whose own int8 product,
+   oneDNN's torch._int_mm, reads a weight for one row at a fifth of the bandwidth). fbgemm's kernel, blocked for many
+   rows, streams a weight at 13-17 GB/s for one row on a 2-core Zen 3; these loops do at 22-28 GB/s there and 28-32
+   GB/s on a 2-core Zen 4 (four rows at a time were half as fast: more streams than the prefetchers follow). bf16: the
+   weights' values as fp32 against fp32 activations.
+
+   A transposing copy of an fp32 matrix, for the operands of a training step's oneDNN products that oneDNN would
+   otherwise have torch copy (3-5x faster than torch's copy: 8 x 8 blocks transposed in registers). */
 #include <immintrin.h>
 #include <stdint.h>
 
@@ -93,4 +97,43 @@ void bf16_gemv(const float *x, const uint16_t *w, float *out, int64_t m, int64_t
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t j = 0; j < n; j++)
         for (int64_t i = 0; i < m; i++) out[i * n + j] = dot_bf16(x + i * k, w + j * k, k);
+}
+
+/* d (8 x 8, rows ld apart) = s (8 x 8, rows ls apart) transposed, in registers */
+static inline void transpose8x8(const float *s, int64_t ls, float *d, int64_t ld) {
+    __m256 r[8], t[8], u[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(s + i * ls);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int i = 0; i < 4; i++) {
+        _mm256_storeu_ps(d + i * ld, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+        _mm256_storeu_ps(d + (i + 4) * ld, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+    }
+}
+
+/* dst (cols x rows, contiguous) = src (rows x cols, rows ls apart)^T, in 32 x 32 tiles that stay in cache */
+void f32_transpose(const float *src, float *dst, int64_t rows, int64_t cols, int64_t ls, int threads) {
+    const int64_t tile = 32, tiles_r = (rows + tile - 1) / tile, tiles_c = (cols + tile - 1) / tile;
+#pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
+    for (int64_t bi = 0; bi < tiles_r; bi++)
+        for (int64_t bj = 0; bj < tiles_c; bj++) {
+            int64_t i0 = bi * tile, j0 = bj * tile;
+            int64_t i1 = i0 + tile < rows ? i0 + tile : rows, j1 = j0 + tile < cols ? j0 + tile : cols, i = i0;
+            for (; i + 8 <= i1; i += 8) {
+                int64_t j = j0;
+                for (; j + 8 <= j1; j += 8) transpose8x8(src + i * ls + j, ls, dst + j * rows + i, rows);
+                for (; j < j1; j++)
+                    for (int64_t r = i; r < i + 8; r++) dst[j * rows + r] = src[r * ls + j];
+            }
+            for (; i < i1; i++)
+                for (int64_t j = j0; j < j1; j++) dst[j * rows + i] = src[i * ls + j];
+        }
 }
