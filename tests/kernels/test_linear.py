@@ -110,13 +110,16 @@ def test_onednn_linear_compiles_as_one_opaque_call_with_its_gradient(monkeypatch
     monkeypatch.setattr(linear_module, "_onednn_rows", (1, 2**62))
     torch.manual_seed(0)
     layer = Linear(10, 24)
-    x = torch.randn(3, 10)
+    x = torch.randn(3, 10, requires_grad=True)
     compiled = torch.compile(lambda x: torch.nn.functional.gelu(layer(x)).sum(), backend="aot_eager", fullgraph=True)
-    compiled(x).backward()
-    grad = layer.weight.grad.clone()
-    layer.weight.grad = None
+    with torch.profiler.profile() as profile:
+        compiled(x).backward()
+    ops = [event.name for event in profile.events()]
+    assert "lmforge::transposed" in ops, "the compiled backward copied its transposed operands with torch's copy"
+    grads = layer.weight.grad.clone(), x.grad.clone()
+    layer.weight.grad = x.grad = None
     torch.nn.functional.gelu(F.linear(x, layer.weight, layer.bias)).sum().backward()
-    torch.testing.assert_close(grad, layer.weight.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads, (layer.weight.grad, x.grad), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.usefixtures("kernel")

@@ -112,6 +112,18 @@ def transposed(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+# the copy as an operator, so that a compiled backward calls it as it is (Inductor would write its own transposing
+# loop); registered plainly, as lmforge.kernels.int8's products are. No gradient: only backwards call it.
+_OPS = torch.library.Library("lmforge", "FRAGMENT")
+_OPS.define("transposed(Tensor x) -> Tensor")
+_OPS.impl("transposed", transposed, "CPU")
+
+
+@torch.library.register_fake("lmforge::transposed", lib=_OPS)
+def _(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.size(1), x.size(0)))
+
+
 @asked_once
 def f32_transpose_runs() -> bool:
     """Whether the transposing copy is built here and gives torch's: shapes on and off its 8 x 8 blocks and 32 x 32
