@@ -89,3 +89,25 @@ def test_inductor_fuses_the_int8_layers_within_rounding(capsys):
     assert (out - eager).abs().max() < 1e-2 * eager.abs().max()
     assert "torch.compile built the layers" in capsys.readouterr().err
     assert model.encoder.packed_layers.calls == 1 and not model.encoder.packed_layers.failed
+
+
+def test_lmforges_sources_are_part_of_the_compile_cache_key():
+    """A warm cache must not serve a graph traced through an older lmforge.kernels (a custom operator's backward is
+    not in what Dynamo traces): the tag is a digest of those sources, set by apply_kernels, after a user's own tag."""
+    import hashlib
+    from pathlib import Path
+
+    from torch.compiler import config
+
+    folder = Path(compiled_module.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted([*folder.glob("*.py"), *folder.glob("*.c")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    assert any(path.name == "linear.py" for path in folder.glob("*.py"))
+    with config.patch(cache_key_tag=""):  # torch's config takes no monkeypatch
+        apply_kernels(torch.nn.Linear(2, 2))
+        assert config.cache_key_tag == f"lmforge-{digest.hexdigest()[:16]}"
+    with config.patch(cache_key_tag="mine"):
+        apply_kernels(torch.nn.Linear(2, 2))
+        apply_kernels(torch.nn.Linear(2, 2))
+        assert config.cache_key_tag == f"mine+lmforge-{digest.hexdigest()[:16]}"

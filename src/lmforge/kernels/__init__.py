@@ -3,7 +3,7 @@ layers, the int8 greedy-argmax screen of an LM head, and compiled layers (`compi
 
 from torch import nn
 
-from lmforge.kernels.compiled import compile_layers
+from lmforge.kernels.compiled import compile_layers, tag_compile_caches
 from lmforge.kernels.linear import Linear
 
 
@@ -12,7 +12,10 @@ def apply_kernels(model: nn.Module) -> nn.Module:
 
     Only the class changes, so parameters, hooks and state-dict keys stay; outputs and gradients change by fp32
     rounding at most (training runs oneDNN's products too where they are the faster; the training loop applies
-    this). Subclasses of nn.Linear keep their own forward, and a second call finds nothing left to turn."""
+    this). Subclasses of nn.Linear keep their own forward, and a second call finds nothing left to turn. Adds
+    lmforge's tag to torch.compile's cache key (kernels.compiled.tag_compile_caches), since a compiled model then
+    holds lmforge's operators."""
+    tag_compile_caches()
     for module in model.modules():
         if type(module) is nn.Linear:
             module.__class__ = Linear

@@ -18,10 +18,12 @@ cannot trace) leaves one line saying why, and the model runs eagerly.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -42,6 +44,28 @@ def inductor_cache_dir() -> str:
         return os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's cache directory")
 
 
+@functools.cache
+def cache_tag() -> str:
+    """lmforge's part of torch.compile's cache key: a digest of lmforge.kernels' sources. torch's caches key a graph on
+    what Dynamo traced, not on the Python of a custom operator's backward, which AOTAutograd traces afterwards
+    (onednn_linear's): without this tag a warm cache kept serving a backward from before an update of lmforge."""
+    folder = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted([*folder.glob("*.py"), *folder.glob("*.c")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"lmforge-{digest.hexdigest()[:16]}"
+
+
+def tag_compile_caches() -> None:
+    """Adds cache_tag() to torch.compile's cache key tag for this process (after a tag of the user's, if any): called
+    wherever lmforge's operators enter a model or a compiled function."""
+    from torch.compiler import config
+
+    tag = cache_tag()
+    if tag not in config.cache_key_tag.split("+"):
+        config.cache_key_tag = f"{config.cache_key_tag}+{tag}" if config.cache_key_tag else tag
+
+
 BACKEND = "inductor"  # tests swap in "aot_eager", which traces the same graphs without building C++
 OPTIONS = {
     "size_asserts": False,  # no per-call check of each buffer's strides: a decoding step's Python is the cost
@@ -60,6 +84,7 @@ def _compiled(fn: Callable, backend: str) -> Callable:
     # a module left unchanged since the last call is checked at once, not attribute by attribute: a decoding step's
     # guards take 153 us rather than 416
     torch._dynamo.config.use_recursive_dict_tags_for_guards = True
+    tag_compile_caches()
     return torch.compile(fn, dynamic=True, backend=backend, options=OPTIONS if backend == "inductor" else None)
 
 

@@ -3,8 +3,9 @@ survived.
 
 torch.compile traces the forward and the loss into one graph and AOTAutograd derives the backward's, so the whole
 step runs compiled. The first call compiles; Inductor keeps what it built in its cache (on by default:
-TORCHINDUCTOR_FX_GRAPH_CACHE, under TORCHINDUCTOR_CACHE_DIR), so a second run of the same model starts in seconds.
-Whether it pays depends on the model: on char-small it did not (docs/benchmarks.md), on a GPT-2 shape it does.
+TORCHINDUCTOR_FX_GRAPH_CACHE, under TORCHINDUCTOR_CACHE_DIR), so a second run of the same model starts in seconds;
+an update of lmforge's kernels compiles anew (their digest is in the cache key: kernels.compiled.cache_tag). Whether
+it pays depends on the model: on char-small it did not (docs/benchmarks.md), on a GPT-2 shape it does.
 """
 
 from __future__ import annotations
