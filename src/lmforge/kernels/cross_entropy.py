@@ -30,7 +30,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         safe_targets = targets.masked_fill(~valid, 0)  # ignore_index may lie outside the vocabulary
         want = tuple(grad_enabled and need for need in ctx.needs_input_grad[:3])  # no work under no_grad
         grad_x = torch.empty_like(x) if want[0] else None
-        grad_w = torch.zeros_like(weight) if want[1] else None
+        grad_w = None  # the first chunk's, or their sum (_add_chunk)
         grad_b = torch.zeros_like(bias) if want[2] else None
         nll = torch.zeros((), dtype=acc, device=x.device)
         mean_logp = torch.zeros((), dtype=acc, device=x.device)  # sum over rows of scale * mean_v logp (smoothing)
@@ -48,7 +48,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if want[0]:
                 grad_x[rows] = grads[0]
             if want[1]:
-                grad_w += grads[1]
+                grad_w = _add_chunk(grad_w, grads[1], weight)
             if want[2]:
                 grad_b += grads[2].to(bias.dtype)
         ctx.save_for_backward(grad_x, grad_w, grad_b)
@@ -60,6 +60,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_nll, _grad_correct):
         grads = tuple(None if g is None else g * grad_out for g in ctx.saved_tensors)
         return (*grads, None, None, None, None, None, None, None)
+
+
+def _add_chunk(total: torch.Tensor | None, part: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """total + part in like's dtype and layout. A first part that has them already is taken as it is: a single chunk
+    (the usual case) costs no zeroed buffer and no pass of its own (GPT-2's head: two passes over 77 MB)."""
+    if total is None:
+        if part.dtype == like.dtype and part.is_contiguous():
+            return part
+        total = torch.zeros_like(like)
+    return total.add_(part)
 
 
 def _rows_first_chunk(xs, weight, bias, ts, ss, counted, smoothing: float, count: bool, want: tuple):
