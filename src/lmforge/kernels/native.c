@@ -8,9 +8,16 @@
    weights' values as fp32 against fp32 activations.
 
    A transposing copy of an fp32 matrix, for the operands of a training step's oneDNN products that oneDNN would
-   otherwise have torch copy (3-5x faster than torch's copy: 8 x 8 blocks transposed in registers). */
+   otherwise have torch copy (3-5x faster than torch's copy: 8 x 8 blocks transposed in registers).
+
+   Causal self-attention for training's small heads (a few dozen positions of 32-64 columns), rotary positions
+   included: one (row, head) at a time, its keys and values in cache, reading the fused projection and writing the
+   heads side by side, where torch's flash attention, the rotations and the copies between them cost 2.5x as much. */
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 static inline int32_t sum8(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -136,4 +143,190 @@ void f32_transpose(const float *src, float *dst, int64_t rows, int64_t cols, int
             for (; i < i1; i++)
                 for (int64_t j = j0; j < j1; j++) dst[j * rows + i] = src[i * ls + j];
         }
+}
+
+#define FMA __attribute__((target("avx2,fma")))
+
+/* e^x for x <= 0, as Cephes' expf (2^n e^r, r within ln2 / 2, a degree-6 polynomial: about 2 ulp); below -87.3
+   (where e^x leaves fp32's normal range) it gives e^-87.3, about 1e-38 */
+static FMA inline __m256 exp8(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* out = x rotated as lmforge.nn.positions.RotaryEmbedding does: x * cos2 + (x's halves swapped) * sin2, or x itself
+   without tables; times scale */
+static FMA inline void rotate(const float *x, const float *cos2, const float *sin2, float *out, int64_t d, float scale) {
+    if (!cos2) {
+        for (int64_t c = 0; c < d; c++) out[c] = x[c] * scale;
+        return;
+    }
+    int64_t h = d / 2;
+    for (int64_t c = 0; c < h; c++) out[c] = (x[c] * cos2[c] + x[c + h] * sin2[c]) * scale;
+    for (int64_t c = h; c < d; c++) out[c] = (x[c] * cos2[c] + x[c - h] * sin2[c]) * scale;
+}
+
+/* the gradient of rotate: dx[c] = dy[c] cos2[c] + dy[c'] sin2[c'], c' the other half's column */
+static FMA inline void rotate_back(const float *dy, const float *cos2, const float *sin2, float *dx, int64_t d,
+                                   float scale) {
+    if (!cos2) {
+        for (int64_t c = 0; c < d; c++) dx[c] = dy[c] * scale;
+        return;
+    }
+    int64_t h = d / 2;
+    for (int64_t c = 0; c < h; c++) dx[c] = (dy[c] * cos2[c] + dy[c + h] * sin2[c + h]) * scale;
+    for (int64_t c = h; c < d; c++) dx[c] = (dy[c] * cos2[c] + dy[c - h] * sin2[c - h]) * scale;
+}
+
+/* o[0, d) = the sum over j < n of p[j] times row j of v (rows ld apart; d a multiple of 8), 32 columns at a time in
+   registers: a query's scores against the keys' columns, or the values weighted by the probabilities */
+static FMA inline void combine(const float *p, const float *v, int64_t n, int64_t ld, int64_t d, float *o) {
+    int64_t c = 0;
+    for (; c + 32 <= d; c += 32) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t j = 0; j < n; j++) {
+            const __m256 pj = _mm256_broadcast_ss(p + j);
+            const float *x = v + j * ld + c;
+            a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(x), a0);
+            a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(x + 8), a1);
+            a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(x + 16), a2);
+            a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(x + 24), a3);
+        }
+        _mm256_storeu_ps(o + c, a0), _mm256_storeu_ps(o + c + 8, a1);
+        _mm256_storeu_ps(o + c + 16, a2), _mm256_storeu_ps(o + c + 24, a3);
+    }
+    for (; c < d; c += 8) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+        int64_t j = 0;
+        for (; j + 2 <= n; j += 2) {
+            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), _mm256_loadu_ps(v + j * ld + c), a0);
+            a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j + 1), _mm256_loadu_ps(v + (j + 1) * ld + c), a1);
+        }
+        if (j < n) a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), _mm256_loadu_ps(v + j * ld + c), a0);
+        _mm256_storeu_ps(o + c, _mm256_add_ps(a0, a1));
+    }
+}
+
+/* y[j] += a[j] x for j < n (rows of d floats, d a multiple of 8) */
+static FMA inline void outer(const float *a, const float *x, float *y, int64_t n, int64_t d) {
+    for (int64_t j = 0; j < n; j++) {
+        const __m256 aj = _mm256_broadcast_ss(a + j);
+        float *yj = y + j * d;
+        for (int64_t c = 0; c < d; c += 8)
+            _mm256_storeu_ps(yj + c, _mm256_fmadd_ps(aj, _mm256_loadu_ps(x + c), _mm256_loadu_ps(yj + c)));
+    }
+}
+
+/* s[0, n) -> e^(s - shift), zero on [n, np); returns their sum */
+static FMA inline float exps(float *s, int64_t n, int64_t np, float shift) {
+    __m256 sum = _mm256_setzero_ps(), m = _mm256_set1_ps(shift);
+    for (int64_t j = 0; j < np; j += 8) _mm256_storeu_ps(s + j, exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), m)));
+    for (int64_t j = n; j < np; j++) s[j] = 0.0f;
+    for (int64_t j = 0; j < np; j += 8) sum = _mm256_add_ps(sum, _mm256_loadu_ps(s + j));
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+/* One head of qkv (rows 3 w apart) into cache: the queries rotated and times scale (q), the keys rotated as rows (k)
+   and as columns (kt: d rows of tp), the values as rows (v) or as columns (vt), whichever is given */
+static FMA void load_head(const float *base, const float *cos2, const float *sin2, int64_t t, int64_t w, int64_t d,
+                          int64_t tp, float scale, float *q, float *k, float *kt, float *v, float *vt) {
+    for (int64_t i = 0; i < t; i++) {
+        const float *x = base + i * 3 * w, *c = cos2 ? cos2 + i * d : 0, *sn = sin2 ? sin2 + i * d : 0;
+        rotate(x, c, sn, q + i * d, d, scale);
+        rotate(x + w, c, sn, k + i * d, d, 1.0f);
+        for (int64_t e = 0; e < d; e++) kt[e * tp + i] = k[i * d + e];
+        if (v)
+            memcpy(v + i * d, x + 2 * w, sizeof(float) * d);
+        else
+            for (int64_t e = 0; e < d; e++) vt[e * tp + i] = x[2 * w + e];
+    }
+}
+
+/* Causal self-attention of one fused projection qkv (b, t, 3 * heads * d: every query, then key, then value head),
+   rotary positions applied to queries and keys where cos2 and sin2 (t, d) are given: y (b, t, heads * d) and the
+   log-sum-exp of each query's scores, lse (b, heads, t). One (row, head) per task: its keys and values in cache. */
+void f32_causal_attention(const float *qkv, const float *cos2, const float *sin2, float *y, float *lse, int64_t b,
+                          int64_t t, int64_t heads, int64_t d, float scale, int threads) {
+    const int64_t tp = (t + 7) & ~(int64_t)7, w = heads * d;
+#pragma omp parallel num_threads(threads)
+    {
+        float *q = malloc(sizeof(float) * (3 * t * d + d * tp + tp + d));
+        float *k = q + t * d, *v = k + t * d, *kt = v + t * d, *s = kt + d * tp, *o = s + tp;
+        memset(kt, 0, sizeof(float) * d * tp);
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < b * heads; task++) {
+            const int64_t row = task / heads, head = task % heads;
+            load_head(qkv + row * t * 3 * w + head * d, cos2, sin2, t, w, d, tp, scale, q, k, kt, v, 0);
+            for (int64_t i = 0; i < t; i++) {
+                const int64_t n = i + 1, np = (n + 7) & ~(int64_t)7;
+                combine(q + i * d, kt, d, tp, np, s);
+                float m = s[0];
+                for (int64_t j = 1; j < n; j++) m = s[j] > m ? s[j] : m;
+                const float sum = exps(s, n, np, m), inv = 1.0f / sum;
+                combine(s, v, n, d, d, o);
+                float *out = y + (row * t + i) * w + head * d;
+                for (int64_t e = 0; e < d; e++) out[e] = o[e] * inv;
+                lse[task * t + i] = m + logf(sum);
+            }
+        }
+        free(q);
+    }
+}
+
+/* The gradient of f32_causal_attention: dqkv (b, t, 3 * heads * d) from dy (b, t, heads * d), recomputing each row's
+   probabilities from qkv and lse (flash attention's backward, one (row, head) at a time). */
+void f32_causal_attention_backward(const float *qkv, const float *cos2, const float *sin2, const float *y,
+                                   const float *dy, const float *lse, float *dqkv, int64_t b, int64_t t, int64_t heads,
+                                   int64_t d, float scale, int threads) {
+    const int64_t tp = (t + 7) & ~(int64_t)7, w = heads * d;
+#pragma omp parallel num_threads(threads)
+    {
+        float *q = malloc(sizeof(float) * (5 * t * d + 2 * d * tp + 2 * tp));
+        float *k = q + t * d, *kt = k + t * d, *vt = kt + d * tp, *dq = vt + d * tp, *dk = dq + t * d;
+        float *dv = dk + t * d, *p = dv + t * d, *ds = p + tp;
+        memset(kt, 0, sizeof(float) * 2 * d * tp);
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < b * heads; task++) {
+            const int64_t row = task / heads, head = task % heads;
+            load_head(qkv + row * t * 3 * w + head * d, cos2, sin2, t, w, d, tp, scale, q, k, kt, 0, vt);
+            memset(dk, 0, sizeof(float) * 2 * t * d);
+            for (int64_t i = 0; i < t; i++) {
+                const int64_t n = i + 1, np = (n + 7) & ~(int64_t)7;
+                const float *go = dy + (row * t + i) * w + head * d, *out = y + (row * t + i) * w + head * d;
+                float delta = 0.0f;
+                for (int64_t e = 0; e < d; e++) delta += go[e] * out[e];
+                combine(q + i * d, kt, d, tp, np, p);
+                exps(p, n, np, lse[task * t + i]);
+                combine(go, vt, d, tp, np, ds);
+                for (int64_t j = 0; j < np; j++) ds[j] = p[j] * (ds[j] - delta);
+                combine(ds, k, n, d, d, dq + i * d);
+                outer(ds, q + i * d, dk, n, d);
+                outer(p, go, dv, n, d);
+            }
+            float *gbase = dqkv + row * t * 3 * w + head * d;
+            for (int64_t i = 0; i < t; i++) {
+                const float *c = cos2 ? cos2 + i * d : 0, *sn = sin2 ? sin2 + i * d : 0;
+                float *gx = gbase + i * 3 * w;
+                rotate_back(dq + i * d, c, sn, gx, d, scale);
+                rotate_back(dk + i * d, c, sn, gx + w, d, 1.0f);
+                memcpy(gx + 2 * w, dv + i * d, sizeof(float) * d);
+            }
+        }
+        free(q);
+    }
 }

@@ -1,8 +1,9 @@
 """C kernels for x86 CPUs (kernels/native.c), built on first use with the C compiler that torch.compile needs anyway:
-the int8 and bf16 products of a decoding step's few rows, and a transposing copy for training's oneDNN products.
+the int8 and bf16 products of a decoding step's few rows, a transposing copy for training's oneDNN products, and
+causal self-attention with rotary positions for small heads.
 Where there is no compiler or no AVX2, or LMFORGE_NATIVE_KERNELS=0, torch's and oneDNN's own kernels run instead:
 these kernels change the speed, never the int8 sums or a copy's values (bf16 sums are fp32's, added in another
-order)."""
+order; attention's are fp32's, its exponentials within 2 ulp)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def build(source: Path, folder: Path) -> Path:
         tmp = folder / f"{TMP}{library.name}.{os.getpid()}"
         try:
             subprocess.run(
-                [*compiler, *FLAGS, str(source), "-o", str(tmp)], check=True, capture_output=True, timeout=300
+                [*compiler, *FLAGS, str(source), "-lm", "-o", str(tmp)], check=True, capture_output=True, timeout=300
             )
             os.replace(tmp, library)
         finally:
@@ -65,6 +66,10 @@ def _library() -> ctypes.CDLL:
         kernel.restype = None
     loaded.f32_transpose.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     loaded.f32_transpose.restype = None
+    pointers, sizes, last = [ctypes.c_void_p] * 5, [ctypes.c_int64] * 4, [ctypes.c_float, ctypes.c_int]
+    loaded.f32_causal_attention.argtypes = pointers + sizes + last
+    loaded.f32_causal_attention_backward.argtypes = pointers + [ctypes.c_void_p] * 2 + sizes + last
+    loaded.f32_causal_attention.restype = loaded.f32_causal_attention_backward.restype = None
     return loaded
 
 
@@ -117,6 +122,48 @@ def _f32_transpose(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def causal_attention(
+    qkv: torch.Tensor, cos2: torch.Tensor | None, sin2: torch.Tensor | None, heads: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal self-attention of a fused projection qkv (B, T, 3 * heads * d: the query heads, then the key and value
+    heads), with rotary positions where RotaryEmbedding's tables cos2 and sin2 (T, d) are given: the heads' outputs
+    side by side (B, T, heads * d), and each query's log-sum-exp (B, heads, T) for the backward. Unchecked: fp32
+    contiguous CPU tensors, d a multiple of 8 (kernels.attention decides where it runs)."""
+    b, t, width = qkv.shape
+    d = width // (3 * heads)
+    y, lse = qkv.new_empty(b, t, heads * d), qkv.new_empty(b, heads, t)
+    _library().f32_causal_attention(
+        qkv.data_ptr(), _address(cos2), _address(sin2), y.data_ptr(), lse.data_ptr(), b, t, heads, d, scale,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return y, lse
+
+
+def causal_attention_backward(
+    qkv: torch.Tensor,
+    cos2: torch.Tensor | None,
+    sin2: torch.Tensor | None,
+    y: torch.Tensor,
+    grad_y: torch.Tensor,
+    lse: torch.Tensor,
+    heads: int,
+    scale: float,
+) -> torch.Tensor:
+    """The gradient of causal_attention's y with respect to qkv, given grad_y (contiguous, y's shape): each row's
+    probabilities are computed again from qkv and lse, as flash attention's backward does."""
+    b, t, width = qkv.shape
+    grad = torch.empty_like(qkv)
+    _library().f32_causal_attention_backward(
+        qkv.data_ptr(), _address(cos2), _address(sin2), y.data_ptr(), grad_y.data_ptr(), lse.data_ptr(),
+        grad.data_ptr(), b, t, heads, width // (3 * heads), scale, torch.get_num_threads(),
+    )  # fmt: skip
+    return grad
+
+
+def _address(x: torch.Tensor | None) -> int | None:
+    return None if x is None else x.data_ptr()
+
+
 # the copy as an operator, so that a compiled backward calls it as it is (Inductor would write its own transposing
 # loop); registered plainly, as lmforge.kernels.int8's products are. No gradient: only backwards call it.
 _OPS = torch.library.Library("lmforge", "FRAGMENT")
@@ -137,6 +184,33 @@ def f32_transpose_runs() -> bool:
     x = torch.randn(77, 70, generator=g)
     cases = (x, x[:64, :32].contiguous(), x[3:, 5:45], x[:1], x[:, :1])
     return _checked(lambda: all(torch.equal(_f32_transpose(m), m.t()) for m in cases))
+
+
+@asked_once
+def causal_attention_runs() -> bool:
+    """Whether the attention kernel is built here and gives softmax(QK^T / sqrt(d) + causal mask) V and its gradient
+    within fp32 rounding of fp64's: 13 positions (a tail past 8) of two 16-column heads with rotary tables, and 9
+    positions of one 8-column head without."""
+    g = torch.Generator().manual_seed(0)
+
+    def close(b: int, t: int, heads: int, d: int, rotary: bool) -> bool:
+        qkv, grad_y = torch.randn(b, t, 3 * heads * d, generator=g), torch.randn(b, t, heads * d, generator=g)
+        angles = torch.rand(t, d // 2, generator=g) * 6
+        cos2, sin2 = torch.cat((angles.cos(), angles.cos()), -1), torch.cat((-angles.sin(), angles.sin()), -1)
+        tables = (cos2, sin2) if rotary else (None, None)
+        y, lse = causal_attention(qkv, *tables, heads, d**-0.5)
+        grad = causal_attention_backward(qkv, *tables, y, grad_y, lse, heads, d**-0.5)
+        exact = qkv.double().requires_grad_()
+        q, k, v = (z.view(b, t, heads, d).transpose(1, 2) for z in exact.chunk(3, dim=-1))
+        if rotary:
+            q, k = ((z * cos2 + torch.cat(z.chunk(2, dim=-1)[::-1], -1) * sin2) for z in (q, k))
+        scores = (q @ k.transpose(-2, -1) * d**-0.5).masked_fill(torch.ones(t, t).triu(1).bool(), float("-inf"))
+        reference = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, -1)
+        reference.backward(grad_y.double())
+        return torch.allclose(y.double(), reference, atol=1e-5) and torch.allclose(grad.double(), exact.grad, atol=1e-5)
+
+    with torch.inference_mode(False), torch.enable_grad():  # asked first, maybe, under no_grad or inference_mode
+        return _checked(lambda: close(2, 13, 2, 16, True) and close(1, 9, 1, 8, False))
 
 
 @asked_once

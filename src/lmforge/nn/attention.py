@@ -123,6 +123,8 @@ class MultiHeadAttention(nn.Module):
         position_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # x: (B, T, d_model); context: (B, S, d_model) for cross-attention; position_bias: (1, n_head, T, S)
+        if context is None and cache is None and position_bias is None and not need_weights:
+            return self.self_attention(x, mask, rope), None
         q, k, v = self._project(x, context, cache, layer)
         if context is None:
             if rope is not None:
@@ -130,8 +132,19 @@ class MultiHeadAttention(nn.Module):
                 q, k = rope(q, positions), rope(k, positions)
             if cache is not None:
                 k, v = cache.update(layer, k, v)
+        return self._attend(q, k, v, mask, need_weights, position_bias)
+
+    def self_attention(self, x: torch.Tensor, mask: torch.Tensor | None, rope: RotaryEmbedding | None) -> torch.Tensor:
+        """Self-attention with no cache, bias or weights asked for: a training step's (lmforge.kernels.attention runs
+        its causal case in one C kernel)."""
+        q, k, v = self._project(x, None, None, 0)
+        if rope is not None:
+            q, k = rope(q), rope(k)
+        return self._attend(q, k, v, mask, False, None)[0]
+
+    def _attend(self, q, k, v, mask, need_weights: bool, bias) -> tuple[torch.Tensor, torch.Tensor | None]:
         dropout = self.dropout if self.training else 0.0
-        y, weights = scaled_dot_product_attention(q, k, v, mask, dropout, need_weights, position_bias, self.scale)
+        y, weights = scaled_dot_product_attention(q, k, v, mask, dropout, need_weights, bias, self.scale)
         b, _, t, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(b, t, -1)), weights
 
