@@ -2,9 +2,10 @@
 the causal softmax and the heads' outputs side by side in one pass over the fused projection, forward and backward.
 
 On char-small's shapes (12 x 4 heads of 64 positions x 32 columns, a 2-core Zen 4) the forward and backward of one
-layer's attention took 2.9 ms as torch's chunks, rotations, flash attention and copies, and 1.1-1.5 ms in the kernel;
-on GPT-2's heads of 256 x 64 about the same as torch's, and past that torch's products win, so longer rows (and
-everything else: padding, a KV cache, attention weights, dropout, autocast, torch.compile) take
+layer's attention took 2.9 ms as torch's chunks, rotations, flash attention and copies, and 1.1-1.5 ms in the kernel
+(a layer with its products: 5.0 -> 4.1 ms; 128 x 64 heads: 10.0 -> 8.9 ms). On GPT-2's heads of 256 x 64 the two
+tie (67 against 69 ms a layer without rotary positions), and past that torch's blocked products win, so longer rows
+(and everything else: padding, a KV cache, attention weights, dropout, autocast, torch.compile) take
 lmforge.nn.attention's path."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from lmforge.kernels.native import causal_attention, causal_attention_backward, 
 from lmforge.nn.attention import MultiHeadAttention
 from lmforge.nn.positions import RotaryEmbedding
 
-MAX_CELLS = 256 * 64  # positions x head columns: one head's keys, values and gradients stay in a core's cache
+MAX_CELLS = 128 * 64  # positions x head columns, up to which a head's keys, values and gradients stay in cache
 
 _causal_masks: dict[tuple[int, torch.device], torch.Tensor] = {}
 
