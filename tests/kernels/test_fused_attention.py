@@ -83,6 +83,20 @@ def test_results_do_not_depend_on_the_number_of_threads():
 
 
 @needs_kernel
+def test_scratch_memory_it_cannot_have_is_an_error_not_a_crash(monkeypatch):
+    """The kernels ask for their scratch before writing anything and answer 1 where they cannot have it (here: for
+    2^31 threads), which causal_attention turns into a MemoryError."""
+    qkv = torch.randn(1, 64, 3 * 32)
+    y, lse = torch.zeros(1, 64, 32), torch.zeros(1, 1, 64)
+    kernel = native._library().f32_causal_attention
+    assert kernel(qkv.data_ptr(), None, None, y.data_ptr(), lse.data_ptr(), 1, 64, 1, 32, 0.2, 2**31 - 1) == 1
+    assert not y.any() and not lse.any()
+    monkeypatch.setattr(native.torch, "get_num_threads", lambda: 2**31 - 1)
+    with pytest.raises(MemoryError, match="scratch memory"):
+        native.causal_attention(qkv, None, None, 1, 0.2)
+
+
+@needs_kernel
 @pytest.mark.parametrize("position", ["rotary", "learned"])
 def test_a_model_after_apply_kernels_gives_the_same_outputs_and_gradients(position, monkeypatch):
     """A GPT's attention layers become kernels.attention.Attention (parameters and state-dict keys kept), the kernel

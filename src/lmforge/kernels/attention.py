@@ -10,6 +10,7 @@ lmforge.nn.attention's path."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -19,8 +20,6 @@ from lmforge.nn.attention import MultiHeadAttention
 from lmforge.nn.positions import RotaryEmbedding
 
 MAX_CELLS = 128 * 64  # positions x head columns, up to which a head's keys, values and gradients stay in cache
-
-_causal_masks: dict[tuple[int, torch.device], torch.Tensor] = {}
 
 
 class _CausalAttention(torch.autograd.Function):
@@ -70,9 +69,9 @@ class Attention(MultiHeadAttention):
 
 def is_causal(mask: torch.Tensor | None, t: int) -> bool:
     """Whether mask is lmforge.nn.attention.attention_mask's causal mask of t positions, nothing else masked."""
-    if mask is None or mask.shape != (1, 1, t, t):
-        return False
-    key = (t, mask.device)
-    if key not in _causal_masks:
-        _causal_masks[key] = torch.ones(t, t, dtype=torch.bool, device=mask.device).tril()
-    return torch.equal(mask[0, 0], _causal_masks[key])
+    return mask is not None and mask.shape == (1, 1, t, t) and torch.equal(mask[0, 0], _lower_triangle(t, mask.device))
+
+
+@functools.lru_cache(maxsize=16)
+def _lower_triangle(t: int, device: torch.device) -> torch.Tensor:
+    return torch.ones(t, t, dtype=torch.bool, device=device).tril()

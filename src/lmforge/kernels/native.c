@@ -15,6 +15,7 @@
    heads side by side, where torch's flash attention, the rotations and the copies between them cost 2.5x as much. */
 #include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -259,13 +260,16 @@ static FMA void load_head(const float *base, const float *cos2, const float *sin
 
 /* Causal self-attention of one fused projection qkv (b, t, 3 * heads * d: every query, then key, then value head),
    rotary positions applied to queries and keys where cos2 and sin2 (t, d) are given: y (b, t, heads * d) and the
-   log-sum-exp of each query's scores, lse (b, heads, t). One (row, head) per task: its keys and values in cache. */
-void f32_causal_attention(const float *qkv, const float *cos2, const float *sin2, float *y, float *lse, int64_t b,
-                          int64_t t, int64_t heads, int64_t d, float scale, int threads) {
-    const int64_t tp = (t + 7) & ~(int64_t)7, w = heads * d;
+   log-sum-exp of each query's scores, lse (b, heads, t). One (row, head) per task: its keys and values in cache.
+   Returns 1, having written nothing, where its scratch memory cannot be had. */
+int f32_causal_attention(const float *qkv, const float *cos2, const float *sin2, float *y, float *lse, int64_t b,
+                         int64_t t, int64_t heads, int64_t d, float scale, int threads) {
+    const int64_t tp = (t + 7) & ~(int64_t)7, w = heads * d, per = 3 * t * d + d * tp + tp + d;
+    float *scratch = malloc(sizeof(float) * per * threads);
+    if (!scratch) return 1;
 #pragma omp parallel num_threads(threads)
     {
-        float *q = malloc(sizeof(float) * (3 * t * d + d * tp + tp + d));
+        float *q = scratch + omp_get_thread_num() * per;
         float *k = q + t * d, *v = k + t * d, *kt = v + t * d, *s = kt + d * tp, *o = s + tp;
         memset(kt, 0, sizeof(float) * d * tp);
 #pragma omp for schedule(static)
@@ -284,19 +288,23 @@ void f32_causal_attention(const float *qkv, const float *cos2, const float *sin2
                 lse[task * t + i] = m + logf(sum);
             }
         }
-        free(q);
     }
+    free(scratch);
+    return 0;
 }
 
 /* The gradient of f32_causal_attention: dqkv (b, t, 3 * heads * d) from dy (b, t, heads * d), recomputing each row's
-   probabilities from qkv and lse (flash attention's backward, one (row, head) at a time). */
-void f32_causal_attention_backward(const float *qkv, const float *cos2, const float *sin2, const float *y,
-                                   const float *dy, const float *lse, float *dqkv, int64_t b, int64_t t, int64_t heads,
-                                   int64_t d, float scale, int threads) {
-    const int64_t tp = (t + 7) & ~(int64_t)7, w = heads * d;
+   probabilities from qkv and lse (flash attention's backward, one (row, head) at a time). Returns 1 as the forward
+   does. */
+int f32_causal_attention_backward(const float *qkv, const float *cos2, const float *sin2, const float *y,
+                                  const float *dy, const float *lse, float *dqkv, int64_t b, int64_t t, int64_t heads,
+                                  int64_t d, float scale, int threads) {
+    const int64_t tp = (t + 7) & ~(int64_t)7, w = heads * d, per = 5 * t * d + 2 * d * tp + 2 * tp;
+    float *scratch = malloc(sizeof(float) * per * threads);
+    if (!scratch) return 1;
 #pragma omp parallel num_threads(threads)
     {
-        float *q = malloc(sizeof(float) * (5 * t * d + 2 * d * tp + 2 * tp));
+        float *q = scratch + omp_get_thread_num() * per;
         float *k = q + t * d, *kt = k + t * d, *vt = kt + d * tp, *dq = vt + d * tp, *dk = dq + t * d;
         float *dv = dk + t * d, *p = dv + t * d, *ds = p + tp;
         memset(kt, 0, sizeof(float) * 2 * d * tp);
@@ -327,6 +335,7 @@ void f32_causal_attention_backward(const float *qkv, const float *cos2, const fl
                 memcpy(gx + 2 * w, dv + i * d, sizeof(float) * d);
             }
         }
-        free(q);
     }
+    free(scratch);
+    return 0;
 }

@@ -69,7 +69,7 @@ def _library() -> ctypes.CDLL:
     pointers, sizes, last = [ctypes.c_void_p] * 5, [ctypes.c_int64] * 4, [ctypes.c_float, ctypes.c_int]
     loaded.f32_causal_attention.argtypes = pointers + sizes + last
     loaded.f32_causal_attention_backward.argtypes = pointers + [ctypes.c_void_p] * 2 + sizes + last
-    loaded.f32_causal_attention.restype = loaded.f32_causal_attention_backward.restype = None
+    loaded.f32_causal_attention.restype = loaded.f32_causal_attention_backward.restype = ctypes.c_int
     return loaded
 
 
@@ -132,10 +132,10 @@ def causal_attention(
     b, t, width = qkv.shape
     d = width // (3 * heads)
     y, lse = qkv.new_empty(b, t, heads * d), qkv.new_empty(b, heads, t)
-    _library().f32_causal_attention(
+    _scratch_had(_library().f32_causal_attention(
         qkv.data_ptr(), _address(cos2), _address(sin2), y.data_ptr(), lse.data_ptr(), b, t, heads, d, scale,
         torch.get_num_threads(),
-    )  # fmt: skip
+    ))  # fmt: skip
     return y, lse
 
 
@@ -153,11 +153,16 @@ def causal_attention_backward(
     probabilities are computed again from qkv and lse, as flash attention's backward does."""
     b, t, width = qkv.shape
     grad = torch.empty_like(qkv)
-    _library().f32_causal_attention_backward(
+    _scratch_had(_library().f32_causal_attention_backward(
         qkv.data_ptr(), _address(cos2), _address(sin2), y.data_ptr(), grad_y.data_ptr(), lse.data_ptr(),
         grad.data_ptr(), b, t, heads, width // (3 * heads), scale, torch.get_num_threads(),
-    )  # fmt: skip
+    ))  # fmt: skip
     return grad
+
+
+def _scratch_had(status: int) -> None:
+    if status:
+        raise MemoryError("the attention kernel could not allocate its scratch memory (a few hundred KB a thread)")
 
 
 def _address(x: torch.Tensor | None) -> int | None:
