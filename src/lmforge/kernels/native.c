@@ -10,9 +10,10 @@
    A transposing copy of an fp32 matrix, for the operands of a training step's oneDNN products that oneDNN would
    otherwise have torch copy (3-5x faster than torch's copy: 8 x 8 blocks transposed in registers).
 
-   Causal self-attention for training's small heads (a few dozen positions of 32-64 columns), rotary positions
-   included: one (row, head) at a time, its keys and values in cache, reading the fused projection and writing the
-   heads side by side, where torch's flash attention, the rotations and the copies between them cost 2.5x as much. */
+   Causal self-attention for training's heads (up to a few hundred positions of 32-64 columns), rotary positions
+   included: one (row, head) at a time, its keys and values in cache, two queries at a time against each key read,
+   reading the fused projection and writing the heads side by side, where torch's flash attention, the rotations and
+   the copies between them cost 3x as much on char-small's heads. */
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -191,42 +192,59 @@ static FMA inline void rotate_back(const float *dy, const float *cos2, const flo
     for (int64_t c = h; c < d; c++) dx[c] = (dy[c] * cos2[c] + dy[c - h] * sin2[c - h]) * scale;
 }
 
-/* o[0, d) = the sum over j < n of p[j] times row j of v (rows ld apart; d a multiple of 8), 32 columns at a time in
-   registers: a query's scores against the keys' columns, or the values weighted by the probabilities */
-static FMA inline void combine(const float *p, const float *v, int64_t n, int64_t ld, int64_t d, float *o) {
+/* o1, o2 [0, d) = the sums over j < n of p1[j], p2[j] times row j of v (rows ld apart; d a multiple of 8), 32 columns
+   at a time in registers, each row of v read once for both: two queries' scores against the keys' columns, or the
+   values weighted by two rows of probabilities */
+static FMA inline void combine2(const float *p1, const float *p2, const float *v, int64_t n, int64_t ld, int64_t d,
+                                float *o1, float *o2) {
     int64_t c = 0;
     for (; c + 32 <= d; c += 32) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
         for (int64_t j = 0; j < n; j++) {
-            const __m256 pj = _mm256_broadcast_ss(p + j);
-            const float *x = v + j * ld + c;
-            a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(x), a0);
-            a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(x + 8), a1);
-            a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(x + 16), a2);
-            a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(x + 24), a3);
+            const __m256 x = _mm256_broadcast_ss(p1 + j), z = _mm256_broadcast_ss(p2 + j);
+            const float *r = v + j * ld + c;
+            const __m256 r0 = _mm256_loadu_ps(r), r1 = _mm256_loadu_ps(r + 8), r2 = _mm256_loadu_ps(r + 16);
+            const __m256 r3 = _mm256_loadu_ps(r + 24);
+            a0 = _mm256_fmadd_ps(x, r0, a0), a1 = _mm256_fmadd_ps(x, r1, a1);
+            a2 = _mm256_fmadd_ps(x, r2, a2), a3 = _mm256_fmadd_ps(x, r3, a3);
+            b0 = _mm256_fmadd_ps(z, r0, b0), b1 = _mm256_fmadd_ps(z, r1, b1);
+            b2 = _mm256_fmadd_ps(z, r2, b2), b3 = _mm256_fmadd_ps(z, r3, b3);
         }
-        _mm256_storeu_ps(o + c, a0), _mm256_storeu_ps(o + c + 8, a1);
-        _mm256_storeu_ps(o + c + 16, a2), _mm256_storeu_ps(o + c + 24, a3);
+        _mm256_storeu_ps(o1 + c, a0), _mm256_storeu_ps(o1 + c + 8, a1);
+        _mm256_storeu_ps(o1 + c + 16, a2), _mm256_storeu_ps(o1 + c + 24, a3);
+        _mm256_storeu_ps(o2 + c, b0), _mm256_storeu_ps(o2 + c + 8, b1);
+        _mm256_storeu_ps(o2 + c + 16, b2), _mm256_storeu_ps(o2 + c + 24, b3);
     }
     for (; c < d; c += 8) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
         int64_t j = 0;
         for (; j + 2 <= n; j += 2) {
-            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), _mm256_loadu_ps(v + j * ld + c), a0);
-            a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j + 1), _mm256_loadu_ps(v + (j + 1) * ld + c), a1);
+            const __m256 r0 = _mm256_loadu_ps(v + j * ld + c), r1 = _mm256_loadu_ps(v + (j + 1) * ld + c);
+            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + j), r0, a0);
+            a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + j + 1), r1, a1);
+            b0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p2 + j), r0, b0);
+            b1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p2 + j + 1), r1, b1);
         }
-        if (j < n) a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), _mm256_loadu_ps(v + j * ld + c), a0);
-        _mm256_storeu_ps(o + c, _mm256_add_ps(a0, a1));
+        if (j < n) {
+            const __m256 r0 = _mm256_loadu_ps(v + j * ld + c);
+            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + j), r0, a0);
+            b0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p2 + j), r0, b0);
+        }
+        _mm256_storeu_ps(o1 + c, _mm256_add_ps(a0, a1));
+        _mm256_storeu_ps(o2 + c, _mm256_add_ps(b0, b1));
     }
 }
 
-/* y[j] += a[j] x for j < n (rows of d floats, d a multiple of 8) */
-static FMA inline void outer(const float *a, const float *x, float *y, int64_t n, int64_t d) {
+/* y[j] += a1[j] x1 + a2[j] x2 for j < n (rows of d floats, d a multiple of 8) */
+static FMA inline void outer2(const float *a1, const float *a2, const float *x1, const float *x2, float *y, int64_t n,
+                              int64_t d) {
     for (int64_t j = 0; j < n; j++) {
-        const __m256 aj = _mm256_broadcast_ss(a + j);
+        const __m256 u = _mm256_broadcast_ss(a1 + j), z = _mm256_broadcast_ss(a2 + j);
         float *yj = y + j * d;
-        for (int64_t c = 0; c < d; c += 8)
-            _mm256_storeu_ps(yj + c, _mm256_fmadd_ps(aj, _mm256_loadu_ps(x + c), _mm256_loadu_ps(yj + c)));
+        for (int64_t c = 0; c < d; c += 8) {
+            const __m256 acc = _mm256_fmadd_ps(u, _mm256_loadu_ps(x1 + c), _mm256_loadu_ps(yj + c));
+            _mm256_storeu_ps(yj + c, _mm256_fmadd_ps(z, _mm256_loadu_ps(x2 + c), acc));
+        }
     }
 }
 
@@ -264,28 +282,35 @@ static FMA void load_head(const float *base, const float *cos2, const float *sin
    Returns 1, having written nothing, where its scratch memory cannot be had. */
 int f32_causal_attention(const float *qkv, const float *cos2, const float *sin2, float *y, float *lse, int64_t b,
                          int64_t t, int64_t heads, int64_t d, float scale, int threads) {
-    const int64_t tp = (t + 7) & ~(int64_t)7, w = heads * d, per = 3 * t * d + d * tp + tp + d;
+    const int64_t tp = (t + 7) & ~(int64_t)7, w = heads * d, per = 3 * t * d + d * tp + 2 * tp + 2 * d;
     float *scratch = malloc(sizeof(float) * per * threads);
     if (!scratch) return 1;
 #pragma omp parallel num_threads(threads)
     {
         float *q = scratch + omp_get_thread_num() * per;
-        float *k = q + t * d, *v = k + t * d, *kt = v + t * d, *s = kt + d * tp, *o = s + tp;
+        float *k = q + t * d, *v = k + t * d, *kt = v + t * d, *s = kt + d * tp, *o = s + 2 * tp;
         memset(kt, 0, sizeof(float) * d * tp);
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < b * heads; task++) {
             const int64_t row = task / heads, head = task % heads;
             load_head(qkv + row * t * 3 * w + head * d, cos2, sin2, t, w, d, tp, scale, q, k, kt, v, 0);
-            for (int64_t i = 0; i < t; i++) {
-                const int64_t n = i + 1, np = (n + 7) & ~(int64_t)7;
-                combine(q + i * d, kt, d, tp, np, s);
-                float m = s[0];
-                for (int64_t j = 1; j < n; j++) m = s[j] > m ? s[j] : m;
-                const float sum = exps(s, n, np, m), inv = 1.0f / sum;
-                combine(s, v, n, d, d, o);
-                float *out = y + (row * t + i) * w + head * d;
-                for (int64_t e = 0; e < d; e++) out[e] = o[e] * inv;
-                lse[task * t + i] = m + logf(sum);
+            for (int64_t i = 0; i < t; i += 2) {  /* two queries at a time: rows i and i + 1 (i again at an odd end) */
+                const int64_t rows[2] = {i, i + 1 < t ? i + 1 : i}, np = (rows[1] + 8) & ~(int64_t)7;
+                combine2(q + rows[0] * d, q + rows[1] * d, kt, d, tp, np, s, s + tp);
+                float sums[2], maxima[2];
+                for (int r = 0; r < 2; r++) {
+                    const float *sr = s + r * tp;
+                    float m = sr[0];
+                    for (int64_t j = 1; j <= rows[r]; j++) m = sr[j] > m ? sr[j] : m;
+                    maxima[r] = m, sums[r] = exps(s + r * tp, rows[r] + 1, np, m);
+                }
+                combine2(s, s + tp, v, rows[1] + 1, d, d, o, o + d);
+                for (int r = 0; r < 2; r++) {
+                    float *out = y + (row * t + rows[r]) * w + head * d;
+                    const float inv = 1.0f / sums[r];
+                    for (int64_t e = 0; e < d; e++) out[e] = o[r * d + e] * inv;
+                    lse[task * t + rows[r]] = maxima[r] + logf(sums[r]);
+                }
             }
         }
     }
@@ -299,32 +324,41 @@ int f32_causal_attention(const float *qkv, const float *cos2, const float *sin2,
 int f32_causal_attention_backward(const float *qkv, const float *cos2, const float *sin2, const float *y,
                                   const float *dy, const float *lse, float *dqkv, int64_t b, int64_t t, int64_t heads,
                                   int64_t d, float scale, int threads) {
-    const int64_t tp = (t + 7) & ~(int64_t)7, w = heads * d, per = 5 * t * d + 2 * d * tp + 2 * tp;
+    const int64_t tp = (t + 7) & ~(int64_t)7, w = heads * d, per = 5 * t * d + 2 * d * tp + 4 * tp;
     float *scratch = malloc(sizeof(float) * per * threads);
     if (!scratch) return 1;
 #pragma omp parallel num_threads(threads)
     {
         float *q = scratch + omp_get_thread_num() * per;
         float *k = q + t * d, *kt = k + t * d, *vt = kt + d * tp, *dq = vt + d * tp, *dk = dq + t * d;
-        float *dv = dk + t * d, *p = dv + t * d, *ds = p + tp;
+        float *dv = dk + t * d, *p = dv + t * d, *ds = p + 2 * tp;
         memset(kt, 0, sizeof(float) * 2 * d * tp);
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < b * heads; task++) {
             const int64_t row = task / heads, head = task % heads;
             load_head(qkv + row * t * 3 * w + head * d, cos2, sin2, t, w, d, tp, scale, q, k, kt, 0, vt);
             memset(dk, 0, sizeof(float) * 2 * t * d);
-            for (int64_t i = 0; i < t; i++) {
-                const int64_t n = i + 1, np = (n + 7) & ~(int64_t)7;
-                const float *go = dy + (row * t + i) * w + head * d, *out = y + (row * t + i) * w + head * d;
-                float delta = 0.0f;
-                for (int64_t e = 0; e < d; e++) delta += go[e] * out[e];
-                combine(q + i * d, kt, d, tp, np, p);
-                exps(p, n, np, lse[task * t + i]);
-                combine(go, vt, d, tp, np, ds);
-                for (int64_t j = 0; j < np; j++) ds[j] = p[j] * (ds[j] - delta);
-                combine(ds, k, n, d, d, dq + i * d);
-                outer(ds, q + i * d, dk, n, d);
-                outer(p, go, dv, n, d);
+            for (int64_t i = 0; i < t; i += 2) {  /* as the forward: rows i and i + 1, or i alone at an odd end */
+                const int64_t rows[2] = {i, i + 1 < t ? i + 1 : i}, n = rows[1] + 1, np = (n + 7) & ~(int64_t)7;
+                const float *go[2], *out;
+                float delta[2];
+                for (int r = 0; r < 2; r++) {
+                    go[r] = dy + (row * t + rows[r]) * w + head * d, out = y + (row * t + rows[r]) * w + head * d;
+                    delta[r] = 0.0f;
+                    for (int64_t e = 0; e < d; e++) delta[r] += go[r][e] * out[e];
+                }
+                combine2(q + rows[0] * d, q + rows[1] * d, kt, d, tp, np, p, p + tp);
+                combine2(go[0], go[1], vt, d, tp, np, ds, ds + tp);
+                for (int r = 0; r < 2; r++) {
+                    float *pr = p + r * tp, *dr = ds + r * tp;
+                    exps(pr, rows[r] + 1, np, lse[task * t + rows[r]]);
+                    for (int64_t j = 0; j < np; j++) dr[j] = pr[j] * (dr[j] - delta[r]);
+                }
+                combine2(ds, ds + tp, k, n, d, d, dq + rows[0] * d, dq + rows[1] * d);
+                if (rows[1] == rows[0]) /* the lone row's gradients are added once */
+                    memset(p + tp, 0, sizeof(float) * tp), memset(ds + tp, 0, sizeof(float) * tp);
+                outer2(ds, ds + tp, q + rows[0] * d, q + rows[1] * d, dk, n, d);
+                outer2(p, p + tp, go[0], go[1], dv, n, d);
             }
             float *gbase = dqkv + row * t * 3 * w + head * d;
             for (int64_t i = 0; i < t; i++) {
