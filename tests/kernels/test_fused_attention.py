@@ -3,6 +3,8 @@ outputs and gradients as lmforge.nn's attention in a model, and torch's path whe
 
 import copy
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -85,15 +87,28 @@ def test_results_do_not_depend_on_the_number_of_threads():
 @needs_kernel
 def test_scratch_memory_it_cannot_have_is_an_error_not_a_crash(monkeypatch):
     """The kernels ask for their scratch before writing anything and answer 1 where they cannot have it (here: for
-    2^31 threads), which causal_attention turns into a MemoryError."""
-    qkv = torch.randn(1, 64, 3 * 32)
-    y, lse = torch.zeros(1, 64, 32), torch.zeros(1, 1, 64)
-    kernel = native._library().f32_causal_attention
-    assert kernel(qkv.data_ptr(), None, None, y.data_ptr(), lse.data_ptr(), 1, 64, 1, 32, 0.2, 2**31 - 1) == 1
-    assert not y.any() and not lse.any()
-    monkeypatch.setattr(native.torch, "get_num_threads", lambda: 2**31 - 1)
+    2^31 threads; in a process of its own, since glibc moves a thread whose allocation failed to another arena),
+    which causal_attention turns into a MemoryError."""
+    script = (
+        "import torch\n"
+        "from lmforge.kernels import native\n"
+        "qkv, y, lse = torch.randn(1, 64, 96), torch.zeros(1, 64, 32), torch.zeros(1, 1, 64)\n"
+        "status = native._library().f32_causal_attention(\n"
+        "    qkv.data_ptr(), None, None, y.data_ptr(), lse.data_ptr(), 1, 64, 1, 32, 0.2, 2**31 - 1)\n"
+        "print(status, bool(y.any() or lse.any()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["1", "False"], done.stderr
+
+    class Refusing:
+        f32_causal_attention = f32_causal_attention_backward = staticmethod(lambda *args: 1)
+
+    monkeypatch.setattr(native, "_library", Refusing)
+    qkv = torch.randn(1, 8, 24)
     with pytest.raises(MemoryError, match="scratch memory"):
         native.causal_attention(qkv, None, None, 1, 0.2)
+    with pytest.raises(MemoryError, match="scratch memory"):
+        native.causal_attention_backward(qkv, None, None, qkv[..., :8], qkv[..., :8], qkv[0, :1, :8], 1, 0.2)
 
 
 @needs_kernel

@@ -1,6 +1,6 @@
 """C kernels for x86 CPUs (kernels/native.c), built on first use with the C compiler that torch.compile needs anyway:
 the int8 and bf16 products of a decoding step's few rows, a transposing copy for training's oneDNN products, and
-causal self-attention with rotary positions for small heads.
+causal self-attention with rotary positions for training.
 Where there is no compiler or no AVX2, or LMFORGE_NATIVE_KERNELS=0, torch's and oneDNN's own kernels run instead:
 these kernels change the speed, never the int8 sums or a copy's values (bf16 sums are fp32's, added in another
 order; attention's are fp32's, its exponentials within 2 ulp)."""
@@ -162,7 +162,7 @@ def causal_attention_backward(
 
 def _scratch_had(status: int) -> None:
     if status:
-        raise MemoryError("the attention kernel could not allocate its scratch memory (a few hundred KB a thread)")
+        raise MemoryError("the attention kernel could not allocate its scratch memory (up to 1 MB a thread)")
 
 
 def _address(x: torch.Tensor | None) -> int | None:
