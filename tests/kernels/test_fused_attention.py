@@ -69,6 +69,20 @@ def test_the_kernel_is_the_formula_and_its_gradient(b, t, heads, d, rotary):
 
 
 @needs_kernel
+def test_a_nan_reaches_the_outputs_that_attend_to_it():
+    """A NaN key at position 3 of one head makes every column of that head's outputs NaN from query 3 on, and a NaN
+    value the one column it sits in, as the formula says, so the training loop's non-finite guard sees it; the other
+    head and earlier queries stay finite (query 2, read in a pair with query 3, included)."""
+    for column, nan_at in ((16 + 5, (slice(3, None), slice(0, 8))), (32 + 5, (slice(3, None), 5))):
+        qkv = torch.randn(1, 10, 3 * 2 * 8)
+        qkv[0, 3, column] = float("nan")  # head 0's key (then value) at position 3, its column 5
+        y, _ = native.causal_attention(qkv, None, None, 2, 1 / math.sqrt(8))
+        expected = torch.zeros(10, 16, dtype=torch.bool)
+        expected[nan_at] = True
+        assert torch.equal(y[0].isnan(), expected)
+
+
+@needs_kernel
 def test_results_do_not_depend_on_the_number_of_threads():
     g = torch.Generator().manual_seed(0)
     qkv, grad_y = torch.randn(4, 50, 3 * 96, generator=g), torch.randn(4, 50, 96, generator=g)

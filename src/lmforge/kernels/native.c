@@ -150,9 +150,10 @@ void f32_transpose(const float *src, float *dst, int64_t rows, int64_t cols, int
 #define FMA __attribute__((target("avx2,fma")))
 
 /* e^x for x <= 0, as Cephes' expf (2^n e^r, r within ln2 / 2, a degree-6 polynomial: about 2 ulp); below -87.3
-   (where e^x leaves fp32's normal range) it gives e^-87.3, about 1e-38 */
+   (where e^x leaves fp32's normal range) it gives e^-87.3, about 1e-38, and a NaN stays NaN. Above 88 the result is
+   meaningless: the callers overwrite those lanes (keys past a query's own position) with zeros. */
 static FMA inline __m256 exp8(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+    x = _mm256_max_ps(_mm256_set1_ps(-87.3f), x); /* maxps answers its second operand where one is NaN */
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -235,6 +236,11 @@ static FMA inline void combine2(const float *p1, const float *p2, const float *v
     }
 }
 
+/* y += a x over d floats */
+static FMA inline void axpy(float a, const float *x, float *y, int64_t d) {
+    for (int64_t c = 0; c < d; c++) y[c] += a * x[c];
+}
+
 /* y[j] += a1[j] x1 + a2[j] x2 for j < n (rows of d floats, d a multiple of 8) */
 static FMA inline void outer2(const float *a1, const float *a2, const float *x1, const float *x2, float *y, int64_t n,
                               int64_t d) {
@@ -304,7 +310,10 @@ int f32_causal_attention(const float *qkv, const float *cos2, const float *sin2,
                     for (int64_t j = 1; j <= rows[r]; j++) m = sr[j] > m ? sr[j] : m;
                     maxima[r] = m, sums[r] = exps(s + r * tp, rows[r] + 1, np, m);
                 }
-                combine2(s, s + tp, v, rows[1] + 1, d, d, o, o + d);
+                /* the keys both queries see, then the second's own: nothing past a query reaches its output, not
+                   even a NaN times a zero probability */
+                combine2(s, s + tp, v, rows[0] + 1, d, d, o, o + d);
+                if (rows[1] != rows[0]) axpy(s[tp + rows[1]], v + rows[1] * d, o + d, d);
                 for (int r = 0; r < 2; r++) {
                     float *out = y + (row * t + rows[r]) * w + head * d;
                     const float inv = 1.0f / sums[r];
@@ -354,11 +363,18 @@ int f32_causal_attention_backward(const float *qkv, const float *cos2, const flo
                     exps(pr, rows[r] + 1, np, lse[task * t + rows[r]]);
                     for (int64_t j = 0; j < np; j++) dr[j] = pr[j] * (dr[j] - delta[r]);
                 }
-                combine2(ds, ds + tp, k, n, d, d, dq + rows[0] * d, dq + rows[1] * d);
-                if (rows[1] == rows[0]) /* the lone row's gradients are added once */
+                /* as the forward: the keys both queries see, then the second's own */
+                combine2(ds, ds + tp, k, rows[0] + 1, d, d, dq + rows[0] * d, dq + rows[1] * d);
+                if (rows[1] == rows[0]) { /* the lone row's gradients are added once */
                     memset(p + tp, 0, sizeof(float) * tp), memset(ds + tp, 0, sizeof(float) * tp);
-                outer2(ds, ds + tp, q + rows[0] * d, q + rows[1] * d, dk, n, d);
-                outer2(p, p + tp, go[0], go[1], dv, n, d);
+                } else {
+                    const int64_t j = rows[1];
+                    axpy(ds[tp + j], k + j * d, dq + j * d, d);
+                    axpy(ds[tp + j], q + j * d, dk + j * d, d);
+                    axpy(p[tp + j], go[1], dv + j * d, d);
+                }
+                outer2(ds, ds + tp, q + rows[0] * d, q + rows[1] * d, dk, rows[0] + 1, d);
+                outer2(p, p + tp, go[0], go[1], dv, rows[0] + 1, d);
             }
             float *gbase = dqkv + row * t * 3 * w + head * d;
             for (int64_t i = 0; i < t; i++) {
