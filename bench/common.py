@@ -25,14 +25,14 @@ def as_lmforge_trains(model):
 
 
 def training_steps(model, optimizer, batches: Sequence, loss_of: Callable, clip: Callable | None = None):
-    """A function that runs one optimizer step per batch: loss_of(batch), backward, clip to norm 1 (clip(model,
-    optimizer, 1.0) where given: lmforge's clip_in_step; else clip_grad_norm_), AdamW step."""
+    """A function that runs one optimizer step per batch: loss_of(batch), backward, clip to norm 1 (clip(optimizer,
+    1.0) where given: lmforge's clip_in_step; else clip_grad_norm_), AdamW step."""
 
     def run() -> None:
         for batch in batches:
             loss_of(batch).backward()
             if clip is not None:
-                clip(model, optimizer, 1.0)
+                clip(optimizer, 1.0)
             else:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             apply_step(optimizer)

@@ -70,6 +70,9 @@ def _library() -> ctypes.CDLL:
     loaded.f32_causal_attention.argtypes = pointers + sizes + last
     loaded.f32_causal_attention_backward.argtypes = pointers + [ctypes.c_void_p] * 2 + sizes + last
     loaded.f32_causal_attention.restype = loaded.f32_causal_attention_backward.restype = ctypes.c_int
+    loaded.f32_adamw.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64, ctypes.c_float, ctypes.c_int]
+    loaded.f32_sum_squares.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_int, ctypes.c_void_p]
+    loaded.f32_adamw.restype = loaded.f32_sum_squares.restype = ctypes.c_int
     return loaded
 
 
@@ -160,9 +163,37 @@ def causal_attention_backward(
     return grad
 
 
-def _scratch_had(status: int) -> None:
+def _scratch_had(status: int, kernel: str = "the attention kernel", size: str = "up to 1 MB a thread") -> None:
     if status:
-        raise MemoryError("the attention kernel could not allocate its scratch memory (up to 1 MB a thread)")
+        raise MemoryError(f"{kernel} could not allocate its scratch memory ({size})")
+
+
+class AdamwGroup(ctypes.Structure):
+    """A tensor's AdamW hyperparameters, as f32_adamw reads them."""
+
+    _fields_ = [(name, ctypes.c_double) for name in ("lr", "weight_decay", "beta1", "beta2", "eps")]
+
+
+def adamw_step(tensors: list[tuple[torch.Tensor, ...]], groups: list[AdamwGroup], scale: float) -> None:
+    """One AdamW step, torch.optim.AdamW's arithmetic, of every (param, grad, exp_avg, exp_avg_sq, step) in tensors,
+    each with its group's hyperparameters, the gradients divided by scale; the step counts (fp32 scalars, as torch
+    keeps them) are counted up first. Unchecked: fp32 contiguous CPU tensors (kernels.optim decides where it runs)."""
+    n = len(tensors)
+    pointers = [(ctypes.c_void_p * n)(*(row[i].data_ptr() for row in tensors)) for i in range(5)]
+    sizes = (ctypes.c_int64 * n)(*(row[0].numel() for row in tensors))
+    status = _library().f32_adamw(*pointers, sizes, (AdamwGroup * n)(*groups), n, scale, torch.get_num_threads())
+    _scratch_had(status, "the AdamW kernel", f"a list of {n} tensors' pieces")
+
+
+def sum_squares(tensors: list[torch.Tensor]) -> float:
+    """The sum of the squares of every element of tensors (fp32 contiguous CPU, unchecked), each 8192-element piece's
+    in fp32 and theirs in double in order: the same on any number of threads."""
+    n, total = len(tensors), ctypes.c_double()
+    sizes = (ctypes.c_int64 * n)(*(x.numel() for x in tensors))
+    pointers = (ctypes.c_void_p * n)(*(x.data_ptr() for x in tensors))
+    status = _library().f32_sum_squares(pointers, sizes, n, torch.get_num_threads(), ctypes.byref(total))
+    _scratch_had(status, "the sum of squares", f"a list of {n} tensors' pieces")
+    return total.value
 
 
 def _address(x: torch.Tensor | None) -> int | None:
@@ -216,6 +247,44 @@ def causal_attention_runs() -> bool:
 
     with torch.inference_mode(False), torch.enable_grad():  # asked first, maybe, under no_grad or inference_mode
         return _checked(lambda: close(2, 13, 2, 16, True) and close(1, 9, 1, 8, False))
+
+
+@asked_once
+def adamw_runs() -> bool:
+    """Whether the AdamW kernel is built here and takes torch.optim.AdamW's steps, to fp32 rounding: three steps over
+    tensors of 1, 13 and 8197 elements (a tail past 8-wide steps and a second piece) with and without weight decay,
+    the gradients divided by 2."""
+    g = torch.Generator().manual_seed(0)
+    shapes = ((1,), (13,), (8197,))
+    hyper = ((1e-2, 0.1, 0.9, 0.99, 1e-8), (3e-3, 0.0, 0.8, 0.95, 1e-6), (1e-2, 0.1, 0.9, 0.99, 1e-8))
+
+    def close() -> bool:
+        mine = [torch.randn(s, generator=g) for s in shapes]
+        ref = [p.clone().requires_grad_() for p in mine]
+        reference = torch.optim.AdamW([{"params": [p], "lr": h[0], "weight_decay": h[1], "betas": h[2:4], "eps": h[4]}
+                                       for p, h in zip(ref, hyper, strict=True)], foreach=False)  # fmt: skip
+        state = [(torch.zeros_like(p), torch.zeros_like(p), torch.zeros(())) for p in mine]
+        for _ in range(3):
+            grads = [torch.randn(s, generator=g) for s in shapes]
+            for p, grad in zip(ref, grads, strict=True):
+                p.grad = grad / 2
+            reference.step()
+            rows = [(p, grad, *st) for p, grad, st in zip(mine, grads, state, strict=True)]
+            adamw_step(rows, [AdamwGroup(*h) for h in hyper], 2.0)
+        return all(torch.allclose(p, r.detach(), rtol=1e-5, atol=1e-7) for p, r in zip(mine, ref, strict=True))
+
+    with torch.inference_mode(False):  # asked first, maybe, in inference mode
+        return _checked(close)
+
+
+@asked_once
+def sum_squares_runs() -> bool:
+    """Whether the sum of squares is built here and gives fp64's to fp32 rounding, over tensors of 0, 1, 13 and 8197
+    elements (a tail past 16-wide steps and a second piece)."""
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(n, generator=g) for n in (0, 1, 13, 8197)]
+    exact = sum(float(x.double().square().sum()) for x in xs)
+    return _checked(lambda: abs(sum_squares(xs) - exact) <= 1e-5 * exact)
 
 
 @asked_once

@@ -142,7 +142,7 @@ def fit(
                 t3 = time.perf_counter()
                 phase_s["data"] += t2 - t1
                 phase_s["forward_backward"] += t3 - t2
-            grad_norm = clip_in_step(model, optimizer, s.grad_clip)
+            grad_norm = clip_in_step(optimizer, s.grad_clip)
             train_loss = distributed.all_reduce_mean(loss_sum / s.grad_accum_steps)
             apply_step(optimizer, guard.ok(train_loss, grad_norm, step + 1))
             phase_s["optimizer"] += time.perf_counter() - t3

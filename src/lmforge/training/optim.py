@@ -9,6 +9,7 @@ import re
 import torch
 
 from lmforge.config import TrainConfig
+from lmforge.kernels.optim import AdamW, total_norm
 
 
 def lr_at(step: int, t: TrainConfig) -> float:
@@ -59,24 +60,30 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device
 
 def adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:
     """AdamW with the fused kernel, one pass over each tensor's weights, gradient and moments, on CUDA and CPU alike;
-    on CPU the foreach kernel makes about eight passes over memory instead (figures in docs/benchmarks.md)."""
-    fused = True if device.type in ("cpu", "cuda") else None  # other devices take torch's default kernel
+    on CPU the foreach kernel makes about eight passes over memory instead (figures in docs/benchmarks.md), and
+    lmforge's kernel (kernels.optim) makes that one pass over all the tensors at once."""
+    if device.type == "cpu":
+        return AdamW(groups, lr=lr, betas=betas, fused=True)
+    fused = True if device.type == "cuda" else None  # other devices take torch's default kernel
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
 
 
-def clip_in_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_norm: float) -> float:
-    """The gradients' total norm, with the gradients clipped to max_norm (0: not clipped) as clip_grad_norm_ does.
+def clip_in_step(optimizer: torch.optim.Optimizer, max_norm: float) -> float:
+    """The total norm of the gradients of the optimizer's parameters, with the gradients clipped to max_norm (0: not
+    clipped) as clip_grad_norm_ does.
     A fused AdamW step divides each gradient by its grad_scale as it reads it, so there the clipping costs no pass of
     its own over the gradients (about 0.3 ms of char-small's 26 ms step); other optimizers scale them first. The
     factor is this step's (optimizer.grad_scale, as GradScaler's): apply_step drops it."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    norm = total_norm([p.grad for p in params])
+    value = norm.item()
     if max_norm:
         if all(group.get("fused") for group in optimizer.param_groups):
-            optimizer.grad_scale = ((norm + 1e-6) / max_norm).clamp(min=1.0)
+            factor = (value + 1e-6) / max_norm
+            optimizer.grad_scale = torch.tensor(factor if not factor < 1.0 else 1.0)  # a NaN stays NaN
         else:
             torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
-    return norm.item()
+    return value
 
 
 def apply_step(optimizer: torch.optim.Optimizer, update: bool = True) -> None:

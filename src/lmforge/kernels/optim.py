@@ -1,0 +1,114 @@
+"""AdamW's step and the gradients' norm on CPU in one C kernel each, over every tensor of a model at once.
+
+torch's fused AdamW runs its kernel tensor by tensor, and get_total_norm a norm per tensor, each in a parallel region
+of its own: on char-small's 51 tensors (0.8M weights, a 2-core Zen 4) the clipped step took 1.8 ms of a 43 ms
+training step, and 0.4 ms in these kernels. The optimizer is torch.optim.AdamW, its state and state dict too; only
+the step of fp32 CPU tensors changes, by fp32 rounding. Everything else (CUDA, other dtypes, amsgrad, maximize,
+tensor learning rates, sparse or strided tensors, tensor subclasses) takes torch's step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.autograd.graph import increment_version
+
+from lmforge.kernels.native import AdamwGroup, adamw_runs, adamw_step, sum_squares, sum_squares_runs
+
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def _plain(x: torch.Tensor) -> bool:
+    """An fp32 contiguous dense CPU tensor (or parameter) that the kernels can read through its address."""
+    return (
+        type(x) in _PLAIN_TYPES
+        and x.dtype is torch.float32
+        and x.is_cpu
+        and x.layout is torch.strided
+        and x.is_contiguous()
+    )
+
+
+def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """torch.nn.utils.get_total_norm(grads): the 2-norm of all their elements, as a 0-dim fp32 tensor; one C pass
+    over them where they are all fp32 CPU tensors."""
+    if grads and all(_plain(g) for g in grads) and sum_squares_runs():
+        return torch.tensor(math.sqrt(sum_squares(grads)), dtype=torch.float32)
+    return torch.nn.utils.get_total_norm(grads)
+
+
+class AdamW(torch.optim.AdamW):
+    """torch.optim.AdamW (the same arguments, state and state dict) whose step over fp32 CPU tensors is one C kernel;
+    it divides the gradients by `grad_scale` where set, as torch's fused step does (lmforge's clipping)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        rows = self._rows()
+        if rows is None:
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        tensors, groups = rows
+        if tensors:
+            scale = getattr(self, "grad_scale", None)
+            adamw_step(tensors, groups, 1.0 if scale is None else float(scale))
+            increment_version([row[0] for row in tensors])  # as an in-place update would: autograd's checks, caches
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's zero_grad; dropping the gradients is a plain loop (torch's takes 0.1 ms over 51 tensors)."""
+        if not set_to_none:
+            return super().zero_grad(set_to_none)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        self._moments = None
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._moments = None
+
+    def _rows(self) -> tuple[list[tuple[torch.Tensor, ...]], list[AdamwGroup]] | None:
+        """(param, grad, exp_avg, exp_avg_sq, step) of each parameter with a gradient, and its group's
+        hyperparameters; None where torch's step has to run. A parameter's state is made as torch's fused step makes
+        it, then checked once, until a state dict or a group is loaded."""
+        if getattr(self, "found_inf", None) is not None or not adamw_runs():
+            return None
+        if self.__dict__.get("_moments") is None:
+            self._moments = [[None] * len(group["params"]) for group in self.param_groups]
+        tensors, groups = [], []
+        for group, moments in zip(self.param_groups, self._moments, strict=True):
+            if group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]:
+                return None
+            if isinstance(group["lr"], torch.Tensor):
+                return None
+            hyper = AdamwGroup(group["lr"], group["weight_decay"], *group["betas"], group["eps"])
+            for i, p in enumerate(group["params"]):
+                grad = p.grad
+                if grad is None:
+                    continue
+                if not (_plain(p) and _plain(grad)):
+                    return None
+                if moments[i] is None:
+                    moments[i] = self._moment(p)
+                    if moments[i] is None:
+                        return None
+                tensors.append((p, grad, *moments[i]))
+                groups.append(hyper)
+        return tensors, groups
+
+    def _moment(self, p: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """p's (exp_avg, exp_avg_sq, step), made where p has none yet; None where the kernel cannot read them."""
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        moment = (state["exp_avg"], state["exp_avg_sq"], state["step"])
+        fits = moment[0].shape == moment[1].shape == p.shape and moment[2].numel() == 1
+        return moment if fits and all(_plain(x) for x in moment) else None
