@@ -170,27 +170,69 @@ static FMA inline __m256 exp8(__m256 x) {
 }
 
 /* out = x rotated as lmforge.nn.positions.RotaryEmbedding does: x * cos2 + (x's halves swapped) * sin2, or x itself
-   without tables; times scale */
+   without tables; times scale. Eight columns at a time where the halves are a multiple of 8 wide. */
 static FMA inline void rotate(const float *x, const float *cos2, const float *sin2, float *out, int64_t d, float scale) {
+    const int64_t h = d / 2;
+    const __m256 s = _mm256_set1_ps(scale);
     if (!cos2) {
-        for (int64_t c = 0; c < d; c++) out[c] = x[c] * scale;
-        return;
+        for (int64_t c = 0; c < d; c += 8) _mm256_storeu_ps(out + c, _mm256_mul_ps(_mm256_loadu_ps(x + c), s));
+    } else if (h % 8 == 0) {
+        for (int64_t c = 0; c < h; c += 8) {
+            const __m256 lo = _mm256_loadu_ps(x + c), hi = _mm256_loadu_ps(x + c + h);
+            const __m256 a = _mm256_fmadd_ps(lo, _mm256_loadu_ps(cos2 + c), _mm256_mul_ps(hi, _mm256_loadu_ps(sin2 + c)));
+            const __m256 b = _mm256_fmadd_ps(hi, _mm256_loadu_ps(cos2 + c + h), _mm256_mul_ps(lo, _mm256_loadu_ps(sin2 + c + h)));
+            _mm256_storeu_ps(out + c, _mm256_mul_ps(a, s)), _mm256_storeu_ps(out + c + h, _mm256_mul_ps(b, s));
+        }
+    } else {
+        for (int64_t c = 0; c < h; c++) out[c] = (x[c] * cos2[c] + x[c + h] * sin2[c]) * scale;
+        for (int64_t c = h; c < d; c++) out[c] = (x[c] * cos2[c] + x[c - h] * sin2[c]) * scale;
     }
-    int64_t h = d / 2;
-    for (int64_t c = 0; c < h; c++) out[c] = (x[c] * cos2[c] + x[c + h] * sin2[c]) * scale;
-    for (int64_t c = h; c < d; c++) out[c] = (x[c] * cos2[c] + x[c - h] * sin2[c]) * scale;
 }
 
 /* the gradient of rotate: dx[c] = dy[c] cos2[c] + dy[c'] sin2[c'], c' the other half's column */
 static FMA inline void rotate_back(const float *dy, const float *cos2, const float *sin2, float *dx, int64_t d,
                                    float scale) {
+    const int64_t h = d / 2;
+    const __m256 s = _mm256_set1_ps(scale);
     if (!cos2) {
-        for (int64_t c = 0; c < d; c++) dx[c] = dy[c] * scale;
-        return;
+        for (int64_t c = 0; c < d; c += 8) _mm256_storeu_ps(dx + c, _mm256_mul_ps(_mm256_loadu_ps(dy + c), s));
+    } else if (h % 8 == 0) {
+        for (int64_t c = 0; c < h; c += 8) {
+            const __m256 lo = _mm256_loadu_ps(dy + c), hi = _mm256_loadu_ps(dy + c + h);
+            const __m256 a = _mm256_fmadd_ps(lo, _mm256_loadu_ps(cos2 + c), _mm256_mul_ps(hi, _mm256_loadu_ps(sin2 + c + h)));
+            const __m256 b = _mm256_fmadd_ps(hi, _mm256_loadu_ps(cos2 + c + h), _mm256_mul_ps(lo, _mm256_loadu_ps(sin2 + c)));
+            _mm256_storeu_ps(dx + c, _mm256_mul_ps(a, s)), _mm256_storeu_ps(dx + c + h, _mm256_mul_ps(b, s));
+        }
+    } else {
+        for (int64_t c = 0; c < h; c++) dx[c] = (dy[c] * cos2[c] + dy[c + h] * sin2[c + h]) * scale;
+        for (int64_t c = h; c < d; c++) dx[c] = (dy[c] * cos2[c] + dy[c - h] * sin2[c - h]) * scale;
     }
-    int64_t h = d / 2;
-    for (int64_t c = 0; c < h; c++) dx[c] = (dy[c] * cos2[c] + dy[c + h] * sin2[c + h]) * scale;
-    for (int64_t c = h; c < d; c++) dx[c] = (dy[c] * cos2[c] + dy[c - h] * sin2[c - h]) * scale;
+}
+
+/* x's lanes summed */
+static FMA inline float hsum(__m256 x) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+
+/* the largest of s[0, n), n >= 1, NaNs passed over (the exponentials keep them) */
+static FMA inline float row_max(const float *s, int64_t n) {
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) m = _mm256_max_ps(_mm256_loadu_ps(s + j), m); /* a NaN load answers m */
+    float lanes[8], best = -INFINITY;
+    _mm256_storeu_ps(lanes, m);
+    for (int k = 0; k < 8; k++) best = lanes[k] > best ? lanes[k] : best;
+    for (; j < n; j++) best = s[j] > best ? s[j] : best;
+    return best;
+}
+
+/* the dot product of d floats, d a multiple of 8 */
+static FMA inline float dot(const float *a, const float *b, int64_t d) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t c = 0; c < d; c += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c), acc);
+    return hsum(acc);
 }
 
 /* o1, o2 [0, d) = the sums over j < n of p1[j], p2[j] times row j of v (rows ld apart; d a multiple of 8), 32 columns
@@ -241,15 +283,27 @@ static FMA inline void axpy(float a, const float *x, float *y, int64_t d) {
     for (int64_t c = 0; c < d; c++) y[c] += a * x[c];
 }
 
-/* y[j] += a1[j] x1 + a2[j] x2 for j < n (rows of d floats, d a multiple of 8) */
+/* y[j] += a1[j] x1 + a2[j] x2 for j < n (rows of d floats, d a multiple of 8), 32 columns of x1 and x2 at a time held
+   in registers */
 static FMA inline void outer2(const float *a1, const float *a2, const float *x1, const float *x2, float *y, int64_t n,
                               int64_t d) {
-    for (int64_t j = 0; j < n; j++) {
-        const __m256 u = _mm256_broadcast_ss(a1 + j), z = _mm256_broadcast_ss(a2 + j);
-        float *yj = y + j * d;
-        for (int64_t c = 0; c < d; c += 8) {
-            const __m256 acc = _mm256_fmadd_ps(u, _mm256_loadu_ps(x1 + c), _mm256_loadu_ps(yj + c));
-            _mm256_storeu_ps(yj + c, _mm256_fmadd_ps(z, _mm256_loadu_ps(x2 + c), acc));
+    int64_t c = 0;
+    for (; c + 32 <= d; c += 32) {
+        __m256 u[4], z[4];
+        for (int k = 0; k < 4; k++) u[k] = _mm256_loadu_ps(x1 + c + 8 * k), z[k] = _mm256_loadu_ps(x2 + c + 8 * k);
+        for (int64_t j = 0; j < n; j++) {
+            const __m256 p = _mm256_broadcast_ss(a1 + j), q = _mm256_broadcast_ss(a2 + j);
+            float *yj = y + j * d + c;
+            for (int k = 0; k < 4; k++)
+                _mm256_storeu_ps(yj + 8 * k, _mm256_fmadd_ps(q, z[k], _mm256_fmadd_ps(p, u[k], _mm256_loadu_ps(yj + 8 * k))));
+        }
+    }
+    for (; c < d; c += 8) {
+        const __m256 u = _mm256_loadu_ps(x1 + c), z = _mm256_loadu_ps(x2 + c);
+        for (int64_t j = 0; j < n; j++) {
+            float *yj = y + j * d + c;
+            const __m256 acc = _mm256_fmadd_ps(_mm256_broadcast_ss(a1 + j), u, _mm256_loadu_ps(yj));
+            _mm256_storeu_ps(yj, _mm256_fmadd_ps(_mm256_broadcast_ss(a2 + j), z, acc));
         }
     }
 }
@@ -260,10 +314,17 @@ static FMA inline float exps(float *s, int64_t n, int64_t np, float shift) {
     for (int64_t j = 0; j < np; j += 8) _mm256_storeu_ps(s + j, exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), m)));
     for (int64_t j = n; j < np; j++) s[j] = 0.0f;
     for (int64_t j = 0; j < np; j += 8) sum = _mm256_add_ps(sum, _mm256_loadu_ps(s + j));
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
+    return hsum(sum);
+}
+
+/* m (d columns, rows ls apart) as columns: mt (d rows of tp) [.., i] = row i of m, for i < t; 8 x 8 blocks in
+   registers */
+static FMA void columns(const float *m, int64_t ls, int64_t t, int64_t d, int64_t tp, float *mt) {
+    int64_t i = 0;
+    for (; i + 8 <= t; i += 8)
+        for (int64_t e = 0; e < d; e += 8) transpose8x8(m + i * ls + e, ls, mt + e * tp + i, tp);
+    for (; i < t; i++)
+        for (int64_t e = 0; e < d; e++) mt[e * tp + i] = m[i * ls + e];
 }
 
 /* One head of qkv (rows 3 w apart) into cache: the queries rotated and times scale (q), the keys rotated as rows (k)
@@ -274,12 +335,10 @@ static FMA void load_head(const float *base, const float *cos2, const float *sin
         const float *x = base + i * 3 * w, *c = cos2 ? cos2 + i * d : 0, *sn = sin2 ? sin2 + i * d : 0;
         rotate(x, c, sn, q + i * d, d, scale);
         rotate(x + w, c, sn, k + i * d, d, 1.0f);
-        for (int64_t e = 0; e < d; e++) kt[e * tp + i] = k[i * d + e];
-        if (v)
-            memcpy(v + i * d, x + 2 * w, sizeof(float) * d);
-        else
-            for (int64_t e = 0; e < d; e++) vt[e * tp + i] = x[2 * w + e];
+        if (v) memcpy(v + i * d, x + 2 * w, sizeof(float) * d);
     }
+    columns(k, d, t, d, tp, kt);
+    if (vt) columns(base + 2 * w, 3 * w, t, d, tp, vt);
 }
 
 /* Causal self-attention of one fused projection qkv (b, t, 3 * heads * d: every query, then key, then value head),
@@ -305,9 +364,7 @@ int f32_causal_attention(const float *qkv, const float *cos2, const float *sin2,
                 combine2(q + rows[0] * d, q + rows[1] * d, kt, d, tp, np, s, s + tp);
                 float sums[2], maxima[2];
                 for (int r = 0; r < 2; r++) {
-                    const float *sr = s + r * tp;
-                    float m = sr[0];
-                    for (int64_t j = 1; j <= rows[r]; j++) m = sr[j] > m ? sr[j] : m;
+                    const float m = row_max(s + r * tp, rows[r] + 1);
                     maxima[r] = m, sums[r] = exps(s + r * tp, rows[r] + 1, np, m);
                 }
                 /* the keys both queries see, then the second's own: nothing past a query reaches its output, not
@@ -353,8 +410,7 @@ int f32_causal_attention_backward(const float *qkv, const float *cos2, const flo
                 float delta[2];
                 for (int r = 0; r < 2; r++) {
                     go[r] = dy + (row * t + rows[r]) * w + head * d, out = y + (row * t + rows[r]) * w + head * d;
-                    delta[r] = 0.0f;
-                    for (int64_t e = 0; e < d; e++) delta[r] += go[r][e] * out[e];
+                    delta[r] = dot(go[r], out, d);
                 }
                 combine2(q + rows[0] * d, q + rows[1] * d, kt, d, tp, np, p, p + tp);
                 combine2(go[0], go[1], vt, d, tp, np, ds, ds + tp);
