@@ -2,6 +2,8 @@
 state dict, torch's norm, and torch's step wherever the kernel does not apply."""
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -216,3 +218,24 @@ def test_the_kernels_stay_off_when_asked_or_without_avx2(monkeypatch):
     assert not native.adamw_runs.__wrapped__() and not native.sum_squares_runs.__wrapped__()
     monkeypatch.setattr(native, "has_avx2", has_avx2)
     assert native.adamw_runs.__wrapped__() == (is_x86() and has_avx2() and native.f32_transpose_runs())
+
+
+def test_an_optimizer_that_is_never_compiled_leaves_torch_dynamo_unimported():
+    """torch's optimizer methods import torch._dynamo on their first call (1.7 s); this AdamW's groups, steps, state
+    dict and its loading do not, in a process of its own (the test process has imported it)."""
+    script = (
+        "import sys, torch\n"
+        "from lmforge.kernels.optim import AdamW\n"
+        "from lmforge.training.optim import apply_step, clip_in_step\n"
+        "p = torch.nn.Parameter(torch.randn(10))\n"
+        "opt = AdamW([{'params': [p]}], lr=1e-3, fused=True)\n"
+        "opt.add_param_group({'params': [torch.nn.Parameter(torch.randn(3))]})\n"
+        "p.grad = torch.randn(10)\n"
+        "clip_in_step(opt, 1.0)\n"
+        "apply_step(opt)\n"
+        "AdamW([p], lr=1e-3, fused=True).load_state_dict({**opt.state_dict(), 'param_groups': "
+        "opt.state_dict()['param_groups'][:1]})\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False"], done.stderr

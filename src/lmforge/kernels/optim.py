@@ -9,6 +9,8 @@ tensor learning rates, sparse or strided tensors, tensor subclasses) takes torch
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Callable
 
 import torch
 from torch.autograd.graph import increment_version
@@ -35,6 +37,13 @@ def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     if grads and all(_plain(g) for g in grads) and sum_squares_runs():
         return torch.tensor(math.sqrt(sum_squares(grads)), dtype=torch.float32)
     return torch.nn.utils.get_total_norm(grads)
+
+
+def _undecorated(method: Callable) -> Callable:
+    """torch.optim.Optimizer's method without its torch._disable_dynamo wrapper while torch._dynamo is not imported:
+    nothing can be tracing the call then, and the wrapper's first call imports it (1.7 s on a 2-core Zen 4, in
+    every training run that never compiles)."""
+    return method if "torch._dynamo" in sys.modules else getattr(method, "__wrapped__", method)
 
 
 class AdamW(torch.optim.AdamW):
@@ -66,12 +75,15 @@ class AdamW(torch.optim.AdamW):
                 p.grad = None
 
     def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
+        _undecorated(torch.optim.Optimizer.add_param_group)(self, param_group)
         self._moments = None
 
     def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
+        _undecorated(torch.optim.Optimizer.load_state_dict)(self, state_dict)
         self._moments = None
+
+    def state_dict(self) -> dict:
+        return _undecorated(torch.optim.Optimizer.state_dict)(self)
 
     def _rows(self) -> tuple[list[tuple[torch.Tensor, ...]], list[AdamwGroup]] | None:
         """(param, grad, exp_avg, exp_avg_sq, step) of each parameter with a gradient, and its group's
