@@ -108,6 +108,8 @@ def any_rank(flag: bool) -> bool:
 
 
 def _is_fsdp(model: nn.Module) -> bool:
+    if "torch.distributed.fsdp" not in sys.modules:  # nothing is sharded then, and importing it takes 0.5 s
+        return False
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
