@@ -239,3 +239,22 @@ def test_an_optimizer_that_is_never_compiled_leaves_torch_dynamo_unimported():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["False"], done.stderr
+
+
+@needs_kernel
+def test_a_closure_runs_first_and_its_gradients_are_the_ones_stepped(monkeypatch):
+    calls = spy(monkeypatch)
+    ours, theirs = params(), params()
+    mine = AdamW(ours, lr=1e-2, fused=True)
+    reference = torch.optim.AdamW(theirs, lr=1e-2, foreach=False)
+    for opt, ps in ((mine, ours), (reference, theirs)):
+
+        def closure(ps=ps):
+            loss = sum((p**2).sum() for p in ps)
+            loss.backward()
+            return loss
+
+        assert opt.step(closure) is not None
+    assert calls == [1]
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)

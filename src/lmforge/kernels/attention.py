@@ -2,9 +2,9 @@
 the causal softmax and the heads' outputs side by side in one pass over the fused projection, forward and backward.
 
 On char-small's shapes (12 x 4 heads of 64 positions x 32 columns, a 2-core Zen 4) one layer's attention, forward
-and backward, took 2.9 ms as torch's chunks, rotations, flash attention and copies, and 0.9 ms in the kernel; a layer
-with its products 4.3 -> 3.3 ms, with heads of 128 x 64 10.3 -> 8.4 ms, of GPT-2's 256 x 64 64.6 -> 60.2 ms. Up to
-512 x 64 a head it was measured faster than torch's, at 1024 x 64 not always, so longer rows (and everything else:
+and backward, took 2.9 ms as torch's chunks, rotations, flash attention and copies, and 0.55 ms in the kernel; a
+layer with its products 4.0 -> 3.0 ms, with heads of GPT-2's 256 x 64 (a batch of 8, 12 heads) 205 -> 188 ms. Up to
+512 x 64 a head it was measured faster than torch's, at 1024 x 64 tied, so longer rows (and everything else:
 padding, a KV cache, attention weights, dropout, autocast, torch.compile) take lmforge.nn.attention's path."""
 
 from __future__ import annotations

@@ -52,13 +52,14 @@ class AdamW(torch.optim.AdamW):
 
     @torch.no_grad()
     def step(self, closure=None):
-        rows = self._rows()
-        if rows is None:
-            return super().step(closure)
         loss = None
-        if closure is not None:
+        if closure is not None:  # first: it may compute the gradients this step reads
             with torch.enable_grad():
                 loss = closure()
+        rows = self._rows()
+        if rows is None:
+            super().step()
+            return loss
         tensors, groups = rows
         if tensors:
             scale = getattr(self, "grad_scale", None)
