@@ -2,6 +2,7 @@
 state dict, torch's norm, and torch's step wherever the kernel does not apply."""
 
 import copy
+import math
 import subprocess
 import sys
 
@@ -184,6 +185,21 @@ def test_total_norm_is_torchs_and_the_same_on_any_number_of_threads():
         torch.set_num_threads(threads)
     assert torch.equal(total_norm([grads[0].double()]), torch.nn.utils.get_total_norm([grads[0].double()]))
     assert total_norm([torch.tensor([float("nan"), 1.0])]).isnan()
+    assert total_norm([]).item() == 0.0 and total_norm([torch.zeros(0), torch.full((3,), 2.0)]).item() == pytest.approx(
+        12**0.5, rel=1e-7
+    )
+
+
+@needs_kernel
+def test_a_non_finite_norm_reaches_the_step_as_a_non_finite_scale():
+    """clip_in_step's factor is (norm + 1e-6) / max_norm, at least 1: a NaN norm gives a NaN factor (the loop's
+    guard skips such a step), an infinite one an infinite factor, as torch's clamp does."""
+    for value, check in ((float("nan"), math.isnan), (float("inf"), math.isinf)):
+        p = torch.nn.Parameter(torch.ones(4))
+        opt = AdamW([p], lr=1e-3, fused=True)
+        p.grad = torch.tensor([1.0, value, 0.0, 0.0])
+        norm = clip_in_step(opt, 1.0)
+        assert check(norm) and check(opt.grad_scale.item()) and opt.grad_scale.dtype == torch.float32
 
 
 def test_zero_grad_drops_or_zeroes_the_gradients():
@@ -217,7 +233,8 @@ def test_the_kernels_stay_off_when_asked_or_without_avx2(monkeypatch):
     monkeypatch.setattr(native, "has_avx2", lambda: False)
     assert not native.adamw_runs.__wrapped__() and not native.sum_squares_runs.__wrapped__()
     monkeypatch.setattr(native, "has_avx2", has_avx2)
-    assert native.adamw_runs.__wrapped__() == (is_x86() and has_avx2() and native.f32_transpose_runs())
+    expected = is_x86() and has_avx2() and native.f32_transpose_runs()
+    assert native.adamw_runs.__wrapped__() == native.sum_squares_runs.__wrapped__() == expected
 
 
 def test_an_optimizer_that_is_never_compiled_leaves_torch_dynamo_unimported():
@@ -258,3 +275,32 @@ def test_a_closure_runs_first_and_its_gradients_are_the_ones_stepped(monkeypatch
     assert calls == [1]
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+
+
+@needs_kernel
+def test_torchs_steps_and_the_kernels_mix_and_groups_and_states_load_midway(monkeypatch):
+    """A run that changes path midway: kernel steps, one of torch's (a found_inf set), a group added, a state dict
+    loaded into the optimizer that took them; torch's fused AdamW given the same calls ends within fp32 rounding,
+    and the step hooks ran once a step."""
+    hooks = []
+    ours, theirs = params(), params()
+    extra_ours, extra_theirs = (torch.nn.Parameter(torch.ones(7)) for _ in range(2))
+    mine = AdamW(groups(ours), lr=1e-2, fused=True)
+    reference = torch.optim.AdamW(groups(theirs), lr=1e-2, fused=True)
+    mine.register_step_post_hook(lambda *args: hooks.append(1))
+    for opt, ps, extra in ((mine, ours, extra_ours), (reference, theirs, extra_theirs)):
+        run(opt, ps, 3)
+        opt.found_inf, opt.grad_scale = torch.zeros(()), torch.ones(())
+        run(opt, ps, 1, seed=5)
+        del opt.found_inf
+        opt.add_param_group({"params": [extra], "weight_decay": 0.0})
+        extra.grad = torch.full((7,), 0.5)
+        run(opt, ps, 2, seed=6)
+        saved = copy.deepcopy(opt.state_dict())
+        run(opt, ps, 2, seed=7)  # moments the loaded state replaces
+        opt.load_state_dict(saved)
+        extra.grad = torch.full((7,), 0.5)
+        run(opt, ps, 2, seed=8)
+    assert len(hooks) == 10
+    for a, b in zip([*ours, extra_ours], [*theirs, extra_theirs], strict=True):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=2e-5, atol=2e-6)

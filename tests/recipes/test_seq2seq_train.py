@@ -19,9 +19,10 @@ from lmforge.training.optim import lr_at
 
 
 def test_the_original_transformer_learns_to_reverse_sequences(tmp_path):
-    """>= 95% exact match on held-out sequences, greedy decoding (measured: 100% after 300 steps, ~25 s)."""
+    """>= 95% exact match on held-out sequences, greedy decoding (measured: 98-100% after 400 steps, ~30 s; after 300
+    steps 90.5-99.5% over eight seeds, with fp32 rounding alone moving a run across that range)."""
     data = write_reversal(tmp_path)
-    assert train_cli(data, tmp_path / "run", steps=300) == 0
+    assert train_cli(data, tmp_path / "run", steps=400) == 0
     loaded = load(tmp_path / "run", "cpu")
     model, tokenizer = loaded.model.eval(), loaded.tokenizer
     val = read_parallel(data, "src", "tgt")["val"]
@@ -34,7 +35,7 @@ def test_the_original_transformer_learns_to_reverse_sequences(tmp_path):
     assert exact >= 0.95, (exact, texts[:5], val.target[:5])
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "val_nll" in r]
-    assert [r["step"] for r in evals] == [100, 200, 300] and evals[-1]["val_token_acc"] > 0.95
+    assert [r["step"] for r in evals] == [100, 200, 300, 400] and evals[-1]["val_token_acc"] > 0.95
 
 
 def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path):

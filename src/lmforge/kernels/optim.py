@@ -39,6 +39,12 @@ def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.nn.utils.get_total_norm(grads)
 
 
+def _unhooked(method: Callable) -> Callable:
+    """torch.optim.AdamW.step without the step hooks and profiler range that torch wraps it in once any
+    torch.optim.AdamW exists: this class's own step already runs inside them."""
+    return method.__wrapped__ if getattr(method, "hooked", False) else method
+
+
 def _undecorated(method: Callable) -> Callable:
     """torch.optim.Optimizer's method without its torch._disable_dynamo wrapper while torch._dynamo is not imported:
     nothing can be tracing the call then, and the wrapper's first call imports it (1.7 s on a 2-core Zen 4, in
@@ -47,8 +53,9 @@ def _undecorated(method: Callable) -> Callable:
 
 
 class AdamW(torch.optim.AdamW):
-    """torch.optim.AdamW (the same arguments, state and state dict) whose step over fp32 CPU tensors is one C kernel;
-    it divides the gradients by `grad_scale` where set, as torch's fused step does (lmforge's clipping)."""
+    """torch.optim.AdamW (the same arguments, state and state dict) whose step over fp32 CPU tensors is one C kernel.
+    It divides the gradients by `grad_scale` where set, as torch's fused step does (lmforge's clipping), but leaves
+    them as they are where torch's writes the divided ones back."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -58,7 +65,7 @@ class AdamW(torch.optim.AdamW):
                 loss = closure()
         rows = self._rows()
         if rows is None:
-            super().step()
+            _unhooked(torch.optim.AdamW.step)(self)
             return loss
         tensors, groups = rows
         if tensors:
@@ -77,51 +84,42 @@ class AdamW(torch.optim.AdamW):
 
     def add_param_group(self, param_group: dict) -> None:
         _undecorated(torch.optim.Optimizer.add_param_group)(self, param_group)
-        self._moments = None
 
     def load_state_dict(self, state_dict: dict) -> None:
         _undecorated(torch.optim.Optimizer.load_state_dict)(self, state_dict)
-        self._moments = None
 
     def state_dict(self) -> dict:
         return _undecorated(torch.optim.Optimizer.state_dict)(self)
 
     def _rows(self) -> tuple[list[tuple[torch.Tensor, ...]], list[AdamwGroup]] | None:
-        """(param, grad, exp_avg, exp_avg_sq, step) of each parameter with a gradient, and its group's
-        hyperparameters; None where torch's step has to run. A parameter's state is made as torch's fused step makes
-        it, then checked once, until a state dict or a group is loaded."""
+        """(param, grad, exp_avg, exp_avg_sq, step) of each parameter with a gradient, its state made as torch's fused
+        step makes it, and its group's hyperparameters; None where torch's step has to run."""
         if getattr(self, "found_inf", None) is not None or not adamw_runs():
             return None
-        if self.__dict__.get("_moments") is None:
-            self._moments = [[None] * len(group["params"]) for group in self.param_groups]
         tensors, groups = [], []
-        for group, moments in zip(self.param_groups, self._moments, strict=True):
+        for group in self.param_groups:
             if group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]:
                 return None
             if isinstance(group["lr"], torch.Tensor):
                 return None
             hyper = AdamwGroup(group["lr"], group["weight_decay"], *group["betas"], group["eps"])
-            for i, p in enumerate(group["params"]):
+            for p in group["params"]:
                 grad = p.grad
                 if grad is None:
                     continue
-                if not (_plain(p) and _plain(grad)):
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                row = (p, grad, state["exp_avg"], state["exp_avg_sq"], state["step"])
+                n = p.numel()  # the kernel reads and writes n elements of each tensor
+                if not (grad.numel() == row[2].numel() == row[3].numel() == n and row[4].numel() == 1):
                     return None
-                if moments[i] is None:
-                    moments[i] = self._moment(p)
-                    if moments[i] is None:
-                        return None
-                tensors.append((p, grad, *moments[i]))
+                if not all(_plain(x) for x in row):
+                    return None
+                tensors.append(row)
                 groups.append(hyper)
+        if len({id(row[0]) for row in tensors}) < len(tensors):  # a parameter listed twice: torch steps it twice
+            return None
         return tensors, groups
-
-    def _moment(self, p: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
-        """p's (exp_avg, exp_avg_sq, step), made where p has none yet; None where the kernel cannot read them."""
-        state = self.state[p]
-        if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        moment = (state["exp_avg"], state["exp_avg_sq"], state["step"])
-        fits = moment[0].shape == moment[1].shape == p.shape and moment[2].numel() == 1
-        return moment if fits and all(_plain(x) for x in moment) else None
