@@ -353,3 +353,29 @@ def test_a_fine_tuning_step_is_estimated_without_the_lm_head(name, tmp_path):
     estimated = sum(memory[k] for k in ("weights", "gradients", "optimizer", "activations"))
     mb = (estimated / 2**20, meter.peak / 2**20)
     assert 0.75 <= estimated / meter.peak <= 1.25, "estimated {:.0f} MB, measured {:.0f} MB".format(*mb)
+
+
+def test_codecarbon_learns_the_cpu_model_from_proc_cpuinfo_not_a_cpuid_process(monkeypatch):
+    """py-cpuinfo starts a Python process to run CPUID (1.2 s of a core beside the first steps); codecarbon's cached
+    question is answered with /proc/cpuinfo's model name, the same string, and py-cpuinfo is left as it was."""
+    pytest.importorskip("codecarbon", reason="the green extra (make test installs it)")
+    import cpuinfo as py_cpuinfo
+    from codecarbon.core.util import detect_cpu_model
+
+    from lmforge.training import energy
+
+    def refuse():
+        raise AssertionError("py-cpuinfo was asked")
+
+    monkeypatch.setattr(py_cpuinfo, "get_cpu_info", refuse)
+    monkeypatch.setattr(energy, "cpuinfo", lambda field: "Some CPU @ 3.0GHz" if field == "model name" else "")
+    detect_cpu_model.cache_clear()
+    try:
+        energy._tell_cpu_model()
+        assert detect_cpu_model() == "Some CPU @ 3.0GHz" and py_cpuinfo.get_cpu_info is refuse
+        detect_cpu_model.cache_clear()
+        monkeypatch.setattr(energy, "cpuinfo", lambda field: "")  # no /proc/cpuinfo: codecarbon asks as it does
+        energy._tell_cpu_model()
+        assert detect_cpu_model.cache_info().currsize == 0
+    finally:
+        detect_cpu_model.cache_clear()
