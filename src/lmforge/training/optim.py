@@ -80,7 +80,8 @@ def clip_in_step(optimizer: torch.optim.Optimizer, max_norm: float) -> float:
     if max_norm:
         if all(group.get("fused") for group in optimizer.param_groups):
             factor = (value + 1e-6) / max_norm
-            optimizer.grad_scale = torch.tensor(factor if not factor < 1.0 else 1.0, dtype=torch.float32)  # NaN stays
+            factor = factor if not factor < 1.0 else 1.0  # a NaN stays NaN, as clamp's
+            optimizer.grad_scale = torch.tensor(factor, dtype=torch.float32, device=norm.device)  # the step's device
         else:
             torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return value
