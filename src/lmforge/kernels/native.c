@@ -170,8 +170,11 @@ static FMA inline __m256 exp8(__m256 x) {
 }
 
 /* out = x rotated as lmforge.nn.positions.RotaryEmbedding does: x * cos2 + (x's halves swapped) * sin2, or x itself
-   without tables; times scale. Eight columns at a time where the halves are a multiple of 8 wide. */
-static FMA inline void rotate(const float *x, const float *cos2, const float *sin2, float *out, int64_t d, float scale) {
+   without tables; times scale. The sines of the swapped halves come from s_lo (for the first half's columns) and
+   s_hi (the second's): sin2 and sin2 + d / 2 rotate, the reverse undoes it (the gradient: dx[c] = dy[c] cos2[c] +
+   dy[c'] sin2[c'], c' the other half's column). Eight columns at a time where the halves are a multiple of 8 wide. */
+static FMA inline void rotate(const float *x, const float *cos2, const float *s_lo, const float *s_hi, float *out,
+                              int64_t d, float scale) {
     const int64_t h = d / 2;
     const __m256 s = _mm256_set1_ps(scale);
     if (!cos2) {
@@ -179,33 +182,15 @@ static FMA inline void rotate(const float *x, const float *cos2, const float *si
     } else if (h % 8 == 0) {
         for (int64_t c = 0; c < h; c += 8) {
             const __m256 lo = _mm256_loadu_ps(x + c), hi = _mm256_loadu_ps(x + c + h);
-            const __m256 a = _mm256_fmadd_ps(lo, _mm256_loadu_ps(cos2 + c), _mm256_mul_ps(hi, _mm256_loadu_ps(sin2 + c)));
-            const __m256 b = _mm256_fmadd_ps(hi, _mm256_loadu_ps(cos2 + c + h), _mm256_mul_ps(lo, _mm256_loadu_ps(sin2 + c + h)));
+            const __m256 a = _mm256_fmadd_ps(lo, _mm256_loadu_ps(cos2 + c), _mm256_mul_ps(hi, _mm256_loadu_ps(s_lo + c)));
+            const __m256 b = _mm256_fmadd_ps(hi, _mm256_loadu_ps(cos2 + c + h), _mm256_mul_ps(lo, _mm256_loadu_ps(s_hi + c)));
             _mm256_storeu_ps(out + c, _mm256_mul_ps(a, s)), _mm256_storeu_ps(out + c + h, _mm256_mul_ps(b, s));
         }
     } else {
-        for (int64_t c = 0; c < h; c++) out[c] = (x[c] * cos2[c] + x[c + h] * sin2[c]) * scale;
-        for (int64_t c = h; c < d; c++) out[c] = (x[c] * cos2[c] + x[c - h] * sin2[c]) * scale;
-    }
-}
-
-/* the gradient of rotate: dx[c] = dy[c] cos2[c] + dy[c'] sin2[c'], c' the other half's column */
-static FMA inline void rotate_back(const float *dy, const float *cos2, const float *sin2, float *dx, int64_t d,
-                                   float scale) {
-    const int64_t h = d / 2;
-    const __m256 s = _mm256_set1_ps(scale);
-    if (!cos2) {
-        for (int64_t c = 0; c < d; c += 8) _mm256_storeu_ps(dx + c, _mm256_mul_ps(_mm256_loadu_ps(dy + c), s));
-    } else if (h % 8 == 0) {
-        for (int64_t c = 0; c < h; c += 8) {
-            const __m256 lo = _mm256_loadu_ps(dy + c), hi = _mm256_loadu_ps(dy + c + h);
-            const __m256 a = _mm256_fmadd_ps(lo, _mm256_loadu_ps(cos2 + c), _mm256_mul_ps(hi, _mm256_loadu_ps(sin2 + c + h)));
-            const __m256 b = _mm256_fmadd_ps(hi, _mm256_loadu_ps(cos2 + c + h), _mm256_mul_ps(lo, _mm256_loadu_ps(sin2 + c)));
-            _mm256_storeu_ps(dx + c, _mm256_mul_ps(a, s)), _mm256_storeu_ps(dx + c + h, _mm256_mul_ps(b, s));
+        for (int64_t c = 0; c < h; c++) {
+            out[c] = (x[c] * cos2[c] + x[c + h] * s_lo[c]) * scale;
+            out[c + h] = (x[c + h] * cos2[c + h] + x[c] * s_hi[c]) * scale;
         }
-    } else {
-        for (int64_t c = 0; c < h; c++) dx[c] = (dy[c] * cos2[c] + dy[c + h] * sin2[c + h]) * scale;
-        for (int64_t c = h; c < d; c++) dx[c] = (dy[c] * cos2[c] + dy[c - h] * sin2[c - h]) * scale;
     }
 }
 
@@ -333,8 +318,9 @@ static FMA void load_head(const float *base, const float *cos2, const float *sin
                           int64_t tp, float scale, float *q, float *k, float *kt, float *v, float *vt) {
     for (int64_t i = 0; i < t; i++) {
         const float *x = base + i * 3 * w, *c = cos2 ? cos2 + i * d : 0, *sn = sin2 ? sin2 + i * d : 0;
-        rotate(x, c, sn, q + i * d, d, scale);
-        rotate(x + w, c, sn, k + i * d, d, 1.0f);
+        const float *sh = sin2 ? sn + d / 2 : 0;
+        rotate(x, c, sn, sh, q + i * d, d, scale);
+        rotate(x + w, c, sn, sh, k + i * d, d, 1.0f);
         if (v) memcpy(v + i * d, x + 2 * w, sizeof(float) * d);
     }
     columns(k, d, t, d, tp, kt);
@@ -435,9 +421,10 @@ int f32_causal_attention_backward(const float *qkv, const float *cos2, const flo
             float *gbase = dqkv + row * t * 3 * w + head * d;
             for (int64_t i = 0; i < t; i++) {
                 const float *c = cos2 ? cos2 + i * d : 0, *sn = sin2 ? sin2 + i * d : 0;
+                const float *sh = sin2 ? sn + d / 2 : 0;
                 float *gx = gbase + i * 3 * w;
-                rotate_back(dq + i * d, c, sn, gx, d, scale);
-                rotate_back(dk + i * d, c, sn, gx + w, d, 1.0f);
+                rotate(dq + i * d, c, sh, sn, gx, d, scale); /* the rotation undone: its gradient */
+                rotate(dk + i * d, c, sh, sn, gx + w, d, 1.0f);
                 memcpy(gx + 2 * w, dv + i * d, sizeof(float) * d);
             }
         }

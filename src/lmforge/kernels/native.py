@@ -270,11 +270,9 @@ def adamw_runs() -> bool:
             adamw_step(rows, [AdamwGroup(*h) for h in hyper], 2.0)
             for (p, m, v), grad, (lr, decay, beta1, beta2, eps) in zip(exact, grads, hyper, strict=True):
                 grad = grad.double() / 2
-                (
-                    p.mul_(1 - lr * decay),
-                    m.mul_(beta1).add_((1 - beta1) * grad),
-                    v.mul_(beta2).add_((1 - beta2) * grad**2),
-                )
+                p.mul_(1 - lr * decay)
+                m.mul_(beta1).add_((1 - beta1) * grad)
+                v.mul_(beta2).add_((1 - beta2) * grad**2)
                 p.sub_(lr / (1 - beta1**step) * m / (v.sqrt() / math.sqrt(1 - beta2**step) + eps))
         return all(torch.allclose(p.double(), e[0], rtol=1e-5, atol=1e-6) for p, e in zip(mine, exact, strict=True))
 
