@@ -12,6 +12,7 @@ import torch
 from lmforge.config import GPTConfig
 from lmforge.kernels import apply_kernels, native
 from lmforge.kernels import attention as attention_module
+from lmforge.kernels import block as block_module
 from lmforge.kernels.attention import Attention, is_causal
 from lmforge.kernels.cpu import has_avx2, is_x86
 from lmforge.models import GPT
@@ -36,9 +37,11 @@ def reference(qkv: torch.Tensor, heads: int, rope: RotaryEmbedding | None) -> to
 
 
 def spy(monkeypatch) -> list:
+    """The kernel's calls, through the attention layer or a fused block (kernels.block)."""
     calls = []
     real = attention_module.causal_attention
-    monkeypatch.setattr(attention_module, "causal_attention", lambda *a: calls.append(1) or real(*a))
+    for module in (attention_module, block_module):
+        monkeypatch.setattr(module, "causal_attention", lambda *a: calls.append(1) or real(*a))
     return calls
 
 

@@ -139,19 +139,33 @@ def weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return grad.t() @ x
 
 
+def linear_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, needs: tuple) -> tuple:
+    """The gradients of `linear(x, W, b)` for grad and x of 2 dimensions (grad contiguous), on the kernel that ran its
+    forward; needs (x's, W's, b's) says which to compute, None for the others."""
+    if not _onednn_applies(x, weight, None):
+        grad_x = grad @ weight if needs[0] else None
+        return grad_x, grad.t() @ x if needs[1] else None, grad.sum(0) if needs[2] else None
+    return _onednn_backward(grad, x, weight, needs)
+
+
+def _onednn_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, needs: tuple) -> tuple:
+    grad_x = grad_w = grad_b = None
+    if needs[0]:
+        grad_x = _product(grad, _transposed(weight))
+    if needs[1]:
+        grad_w = _weight_grad(grad, x)
+        if not grad_w.is_contiguous():  # transposed: autograd would copy it into the parameter's .grad
+            grad_w = _transposed(grad_w.t())
+    if needs[2]:  # False without a bias
+        grad_b = grad.sum(0)
+    return grad_x, grad_w, grad_b
+
+
 def _backward(ctx, grad: torch.Tensor) -> tuple:
     x, weight = ctx.saved_tensors
     grad = grad.reshape(-1, grad.size(-1)).contiguous()  # an expanded gradient (of a sum) has zero strides
-    grad_x = grad_w = grad_b = None
-    if ctx.needs_input_grad[0]:
-        grad_x = _product(grad, _transposed(weight)).view(x.shape)
-    if ctx.needs_input_grad[1]:
-        grad_w = _weight_grad(grad, x.reshape(-1, x.size(-1)))
-        if not grad_w.is_contiguous():  # transposed: autograd would copy it into the parameter's .grad
-            grad_w = _transposed(grad_w.t())
-    if ctx.needs_input_grad[2]:  # False without a bias
-        grad_b = grad.sum(0)
-    return grad_x, grad_w, grad_b
+    grad_x, grad_w, grad_b = _onednn_backward(grad, x.reshape(-1, x.size(-1)), weight, ctx.needs_input_grad)
+    return None if grad_x is None else grad_x.view(x.shape), grad_w, grad_b
 
 
 onednn_linear.register_autograd(_backward, setup_context=_save)

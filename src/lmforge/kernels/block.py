@@ -1,0 +1,146 @@
+"""A pre-norm Transformer block's training step on CPU as one autograd Function: its forward and a written-out
+backward.
+
+Autograd records a causal LM's block as ten nodes (two layer norms, four products, attention, the activation, two
+residual sums), each module called through nn.Module's machinery and each product through kernels.linear's checks. On
+char-small's steps (768 rows of 128 columns) that bookkeeping costs more than the layer norms' arithmetic. `Block`
+runs the same operations on the same kernels (kernels.linear's products, kernels.attention's C kernel, torch's layer
+norm and activation) in one Function: the same sums in the same order, so its outputs and gradients are bit for bit
+those of the modules on oneDNN's products (a test), and it saves the same tensors for the backward.
+
+It runs where the block records a gradient with everything the attention kernel needs (kernels.attention); a
+post-norm, gated or cross-attending block, RMS norms, dropout in training, hooks on its modules, a cache or attention
+weights asked for, and torch.compile take TransformerBlock's path."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules import module as torch_module
+
+from lmforge.kernels.attention import Attention
+from lmforge.kernels.linear import Linear, linear, linear_backward
+from lmforge.kernels.native import causal_attention, causal_attention_backward
+from lmforge.nn.blocks import TransformerBlock
+
+aten = torch.ops.aten
+
+# activation -> (forward, gradient from (grad, pre-activation u, output a)), as autograd's formulas take them
+ACTIVATIONS = {
+    "gelu_exact": (F.gelu, lambda grad, u, a: aten.gelu_backward(grad, u)),
+    "gelu": (partial(F.gelu, approximate="tanh"), lambda grad, u, a: aten.gelu_backward(grad, u, approximate="tanh")),
+    "relu": (F.relu, lambda grad, u, a: aten.threshold_backward(grad, a, 0)),
+}
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")  # fmt: skip
+_SAVES_INPUT = {"gelu_exact", "gelu"}  # whose gradient reads the pre-activation (relu's reads its output)
+
+
+class _Block(torch.autograd.Function):
+    """x + attention(LN1(x)) = h, then h + FFN(LN2(h)); the parameters in the order of `Block._parameters_in_order`."""
+
+    @staticmethod
+    def forward(ctx, x, cos2, sin2, meta, l1w, l1b, wqkv, bqkv, wo, bo, l2w, l2b, w1, b1, w2, b2):
+        heads, scale, eps1, eps2, activation = meta
+        b, t, d = x.shape
+        x2 = x.reshape(b * t, d)
+        n1, mean1, rstd1 = torch.native_layer_norm(x2, (d,), l1w, l1b, eps1)
+        qkv = linear(n1, wqkv, bqkv).view(b, t, -1)
+        y, lse = causal_attention(qkv, cos2, sin2, heads, scale)
+        y2 = y.view(b * t, -1)
+        h = linear(y2, wo, bo).add_(x2)
+        n2, mean2, rstd2 = torch.native_layer_norm(h, (d,), l2w, l2b, eps2)
+        u = linear(n2, w1, b1)
+        a = ACTIVATIONS[activation][0](u)
+        out = linear(a, w2, b2).add_(h)
+        saved_u = u if activation in _SAVES_INPUT else None
+        ctx.save_for_backward(x2, n1, mean1, rstd1, qkv, y, lse, h, n2, mean2, rstd2, saved_u, a,
+                              cos2, sin2, l1w, l1b, wqkv, wo, l2w, l2b, w1, w2)  # fmt: skip
+        ctx.meta = meta
+        return out.view(b, t, d)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x2, n1, mean1, rstd1, qkv, y, lse, h, n2, mean2, rstd2, u, a, cos2, sin2, *weights = ctx.saved_tensors
+        l1w, l1b, wqkv, wo, l2w, l2b, w1, w2 = weights
+        heads, scale, _, _, activation = ctx.meta
+        needs = ctx.needs_input_grad
+        shape = grad_out.shape
+        grad_out = grad_out.reshape(x2.shape).contiguous()  # an expanded gradient (of a sum) has zero strides
+        grad_a, grad_w2, grad_b2 = linear_backward(grad_out, a, w2, (True, needs[14], needs[15]))
+        grad_u = ACTIVATIONS[activation][1](grad_a, u, a)
+        grad_n2, grad_w1, grad_b1 = linear_backward(grad_u, n2, w1, (True, needs[12], needs[13]))
+        grad_h, grad_l2w, grad_l2b = aten.native_layer_norm_backward(
+            grad_n2, h, shape[-1:], mean2, rstd2, l2w, l2b, [True, needs[10], needs[11]]
+        )
+        grad_h += grad_out
+        grad_y, grad_wo, grad_bo = linear_backward(grad_h, y.view(x2.size(0), -1), wo, (True, needs[8], needs[9]))
+        grad_qkv = causal_attention_backward(qkv, cos2, sin2, y, grad_y.view(y.shape), lse, heads, scale)
+        first = needs[0] or needs[4] or needs[5]  # anything below the first layer norm
+        grad_n1, grad_wqkv, grad_bqkv = linear_backward(
+            grad_qkv.view(x2.size(0), -1), n1, wqkv, (first, needs[6], needs[7])
+        )
+        grad_x = grad_l1w = grad_l1b = None
+        if first:
+            grad_x, grad_l1w, grad_l1b = aten.native_layer_norm_backward(
+                grad_n1, x2, shape[-1:], mean1, rstd1, l1w, l1b, [needs[0], needs[4], needs[5]]
+            )
+        if needs[0]:
+            grad_x = grad_x.add_(grad_h).view(shape)
+        return (grad_x, None, None, None, grad_l1w, grad_l1b, grad_wqkv, grad_bqkv, grad_wo, grad_bo, grad_l2w,
+                grad_l2b, grad_w1, grad_b1, grad_w2, grad_b2)  # fmt: skip
+
+
+class Block(TransformerBlock):
+    """TransformerBlock (same modules, parameters and state-dict keys) whose training forward and backward run as one
+    Function where it applies; what lmforge.kernels.apply_kernels turns a model's TransformerBlock layers into."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, context=None, context_mask=None, cache=None,
+                layer: int = 0, rope=None, need_weights: bool = False, position_bias=None) -> tuple:  # fmt: skip
+        """TransformerBlock.forward's arguments and result."""
+        plain = context is None and cache is None and not need_weights and position_bias is None
+        if not (plain and self._fused(x, mask, rope)):
+            return super().forward(x, mask, context, context_mask, cache, layer, rope, need_weights, position_bias)
+        attn, t = self.attn, x.size(1)
+        tables = (rope.cos2[:t], rope.sin2[:t]) if rope is not None else (None, None)
+        scale = 1 / math.sqrt(attn.d_head) if attn.scale else 1.0
+        meta = (attn.n_head, scale, self.ln_attn.eps, self.ln_ffn.eps, self.ffn.activation)
+        return _Block.apply(x, *tables, meta, *self._parameters_in_order()), None
+
+    def _parameters_in_order(self) -> tuple:
+        attn, ffn = self.attn, self.ffn
+        return (self.ln_attn.weight, self.ln_attn.bias, attn.qkv.weight, attn.qkv.bias, attn.out.weight,
+                attn.out.bias, self.ln_ffn.weight, self.ln_ffn.bias, ffn.up.weight, ffn.up.bias, ffn.down.weight,
+                ffn.down.bias)  # fmt: skip
+
+    def _fused(self, x: torch.Tensor, mask: torch.Tensor | None, rope) -> bool:
+        if torch.compiler.is_compiling() or not torch.is_grad_enabled():
+            return False
+        ffn, norms = self.ffn, (self.ln_attn, self.ln_ffn)
+        modules = (self.attn, self.attn.qkv, self.attn.out, ffn, ffn.up, ffn.down, *norms)
+        return (
+            self.pre_norm
+            and self.cross is None
+            and ffn.gate is None
+            and getattr(ffn, "activation", None) in ACTIVATIONS
+            and (self.drop.p == 0 or not self.training)
+            and isinstance(self.attn, Attention)
+            and all(type(layer) in (nn.Linear, Linear) for layer in modules[1:3] + modules[4:6])
+            and all(type(norm) is nn.LayerNorm and norm.weight is not None for norm in norms)
+            and all(p.dtype == torch.float32 for p in (self.ln_attn.weight, self.ln_ffn.weight, ffn.up.weight))
+            and not _hooked(modules)
+            and self.attn._fused(x, mask, rope)
+        )
+
+
+def _hooked(modules: tuple[nn.Module, ...]) -> bool:
+    """Whether calling the block's modules would run a hook, theirs or a global one, that the Function would skip
+    (the block's own hooks run around it as they would)."""
+    if any(getattr(torch_module, name) for name in _GLOBAL_HOOKS):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules)
