@@ -58,12 +58,14 @@ IDX = torch.randint(65, (3, 32), generator=torch.Generator().manual_seed(1))
 
 @needs_kernel
 @pytest.mark.parametrize(
-    "model", [{}, {"position": "learned"}, {"bias": False}, {"activation": "gelu"}, {"activation": "relu"},
+    "model", [{}, {"position": "learned"}, {"bias": False}, {"activation": "gelu_exact"}, {"activation": "relu"},
               {"n_head": 2, "d_model": 48}]
 )  # fmt: skip
 def test_the_fused_step_is_the_modules_step(model, monkeypatch):
-    """Rotary and learned positions, with and without biases, each activation: the Function runs in both blocks, and
-    the loss and every gradient are the modules' (bit for bit where the products are oneDNN's in both)."""
+    """Rotary and learned positions, with and without biases, each activation (exact GELU by torch's kernel here):
+    the Function runs in both blocks, and the loss and every gradient are the modules' (bit for bit where the
+    products are oneDNN's in both)."""
+    monkeypatch.setattr(block_module, "gelu_runs", lambda: False)
     fused, plain = twins(**model)
     assert [type(m) for m in fused.decoder.blocks] == [Block, Block]
     calls = spy(monkeypatch)
@@ -73,6 +75,20 @@ def test_the_fused_step_is_the_modules_step(model, monkeypatch):
     exact = linear_module._onednn_applies(torch.zeros(IDX.numel(), 64), torch.zeros(8, 64), None)
     assert torch.equal(loss, expected) if exact else torch.allclose(loss, expected, rtol=1e-6)
     assert_same_gradients(fused, plain, exact)
+
+
+@needs_kernel
+@pytest.mark.skipif(not native.gelu_runs(), reason="no AVX2 or no C compiler here")
+def test_exact_gelu_by_lmforges_kernel_keeps_the_gradients(monkeypatch):
+    """Exact GELU and its slope by kernels.native (the slope kept for the backward in place of the input): the loss
+    and gradients within fp32 rounding of the modules' (torch's erf and lmforge's are both fp32 approximations)."""
+    fused, plain = twins(activation="gelu_exact")
+    calls = []
+    real = block_module.gelu_and_slope
+    monkeypatch.setattr(block_module, "gelu_and_slope", lambda u: calls.append(1) or real(u))
+    torch.testing.assert_close(step(fused, IDX), step(plain, IDX), rtol=1e-6, atol=1e-6)
+    assert len(calls) == 2
+    assert_same_gradients(fused, plain, exact=False)
 
 
 @needs_kernel
@@ -91,6 +107,7 @@ def test_torchs_products_take_their_own_gradients(monkeypatch):
 def test_frozen_parameters_get_no_gradient(monkeypatch):
     """Frozen embeddings (so the first block's input needs no gradient) and a frozen layer norm and product: None for
     those, the modules' gradients for the rest."""
+    monkeypatch.setattr(block_module, "gelu_runs", lambda: False)
     fused, plain = twins()
     for model in (fused, plain):
         for p in (model.tok_emb.weight, model.decoder.blocks[0].ln_attn.weight, model.decoder.blocks[1].ffn.up.bias):

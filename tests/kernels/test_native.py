@@ -17,6 +17,8 @@ from lmforge.kernels.native import (
     bf16_gemv_runs,
     build,
     f32_transpose_runs,
+    gelu_and_slope,
+    gelu_runs,
     i8_gemv,
     i8_gemv_runs,
     transposed,
@@ -32,7 +34,7 @@ def test_the_kernel_runs_wherever_there_are_avx2_and_a_compiler():
     """u8_gemv_runs, i8_gemv_runs and bf16_gemv_runs check the kernels' sums on tiny products: false only where they
     cannot be built, never for wrong sums."""
     expected = is_x86() and has_avx2() and compiler is not None
-    assert u8_gemv_runs() == i8_gemv_runs() == bf16_gemv_runs() == f32_transpose_runs() == expected
+    assert u8_gemv_runs() == i8_gemv_runs() == bf16_gemv_runs() == f32_transpose_runs() == gelu_runs() == expected
 
 
 @pytest.mark.parametrize("shape", [(768, 128), (2048, 384), (77, 45), (8, 8), (7, 9), (1, 300), (300, 1), (33, 65)])
@@ -178,19 +180,22 @@ def test_the_library_is_built_once_per_source_and_never_half_written(tmp_path, m
     assert len(list((tmp_path / "cache").iterdir())) == 2  # the two libraries, no temporary file left
 
 
+KERNELS = (u8_gemv_runs, i8_gemv_runs, bf16_gemv_runs, f32_transpose_runs, gelu_runs)
+
+
 def test_the_kernel_stays_off_when_asked_without_avx2_or_without_a_compiler(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "is_x86", lambda: True)
     monkeypatch.setenv("LMFORGE_NATIVE_KERNELS", "0")
-    assert not any(runs.__wrapped__() for runs in (u8_gemv_runs, i8_gemv_runs, bf16_gemv_runs, f32_transpose_runs))
+    assert not any(runs.__wrapped__() for runs in KERNELS)
     monkeypatch.delenv("LMFORGE_NATIVE_KERNELS")
     monkeypatch.setattr(native, "has_avx2", lambda: False)
-    assert not any(runs.__wrapped__() for runs in (u8_gemv_runs, i8_gemv_runs, bf16_gemv_runs, f32_transpose_runs))
+    assert not any(runs.__wrapped__() for runs in KERNELS)
     monkeypatch.setattr(native, "has_avx2", lambda: True)
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setattr(native, "cache_dir", lambda: tmp_path)
     native._library.cache_clear()
     try:
-        assert not any(runs.__wrapped__() for runs in (u8_gemv_runs, i8_gemv_runs, bf16_gemv_runs, f32_transpose_runs))
+        assert not any(runs.__wrapped__() for runs in KERNELS)
     finally:
         native._library.cache_clear()
 
@@ -213,3 +218,40 @@ def test_a_read_only_cache_builds_the_kernel_for_the_process_alone(monkeypatch, 
         assert [p.suffix for p in (tmp_path / "lmforge-kernels-1").iterdir()] == [".so"]
     finally:
         native._library.cache_clear()
+
+
+@needs_kernel
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 8191, 8192, 8193, 3 * 8192 + 5])
+def test_gelu_and_its_slope_are_the_formulas(n):
+    """u Phi(u) and Phi(u) + u phi(u) against fp64's within fp32 rounding, for sizes on and off the kernel's 8-wide
+    steps and 8192-element pieces; the derivative overwrites u."""
+    u = torch.randn(n, generator=torch.Generator().manual_seed(n)) * 4
+    exact = u.double()
+    cdf = 0.5 * (1 + torch.erf(exact / 2**0.5))
+    slope = cdf + exact * torch.exp(-0.5 * exact**2) / (2 * torch.pi) ** 0.5
+    derivative = u.clone()
+    a = gelu_and_slope(derivative)
+    torch.testing.assert_close(a.double(), exact * cdf, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(derivative.double(), slope, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(derivative, u)
+
+
+@needs_kernel
+def test_gelu_does_not_depend_on_threads_and_keeps_nans():
+    u = torch.randn(5 * 8192 + 3, generator=torch.Generator().manual_seed(0)) * 3
+    u[[0, 8195, -1]] = torch.tensor([float("nan"), float("-inf"), 50.0])
+    results = []
+    for threads in (1, 2, 3):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            derivative = u.clone()
+            results.append((gelu_and_slope(derivative), derivative))
+        finally:
+            torch.set_num_threads(previous)
+    for a, d in results[1:]:
+        torch.testing.assert_close(a, results[0][0], rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(d, results[0][1], rtol=0, atol=0, equal_nan=True)
+    a, d = results[0]
+    assert a[0].isnan() and d[0].isnan()
+    assert a[-1] == 50.0 and d[-1] == 1.0

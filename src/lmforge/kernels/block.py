@@ -15,7 +15,6 @@ weights asked for, and torch.compile take TransformerBlock's path."""
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -24,20 +23,22 @@ from torch.nn.modules import module as torch_module
 
 from lmforge.kernels.attention import Attention
 from lmforge.kernels.linear import Linear, linear, linear_backward
-from lmforge.kernels.native import causal_attention, causal_attention_backward
+from lmforge.kernels.native import causal_attention, causal_attention_backward, gelu_and_slope, gelu_runs
 from lmforge.nn.blocks import TransformerBlock
 
 aten = torch.ops.aten
 
-# activation -> (forward, gradient from (grad, pre-activation u, output a)), as autograd's formulas take them
+# activation -> (forward: u -> (output a, what its gradient reads), gradient: (grad, what it reads, a) -> grad_u), as
+# autograd's formulas take them; "gelu_slope" is exact GELU by kernels.native, whose forward leaves GELU'(u) in u
 ACTIVATIONS = {
-    "gelu_exact": (F.gelu, lambda grad, u, a: aten.gelu_backward(grad, u)),
-    "gelu": (partial(F.gelu, approximate="tanh"), lambda grad, u, a: aten.gelu_backward(grad, u, approximate="tanh")),
-    "relu": (F.relu, lambda grad, u, a: aten.threshold_backward(grad, a, 0)),
-}
+    "gelu_slope": (lambda u: (gelu_and_slope(u), u), lambda grad, slope, a: grad.mul_(slope)),
+    "gelu_exact": (lambda u: (F.gelu(u), u), lambda grad, u, a: aten.gelu_backward(grad, u)),
+    "gelu": (lambda u: (F.gelu(u, approximate="tanh"), u),
+             lambda grad, u, a: aten.gelu_backward(grad, u, approximate="tanh")),
+    "relu": (lambda u: (F.relu(u), None), lambda grad, u, a: aten.threshold_backward(grad, a, 0)),
+}  # fmt: skip
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                  "_global_backward_pre_hooks")  # fmt: skip
-_SAVES_INPUT = {"gelu_exact", "gelu"}  # whose gradient reads the pre-activation (relu's reads its output)
 
 
 class _Block(torch.autograd.Function):
@@ -55,10 +56,9 @@ class _Block(torch.autograd.Function):
         h = linear(y2, wo, bo).add_(x2)
         n2, mean2, rstd2 = torch.native_layer_norm(h, (d,), l2w, l2b, eps2)
         u = linear(n2, w1, b1)
-        a = ACTIVATIONS[activation][0](u)
+        a, u = ACTIVATIONS[activation][0](u)
         out = linear(a, w2, b2).add_(h)
-        saved_u = u if activation in _SAVES_INPUT else None
-        ctx.save_for_backward(x2, n1, mean1, rstd1, qkv, y, lse, h, n2, mean2, rstd2, saved_u, a,
+        ctx.save_for_backward(x2, n1, mean1, rstd1, qkv, y, lse, h, n2, mean2, rstd2, u, a,
                               cos2, sin2, l1w, l1b, wqkv, wo, l2w, l2b, w1, w2)  # fmt: skip
         ctx.meta = meta
         return out.view(b, t, d)
@@ -109,7 +109,10 @@ class Block(TransformerBlock):
         attn, t = self.attn, x.size(1)
         tables = (rope.cos2[:t], rope.sin2[:t]) if rope is not None else (None, None)
         scale = 1 / math.sqrt(attn.d_head) if attn.scale else 1.0
-        meta = (attn.n_head, scale, self.ln_attn.eps, self.ln_ffn.eps, self.ffn.activation)
+        activation = self.ffn.activation
+        if activation == "gelu_exact" and gelu_runs():
+            activation = "gelu_slope"
+        meta = (attn.n_head, scale, self.ln_attn.eps, self.ln_ffn.eps, activation)
         return _Block.apply(x, *tables, meta, *self._parameters_in_order()), None
 
     def _parameters_in_order(self) -> tuple:
