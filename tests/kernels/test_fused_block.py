@@ -79,15 +79,17 @@ def test_the_fused_step_is_the_modules_step(model, monkeypatch):
 
 @needs_kernel
 @pytest.mark.skipif(not native.gelu_runs(), reason="no AVX2 or no C compiler here")
-def test_exact_gelu_by_lmforges_kernel_keeps_the_gradients(monkeypatch):
-    """Exact GELU and its slope by kernels.native (the slope kept for the backward in place of the input): the loss
-    and gradients within fp32 rounding of the modules' (torch's erf and lmforge's are both fp32 approximations)."""
-    fused, plain = twins(activation="gelu_exact")
+@pytest.mark.parametrize("activation", ["gelu_exact", "gelu"])
+def test_gelu_by_lmforges_kernel_keeps_the_gradients(activation, monkeypatch):
+    """Exact GELU or its tanh form and its slope by kernels.native (the slope kept for the backward in place of the
+    input): the loss and gradients within fp32 rounding of the modules' (torch's and lmforge's are both fp32
+    approximations)."""
+    fused, plain = twins(activation=activation)
     calls = []
     real = block_module.gelu_and_slope
-    monkeypatch.setattr(block_module, "gelu_and_slope", lambda u: calls.append(1) or real(u))
+    monkeypatch.setattr(block_module, "gelu_and_slope", lambda *a: calls.append(a[1:]) or real(*a))
     torch.testing.assert_close(step(fused, IDX), step(plain, IDX), rtol=1e-6, atol=1e-6)
-    assert len(calls) == 2
+    assert calls == [() if activation == "gelu_exact" else ("tanh",)] * 2
     assert_same_gradients(fused, plain, exact=False)
 
 

@@ -221,18 +221,20 @@ def test_a_read_only_cache_builds_the_kernel_for_the_process_alone(monkeypatch, 
 
 
 @needs_kernel
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 8191, 8192, 8193, 3 * 8192 + 5])
-def test_gelu_and_its_slope_are_the_formulas(n):
-    """u Phi(u) and Phi(u) + u phi(u) against fp64's within fp32 rounding, for sizes on and off the kernel's 8-wide
-    steps and 8192-element pieces; the derivative overwrites u."""
+def test_gelu_and_its_slope_are_the_formulas(n, approximate):
+    """Exact GELU and its tanh form, and their derivatives, against fp64's within fp32 rounding, for sizes on and off
+    the kernel's 8-wide steps and 8192-element pieces; the derivative overwrites u."""
     u = torch.randn(n, generator=torch.Generator().manual_seed(n)) * 4
-    exact = u.double()
-    cdf = 0.5 * (1 + torch.erf(exact / 2**0.5))
-    slope = cdf + exact * torch.exp(-0.5 * exact**2) / (2 * torch.pi) ** 0.5
+    u[0] = 5.0  # where the tanh form's derivative is 1 + 2e-6, which 1 - s computed after s would round away
+    exact = u.double().requires_grad_()
+    a = torch.nn.functional.gelu(exact, approximate=approximate)
+    (slope,) = torch.autograd.grad(a.sum(), exact)
     derivative = u.clone()
-    a = gelu_and_slope(derivative)
-    torch.testing.assert_close(a.double(), exact * cdf, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(derivative.double(), slope, rtol=1e-6, atol=1e-6)
+    mine = gelu_and_slope(derivative, approximate)
+    torch.testing.assert_close(mine.double(), a.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(derivative.double(), slope, rtol=2e-7, atol=2e-7)
     assert not torch.equal(derivative, u)
 
 
@@ -249,6 +251,8 @@ def test_gelu_does_not_depend_on_threads_and_keeps_nans():
             results.append((gelu_and_slope(derivative), derivative))
         finally:
             torch.set_num_threads(previous)
+    tanh_form = u.clone()
+    assert gelu_and_slope(tanh_form, "tanh")[0].isnan() and tanh_form[0].isnan()
     for a, d in results[1:]:
         torch.testing.assert_close(a, results[0][0], rtol=0, atol=0, equal_nan=True)
         torch.testing.assert_close(d, results[0][1], rtol=0, atol=0, equal_nan=True)

@@ -29,13 +29,14 @@ from lmforge.nn.blocks import TransformerBlock
 aten = torch.ops.aten
 
 # activation -> (forward: u -> (output a, what its gradient reads), gradient: (grad, what it reads, a) -> grad_u), as
-# autograd's formulas take them; "gelu_slope" is exact GELU by kernels.native, whose forward leaves GELU'(u) in u
+# autograd's formulas take them; "native ..." is that GELU by kernels.native, whose forward leaves GELU'(u) in u
 ACTIVATIONS = {
-    "gelu_slope": (lambda u: (gelu_and_slope(u), u), lambda grad, slope, a: grad.mul_(slope)),
     "gelu_exact": (lambda u: (F.gelu(u), u), lambda grad, u, a: aten.gelu_backward(grad, u)),
     "gelu": (lambda u: (F.gelu(u, approximate="tanh"), u),
              lambda grad, u, a: aten.gelu_backward(grad, u, approximate="tanh")),
     "relu": (lambda u: (F.relu(u), None), lambda grad, u, a: aten.threshold_backward(grad, a, 0)),
+    "native gelu_exact": (lambda u: (gelu_and_slope(u), u), lambda grad, slope, a: grad.mul_(slope)),
+    "native gelu": (lambda u: (gelu_and_slope(u, "tanh"), u), lambda grad, slope, a: grad.mul_(slope)),
 }  # fmt: skip
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                  "_global_backward_pre_hooks")  # fmt: skip
@@ -110,8 +111,8 @@ class Block(TransformerBlock):
         tables = (rope.cos2[:t], rope.sin2[:t]) if rope is not None else (None, None)
         scale = 1 / math.sqrt(attn.d_head) if attn.scale else 1.0
         activation = self.ffn.activation
-        if activation == "gelu_exact" and gelu_runs():
-            activation = "gelu_slope"
+        if f"native {activation}" in ACTIVATIONS and gelu_runs():
+            activation = f"native {activation}"
         meta = (attn.n_head, scale, self.ln_attn.eps, self.ln_ffn.eps, activation)
         return _Block.apply(x, *tables, meta, *self._parameters_in_order()), None
 

@@ -547,10 +547,25 @@ static FMA inline void gelu8(__m256 u, __m256 *a, __m256 *d) {
     *d = _mm256_fmadd_ps(_mm256_mul_ps(u, e), _mm256_set1_ps(0.39894228040143268f), cdf);
 }
 
-/* a = GELU(u) and d = GELU'(u) for n fp32 values, in pieces of SPAN over the threads; d may be u itself (the
-   derivative replaces the input, which only the gradient needed). The last values short of eight go through a
-   padded copy, so every value takes the same arithmetic. */
-FMA void f32_gelu(const float *u, float *a, float *d, int64_t n, int threads) {
+/* GELU's tanh form, u (1 + tanh z) / 2 with z = sqrt(2 / pi) (u + 0.044715 u^3), and its derivative, from one
+   exponential: (1 + tanh z) / 2 is the logistic s = 1 / (1 + e^(-2z)), 1 - tanh^2 z = 4 s (1 - s) and 1 - s =
+   e^(-2z) s. -2z is held under 88, where e^(-2z) would leave fp32 (s is 0 there as it is), a NaN kept. */
+static FMA inline void gelu_tanh8(__m256 u, __m256 *a, __m256 *d) {
+    const __m256 one = _mm256_set1_ps(1.0f), k = _mm256_set1_ps(0.79788456080286536f), c = _mm256_set1_ps(0.044715f);
+    const __m256 u2 = _mm256_mul_ps(u, u);
+    const __m256 z = _mm256_mul_ps(_mm256_mul_ps(k, u), _mm256_fmadd_ps(c, u2, one));
+    const __m256 e = exp8(_mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_mul_ps(_mm256_set1_ps(-2.0f), z)));
+    const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, e));
+    const __m256 dz = _mm256_mul_ps(k, _mm256_fmadd_ps(_mm256_set1_ps(3 * 0.044715f), u2, one));
+    *a = _mm256_mul_ps(u, s);
+    const __m256 es = _mm256_mul_ps(e, s); /* 1 - s, exact where s rounds to 1 */
+    *d = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(u, dz), _mm256_set1_ps(2.0f)), _mm256_mul_ps(s, es), s);
+}
+
+/* a = GELU(u) and d = GELU'(u) for n fp32 values (the tanh form where tanh_form is set), in pieces of SPAN over the
+   threads; d may be u itself (the derivative replaces the input, which only the gradient needed). The last values
+   short of eight go through a padded copy, so every value takes the same arithmetic. */
+FMA void f32_gelu(const float *u, float *a, float *d, int64_t n, int tanh_form, int threads) {
     const int64_t pieces = (n + SPAN - 1) / SPAN;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t k = 0; k < pieces; k++) {
@@ -558,13 +573,13 @@ FMA void f32_gelu(const float *u, float *a, float *d, int64_t n, int threads) {
         int64_t i = k * SPAN;
         __m256 ai, di;
         for (; i + 8 <= end; i += 8) {
-            gelu8(_mm256_loadu_ps(u + i), &ai, &di);
+            tanh_form ? gelu_tanh8(_mm256_loadu_ps(u + i), &ai, &di) : gelu8(_mm256_loadu_ps(u + i), &ai, &di);
             _mm256_storeu_ps(a + i, ai), _mm256_storeu_ps(d + i, di);
         }
         if (i < end) {
             float in[8] = {0}, out_a[8], out_d[8];
             memcpy(in, u + i, sizeof(float) * (end - i));
-            gelu8(_mm256_loadu_ps(in), &ai, &di);
+            tanh_form ? gelu_tanh8(_mm256_loadu_ps(in), &ai, &di) : gelu8(_mm256_loadu_ps(in), &ai, &di);
             _mm256_storeu_ps(out_a, ai), _mm256_storeu_ps(out_d, di);
             memcpy(a + i, out_a, sizeof(float) * (end - i)), memcpy(d + i, out_d, sizeof(float) * (end - i));
         }

@@ -74,7 +74,7 @@ def _library() -> ctypes.CDLL:
     loaded.f32_adamw.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64, ctypes.c_float, ctypes.c_int]
     loaded.f32_sum_squares.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64, ctypes.c_int, ctypes.c_void_p]
     loaded.f32_adamw.restype = loaded.f32_sum_squares.restype = ctypes.c_int
-    loaded.f32_gelu.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_int]
+    loaded.f32_gelu.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_int, ctypes.c_int]
     loaded.f32_gelu.restype = None
     return loaded
 
@@ -199,11 +199,13 @@ def sum_squares(tensors: list[torch.Tensor]) -> float:
     return total.value
 
 
-def gelu_and_slope(u: torch.Tensor) -> torch.Tensor:
-    """GELU(u) (the exact one, erf's), with u overwritten by GELU'(u): the gradient then needs one product, no erf
-    or exponential. Unchecked: u fp32, contiguous, on the CPU."""
+def gelu_and_slope(u: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """GELU(u), exact (erf's) or with approximate="tanh" its tanh form (F.gelu's arguments), with u overwritten by
+    GELU'(u): the gradient then needs one product, no erf or exponential. Unchecked: u fp32, contiguous, on the
+    CPU."""
     a = torch.empty_like(u)
-    _library().f32_gelu(u.data_ptr(), a.data_ptr(), u.data_ptr(), u.numel(), torch.get_num_threads())
+    tanh_form = int(approximate == "tanh")
+    _library().f32_gelu(u.data_ptr(), a.data_ptr(), u.data_ptr(), u.numel(), tanh_form, torch.get_num_threads())
     return a
 
 
@@ -301,23 +303,25 @@ def sum_squares_runs() -> bool:
 
 @asked_once
 def gelu_runs() -> bool:
-    """Whether the GELU kernel is built here and gives u Phi(u) and Phi(u) + u phi(u) within fp32 rounding of fp64's
-    (torch's own fp32 GELU is as far), over 8203 values (a second piece, a tail past 8-wide steps) from -12 to 12,
-    with a NaN staying NaN."""
+    """Whether the GELU kernel is built here and gives GELU and its derivative, exact and tanh form, within fp32
+    rounding of fp64's (torch's own fp32 GELU is as far), over 8203 values (a second piece, a tail past 8-wide steps)
+    from -12 to 12, with a NaN staying NaN."""
     u = torch.linspace(-12, 12, 8203)
     u[77] = float("nan")
-    exact = u.double()
-    cdf = 0.5 * (1 + torch.erf(exact / math.sqrt(2)))
-    slope = cdf + exact * torch.exp(-0.5 * exact**2) / math.sqrt(2 * math.pi)
+    return _checked(lambda: all(gelu_is_close(u, approximate) for approximate in ("none", "tanh")))
 
-    def close() -> bool:
-        derivative = u.clone()
-        a = gelu_and_slope(derivative)
-        return torch.allclose(a.double(), exact * cdf, rtol=1e-6, atol=1e-6, equal_nan=True) and torch.allclose(
-            derivative.double(), slope, rtol=1e-6, atol=1e-6, equal_nan=True
-        )
 
-    return _checked(close)
+def gelu_is_close(u: torch.Tensor, approximate: str) -> bool:
+    """Whether gelu_and_slope gives F.gelu(u, approximate=approximate) and its derivative within 1e-6 (relative and
+    absolute) of fp64's; NaN where u is."""
+    exact = u.double().requires_grad_()
+    with torch.enable_grad(), torch.inference_mode(False):
+        a = torch.nn.functional.gelu(exact, approximate=approximate)
+        (slope,) = torch.autograd.grad(a.sum(), exact)
+    derivative = u.clone()
+    mine = gelu_and_slope(derivative, approximate)
+    close = functools.partial(torch.allclose, rtol=1e-6, atol=1e-6, equal_nan=True)
+    return close(mine.double(), a.detach()) and close(derivative.double(), slope)
 
 
 @asked_once
