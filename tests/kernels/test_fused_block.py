@@ -25,6 +25,12 @@ def spy(monkeypatch) -> list:
     return calls
 
 
+def torch_kernels(monkeypatch) -> None:
+    """The fused block on torch's GELU and layer norm, not lmforge's C kernels: the modules' own arithmetic."""
+    monkeypatch.setattr(block_module, "gelu_runs", lambda: False)
+    monkeypatch.setattr(block_module, "layer_norm_runs", lambda: False)
+
+
 def twins(**model) -> tuple[GPT, GPT]:
     """A GPT after apply_kernels, and its copy with the blocks turned back into TransformerBlock."""
     torch.manual_seed(0)
@@ -65,7 +71,7 @@ def test_the_fused_step_is_the_modules_step(model, monkeypatch):
     """Rotary and learned positions, with and without biases, each activation (exact GELU by torch's kernel here):
     the Function runs in both blocks, and the loss and every gradient are the modules' (bit for bit where the
     products are oneDNN's in both)."""
-    monkeypatch.setattr(block_module, "gelu_runs", lambda: False)
+    torch_kernels(monkeypatch)
     fused, plain = twins(**model)
     assert [type(m) for m in fused.decoder.blocks] == [Block, Block]
     calls = spy(monkeypatch)
@@ -80,16 +86,20 @@ def test_the_fused_step_is_the_modules_step(model, monkeypatch):
 @needs_kernel
 @pytest.mark.skipif(not native.gelu_runs(), reason="no AVX2 or no C compiler here")
 @pytest.mark.parametrize("activation", ["gelu_exact", "gelu"])
-def test_gelu_by_lmforges_kernel_keeps_the_gradients(activation, monkeypatch):
-    """Exact GELU or its tanh form and its slope by kernels.native (the slope kept for the backward in place of the
-    input): the loss and gradients within fp32 rounding of the modules' (torch's and lmforge's are both fp32
-    approximations)."""
+def test_lmforges_gelu_and_layer_norm_keep_the_gradients(activation, monkeypatch):
+    """Exact GELU or its tanh form and its slope (kept for the backward in place of the input) and the layer norms by
+    kernels.native: the loss and gradients within fp32 rounding of the modules' (torch's GELU and lmforge's are both
+    fp32 approximations; the norms' sums run in another order)."""
+    norms = []
+    real_norm = block_module.add_layer_norm
+    monkeypatch.setattr(block_module, "add_layer_norm", lambda *a: norms.append(1) or real_norm(*a))
     fused, plain = twins(activation=activation)
     calls = []
     real = block_module.gelu_and_slope
     monkeypatch.setattr(block_module, "gelu_and_slope", lambda *a: calls.append(a[1:]) or real(*a))
     torch.testing.assert_close(step(fused, IDX), step(plain, IDX), rtol=1e-6, atol=1e-6)
     assert calls == [() if activation == "gelu_exact" else ("tanh",)] * 2
+    assert len(norms) == 4
     assert_same_gradients(fused, plain, exact=False)
 
 
@@ -109,7 +119,7 @@ def test_torchs_products_take_their_own_gradients(monkeypatch):
 def test_frozen_parameters_get_no_gradient(monkeypatch):
     """Frozen embeddings (so the first block's input needs no gradient) and a frozen layer norm and product: None for
     those, the modules' gradients for the rest."""
-    monkeypatch.setattr(block_module, "gelu_runs", lambda: False)
+    torch_kernels(monkeypatch)
     fused, plain = twins()
     for model in (fused, plain):
         for p in (model.tok_emb.weight, model.decoder.blocks[0].ln_attn.weight, model.decoder.blocks[1].ffn.up.bias):

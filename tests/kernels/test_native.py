@@ -13,6 +13,7 @@ from lmforge.kernels.cpu import has_avx2, is_x86
 from lmforge.kernels.int8 import pairs_bounded, quantize_rows
 from lmforge.kernels.native import (
     SOURCE,
+    add_layer_norm,
     bf16_gemv,
     bf16_gemv_runs,
     build,
@@ -21,6 +22,8 @@ from lmforge.kernels.native import (
     gelu_runs,
     i8_gemv,
     i8_gemv_runs,
+    layer_norm_backward,
+    layer_norm_runs,
     transposed,
     u8_gemv,
     u8_gemv_runs,
@@ -34,7 +37,7 @@ def test_the_kernel_runs_wherever_there_are_avx2_and_a_compiler():
     """u8_gemv_runs, i8_gemv_runs and bf16_gemv_runs check the kernels' sums on tiny products: false only where they
     cannot be built, never for wrong sums."""
     expected = is_x86() and has_avx2() and compiler is not None
-    assert u8_gemv_runs() == i8_gemv_runs() == bf16_gemv_runs() == f32_transpose_runs() == gelu_runs() == expected
+    assert all(runs() == expected for runs in KERNELS)
 
 
 @pytest.mark.parametrize("shape", [(768, 128), (2048, 384), (77, 45), (8, 8), (7, 9), (1, 300), (300, 1), (33, 65)])
@@ -180,7 +183,7 @@ def test_the_library_is_built_once_per_source_and_never_half_written(tmp_path, m
     assert len(list((tmp_path / "cache").iterdir())) == 2  # the two libraries, no temporary file left
 
 
-KERNELS = (u8_gemv_runs, i8_gemv_runs, bf16_gemv_runs, f32_transpose_runs, gelu_runs)
+KERNELS = (u8_gemv_runs, i8_gemv_runs, bf16_gemv_runs, f32_transpose_runs, gelu_runs, layer_norm_runs)
 
 
 def test_the_kernel_stays_off_when_asked_without_avx2_or_without_a_compiler(monkeypatch, tmp_path):
@@ -259,3 +262,75 @@ def test_gelu_does_not_depend_on_threads_and_keeps_nans():
     a, d = results[0]
     assert a[0].isnan() and d[0].isnan()
     assert a[-1] == 50.0 and d[-1] == 1.0
+
+
+def layer_norm_reference(a, residual, weight, bias, grad_n):
+    """n = LayerNorm(a + residual) in fp64, and the gradients of (n * grad_n).sum() for a + residual, weight, bias."""
+    exact = [z.double().requires_grad_() for z in (a if residual is None else a + residual, weight)]
+    b = None if bias is None else bias.double().requires_grad_()
+    n = torch.nn.functional.layer_norm(exact[0], exact[0].shape[-1:], exact[1], b, 1e-5)
+    grads = torch.autograd.grad((n * grad_n.double()).sum(), exact + ([b] if b is not None else []))
+    return n.detach(), grads
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows, d", [(1, 8), (31, 16), (32, 128), (33, 128), (768, 128), (70, 384)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_layer_norm_and_its_gradients_are_the_formulas(rows, d, bias):
+    """add_layer_norm's sum, norm, mean and rstd, and layer_norm_backward's gradients (plus a residual gradient,
+    written over it), against fp64 autograd, with rows on and off the 32-row pieces of the weight's sums."""
+    g = torch.Generator().manual_seed(rows * d)
+    a, residual, grad_n, grad_res = (torch.randn(rows, d, generator=g) * 3 + 1 for _ in range(4))
+    weight = torch.randn(d, generator=g)
+    b = torch.randn(d, generator=g) if bias else None
+    expected, grads = layer_norm_reference(a, residual, weight, b, grad_n)
+
+    h, n, mean, rstd = add_layer_norm(a.clone(), residual, weight, b, 1e-5)
+    torch.testing.assert_close(h, a + residual, rtol=0, atol=0)
+    torch.testing.assert_close(n.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mean, (a + residual).mean(-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rstd, ((a + residual).var(-1, unbiased=False) + 1e-5).rsqrt(), rtol=1e-5, atol=1e-5)
+
+    around = grad_res.clone()
+    grad_h, grad_w, grad_b = layer_norm_backward(grad_n, h, mean, rstd, weight, around, bias, out=around)
+    assert grad_h.data_ptr() == around.data_ptr()
+    torch.testing.assert_close(grad_h.double(), grads[0] + grad_res.double(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_w.double(), grads[1], rtol=1e-5, atol=1e-4)
+    assert (grad_b is None) == (not bias)
+    if bias:
+        torch.testing.assert_close(grad_b.double(), grads[2], rtol=1e-5, atol=1e-4)
+
+
+@needs_kernel
+def test_the_layer_norm_without_a_residual_and_on_any_number_of_threads():
+    """Without a residual the input stays as it is and the gradient is the norm's alone; the weight's and bias's
+    gradients (sums over 1000 rows) are the same bits on 1, 2 and 3 threads."""
+    g = torch.Generator().manual_seed(0)
+    a, grad_n = torch.randn(1000, 64, generator=g), torch.randn(1000, 64, generator=g)
+    weight, bias = torch.randn(64, generator=g), torch.randn(64, generator=g)
+    expected, grads = layer_norm_reference(a, None, weight, bias, grad_n)
+    kept = a.clone()
+    h, n, mean, rstd = add_layer_norm(a, None, weight, bias, 1e-5)
+    assert h is a and torch.equal(a, kept)
+    torch.testing.assert_close(n.double(), expected, rtol=1e-5, atol=1e-5)
+    results = []
+    for threads in (1, 2, 3):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            results.append(layer_norm_backward(grad_n, h, mean, rstd, weight, None, True))
+        finally:
+            torch.set_num_threads(previous)
+    torch.testing.assert_close(results[0][0].double(), grads[0], rtol=1e-5, atol=1e-5)
+    for other in results[1:]:
+        assert all(torch.equal(x, y) for x, y in zip(results[0], other, strict=True))
+
+
+def test_memory_the_layer_norms_gradient_cannot_have_is_an_error(monkeypatch):
+    class Refusing:
+        f32_layer_norm_backward = staticmethod(lambda *args: 1)
+
+    monkeypatch.setattr(native, "_library", Refusing)
+    x = torch.randn(4, 8)
+    with pytest.raises(MemoryError, match="layer norm"):
+        layer_norm_backward(x, x, x[:, 0], x[:, 0], x[0], None, True)

@@ -23,7 +23,15 @@ from torch.nn.modules import module as torch_module
 
 from lmforge.kernels.attention import Attention
 from lmforge.kernels.linear import Linear, linear, linear_backward
-from lmforge.kernels.native import causal_attention, causal_attention_backward, gelu_and_slope, gelu_runs
+from lmforge.kernels.native import (
+    add_layer_norm,
+    causal_attention,
+    causal_attention_backward,
+    gelu_and_slope,
+    gelu_runs,
+    layer_norm_backward,
+    layer_norm_runs,
+)
 from lmforge.nn.blocks import TransformerBlock
 
 aten = torch.ops.aten
@@ -47,15 +55,13 @@ class _Block(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, cos2, sin2, meta, l1w, l1b, wqkv, bqkv, wo, bo, l2w, l2b, w1, b1, w2, b2):
-        heads, scale, eps1, eps2, activation = meta
+        heads, scale, eps1, eps2, activation, native = meta
         b, t, d = x.shape
         x2 = x.reshape(b * t, d)
-        n1, mean1, rstd1 = torch.native_layer_norm(x2, (d,), l1w, l1b, eps1)
+        _, n1, mean1, rstd1 = _norm(x2, None, l1w, l1b, eps1, native)
         qkv = linear(n1, wqkv, bqkv).view(b, t, -1)
         y, lse = causal_attention(qkv, cos2, sin2, heads, scale)
-        y2 = y.view(b * t, -1)
-        h = linear(y2, wo, bo).add_(x2)
-        n2, mean2, rstd2 = torch.native_layer_norm(h, (d,), l2w, l2b, eps2)
+        h, n2, mean2, rstd2 = _norm(linear(y.view(b * t, -1), wo, bo), x2, l2w, l2b, eps2, native)
         u = linear(n2, w1, b1)
         a, u = ACTIVATIONS[activation][0](u)
         out = linear(a, w2, b2).add_(h)
@@ -69,17 +75,16 @@ class _Block(torch.autograd.Function):
     def backward(ctx, grad_out):
         x2, n1, mean1, rstd1, qkv, y, lse, h, n2, mean2, rstd2, u, a, cos2, sin2, *weights = ctx.saved_tensors
         l1w, l1b, wqkv, wo, l2w, l2b, w1, w2 = weights
-        heads, scale, _, _, activation = ctx.meta
+        heads, scale, _, _, activation, native = ctx.meta
         needs = ctx.needs_input_grad
         shape = grad_out.shape
         grad_out = grad_out.reshape(x2.shape).contiguous()  # an expanded gradient (of a sum) has zero strides
         grad_a, grad_w2, grad_b2 = linear_backward(grad_out, a, w2, (True, needs[14], needs[15]))
         grad_u = ACTIVATIONS[activation][1](grad_a, u, a)
         grad_n2, grad_w1, grad_b1 = linear_backward(grad_u, n2, w1, (True, needs[12], needs[13]))
-        grad_h, grad_l2w, grad_l2b = aten.native_layer_norm_backward(
-            grad_n2, h, shape[-1:], mean2, rstd2, l2w, l2b, [True, needs[10], needs[11]]
+        grad_h, grad_l2w, grad_l2b = _norm_backward(
+            grad_n2, h, mean2, rstd2, l2w, l2b, grad_out, (True, needs[10], needs[11]), native
         )
-        grad_h += grad_out
         grad_y, grad_wo, grad_bo = linear_backward(grad_h, y.view(x2.size(0), -1), wo, (True, needs[8], needs[9]))
         grad_qkv = causal_attention_backward(qkv, cos2, sin2, y, grad_y.view(y.shape), lse, heads, scale)
         first = needs[0] or needs[4] or needs[5]  # anything below the first layer norm
@@ -88,13 +93,33 @@ class _Block(torch.autograd.Function):
         )
         grad_x = grad_l1w = grad_l1b = None
         if first:
-            grad_x, grad_l1w, grad_l1b = aten.native_layer_norm_backward(
-                grad_n1, x2, shape[-1:], mean1, rstd1, l1w, l1b, [needs[0], needs[4], needs[5]]
+            grad_x, grad_l1w, grad_l1b = _norm_backward(
+                grad_n1, x2, mean1, rstd1, l1w, l1b, grad_h, (needs[0], needs[4], needs[5]), native, out=grad_h
             )
         if needs[0]:
-            grad_x = grad_x.add_(grad_h).view(shape)
+            grad_x = grad_x.view(shape)
         return (grad_x, None, None, None, grad_l1w, grad_l1b, grad_wqkv, grad_bqkv, grad_wo, grad_bo, grad_l2w,
                 grad_l2b, grad_w1, grad_b1, grad_w2, grad_b2)  # fmt: skip
+
+
+def _norm(a, residual, weight, bias, eps: float, native: bool) -> tuple:
+    """(h, n, mean, rstd): h = a + residual (a's memory; a itself without one) and n its layer norm, on lmforge's
+    kernel (native) or torch's."""
+    if native:
+        return add_layer_norm(a, residual, weight, bias, eps)
+    h = a if residual is None else a.add_(residual)
+    return h, *torch.native_layer_norm(h, h.shape[-1:], weight, bias, eps)
+
+
+def _norm_backward(grad_n, h, mean, rstd, weight, bias, residual, needs: tuple, native: bool, out=None) -> tuple:
+    """(the gradient of h plus residual, in out where given, the weight's, the bias's), those needs (h's, the
+    weight's, the bias's) asks for; on lmforge's kernel (native) or torch's."""
+    if native:
+        grad_h, grad_w, grad_b = layer_norm_backward(grad_n, h, mean, rstd, weight, residual, needs[2], out)
+        return grad_h, grad_w if needs[1] else None, grad_b
+    mask = [needs[0], needs[1], needs[2] and bias is not None]
+    grad_h, grad_w, grad_b = aten.native_layer_norm_backward(grad_n, h, h.shape[-1:], mean, rstd, weight, bias, mask)
+    return (None if grad_h is None else grad_h.add_(residual)), grad_w, grad_b
 
 
 class Block(TransformerBlock):
@@ -113,7 +138,8 @@ class Block(TransformerBlock):
         activation = self.ffn.activation
         if f"native {activation}" in ACTIVATIONS and gelu_runs():
             activation = f"native {activation}"
-        meta = (attn.n_head, scale, self.ln_attn.eps, self.ln_ffn.eps, activation)
+        native = x.size(-1) % 8 == 0 and layer_norm_runs()
+        meta = (attn.n_head, scale, self.ln_attn.eps, self.ln_ffn.eps, activation, native)
         return _Block.apply(x, *tables, meta, *self._parameters_in_order()), None
 
     def _parameters_in_order(self) -> tuple:

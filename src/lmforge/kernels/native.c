@@ -585,3 +585,86 @@ FMA void f32_gelu(const float *u, float *a, float *d, int64_t n, int tanh_form, 
         }
     }
 }
+
+/* Layer norms of rows of d values (d a multiple of 8), in pieces of NORM_ROWS rows over the threads */
+#define NORM_ROWS 32
+
+static FMA inline float row_sum(const float *x, int64_t d) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t c = 0; c < d; c += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(x + c));
+    return hsum(acc);
+}
+
+/* h = a + x (where x is given; h may be a), then n = (h - mean) rstd w + b per row, with each row's mean and rstd
+   = 1 / sqrt(variance + eps) kept for the backward (torch.native_layer_norm's outputs; the variance the biased one,
+   from a second pass over the row); b may be absent */
+FMA void f32_add_layer_norm(const float *a, const float *x, float *h, float *n, float *mean, float *rstd,
+                            const float *w, const float *b, int64_t rows, int64_t d, float eps, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *ar = a + r * d;
+        float *hr = h + r * d, *nr = n + r * d;
+        if (x)
+            for (int64_t c = 0; c < d; c += 8)
+                _mm256_storeu_ps(hr + c, _mm256_add_ps(_mm256_loadu_ps(ar + c), _mm256_loadu_ps(x + r * d + c)));
+        const float *src = x ? hr : ar, mu = row_sum(src, d) / (float)d;
+        __m256 sq = _mm256_setzero_ps();
+        for (int64_t c = 0; c < d; c += 8) {
+            const __m256 z = _mm256_sub_ps(_mm256_loadu_ps(src + c), _mm256_set1_ps(mu));
+            sq = _mm256_fmadd_ps(z, z, sq);
+        }
+        const float inv = 1.0f / sqrtf(hsum(sq) / (float)d + eps);
+        mean[r] = mu, rstd[r] = inv;
+        for (int64_t c = 0; c < d; c += 8) {
+            const __m256 z = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(src + c), _mm256_set1_ps(mu)), _mm256_set1_ps(inv));
+            const __m256 bias = b ? _mm256_loadu_ps(b + c) : _mm256_setzero_ps();
+            _mm256_storeu_ps(nr + c, _mm256_fmadd_ps(z, _mm256_loadu_ps(w + c), bias));
+        }
+    }
+}
+
+/* The layer norm's gradients from gn (the gradient of n) and its input h, mean and rstd: gh = rstd (g - mean(g) -
+   z mean(g z)) with g = gn w and z = (h - mean) rstd, plus residual where given (the gradient that reaches h around
+   the norm; gh may be residual itself); gw = sum over rows of gn z and gb = sum of gn (where gb is given), each
+   NORM_ROWS-row piece's sums added in order, so the same on any number of threads. Returns 1 where the memory for
+   the pieces' sums cannot be had. */
+FMA int f32_layer_norm_backward(const float *gn, const float *h, const float *mean, const float *rstd, const float *w,
+                                const float *residual, float *gh, float *gw, float *gb, int64_t rows, int64_t d,
+                                int threads) {
+    const int64_t pieces = (rows + NORM_ROWS - 1) / NORM_ROWS;
+    float *parts = calloc((size_t)(pieces ? pieces : 1) * 2 * d, sizeof(float));
+    if (!parts) return 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t k = 0; k < pieces; k++) {
+        float *pw = parts + k * 2 * d, *pb = pw + d;
+        const int64_t end = (k + 1) * NORM_ROWS < rows ? (k + 1) * NORM_ROWS : rows;
+        for (int64_t r = k * NORM_ROWS; r < end; r++) {
+            const float *gr = gn + r * d, *hr = h + r * d;
+            const __m256 mu = _mm256_set1_ps(mean[r]), inv = _mm256_set1_ps(rstd[r]);
+            __m256 sg = _mm256_setzero_ps(), sgz = _mm256_setzero_ps();
+            for (int64_t c = 0; c < d; c += 8) {
+                const __m256 gc = _mm256_loadu_ps(gr + c), z = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(hr + c), mu), inv);
+                const __m256 g = _mm256_mul_ps(gc, _mm256_loadu_ps(w + c));
+                sg = _mm256_add_ps(sg, g), sgz = _mm256_fmadd_ps(g, z, sgz);
+                _mm256_storeu_ps(pw + c, _mm256_fmadd_ps(gc, z, _mm256_loadu_ps(pw + c)));
+                _mm256_storeu_ps(pb + c, _mm256_add_ps(gc, _mm256_loadu_ps(pb + c)));
+            }
+            const __m256 mg = _mm256_set1_ps(hsum(sg) / (float)d), mgz = _mm256_set1_ps(hsum(sgz) / (float)d);
+            for (int64_t c = 0; c < d; c += 8) {
+                const __m256 z = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(hr + c), mu), inv);
+                const __m256 g = _mm256_mul_ps(_mm256_loadu_ps(gr + c), _mm256_loadu_ps(w + c));
+                __m256 out = _mm256_mul_ps(inv, _mm256_sub_ps(_mm256_sub_ps(g, mg), _mm256_mul_ps(z, mgz)));
+                if (residual) out = _mm256_add_ps(out, _mm256_loadu_ps(residual + r * d + c));
+                _mm256_storeu_ps(gh + r * d + c, out);
+            }
+        }
+    }
+    for (int64_t c = 0; c < d; c++) {
+        float sw = 0.0f, sb = 0.0f;
+        for (int64_t k = 0; k < pieces; k++) sw += parts[k * 2 * d + c], sb += parts[k * 2 * d + d + c];
+        gw[c] = sw;
+        if (gb) gb[c] = sb;
+    }
+    free(parts);
+    return 0;
+}

@@ -76,6 +76,10 @@ def _library() -> ctypes.CDLL:
     loaded.f32_adamw.restype = loaded.f32_sum_squares.restype = ctypes.c_int
     loaded.f32_gelu.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_int, ctypes.c_int]
     loaded.f32_gelu.restype = None
+    loaded.f32_add_layer_norm.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 2 + [ctypes.c_float, ctypes.c_int]
+    loaded.f32_add_layer_norm.restype = None
+    loaded.f32_layer_norm_backward.argtypes = [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+    loaded.f32_layer_norm_backward.restype = ctypes.c_int
     return loaded
 
 
@@ -209,6 +213,44 @@ def gelu_and_slope(u: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     return a
 
 
+def add_layer_norm(
+    a: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(h, n, mean, rstd): h = a + residual, written over a (a itself without a residual), and n its layer norm over
+    the last dimension, with each row's mean and 1 / sqrt(variance + eps) as torch.native_layer_norm keeps them.
+    Unchecked: 2-D fp32 contiguous CPU tensors, rows a multiple of 8 wide."""
+    rows, d = a.shape
+    n, mean, rstd = torch.empty_like(a), a.new_empty(rows), a.new_empty(rows)
+    _library().f32_add_layer_norm(
+        a.data_ptr(), _address(residual), a.data_ptr(), n.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+        weight.data_ptr(), _address(bias), rows, d, eps, torch.get_num_threads(),
+    )  # fmt: skip
+    return a, n, mean, rstd
+
+
+def layer_norm_backward(
+    grad_n: torch.Tensor,
+    h: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: torch.Tensor,
+    residual: torch.Tensor | None,
+    bias_grad: bool,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The gradients of add_layer_norm's n with respect to h (plus residual where given; written into out, which may
+    be residual, where given), the weight and the bias (where bias_grad); the weight's and bias's sums the same on
+    any number of threads."""
+    rows, d = h.shape
+    grad_h = out if out is not None else torch.empty_like(h)
+    grad_w, grad_b = weight.new_empty(d), weight.new_empty(d) if bias_grad else None
+    _scratch_had(_library().f32_layer_norm_backward(
+        grad_n.data_ptr(), h.data_ptr(), mean.data_ptr(), rstd.data_ptr(), weight.data_ptr(), _address(residual),
+        grad_h.data_ptr(), grad_w.data_ptr(), _address(grad_b), rows, d, torch.get_num_threads(),
+    ), "the layer norm's gradient", "its pieces' sums")  # fmt: skip
+    return grad_h, grad_w, grad_b
+
+
 def _address(x: torch.Tensor | None) -> int | None:
     return None if x is None else x.data_ptr()
 
@@ -322,6 +364,29 @@ def gelu_is_close(u: torch.Tensor, approximate: str) -> bool:
     mine = gelu_and_slope(derivative, approximate)
     close = functools.partial(torch.allclose, rtol=1e-6, atol=1e-6, equal_nan=True)
     return close(mine.double(), a.detach()) and close(derivative.double(), slope)
+
+
+@asked_once
+def layer_norm_runs() -> bool:
+    """Whether the layer-norm kernels are built here and give torch's layer norm of a + residual and its gradients
+    (plus a residual gradient) within fp32 rounding of fp64's: 45 rows (a second piece of rows) of 24 columns, with
+    and without a bias."""
+    g = torch.Generator().manual_seed(0)
+
+    def close(bias: bool) -> bool:
+        a, residual, grad_n, grad_res = (torch.randn(45, 24, generator=g) for _ in range(4))
+        weight, b = torch.randn(24, generator=g), torch.randn(24, generator=g) if bias else None
+        h, n, mean, rstd = add_layer_norm(a.clone(), residual, weight, b, 1e-5)
+        grads = layer_norm_backward(grad_n, h, mean, rstd, weight, grad_res, bias)
+        exact = [z.double().requires_grad_() for z in (a + residual, weight, *([b] if bias else []))]
+        with torch.enable_grad(), torch.inference_mode(False):
+            reference = torch.nn.functional.layer_norm(exact[0], (24,), exact[1], exact[2] if bias else None, 1e-5)
+            expected = torch.autograd.grad((reference * grad_n.double()).sum(), exact)
+        pairs = [(n, reference.detach()), (grads[0], expected[0] + grad_res.double())]
+        pairs += zip(grads[1 : len(expected)], expected[1:], strict=True)
+        return all(torch.allclose(mine.double(), want, rtol=1e-5, atol=1e-5) for mine, want in pairs)
+
+    return _checked(lambda: close(True) and close(False))
 
 
 @asked_once
