@@ -4,9 +4,13 @@ backward.
 Autograd records a causal LM's block as ten nodes (two layer norms, four products, attention, the activation, two
 residual sums), each module called through nn.Module's machinery and each product through kernels.linear's checks. On
 char-small's steps (768 rows of 128 columns) that bookkeeping costs more than the layer norms' arithmetic. `Block`
-runs the same operations on the same kernels (kernels.linear's products, kernels.attention's C kernel, torch's layer
-norm and activation) in one Function: the same sums in the same order, so its outputs and gradients are bit for bit
-those of the modules on oneDNN's products (a test), and it saves the same tensors for the backward.
+runs the same operations in one Function, its products on kernels.linear's kernels and its attention on
+kernels.attention's, and saves the same tensors for the backward. On torch's GELU and layer norm its outputs and
+gradients are bit for bit the modules' on oneDNN's products (a test); where lmforge's C kernels run
+(kernels.native), GELU's forward leaves its derivative in place of its input, so the backward is one product, and
+the second layer norm takes the residual sum in the same pass, as the norms' gradients take the residual gradient:
+the same values within fp32 rounding. On a 2-core Zen 4, char-small's forward and backward, alternating: 44.3 ->
+42.3 ms (the Function), 46.1 -> 43.2 (GELU), 42.6 -> 41.3 (layer norms).
 
 It runs where the block records a gradient with everything the attention kernel needs (kernels.attention); a
 post-norm, gated or cross-attending block, RMS norms, dropout in training, hooks on its modules, a cache or attention
