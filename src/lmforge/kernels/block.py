@@ -37,6 +37,10 @@ from lmforge.kernels.native import (
     layer_norm_runs,
 )
 from lmforge.nn.blocks import TransformerBlock
+from lmforge.nn.cache import KVCache
+from lmforge.nn.feedforward import ACTIVATIONS as FFN_ACTIVATIONS
+from lmforge.nn.feedforward import FeedForward
+from lmforge.nn.positions import RotaryEmbedding
 
 aten = torch.ops.aten
 
@@ -61,7 +65,7 @@ class _Block(torch.autograd.Function):
     def forward(ctx, x, cos2, sin2, meta, l1w, l1b, wqkv, bqkv, wo, bo, l2w, l2b, w1, b1, w2, b2):
         heads, scale, eps1, eps2, activation, native = meta
         b, t, d = x.shape
-        x2 = x.reshape(b * t, d)
+        x2 = x.reshape(b * t, d).contiguous()  # a view of wider rows would be read as if it were not
         _, n1, mean1, rstd1 = _norm(x2, None, l1w, l1b, eps1, native)
         qkv = linear(n1, wqkv, bqkv).view(b, t, -1)
         y, lse = causal_attention(qkv, cos2, sin2, heads, scale)
@@ -120,7 +124,7 @@ def _norm_backward(grad_n, h, mean, rstd, weight, bias, residual, needs: tuple, 
     weight's, the bias's) asks for; on lmforge's kernel (native) or torch's."""
     if native:
         grad_h, grad_w, grad_b = layer_norm_backward(grad_n, h, mean, rstd, weight, residual, needs[2], out)
-        return grad_h, grad_w if needs[1] else None, grad_b
+        return grad_h if needs[0] else None, grad_w if needs[1] else None, grad_b
     mask = [needs[0], needs[1], needs[2] and bias is not None]
     grad_h, grad_w, grad_b = aten.native_layer_norm_backward(grad_n, h, h.shape[-1:], mean, rstd, weight, bias, mask)
     return (None if grad_h is None else grad_h.add_(residual)), grad_w, grad_b
@@ -130,11 +134,14 @@ class Block(TransformerBlock):
     """TransformerBlock (same modules, parameters and state-dict keys) whose training forward and backward run as one
     Function where it applies; what lmforge.kernels.apply_kernels turns a model's TransformerBlock layers into."""
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, context=None, context_mask=None, cache=None,
-                layer: int = 0, rope=None, need_weights: bool = False, position_bias=None) -> tuple:  # fmt: skip
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None, cache: KVCache | None = None, layer: int = 0,
+                rope: RotaryEmbedding | None = None, need_weights: bool = False,
+                position_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
         """TransformerBlock.forward's arguments and result."""
         plain = context is None and cache is None and not need_weights and position_bias is None
-        if not (plain and self._fused(x, mask, rope)):
+        params = self._parameters_in_order()
+        if not (plain and self._fused(x, mask, rope, params)):
             return super().forward(x, mask, context, context_mask, cache, layer, rope, need_weights, position_bias)
         attn, t = self.attn, x.size(1)
         tables = (rope.cos2[:t], rope.sin2[:t]) if rope is not None else (None, None)
@@ -144,7 +151,7 @@ class Block(TransformerBlock):
             activation = f"native {activation}"
         native = x.size(-1) % 8 == 0 and layer_norm_runs()
         meta = (attn.n_head, scale, self.ln_attn.eps, self.ln_ffn.eps, activation, native)
-        return _Block.apply(x, *tables, meta, *self._parameters_in_order()), None
+        return _Block.apply(x, *tables, meta, *params), None
 
     def _parameters_in_order(self) -> tuple:
         attn, ffn = self.attn, self.ffn
@@ -152,20 +159,24 @@ class Block(TransformerBlock):
                 attn.out.bias, self.ln_ffn.weight, self.ln_ffn.bias, ffn.up.weight, ffn.up.bias, ffn.down.weight,
                 ffn.down.bias)  # fmt: skip
 
-    def _fused(self, x: torch.Tensor, mask: torch.Tensor | None, rope) -> bool:
+    def _fused(self, x: torch.Tensor, mask: torch.Tensor | None, rope: RotaryEmbedding | None, params: tuple) -> bool:
         if torch.compiler.is_compiling() or not torch.is_grad_enabled():
             return False
         ffn, norms = self.ffn, (self.ln_attn, self.ln_ffn)
-        modules = (self.attn, self.attn.qkv, self.attn.out, ffn, ffn.up, ffn.down, *norms)
+        modules = (self.attn, self.attn.qkv, self.attn.out, ffn, ffn.up, ffn.down, *norms, self.drop)
         return (
-            self.pre_norm
+            (x.requires_grad or any(p is not None and p.requires_grad for p in params))
+            and self.pre_norm
             and self.cross is None
+            and type(ffn) is FeedForward
             and ffn.gate is None
-            and getattr(ffn, "activation", None) in ACTIVATIONS
+            and ffn.activation in ACTIVATIONS
+            and ffn.act is FFN_ACTIVATIONS[ffn.activation]
             and (self.drop.p == 0 or not self.training)
-            and isinstance(self.attn, Attention)
+            and type(self.attn) is Attention
             and all(type(layer) in (nn.Linear, Linear) for layer in modules[1:3] + modules[4:6])
-            and all(type(norm) is nn.LayerNorm and norm.weight is not None for norm in norms)
+            and all(type(norm) is nn.LayerNorm and norm.normalized_shape == x.shape[-1:] for norm in norms)
+            and all(norm.weight is not None for norm in norms)
             and all(p.dtype == torch.float32 for p in (self.ln_attn.weight, self.ln_ffn.weight, ffn.up.weight))
             and not _hooked(modules)
             and self.attn._fused(x, mask, rope)
@@ -175,6 +186,6 @@ class Block(TransformerBlock):
 def _hooked(modules: tuple[nn.Module, ...]) -> bool:
     """Whether calling the block's modules would run a hook, theirs or a global one, that the Function would skip
     (the block's own hooks run around it as they would)."""
-    if any(getattr(torch_module, name) for name in _GLOBAL_HOOKS):
+    if any(getattr(torch_module, name, None) for name in _GLOBAL_HOOKS):
         return True
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules)

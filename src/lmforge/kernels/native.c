@@ -149,9 +149,10 @@ void f32_transpose(const float *src, float *dst, int64_t rows, int64_t cols, int
 
 #define FMA __attribute__((target("avx2,fma")))
 
-/* e^x for x <= 0, as Cephes' expf (2^n e^r, r within ln2 / 2, a degree-6 polynomial: about 2 ulp); below -87.3
+/* e^x for x <= 88, as Cephes' expf (2^n e^r, r within ln2 / 2, a degree-6 polynomial: about 2 ulp); below -87.3
    (where e^x leaves fp32's normal range) it gives e^-87.3, about 1e-38, and a NaN stays NaN. Above 88 the result is
-   meaningless: the callers overwrite those lanes (keys past a query's own position) with zeros. */
+   meaningless: attention overwrites those lanes (keys past a query's own position) with zeros, GELU's tanh form holds
+   its argument under 88. */
 static FMA inline __m256 exp8(__m256 x) {
     x = _mm256_max_ps(_mm256_set1_ps(-87.3f), x); /* maxps answers its second operand where one is NaN */
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),

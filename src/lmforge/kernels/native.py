@@ -240,7 +240,8 @@ def layer_norm_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The gradients of add_layer_norm's n with respect to h (plus residual where given; written into out, which may
     be residual, where given), the weight and the bias (where bias_grad); the weight's and bias's sums the same on
-    any number of threads."""
+    any number of threads. Unchecked, as add_layer_norm: 2-D fp32 contiguous CPU tensors, rows a multiple of 8
+    wide."""
     rows, d = h.shape
     grad_h = out if out is not None else torch.empty_like(h)
     grad_w, grad_b = weight.new_empty(d), weight.new_empty(d) if bias_grad else None
@@ -350,10 +351,10 @@ def gelu_runs() -> bool:
     from -12 to 12, with a NaN staying NaN."""
     u = torch.linspace(-12, 12, 8203)
     u[77] = float("nan")
-    return _checked(lambda: all(gelu_is_close(u, approximate) for approximate in ("none", "tanh")))
+    return _checked(lambda: all(_gelu_is_close(u, approximate) for approximate in ("none", "tanh")))
 
 
-def gelu_is_close(u: torch.Tensor, approximate: str) -> bool:
+def _gelu_is_close(u: torch.Tensor, approximate: str) -> bool:
     """Whether gelu_and_slope gives F.gelu(u, approximate=approximate) and its derivative within 1e-6 (relative and
     absolute) of fp64's; NaN where u is."""
     exact = u.double().requires_grad_()
