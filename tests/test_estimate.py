@@ -118,6 +118,19 @@ def test_this_machine_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert this_machine(cache) == first
 
 
+def test_measuring_again_keeps_the_highest_figures(tmp_path, monkeypatch):
+    """A benchmark measures again (measure=True); a busy moment measures low, so the cache keeps each figure's
+    highest, which a training run's MFU then reads."""
+    cache = tmp_path / "hardware.json"
+    figures = iter([{"tflops": 0.2, "bf16_tflops": 0.4, "bandwidth_gbs": 30.0},
+                    {"tflops": 0.1, "bf16_tflops": 0.5, "bandwidth_gbs": 20.0}])  # fmt: skip
+    monkeypatch.setattr("lmforge.hardware._probe", lambda: next(figures))
+    assert this_machine(cache, measure=True).fp32_tflops == 0.2
+    second = this_machine(cache, measure=True)
+    assert (second.fp32_tflops, second.bf16_tflops, second.bandwidth_gbs) == (0.2, 0.5, 30.0)
+    assert this_machine(cache) == second
+
+
 def run_cli(argv, capsys) -> str:
     parser = argparse.ArgumentParser()
     add_verbs(parser.add_subparsers())
