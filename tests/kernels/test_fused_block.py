@@ -140,17 +140,18 @@ def test_frozen_parameters_get_no_gradient(lmforges, monkeypatch):
 @needs_kernel
 @pytest.mark.parametrize(
     "case", ["plain", "eval_dropout", "no_grad", "frozen", "dropout", "hook", "weights", "cache", "post_norm", "gated",
-             "padding", "other_ffn"]
+             "rms_norm", "padding", "other_ffn"]
 )  # fmt: skip
 def test_the_function_runs_only_where_it_computes_the_modules_forward(case, monkeypatch):
     """A plain block and one with dropout in evaluation mode run the Function, with the same outputs. Evaluation
     without gradients or with nothing to differentiate, dropout in training, a hook on one of the block's modules,
-    attention weights, a KV cache, a post-norm or gated block, padding and a feed-forward whose activation was
-    replaced: TransformerBlock's forward, with the same outputs."""
+    attention weights, a KV cache, a post-norm, gated or RMS-normed block (T5's, without the biases the Function
+    reads), padding and a feed-forward whose activation was replaced: TransformerBlock's forward, with the same
+    outputs."""
     torch_kernels(monkeypatch)
     torch.manual_seed(0)
     options = {"dropout": 0.1 if "dropout" in case else 0.0, "norm": "post" if case == "post_norm" else "pre",
-               "gated": case == "gated"}  # fmt: skip
+               "gated": case == "gated", "norm_type": "rms" if case == "rms_norm" else "layer"}  # fmt: skip
     layer = Block(64, 4, 256, activation="gelu_exact", **options)
     apply_kernels(layer)
     if case == "other_ffn":

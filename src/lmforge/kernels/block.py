@@ -140,8 +140,8 @@ class Block(TransformerBlock):
                 position_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
         """TransformerBlock.forward's arguments and result."""
         plain = context is None and cache is None and not need_weights and position_bias is None
-        params = self._parameters_in_order()
-        if not (plain and self._fused(x, mask, rope, params)):
+        params = self._fused(x, mask, rope) if plain else None
+        if params is None:
             return super().forward(x, mask, context, context_mask, cache, layer, rope, need_weights, position_bias)
         attn, t = self.attn, x.size(1)
         tables = (rope.cos2[:t], rope.sin2[:t]) if rope is not None else (None, None)
@@ -159,14 +159,18 @@ class Block(TransformerBlock):
                 attn.out.bias, self.ln_ffn.weight, self.ln_ffn.bias, ffn.up.weight, ffn.up.bias, ffn.down.weight,
                 ffn.down.bias)  # fmt: skip
 
-    def _fused(self, x: torch.Tensor, mask: torch.Tensor | None, rope: RotaryEmbedding | None, params: tuple) -> bool:
-        if torch.compiler.is_compiling() or not torch.is_grad_enabled():
-            return False
+    def _fused(self, x: torch.Tensor, mask: torch.Tensor | None, rope: RotaryEmbedding | None) -> tuple | None:
+        """The Function's parameters where it runs, else None."""
+        if torch.compiler.is_compiling() or not torch.is_grad_enabled() or not self._fits(x, mask, rope):
+            return None
+        params = self._parameters_in_order()
+        return params if x.requires_grad or any(p is not None and p.requires_grad for p in params) else None
+
+    def _fits(self, x: torch.Tensor, mask: torch.Tensor | None, rope: RotaryEmbedding | None) -> bool:
         ffn, norms = self.ffn, (self.ln_attn, self.ln_ffn)
         modules = (self.attn, self.attn.qkv, self.attn.out, ffn, ffn.up, ffn.down, *norms, self.drop)
         return (
-            (x.requires_grad or any(p is not None and p.requires_grad for p in params))
-            and self.pre_norm
+            self.pre_norm
             and self.cross is None
             and type(ffn) is FeedForward
             and ffn.gate is None
