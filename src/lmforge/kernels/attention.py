@@ -44,10 +44,14 @@ class Attention(MultiHeadAttention):
     def self_attention(self, x: torch.Tensor, mask: torch.Tensor | None, rope: RotaryEmbedding | None) -> torch.Tensor:
         if not self._fused(x, mask, rope):
             return super().self_attention(x, mask, rope)
-        t = x.size(1)
-        tables = (rope.cos2[:t], rope.sin2[:t]) if rope is not None else (None, None)
-        scale = 1 / math.sqrt(self.d_head) if self.scale else 1.0
-        return self.out(_CausalAttention.apply(self.qkv(x).contiguous(), *tables, self.n_head, scale))
+        cos2, sin2, scale = self.kernel_arguments(x.size(1), rope)
+        return self.out(_CausalAttention.apply(self.qkv(x).contiguous(), cos2, sin2, self.n_head, scale))
+
+    def kernel_arguments(self, t: int, rope: RotaryEmbedding | None) -> tuple:
+        """(cos2, sin2, scale) that the kernel takes for t positions: the rotary tables' first t rows (None without
+        rotary positions) and the scores' scale."""
+        cos2, sin2 = (rope.cos2[:t], rope.sin2[:t]) if rope is not None else (None, None)
+        return cos2, sin2, 1 / math.sqrt(self.d_head) if self.scale else 1.0
 
     def _fused(self, x: torch.Tensor, mask: torch.Tensor | None, rope: RotaryEmbedding | None) -> bool:
         t = x.size(1) if x.dim() == 3 else 0

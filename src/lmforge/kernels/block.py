@@ -18,10 +18,7 @@ weights asked for, and torch.compile take TransformerBlock's path."""
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as torch_module
 
@@ -44,16 +41,14 @@ from lmforge.nn.positions import RotaryEmbedding
 
 aten = torch.ops.aten
 
-# activation -> (forward: u -> (output a, what its gradient reads), gradient: (grad, what it reads, a) -> grad_u), as
-# autograd's formulas take them; "native ..." is that GELU by kernels.native, whose forward leaves GELU'(u) in u
-ACTIVATIONS = {
-    "gelu_exact": (lambda u: (F.gelu(u), u), lambda grad, u, a: aten.gelu_backward(grad, u)),
-    "gelu": (lambda u: (F.gelu(u, approximate="tanh"), u),
-             lambda grad, u, a: aten.gelu_backward(grad, u, approximate="tanh")),
-    "relu": (lambda u: (F.relu(u), None), lambda grad, u, a: aten.threshold_backward(grad, a, 0)),
-    "native gelu_exact": (lambda u: (gelu_and_slope(u), u), lambda grad, slope, a: grad.mul_(slope)),
-    "native gelu": (lambda u: (gelu_and_slope(u, "tanh"), u), lambda grad, slope, a: grad.mul_(slope)),
-}  # fmt: skip
+# the gradient of each of lmforge.nn's activations (nn.feedforward.ACTIVATIONS) from (grad, its input u, its output
+# a), as autograd's formulas take them; relu's reads only its output, so its input is not kept
+GRADIENTS = {
+    "gelu_exact": lambda grad, u, a: aten.gelu_backward(grad, u),
+    "gelu": lambda grad, u, a: aten.gelu_backward(grad, u, approximate="tanh"),
+    "relu": lambda grad, u, a: aten.threshold_backward(grad, a, 0),
+}
+NATIVE_GELU = {"gelu_exact": (), "gelu": ("tanh",)}  # kernels.native.gelu_and_slope's arguments for each GELU
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                  "_global_backward_pre_hooks")  # fmt: skip
 
@@ -63,7 +58,7 @@ class _Block(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, cos2, sin2, meta, l1w, l1b, wqkv, bqkv, wo, bo, l2w, l2b, w1, b1, w2, b2):
-        heads, scale, eps1, eps2, activation, native = meta
+        heads, scale, eps1, eps2, activation, native_gelu, native = meta
         b, t, d = x.shape
         x2 = x.reshape(b * t, d).contiguous()  # a view of wider rows would be read as if it were not
         _, n1, mean1, rstd1 = _norm(x2, None, l1w, l1b, eps1, native)
@@ -71,7 +66,10 @@ class _Block(torch.autograd.Function):
         y, lse = causal_attention(qkv, cos2, sin2, heads, scale)
         h, n2, mean2, rstd2 = _norm(linear(y.view(b * t, -1), wo, bo), x2, l2w, l2b, eps2, native)
         u = linear(n2, w1, b1)
-        a, u = ACTIVATIONS[activation][0](u)
+        if native_gelu:  # u becomes GELU'(u), all the gradient needs
+            a = gelu_and_slope(u, *NATIVE_GELU[activation])
+        else:
+            a, u = FFN_ACTIVATIONS[activation](u), None if activation == "relu" else u
         out = linear(a, w2, b2).add_(h)
         ctx.save_for_backward(x2, n1, mean1, rstd1, qkv, y, lse, h, n2, mean2, rstd2, u, a,
                               cos2, sin2, l1w, l1b, wqkv, wo, l2w, l2b, w1, w2)  # fmt: skip
@@ -83,12 +81,12 @@ class _Block(torch.autograd.Function):
     def backward(ctx, grad_out):
         x2, n1, mean1, rstd1, qkv, y, lse, h, n2, mean2, rstd2, u, a, cos2, sin2, *weights = ctx.saved_tensors
         l1w, l1b, wqkv, wo, l2w, l2b, w1, w2 = weights
-        heads, scale, _, _, activation, native = ctx.meta
+        heads, scale, _, _, activation, native_gelu, native = ctx.meta
         needs = ctx.needs_input_grad
         shape = grad_out.shape
         grad_out = grad_out.reshape(x2.shape).contiguous()  # an expanded gradient (of a sum) has zero strides
         grad_a, grad_w2, grad_b2 = linear_backward(grad_out, a, w2, (True, needs[14], needs[15]))
-        grad_u = ACTIVATIONS[activation][1](grad_a, u, a)
+        grad_u = grad_a.mul_(u) if native_gelu else GRADIENTS[activation](grad_a, u, a)
         grad_n2, grad_w1, grad_b1 = linear_backward(grad_u, n2, w1, (True, needs[12], needs[13]))
         grad_h, grad_l2w, grad_l2b = _norm_backward(
             grad_n2, h, mean2, rstd2, l2w, l2b, grad_out, (True, needs[10], needs[11]), native
@@ -143,15 +141,12 @@ class Block(TransformerBlock):
         params = self._fused(x, mask, rope) if plain else None
         if params is None:
             return super().forward(x, mask, context, context_mask, cache, layer, rope, need_weights, position_bias)
-        attn, t = self.attn, x.size(1)
-        tables = (rope.cos2[:t], rope.sin2[:t]) if rope is not None else (None, None)
-        scale = 1 / math.sqrt(attn.d_head) if attn.scale else 1.0
+        cos2, sin2, scale = self.attn.kernel_arguments(x.size(1), rope)
         activation = self.ffn.activation
-        if f"native {activation}" in ACTIVATIONS and gelu_runs():
-            activation = f"native {activation}"
+        native_gelu = activation in NATIVE_GELU and gelu_runs()
         native = x.size(-1) % 8 == 0 and layer_norm_runs()
-        meta = (attn.n_head, scale, self.ln_attn.eps, self.ln_ffn.eps, activation, native)
-        return _Block.apply(x, *tables, meta, *params), None
+        meta = (self.attn.n_head, scale, self.ln_attn.eps, self.ln_ffn.eps, activation, native_gelu, native)
+        return _Block.apply(x, cos2, sin2, meta, *params), None
 
     def _parameters_in_order(self) -> tuple:
         attn, ffn = self.attn, self.ffn
@@ -174,7 +169,7 @@ class Block(TransformerBlock):
             and self.cross is None
             and type(ffn) is FeedForward
             and ffn.gate is None
-            and ffn.activation in ACTIVATIONS
+            and ffn.activation in GRADIENTS
             and ffn.act is FFN_ACTIVATIONS[ffn.activation]
             and (self.drop.p == 0 or not self.training)
             and type(self.attn) is Attention

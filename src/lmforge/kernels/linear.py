@@ -144,7 +144,7 @@ def linear_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, n
     forward; needs (x's, W's, b's) says which to compute, None for the others."""
     if not _onednn_applies(x, weight, None):
         grad_x = grad @ weight if needs[0] else None
-        return grad_x, grad.t() @ x if needs[1] else None, grad.sum(0) if needs[2] else None
+        return grad_x, weight_grad(grad, x) if needs[1] else None, grad.sum(0) if needs[2] else None
     return _onednn_backward(grad, x, weight, needs)
 
 
