@@ -115,8 +115,8 @@ def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def _transposed(m: torch.Tensor) -> torch.Tensor:
-    """m^T where it will be copied to contiguous anyway (by torch before oneDNN's kernel reads its first operand or an
-    input gradient's weight; by autograd before a transposed weight gradient becomes the parameter's .grad): in a
+    """m^T where it will be copied to contiguous anyway (by torch before oneDNN's kernel reads its first operand; by
+    autograd before a transposed weight gradient becomes the parameter's .grad): in a
     backward lmforge's native copy, 3-5x faster than torch's (as an operator in a compiled one); the view where the
     backward is itself recorded."""
     if torch.is_grad_enabled():  # a recorded backward: the view keeps second derivatives
@@ -151,7 +151,7 @@ def linear_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, n
 def _onednn_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, needs: tuple) -> tuple:
     grad_x = grad_w = grad_b = None
     if needs[0]:
-        grad_x = _product(grad, _transposed(weight))
+        grad_x = _product(grad, weight.t())  # oneDNN reads the strided weight as fast as a transposed copy
     if needs[1]:
         grad_w = _weight_grad(grad, x)
         if not grad_w.is_contiguous():  # transposed: autograd would copy it into the parameter's .grad

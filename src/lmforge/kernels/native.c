@@ -223,7 +223,9 @@ static FMA inline float dot(const float *a, const float *b, int64_t d) {
 
 /* o1, o2 [0, d) = the sums over j < n of p1[j], p2[j] times row j of v (rows ld apart; d a multiple of 8), 32 columns
    at a time in registers, each row of v read once for both: two queries' scores against the keys' columns, or the
-   values weighted by two rows of probabilities */
+   values weighted by two rows of probabilities. The empty asm statements keep each row's vectors in registers:
+   otherwise GCC folds every load into both FMAs that use it, ten loads for eight FMAs where six do (a 2-core Zen 4:
+   char-small's attention forward about 10% faster, its backward about 5%, the same bits) */
 static FMA inline void combine2(const float *p1, const float *p2, const float *v, int64_t n, int64_t ld, int64_t d,
                                 float *o1, float *o2) {
     int64_t c = 0;
@@ -232,8 +234,9 @@ static FMA inline void combine2(const float *p1, const float *p2, const float *v
         for (int64_t j = 0; j < n; j++) {
             const __m256 x = _mm256_broadcast_ss(p1 + j), z = _mm256_broadcast_ss(p2 + j);
             const float *r = v + j * ld + c;
-            const __m256 r0 = _mm256_loadu_ps(r), r1 = _mm256_loadu_ps(r + 8), r2 = _mm256_loadu_ps(r + 16);
-            const __m256 r3 = _mm256_loadu_ps(r + 24);
+            __m256 r0 = _mm256_loadu_ps(r), r1 = _mm256_loadu_ps(r + 8), r2 = _mm256_loadu_ps(r + 16);
+            __m256 r3 = _mm256_loadu_ps(r + 24);
+            __asm__("" : "+x"(r0), "+x"(r1), "+x"(r2), "+x"(r3));
             a0 = _mm256_fmadd_ps(x, r0, a0), a1 = _mm256_fmadd_ps(x, r1, a1);
             a2 = _mm256_fmadd_ps(x, r2, a2), a3 = _mm256_fmadd_ps(x, r3, a3);
             b0 = _mm256_fmadd_ps(z, r0, b0), b1 = _mm256_fmadd_ps(z, r1, b1);
@@ -248,7 +251,8 @@ static FMA inline void combine2(const float *p1, const float *p2, const float *v
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
         int64_t j = 0;
         for (; j + 2 <= n; j += 2) {
-            const __m256 r0 = _mm256_loadu_ps(v + j * ld + c), r1 = _mm256_loadu_ps(v + (j + 1) * ld + c);
+            __m256 r0 = _mm256_loadu_ps(v + j * ld + c), r1 = _mm256_loadu_ps(v + (j + 1) * ld + c);
+            __asm__("" : "+x"(r0), "+x"(r1));
             a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + j), r0, a0);
             a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + j + 1), r1, a1);
             b0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p2 + j), r0, b0);
