@@ -567,27 +567,40 @@ static FMA inline void gelu_tanh8(__m256 u, __m256 *a, __m256 *d) {
     *d = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(u, dz), _mm256_set1_ps(2.0f)), _mm256_mul_ps(s, es), s);
 }
 
+/* gelu8 or gelu_tanh8 over u [i, end) into a and d (which may be u), two vectors at a time: one vector's chain of
+   dependent operations (the division, the polynomials, the exponential) is longer than the core can overlap with the
+   next one's on its own (a 2-core Zen 4: 200 -> 115 us for 768 x 512 values). The last values short of eight go
+   through a padded copy, so every value takes the same arithmetic. */
+static FMA inline void gelu_span(const float *u, float *a, float *d, int64_t i, int64_t end, int tanh_form) {
+    __m256 a0, d0, a1, d1;
+    for (; i + 16 <= end; i += 16) {
+        const __m256 u0 = _mm256_loadu_ps(u + i), u1 = _mm256_loadu_ps(u + i + 8);
+        if (tanh_form) {
+            gelu_tanh8(u0, &a0, &d0), gelu_tanh8(u1, &a1, &d1);
+        } else {
+            gelu8(u0, &a0, &d0), gelu8(u1, &a1, &d1);
+        }
+        _mm256_storeu_ps(a + i, a0), _mm256_storeu_ps(a + i + 8, a1);
+        _mm256_storeu_ps(d + i, d0), _mm256_storeu_ps(d + i + 8, d1);
+    }
+    for (; i < end; i += 8) {
+        float in[8] = {0}, out_a[8], out_d[8];
+        const int64_t m = end - i < 8 ? end - i : 8;
+        memcpy(in, u + i, sizeof(float) * m);
+        tanh_form ? gelu_tanh8(_mm256_loadu_ps(in), &a0, &d0) : gelu8(_mm256_loadu_ps(in), &a0, &d0);
+        _mm256_storeu_ps(out_a, a0), _mm256_storeu_ps(out_d, d0);
+        memcpy(a + i, out_a, sizeof(float) * m), memcpy(d + i, out_d, sizeof(float) * m);
+    }
+}
+
 /* a = GELU(u) and d = GELU'(u) for n fp32 values (the tanh form where tanh_form is set), in pieces of SPAN over the
-   threads; d may be u itself (the derivative replaces the input, which only the gradient needed). The last values
-   short of eight go through a padded copy, so every value takes the same arithmetic. */
+   threads; d may be u itself (the derivative replaces the input, which only the gradient needed) */
 FMA void f32_gelu(const float *u, float *a, float *d, int64_t n, int tanh_form, int threads) {
     const int64_t pieces = (n + SPAN - 1) / SPAN;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t k = 0; k < pieces; k++) {
         const int64_t end = (k + 1) * SPAN < n ? (k + 1) * SPAN : n;
-        int64_t i = k * SPAN;
-        __m256 ai, di;
-        for (; i + 8 <= end; i += 8) {
-            tanh_form ? gelu_tanh8(_mm256_loadu_ps(u + i), &ai, &di) : gelu8(_mm256_loadu_ps(u + i), &ai, &di);
-            _mm256_storeu_ps(a + i, ai), _mm256_storeu_ps(d + i, di);
-        }
-        if (i < end) {
-            float in[8] = {0}, out_a[8], out_d[8];
-            memcpy(in, u + i, sizeof(float) * (end - i));
-            tanh_form ? gelu_tanh8(_mm256_loadu_ps(in), &ai, &di) : gelu8(_mm256_loadu_ps(in), &ai, &di);
-            _mm256_storeu_ps(out_a, ai), _mm256_storeu_ps(out_d, di);
-            memcpy(a + i, out_a, sizeof(float) * (end - i)), memcpy(d + i, out_d, sizeof(float) * (end - i));
-        }
+        tanh_form ? gelu_span(u, a, d, k * SPAN, end, 1) : gelu_span(u, a, d, k * SPAN, end, 0);
     }
 }
 
