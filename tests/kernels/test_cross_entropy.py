@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from lmforge.kernels import cross_entropy, linear
 from lmforge.kernels.cross_entropy import linear_cross_entropy
+from lmforge.kernels.native import softmax_cross_entropy_runs
 
 N, D, V = 10, 6, 11
 
@@ -215,3 +216,64 @@ def test_vocabulary_first_only_for_fp32_on_the_cpus_listed(monkeypatch):
         assert not linear.vocab_major_logits(x, weight, None)
     monkeypatch.setattr(linear, "VOCAB_MAJOR", set())
     assert not linear.vocab_major_logits(x, weight, None)
+
+
+needs_native = pytest.mark.skipif(not softmax_cross_entropy_runs(), reason="no AVX2 or no C compiler here")
+
+
+def fp32_inputs(n: int, v: int, ignored=(), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, D, generator=g) * 2).requires_grad_()
+    weight = torch.randn(v, D, generator=g).requires_grad_()
+    bias = torch.randn(v, generator=g).requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=g)
+    targets[list(ignored)] = -100
+    return x, weight, bias, targets
+
+
+@needs_native
+@pytest.mark.parametrize("v", [1, 7, 8, 65, 1003])  # within, at and past the kernel's 8-wide steps
+@pytest.mark.parametrize("chunk_rows", [3, 1024])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_the_c_kernel_gives_cross_entropy_on_fp32_logits(monkeypatch, v, chunk_rows, smoothing):
+    """fp32 CPU logits take the C kernel (a spy): the loss, the count of top-1 hits, the plain loss and the gradients
+    of x, W and b are F.cross_entropy's on fp64 logits within fp32 rounding, ignored rows included."""
+    calls = []
+    kernel = cross_entropy.softmax_cross_entropy
+    monkeypatch.setattr(cross_entropy, "softmax_cross_entropy", lambda *a: calls.append(1) or kernel(*a))
+    monkeypatch.setattr(cross_entropy, "vocab_major_logits", lambda *_: False)
+    x, weight, bias, targets = fp32_inputs(N, v, ignored=(2, 5))
+    extras = {"return_correct": True, "label_smoothing": smoothing, "return_nll": True}
+    loss, correct, nll = linear_cross_entropy(x, weight, targets, chunk_rows=chunk_rows, bias=bias, **extras)
+    exact = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    logits = F.linear(*exact)
+    expected = F.cross_entropy(logits, targets, label_smoothing=smoothing)
+    assert calls and loss.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(nll.double(), F.cross_entropy(logits, targets), rtol=1e-5, atol=1e-6)
+    assert correct.item() == ((logits.argmax(-1) == targets) & (targets != -100)).sum().item()
+    got = torch.autograd.grad(loss, (x, weight, bias))
+    for mine, want in zip(got, torch.autograd.grad(expected, exact), strict=True):
+        torch.testing.assert_close(mine.double(), want, rtol=1e-4, atol=1e-6)
+
+
+@needs_native
+def test_the_c_kernel_and_torchs_softmax_agree(monkeypatch):
+    """The same loss and gradients within fp32 rounding whichever forms the softmax (char-small's head's shapes)."""
+    monkeypatch.setattr(cross_entropy, "vocab_major_logits", lambda *_: False)
+    runs = []
+    for native in (True, False):
+        monkeypatch.setattr(cross_entropy, "softmax_cross_entropy_runs", lambda native=native: native)
+        x, weight, bias, targets = fp32_inputs(768, 65, ignored=(0, 100), seed=3)
+        loss = linear_cross_entropy(x, weight, targets, bias=bias)
+        runs.append((loss, *torch.autograd.grad(loss, (x, weight, bias))))
+    for mine, torchs in zip(*runs, strict=True):
+        torch.testing.assert_close(mine, torchs, rtol=1e-5, atol=1e-7)
+
+
+@needs_native
+def test_a_target_outside_the_vocabulary_is_an_index_error():
+    x, weight, _, targets = fp32_inputs(4, 9)
+    targets[1] = 9
+    with pytest.raises(IndexError, match="outside the vocabulary of 9 tokens"):
+        linear_cross_entropy(x, weight, targets)

@@ -24,6 +24,7 @@ from lmforge.kernels.native import (
     i8_gemv_runs,
     layer_norm_backward,
     layer_norm_runs,
+    softmax_cross_entropy_runs,
     transposed,
     u8_gemv,
     u8_gemv_runs,
@@ -183,7 +184,15 @@ def test_the_library_is_built_once_per_source_and_never_half_written(tmp_path, m
     assert len(list((tmp_path / "cache").iterdir())) == 2  # the two libraries, no temporary file left
 
 
-KERNELS = (u8_gemv_runs, i8_gemv_runs, bf16_gemv_runs, f32_transpose_runs, gelu_runs, layer_norm_runs)
+KERNELS = (
+    u8_gemv_runs,
+    i8_gemv_runs,
+    bf16_gemv_runs,
+    f32_transpose_runs,
+    gelu_runs,
+    layer_norm_runs,
+    softmax_cross_entropy_runs,
+)
 
 
 def test_the_kernel_stays_off_when_asked_without_avx2_or_without_a_compiler(monkeypatch, tmp_path):

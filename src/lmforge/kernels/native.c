@@ -686,3 +686,59 @@ FMA int f32_layer_norm_backward(const float *gn, const float *h, const float *me
     free(parts);
     return 0;
 }
+
+/* Softmax cross-entropy of rows of v logits against their targets, for a loss summed with weights scale[r]: each
+   row's log-sum-exp, its target's logit, its mean logit (where mean is given) and the index of its largest logit
+   (where top is given; the first of equal ones), with the logits overwritten, where grad is set, by the loss's
+   gradient scale[r] (softmax - (1 - eps) onehot - eps / v). A row of scale 0 (an ignored one) gets zeros but for its
+   top. One pass for the largest logit (and the sum), one for the exponentials and their sum, one for the gradient;
+   the last values short of eight take libm's expf. Rows over the threads. Returns 1 where a counted row's target is
+   outside [0, v) (that row left as it was), else 0. */
+FMA int f32_softmax_cross_entropy(float *logits, const int64_t *targets, const float *scale, int64_t rows, int64_t v,
+                                   float eps, int grad, float *lse, float *logit_t, float *mean, int64_t *top,
+                                   int threads) {
+    int bad = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(| : bad)
+    for (int64_t r = 0; r < rows; r++) {
+        float *l = logits + r * v;
+        const float w = scale[r], m = row_max(l, v);
+        if (top) {
+            int64_t j = 0;
+            while (j < v && !(l[j] == m)) j++;
+            top[r] = j < v ? j : 0;
+        }
+        if (w == 0.0f) {
+            lse[r] = logit_t[r] = 0.0f;
+            if (mean) mean[r] = 0.0f;
+            if (grad) memset(l, 0, sizeof(float) * v);
+            continue;
+        }
+        if (targets[r] < 0 || targets[r] >= v) {
+            bad = 1;
+            continue;
+        }
+        logit_t[r] = l[targets[r]];
+        const __m256 shift = _mm256_set1_ps(m);
+        __m256 acc = _mm256_setzero_ps(), all = _mm256_setzero_ps();
+        int64_t j = 0;
+        for (; j + 8 <= v; j += 8) {
+            const __m256 x = _mm256_loadu_ps(l + j), e = exp8(_mm256_sub_ps(x, shift));
+            all = _mm256_add_ps(all, x), acc = _mm256_add_ps(acc, e);
+            if (grad) _mm256_storeu_ps(l + j, e);
+        }
+        float sum = hsum(acc), total = hsum(all);
+        for (; j < v; j++) {
+            const float e = expf(l[j] - m);
+            total += l[j], sum += e;
+            if (grad) l[j] = e;
+        }
+        lse[r] = m + logf(sum);
+        if (mean) mean[r] = total / (float)v;
+        if (!grad) continue;
+        const __m256 c = _mm256_set1_ps(w / sum), off = _mm256_set1_ps(w * eps / (float)v);
+        for (j = 0; j + 8 <= v; j += 8) _mm256_storeu_ps(l + j, _mm256_fmsub_ps(_mm256_loadu_ps(l + j), c, off));
+        for (; j < v; j++) l[j] = l[j] * (w / sum) - w * eps / (float)v;
+        l[targets[r]] -= w * (1.0f - eps);
+    }
+    return bad;
+}

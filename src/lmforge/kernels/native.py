@@ -80,6 +80,10 @@ def _library() -> ctypes.CDLL:
     loaded.f32_add_layer_norm.restype = None
     loaded.f32_layer_norm_backward.argtypes = [ctypes.c_void_p] * 9 + [ctypes.c_int64] * 2 + [ctypes.c_int]
     loaded.f32_layer_norm_backward.restype = ctypes.c_int
+    loaded.f32_softmax_cross_entropy.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [
+        ctypes.c_float, ctypes.c_int, *[ctypes.c_void_p] * 4, ctypes.c_int,
+    ]  # fmt: skip
+    loaded.f32_softmax_cross_entropy.restype = ctypes.c_int
     return loaded
 
 
@@ -252,6 +256,26 @@ def layer_norm_backward(
     return grad_h, grad_w, grad_b
 
 
+def softmax_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor, smoothing: float, grad: bool, top: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(log-sum-exp, target logit, mean logit or None, index of the largest logit or None) of each row of logits
+    (rows, V) against targets, the loss summed with weights scale (0: an ignored row); where grad is set the logits
+    become that loss's gradient, scale (softmax - (1 - smoothing) onehot - smoothing / V), in one pass of their own.
+    Unchecked: fp32 contiguous CPU logits and scale, int64 contiguous targets."""
+    rows, v = logits.shape
+    lse, logit_t = logits.new_empty(rows), logits.new_empty(rows)
+    mean = logits.new_empty(rows) if smoothing else None
+    index = torch.empty(rows, dtype=torch.int64) if top else None
+    status = _library().f32_softmax_cross_entropy(
+        logits.data_ptr(), targets.data_ptr(), scale.data_ptr(), rows, v, smoothing, int(grad), lse.data_ptr(),
+        logit_t.data_ptr(), _address(mean), _address(index), torch.get_num_threads(),
+    )  # fmt: skip
+    if status:
+        raise IndexError(f"a target is outside the vocabulary of {v} tokens")
+    return lse, logit_t, mean, index
+
+
 def _address(x: torch.Tensor | None) -> int | None:
     return None if x is None else x.data_ptr()
 
@@ -388,6 +412,35 @@ def layer_norm_runs() -> bool:
         return all(torch.allclose(mine.double(), want, rtol=1e-5, atol=1e-5) for mine, want in pairs)
 
     return _checked(lambda: close(True) and close(False))
+
+
+@asked_once
+def softmax_cross_entropy_runs() -> bool:
+    """Whether the softmax cross-entropy kernel is built here and gives F.cross_entropy's loss and gradient with and
+    without label smoothing, each row's top logit and mean logit, within fp32 rounding of fp64's: 5 rows (one ignored)
+    of 21 logits (a tail past 8-wide steps)."""
+    g = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(5, 21, generator=g) * 4, torch.randint(0, 21, (5,), generator=g)
+    scale = torch.tensor([0.25, 0.25, 0.0, 0.25, 0.25])
+
+    def close(smoothing: float) -> bool:
+        grad = logits.clone()
+        lse, logit_t, mean, top = softmax_cross_entropy(grad, targets, scale, smoothing, True, True)
+        exact = logits.double().requires_grad_()
+        with torch.enable_grad(), torch.inference_mode(False):
+            losses = torch.nn.functional.cross_entropy(exact, targets, reduction="none", label_smoothing=smoothing)
+            (expected,) = torch.autograd.grad((losses * scale.double()).sum(), exact)
+        counted = scale > 0
+        mine = (1 - smoothing) * (lse - logit_t) + smoothing * (lse - (mean if smoothing else 0))
+        pairs = [
+            (grad, expected),
+            (mine[counted], losses[counted].detach()),
+            (lse[~counted], torch.zeros(1)),
+            (top.double(), logits.argmax(-1).double()),
+        ] + ([(mean[counted], logits.mean(-1)[counted])] if smoothing else [])
+        return all(torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6) for a, b in pairs)
+
+    return _checked(lambda: close(0.0) and close(0.1))
 
 
 @asked_once
