@@ -277,3 +277,9 @@ def test_a_target_outside_the_vocabulary_is_an_index_error():
     targets[1] = 9
     with pytest.raises(IndexError, match="outside the vocabulary of 9 tokens"):
         linear_cross_entropy(x, weight, targets)
+
+
+def test_int32_targets_give_the_int64_targets_loss():
+    """The C kernel reads int64 targets: others take torch's path, with the same loss (not misread memory)."""
+    x, weight, _, targets = fp32_inputs(6, 9)
+    torch.testing.assert_close(linear_cross_entropy(x, weight, targets.int()), linear_cross_entropy(x, weight, targets))

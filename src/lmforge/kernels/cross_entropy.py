@@ -81,7 +81,7 @@ def _rows_first_chunk(xs, weight, bias, ts, ss, counted, smoothing: float, count
     device = xs.device.type
     product = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else xs.dtype
     logits = linear(xs, weight, bias)
-    if _native(logits, ss):
+    if _native(logits, ts, ss):
         return _native_chunk(logits, xs, weight, ts, ss, smoothing, count, want)
     prob = torch.softmax(logits, dim=-1, dtype=acc)  # (rows, V); bf16 logits read once, as fp32
     logit_t = logits.gather(1, ts[:, None]).squeeze(1).to(acc)
@@ -102,10 +102,11 @@ def _rows_first_chunk(xs, weight, bias, ts, ss, counted, smoothing: float, count
     return logit_t, lse, mean_logits, hits, (grad_x, grad_w, grad_b)
 
 
-def _native(logits: torch.Tensor, ss: torch.Tensor) -> bool:
-    """Whether a chunk's softmax and gradient run lmforge's C kernel: fp32 CPU logits (no autocast) and scale."""
+def _native(logits: torch.Tensor, ts: torch.Tensor, ss: torch.Tensor) -> bool:
+    """Whether a chunk's softmax and gradient run lmforge's C kernel: fp32 CPU logits (no autocast) and scale, int64
+    contiguous targets (others take torch's path)."""
     plain = logits.dtype == ss.dtype == torch.float32 and logits.device.type == "cpu" and logits.is_contiguous()
-    return plain and softmax_cross_entropy_runs()
+    return plain and ts.dtype == torch.int64 and ts.is_contiguous() and softmax_cross_entropy_runs()
 
 
 def _native_chunk(logits, xs, weight, ts, ss, smoothing: float, count: bool, want: tuple):
