@@ -17,11 +17,11 @@ def layout(request, monkeypatch):
     monkeypatch.setattr(cross_entropy, "vocab_major_logits", lambda *_: request.param == "vocabulary first")
 
 
-def inputs(ignored=(), dtype=torch.float64, seed=0, ignore_index=-100):
+def inputs(ignored=(), dtype=torch.float64, seed=0, ignore_index=-100, n=N, v=V):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, D, generator=g, dtype=dtype, requires_grad=True)
-    weight = torch.randn(V, D, generator=g, dtype=dtype, requires_grad=True)
-    targets = torch.randint(0, V, (N,), generator=g)
+    x = torch.randn(n, D, generator=g, dtype=dtype, requires_grad=True)
+    weight = torch.randn(v, D, generator=g, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, v, (n,), generator=g)
     targets[list(ignored)] = ignore_index
     return x, weight, targets
 
@@ -222,13 +222,9 @@ needs_native = pytest.mark.skipif(not softmax_cross_entropy_runs(), reason="no A
 
 
 def fp32_inputs(n: int, v: int, ignored=(), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(n, D, generator=g) * 2).requires_grad_()
-    weight = torch.randn(v, D, generator=g).requires_grad_()
-    bias = torch.randn(v, generator=g).requires_grad_()
-    targets = torch.randint(0, v, (n,), generator=g)
-    targets[list(ignored)] = -100
-    return x, weight, bias, targets
+    """inputs in fp32, with a bias."""
+    x, weight, targets = inputs(ignored, torch.float32, seed, n=n, v=v)
+    return x, weight, torch.randn(v, generator=torch.Generator().manual_seed(seed)).requires_grad_(), targets
 
 
 @needs_native
