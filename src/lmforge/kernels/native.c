@@ -318,15 +318,15 @@ static FMA void columns(const float *m, int64_t ls, int64_t t, int64_t d, int64_
 }
 
 /* One head of qkv (rows 3 w apart) into cache: the queries rotated and times scale (q), the keys rotated as rows (k)
-   and as columns (kt: d rows of tp), the values as rows (v) or as columns (vt), whichever is given */
+   and as columns (kt: d rows of tp), and the values as columns (vt) where given (the forward reads them as rows in
+   place) */
 static FMA void load_head(const float *base, const float *cos2, const float *sin2, int64_t t, int64_t w, int64_t d,
-                          int64_t tp, float scale, float *q, float *k, float *kt, float *v, float *vt) {
+                          int64_t tp, float scale, float *q, float *k, float *kt, float *vt) {
     for (int64_t i = 0; i < t; i++) {
         const float *x = base + i * 3 * w, *c = cos2 ? cos2 + i * d : 0, *sn = sin2 ? sin2 + i * d : 0;
         const float *sh = sin2 ? sn + d / 2 : 0;
         rotate(x, c, sn, sh, q + i * d, d, scale);
         rotate(x + w, c, sn, sh, k + i * d, d, 1.0f);
-        if (v) memcpy(v + i * d, x + 2 * w, sizeof(float) * d);
     }
     columns(k, d, t, d, tp, kt);
     if (vt) columns(base + 2 * w, 3 * w, t, d, tp, vt);
@@ -334,22 +334,23 @@ static FMA void load_head(const float *base, const float *cos2, const float *sin
 
 /* Causal self-attention of one fused projection qkv (b, t, 3 * heads * d: every query, then key, then value head),
    rotary positions applied to queries and keys where cos2 and sin2 (t, d) are given: y (b, t, heads * d) and the
-   log-sum-exp of each query's scores, lse (b, heads, t). One (row, head) per task: its keys and values in cache.
-   Returns 1, having written nothing, where its scratch memory cannot be had. */
+   log-sum-exp of each query's scores, lse (b, heads, t). One (row, head) per task: its queries and keys in cache, its
+   values read where they are. Returns 1, having written nothing, where its scratch memory cannot be had. */
 int f32_causal_attention(const float *qkv, const float *cos2, const float *sin2, float *y, float *lse, int64_t b,
                          int64_t t, int64_t heads, int64_t d, float scale, int threads) {
-    const int64_t tp = (t + 7) & ~(int64_t)7, w = heads * d, per = 3 * t * d + d * tp + 2 * tp + 2 * d;
+    const int64_t tp = (t + 7) & ~(int64_t)7, w = heads * d, per = 2 * t * d + d * tp + 2 * tp + 2 * d;
     float *scratch = malloc(sizeof(float) * per * threads);
     if (!scratch) return 1;
 #pragma omp parallel num_threads(threads)
     {
         float *q = scratch + omp_get_thread_num() * per;
-        float *k = q + t * d, *v = k + t * d, *kt = v + t * d, *s = kt + d * tp, *o = s + 2 * tp;
+        float *k = q + t * d, *kt = k + t * d, *s = kt + d * tp, *o = s + 2 * tp;
         memset(kt, 0, sizeof(float) * d * tp);
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < b * heads; task++) {
             const int64_t row = task / heads, head = task % heads;
-            load_head(qkv + row * t * 3 * w + head * d, cos2, sin2, t, w, d, tp, scale, q, k, kt, v, 0);
+            const float *base = qkv + row * t * 3 * w + head * d, *v = base + 2 * w; /* values: rows 3 w apart */
+            load_head(base, cos2, sin2, t, w, d, tp, scale, q, k, kt, 0);
             for (int64_t i = 0; i < t; i += 2) {  /* two queries at a time: rows i and i + 1 (i again at an odd end) */
                 const int64_t rows[2] = {i, i + 1 < t ? i + 1 : i}, np = (rows[1] + 8) & ~(int64_t)7;
                 combine2(q + rows[0] * d, q + rows[1] * d, kt, d, tp, np, s, s + tp);
@@ -360,8 +361,8 @@ int f32_causal_attention(const float *qkv, const float *cos2, const float *sin2,
                 }
                 /* the keys both queries see, then the second's own: nothing past a query reaches its output, not
                    even a NaN times a zero probability */
-                combine2(s, s + tp, v, rows[0] + 1, d, d, o, o + d);
-                if (rows[1] != rows[0]) axpy(s[tp + rows[1]], v + rows[1] * d, o + d, d);
+                combine2(s, s + tp, v, rows[0] + 1, 3 * w, d, o, o + d);
+                if (rows[1] != rows[0]) axpy(s[tp + rows[1]], v + rows[1] * 3 * w, o + d, d);
                 for (int r = 0; r < 2; r++) {
                     float *out = y + (row * t + rows[r]) * w + head * d;
                     const float inv = 1.0f / sums[r];
@@ -393,7 +394,7 @@ int f32_causal_attention_backward(const float *qkv, const float *cos2, const flo
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < b * heads; task++) {
             const int64_t row = task / heads, head = task % heads;
-            load_head(qkv + row * t * 3 * w + head * d, cos2, sin2, t, w, d, tp, scale, q, k, kt, 0, vt);
+            load_head(qkv + row * t * 3 * w + head * d, cos2, sin2, t, w, d, tp, scale, q, k, kt, vt);
             memset(dk, 0, sizeof(float) * 2 * t * d);
             for (int64_t i = 0; i < t; i += 2) {  /* as the forward: rows i and i + 1, or i alone at an odd end */
                 const int64_t rows[2] = {i, i + 1 < t ? i + 1 : i}, n = rows[1] + 1, np = (n + 7) & ~(int64_t)7;
