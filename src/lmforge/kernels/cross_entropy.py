@@ -76,13 +76,13 @@ def _add_chunk(total: torch.Tensor | None, part: torch.Tensor, like: torch.Tenso
 def _rows_first_chunk(xs, weight, bias, ts, ss, counted, smoothing: float, count: bool, want: tuple):
     """One chunk of rows with its logits (rows, V): (target logits, log-sum-exps, mean logits or None, top-1 hits or
     None, (grad_x, grad_w, grad_b) of the scaled loss, each None where not wanted)."""
+    logits = linear(xs, weight, bias)
+    if _native(logits, ts, ss):
+        return _native_chunk(logits, xs, weight, ts, ss, smoothing, count, want)
     acc = torch.promote_types(xs.dtype, torch.float32)
     # the gradient products' dtype: under autocast its (bf16), cast once here rather than once in each product
     device = xs.device.type
     product = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else xs.dtype
-    logits = linear(xs, weight, bias)
-    if _native(logits, ts, ss):
-        return _native_chunk(logits, xs, weight, ts, ss, smoothing, count, want)
     prob = torch.softmax(logits, dim=-1, dtype=acc)  # (rows, V); bf16 logits read once, as fp32
     logit_t = logits.gather(1, ts[:, None]).squeeze(1).to(acc)
     lse = _log_sum_exp(logits, prob, ts, counted)

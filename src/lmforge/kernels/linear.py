@@ -116,9 +116,8 @@ def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def _transposed(m: torch.Tensor) -> torch.Tensor:
     """m^T where it will be copied to contiguous anyway (by torch before oneDNN's kernel reads its first operand; by
-    autograd before a transposed weight gradient becomes the parameter's .grad): in a
-    backward lmforge's native copy, 3-5x faster than torch's (as an operator in a compiled one); the view where the
-    backward is itself recorded."""
+    autograd before a transposed weight gradient becomes the parameter's .grad): in a backward lmforge's native copy,
+    3-5x faster than torch's (as an operator in a compiled one); the view where the backward is itself recorded."""
     if torch.is_grad_enabled():  # a recorded backward: the view keeps second derivatives
         return m.t()
     return torch.ops.lmforge.transposed(m) if torch.compiler.is_compiling() else transposed(m)

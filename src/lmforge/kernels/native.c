@@ -570,8 +570,8 @@ static FMA inline void gelu_tanh8(__m256 u, __m256 *a, __m256 *d) {
 
 /* gelu8 or gelu_tanh8 over u [i, end) into a and d (which may be u), two vectors at a time: one vector's chain of
    dependent operations (the division, the polynomials, the exponential) is longer than the core can overlap with the
-   next one's on its own (a 2-core Zen 4, 768 x 512 values: 200 -> 175 us exact, the tanh form's unchanged). The last values short of eight go
-   through a padded copy, so every value takes the same arithmetic. */
+   next one's on its own (a 2-core Zen 4, 768 x 512 values: 200 -> 175 us exact, the tanh form's unchanged). The last
+   values short of eight go through a padded copy, so every value takes the same arithmetic. */
 static FMA inline void gelu_span(const float *u, float *a, float *d, int64_t i, int64_t end, int tanh_form) {
     __m256 a0, d0, a1, d1;
     for (; i + 16 <= end; i += 16) {
@@ -601,6 +601,7 @@ FMA void f32_gelu(const float *u, float *a, float *d, int64_t n, int tanh_form, 
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t k = 0; k < pieces; k++) {
         const int64_t end = (k + 1) * SPAN < n ? (k + 1) * SPAN : n;
+        /* a constant form in each call: each inlined copy of the loop has no branch on it */
         tanh_form ? gelu_span(u, a, d, k * SPAN, end, 1) : gelu_span(u, a, d, k * SPAN, end, 0);
     }
 }
@@ -692,8 +693,8 @@ FMA int f32_layer_norm_backward(const float *gn, const float *h, const float *me
    row's log-sum-exp, its target's logit, its mean logit (where mean is given) and the index of its largest logit
    (where top is given; the first of equal ones), with the logits overwritten, where grad is set, by the loss's
    gradient scale[r] (softmax - (1 - eps) onehot - eps / v). A row of scale 0 (an ignored one) gets zeros but for its
-   top. One pass for the largest logit (and the sum), one for the exponentials and their sum, one for the gradient;
-   the last values short of eight take libm's expf. Rows over the threads. Returns 1 where a counted row's target is
+   top. One pass for the largest logit, one for the exponentials, their sum and the logits' sum, one for the gradient
+   (and, where top is given, a scan up to the largest logit); the last values short of eight take libm's expf. Rows over the threads. Returns 1 where a counted row's target is
    outside [0, v) (that row left as it was), else 0. */
 FMA int f32_softmax_cross_entropy(float *logits, const int64_t *targets, const float *scale, int64_t rows, int64_t v,
                                    float eps, int grad, float *lse, float *logit_t, float *mean, int64_t *top,
