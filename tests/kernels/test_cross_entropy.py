@@ -206,11 +206,13 @@ def test_label_smoothing_and_bias_equal_cross_entropy_on_logits(chunk_rows):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
 
 
-def test_vocabulary_first_only_for_fp32_on_the_cpus_listed(monkeypatch):
-    x, weight = torch.randn(2048, 8), torch.randn(500, 8)
+def test_vocabulary_first_only_for_fp32_and_large_vocabularies_on_the_cpus_listed(monkeypatch):
+    x, weight = torch.randn(2048, 8), torch.randn(2001, 8)
     monkeypatch.setattr(linear, "_onednn_linear", None)  # torch's product takes every row count
     monkeypatch.setattr(linear, "VOCAB_MAJOR", {(linear.cpu_vendor(), linear.has_avx512())})
     assert linear.vocab_major_logits(x, weight, None)
+    assert not linear.vocab_major_logits(x, torch.randn(linear.VOCAB_MAJOR_MIN - 1, 8), None)
+    assert not linear.vocab_major_logits(x, torch.randn(65, 8), None)  # char-small's letters: rows first, C softmax
     assert not linear.vocab_major_logits(x.double(), weight.double(), None)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not linear.vocab_major_logits(x, weight, None)
