@@ -61,18 +61,19 @@ _packs = cpu_vendor() in PACK_VENDORS and _onednn_linear is not None
 # CPUs (vendor, AVX-512) whose torch product forms an LM head's logits x W^T slowly and W x^T at full rate: on a
 # Zen 3, 2048 tokens x 384 -> 50257 words took 784 ms against 550 (MKL's AVX2 path on AMD), a whole loss step at
 # 512 x 768 -> 50257 words 1.49 s rows first against 1.23 (another Zen 3 host measured the opposite, 1.02 against
-# 1.46: a shared machine's large products swing by 2x). Small vocabularies go rows first on every host measured, where
-# the C softmax applies: char-small's 65 letters 0.93 against 1.08 and 1.12 against 1.75 ms, 1001 words 6.7 against 8.0
+# 1.46: one such product alone swung by 1.5x from call to call). Small vocabularies go rows first on every host
+# measured, where the C softmax applies: char-small's 65 letters 0.93 against 1.08 and 1.12 against 1.75 ms, 1001
+# words 6.7 against 8.0
 VOCAB_MAJOR = {("AuthenticAMD", False)}
-VOCAB_MAJOR_MIN = 1536  # the fewest words for which the vocabulary-first logits may pay (2047: 14.4 against 14.4 ms)
+VOCAB_MAJOR_MIN = 1536  # the fewest words for which the vocabulary-first logits may pay (at 2047 words: even)
 
 
 def vocab_major_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether a fused LM-head loss should form its logits vocabulary first, W x^T: fp32 on such a CPU, where torch's
     product takes the rows of x (not oneDNN's), no autocast applies, and the vocabulary is large."""
-    if (cpu_vendor(), has_avx512()) not in VOCAB_MAJOR or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+    if weight.size(0) < VOCAB_MAJOR_MIN or (cpu_vendor(), has_avx512()) not in VOCAB_MAJOR:
         return False
-    if weight.size(0) < VOCAB_MAJOR_MIN:
+    if x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
         return False
     return x.dtype == weight.dtype == torch.float32 and not _onednn_applies(x.reshape(-1, x.size(-1)), weight, bias)
 
